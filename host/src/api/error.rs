@@ -1,0 +1,122 @@
+//! API errors: the only place an HTTP status and a stable `code` are chosen.
+
+use axum::Json;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::body::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::gateway::GatewayError;
+use crate::providers::ProviderError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The client sent something unusable; `code` says which kind.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for {0}")]
+    RouteNotFound(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+}
+
+/// The JSON body of every error response.
+#[derive(Serialize)]
+pub struct ErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// A stable snake_case code, for a program.
+    pub code: &'static str,
+}
+
+impl ApiError {
+    /// A 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use GatewayError as G;
+        use ProviderError as P;
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Gateway(e) => match e {
+                G::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
+                G::ProviderNotFound(_) => (StatusCode::NOT_FOUND, "provider_not_found"),
+                G::KeyExists(_) => (StatusCode::CONFLICT, "key_exists"),
+                G::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                G::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_operation"),
+                G::ProviderGone { .. } => (StatusCode::SERVICE_UNAVAILABLE, "provider_not_configured"),
+                G::Catalog(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+                G::Provider(p) => match p {
+                    P::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
+                    P::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_operation"),
+                    P::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                    P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable"),
+                    P::Timeout => (StatusCode::GATEWAY_TIMEOUT, "backend_timeout"),
+                    P::Backend(_) => (StatusCode::BAD_GATEWAY, "backend_error"),
+                    P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+                },
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let error = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            // The detail may name storage internals; it goes to the log only.
+            tracing::error!(error = %self, "internal error");
+            "internal error; see the gateway log".to_owned()
+        } else {
+            if status.is_server_error() {
+                tracing::warn!(error = %self, "backend failure");
+            }
+            self.to_string()
+        };
+        (status, Json(ErrorBody { error, code })).into_response()
+    }
+}
+
+/// A JSON request body, read whatever its content type, with every failure as an
+/// [`ApiError`]. An empty body reads as `{}`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: state.max_body_bytes,
+                }
+            } else {
+                ApiError::bad_request("unreadable_body", rejection.body_text())
+            }
+        })?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        serde_json::from_slice(bytes).map(JsonBody).map_err(|e| {
+            if e.is_data() {
+                ApiError::bad_request("invalid_field", e.to_string())
+            } else {
+                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            }
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! The key catalog: one row per key (kid, provider, external id, alg, public JWK),
+//! plus the `db` provider's sealed key material, in SQLite or PostgreSQL through
+//! sqlx's `Any` driver so both run the same queries. Migrations run at connect.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+
+use crate::crypto::PublicJwk;
+use crate::providers::Alg;
+
+/// The PostgreSQL channel on which deletions are announced to other replicas.
+pub const DELETE_CHANNEL: &str = "kmsgw_key_deleted";
+
+/// A key as the catalog knows it: public data only.
+#[derive(Clone, Debug)]
+pub struct KeyRecord {
+    pub kid: String,
+    pub provider: String,
+    pub external_id: String,
+    pub alg: Alg,
+    pub public_jwk: PublicJwk,
+    pub created_at: SystemTime,
+}
+
+/// Which database the catalog is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Why a catalog operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("a key with this kid already exists")]
+    Exists,
+    #[error("unsupported database URL scheme (use sqlite:// or postgres://)")]
+    UnsupportedUrl,
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored row for `{0}` is damaged")]
+    Corrupt(String),
+}
+
+/// The key catalog.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Catalog {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies migrations.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or migrated.
+    pub async fn connect(url: &str) -> Result<Catalog, CatalogError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(CatalogError::UnsupportedUrl);
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL lets readers proceed while a writer commits; it persists in the file.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Catalog { pool, backend })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A cheap round trip, for health probes.
+    ///
+    /// # Errors
+    /// When the database does not answer.
+    pub async fn ping(&self) -> Result<(), CatalogError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Inserts a key record (and sealed material, if any) in one transaction.
+    ///
+    /// # Errors
+    /// [`CatalogError::Exists`] when the kid is taken.
+    pub async fn insert(&self, record: &KeyRecord, sealed: Option<&[u8]>) -> Result<(), CatalogError> {
+        let jwk = serde_json::to_string(&record.public_jwk).expect("a JWK serialises");
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO keys (kid, provider, external_id, alg, public_jwk, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&record.kid)
+        .bind(&record.provider)
+        .bind(&record.external_id)
+        .bind(record.alg.as_str())
+        .bind(&jwk)
+        .bind(millis(record.created_at))
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(CatalogError::Exists),
+            other => other?,
+        };
+        if let Some(sealed) = sealed {
+            sqlx::query("INSERT INTO db_key_material (kid, sealed) VALUES ($1, $2)")
+                .bind(&record.kid)
+                .bind(STANDARD.encode(sealed))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The record of `kid`, if any.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn get(&self, kid: &str) -> Result<Option<KeyRecord>, CatalogError> {
+        let row = sqlx::query(
+            "SELECT kid, provider, external_id, alg, public_jwk, created_at FROM keys WHERE kid = $1",
+        )
+        .bind(kid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| record_of(&r)).transpose()
+    }
+
+    /// Up to `limit` records with kid greater than `after`, in kid order.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<KeyRecord>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT kid, provider, external_id, alg, public_jwk, created_at FROM keys \
+             WHERE kid > $1 ORDER BY kid LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// The sealed material stored for `kid`, if any.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn sealed_secret(&self, kid: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        let row = sqlx::query("SELECT sealed FROM db_key_material WHERE kid = $1")
+            .bind(kid)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let text: String = r.try_get("sealed")?;
+            STANDARD.decode(text).map_err(|_| CatalogError::Corrupt(kid.to_owned()))
+        })
+        .transpose()
+    }
+
+    /// Deletes `kid` and its material in one transaction and, on PostgreSQL,
+    /// announces the deletion to other replicas at commit. Returns whether it existed.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn delete(&self, kid: &str) -> Result<bool, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM db_key_material WHERE kid = $1")
+            .bind(kid)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM keys WHERE kid = $1")
+            .bind(kid)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted > 0 && self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
+                .bind(DELETE_CHANNEL)
+                .bind(kid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    /// A value from the `meta` table.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn meta(&self, name: &str) -> Result<Option<String>, CatalogError> {
+        let row = sqlx::query("SELECT value FROM meta WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    /// Stores `value` under `name` unless a value is there already; returns the stored value.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn meta_insert_once(&self, name: &str, value: &str) -> Result<String, CatalogError> {
+        let inserted = sqlx::query("INSERT INTO meta (name, value) VALUES ($1, $2)")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await;
+        match inserted {
+            Ok(_) => Ok(value.to_owned()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => self
+                .meta(name)
+                .await?
+                .ok_or_else(|| CatalogError::Corrupt(name.to_owned())),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn millis(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogError> {
+    let kid: String = row.try_get("kid")?;
+    let corrupt = || CatalogError::Corrupt(kid.clone());
+    let alg: String = row.try_get("alg")?;
+    let jwk: String = row.try_get("public_jwk")?;
+    let created: i64 = row.try_get("created_at")?;
+    Ok(KeyRecord {
+        provider: row.try_get("provider")?,
+        external_id: row.try_get("external_id")?,
+        alg: Alg::parse(&alg).ok_or_else(corrupt)?,
+        public_jwk: serde_json::from_str(&jwk).map_err(|_| corrupt())?,
+        created_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(created).unwrap_or(0)),
+        kid,
+    })
+}

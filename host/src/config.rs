@@ -1,0 +1,501 @@
+//! `kms.json`: the typed configuration and its loader.
+//!
+//! EUDIPLO's files load unchanged (`defaultProvider`, `providers[]`); kmsgw adds the
+//! optional `server` and `database` sections and the `wasm` provider type. Loading
+//! parses JSON, expands `${VAR}` placeholders inside string values, then decodes each
+//! section strictly, collecting every problem with its JSON path before failing.
+
+pub mod env;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use url::Url;
+
+use crate::providers::ProviderKind;
+
+/// The whole configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The provider used when a create or import names none.
+    pub default_provider: String,
+    /// The providers, in file order.
+    pub providers: Vec<ProviderEntry>,
+    /// The `server` section.
+    pub server: ServerConfig,
+    /// The `database` section.
+    pub database: DatabaseConfig,
+}
+
+/// One entry of `providers`.
+#[derive(Debug)]
+pub struct ProviderEntry {
+    pub id: String,
+    pub description: Option<String>,
+    pub config: ProviderConfig,
+}
+
+/// The type-specific part of a provider entry; closed: third parties extend through `wasm`.
+#[derive(Debug)]
+pub enum ProviderConfig {
+    Db(DbConfig),
+    Vault(VaultConfig),
+    AwsKms(AwsKmsConfig),
+    Pkcs11(Pkcs11Config),
+    Http(HttpConfig),
+    Wasm(WasmConfig),
+}
+
+impl ProviderConfig {
+    /// The provider type this entry configures.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            ProviderConfig::Db(_) => ProviderKind::Db,
+            ProviderConfig::Vault(_) => ProviderKind::Vault,
+            ProviderConfig::AwsKms(_) => ProviderKind::AwsKms,
+            ProviderConfig::Pkcs11(_) => ProviderKind::Pkcs11,
+            ProviderConfig::Http(_) => ProviderKind::Http,
+            ProviderConfig::Wasm(_) => ProviderKind::Wasm,
+        }
+    }
+}
+
+/// `type: "db"`: keys sealed in the gateway database. No fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConfig {}
+
+/// `type: "vault"`: HashiCorp Vault (or OpenBao) Transit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VaultConfig {
+    pub vault_url: Url,
+    pub vault_token: SecretString,
+    #[serde(default = "default_transit_mount")]
+    pub mount: String,
+}
+
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+
+/// `type: "aws-kms"`: AWS KMS or a stand-in at `endpoint`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AwsKmsConfig {
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    pub endpoint: Option<Url>,
+}
+
+/// `type: "pkcs11"`: an HSM through its PKCS#11 library.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pkcs11Config {
+    pub library: PathBuf,
+    pub slot: Pkcs11Slot,
+    pub pin: SecretString,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A PKCS#11 slot: by index, or by the label of the token in it.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Pkcs11Slot {
+    Index(u64),
+    Label(String),
+}
+
+/// `type: "http"`: a remote KMS speaking the seed's HTTP contract.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpConfig {
+    pub base_url: Url,
+    /// Shorthand for `auth: {type: "bearer", token}`.
+    pub api_key: Option<SecretString>,
+    pub auth: Option<HttpAuth>,
+    pub keys_path: Option<String>,
+    pub health_path: Option<String>,
+    #[serde(default)]
+    pub can_import: bool,
+}
+
+/// How the `http` provider authenticates to the remote service.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum HttpAuth {
+    None(NoAuth),
+    Bearer(BearerAuth),
+    Oauth2ClientCredentials(OAuth2Auth),
+    Mtls(MtlsAuth),
+}
+
+/// `auth: {type: "none"}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoAuth {}
+
+/// `auth: {type: "bearer", token}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerAuth {
+    pub token: SecretString,
+}
+
+/// `auth: {type: "oauth2-client-credentials", tokenUrl, clientId, clientSecret, scope?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OAuth2Auth {
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub scope: Option<String>,
+}
+
+/// `auth: {type: "mtls", certFile, keyFile, caFile?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MtlsAuth {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `type: "wasm"`: a guest adapter component.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WasmConfig {
+    pub component: PathBuf,
+    pub sha256: Option<String>,
+    pub config: Option<Value>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    pub limits: Option<WasmLimits>,
+}
+
+/// Per-guest resource limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WasmLimits {
+    pub memory_mb: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub instances: Option<u32>,
+}
+
+/// The optional `server` section; command-line flags and environment win over it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Largest accepted request body in bytes (default 1 MiB).
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The optional `database` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; default: SQLite in the data directory.
+    pub url: Option<SecretString>,
+}
+
+/// One thing wrong with a configuration, at a JSON path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {source}")]
+    Syntax {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{source_name} is invalid:\n{}", list(.problems))]
+    Invalid {
+        source_name: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Reads the process environment, for [`Config::load`].
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Config {
+    /// The configuration used when there is no file: one `db` provider named `db`.
+    pub fn single_db() -> Config {
+        Config {
+            default_provider: "db".into(),
+            providers: vec![ProviderEntry {
+                id: "db".into(),
+                description: Some("Keys sealed in the gateway database".into()),
+                config: ProviderConfig::Db(DbConfig {}),
+            }],
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+        }
+    }
+
+    /// Loads and validates the file at `path`, expanding placeholders through `lookup`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem found.
+    pub fn load(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown, lookup)
+    }
+
+    /// Parses and validates configuration text; `source_name` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem found.
+    pub fn parse(
+        text: &str,
+        source_name: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut root: Value = serde_json::from_str(text).map_err(|source| ConfigError::Syntax {
+            path: source_name.to_owned(),
+            source,
+        })?;
+        let mut problems = Vec::new();
+        let mut placeholder_problems = Vec::new();
+        env::expand(&mut root, "", lookup, &mut placeholder_problems);
+        for problem in placeholder_problems {
+            problems.push(match problem {
+                env::PlaceholderProblem::Unset { path, var } => Problem {
+                    path,
+                    message: format!("environment variable `{var}` is not set and has no default"),
+                },
+                env::PlaceholderProblem::Malformed { path, detail } => Problem {
+                    path,
+                    message: format!("bad placeholder: {detail}"),
+                },
+            });
+        }
+        let config = decode_root(root, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError::Invalid {
+                source_name: source_name.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+fn problem(problems: &mut Vec<Problem>, path: impl Into<String>, message: impl Into<String>) {
+    problems.push(Problem {
+        path: path.into(),
+        message: message.into(),
+    });
+}
+
+/// Decodes `value` as `T`, recording a problem at the exact JSON path on failure.
+fn typed<T: DeserializeOwned>(value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(err) => {
+            let inner = err.path().to_string();
+            let full = match (path.is_empty(), inner.as_str()) {
+                (_, ".") => path.to_owned(),
+                (true, inner) => inner.to_owned(),
+                (false, inner) => format!("{path}.{inner}"),
+            };
+            problem(problems, full, err.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
+    let Value::Object(map) = root else {
+        problem(problems, "", "the configuration must be a JSON object");
+        return None;
+    };
+    let mut default_provider = None;
+    let mut providers = None;
+    let mut server = ServerConfig::default();
+    let mut database = DatabaseConfig::default();
+    for (key, value) in map {
+        match key.as_str() {
+            "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
+            "providers" => providers = Some(decode_providers(value, problems)),
+            "server" => server = typed(value, &key, problems).unwrap_or_default(),
+            "database" => database = typed(value, &key, problems).unwrap_or_default(),
+            "auth" => problem(
+                problems,
+                key,
+                "API-key authentication is not available in this version of kmsgw yet",
+            ),
+            "$schema" => {}
+            other => problem(
+                problems,
+                other,
+                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`",
+            ),
+        }
+    }
+    let providers = match providers {
+        Some(list) if !list.is_empty() => list,
+        Some(_) | None => Config::single_db().providers,
+    };
+    let mut seen = HashSet::new();
+    for (i, entry) in providers.iter().enumerate() {
+        if !seen.insert(entry.id.as_str()) {
+            problem(
+                problems,
+                format!("providers[{i}].id"),
+                format!("duplicate provider id `{}`", entry.id),
+            );
+        }
+    }
+    let default_provider = default_provider.unwrap_or_else(|| "db".into());
+    if !providers.iter().any(|p| p.id == default_provider) {
+        problem(
+            problems,
+            "defaultProvider",
+            format!("`{default_provider}` names no provider in `providers`"),
+        );
+    }
+    Some(Config {
+        default_provider,
+        providers,
+        server,
+        database,
+    })
+}
+
+fn decode_providers(value: Value, problems: &mut Vec<Problem>) -> Vec<ProviderEntry> {
+    let Value::Array(items) = value else {
+        problem(problems, "providers", "must be an array of provider entries");
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, item)| decode_provider(item, &format!("providers[{i}]"), problems))
+        .collect()
+}
+
+fn take_string(
+    map: &mut Map<String, Value>,
+    key: &str,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            problem(problems, format!("{path}.{key}"), format!("must be a string, not {other}"));
+            None
+        }
+        None => None,
+    }
+}
+
+fn decode_provider(item: Value, path: &str, problems: &mut Vec<Problem>) -> Option<ProviderEntry> {
+    let Value::Object(mut map) = item else {
+        problem(problems, path, "a provider entry must be a JSON object");
+        return None;
+    };
+    let before = problems.len();
+    let id = take_string(&mut map, "id", path, problems);
+    let kind = take_string(&mut map, "type", path, problems);
+    let description = take_string(&mut map, "description", path, problems);
+    let id = match id {
+        Some(id) if valid_provider_id(&id) => Some(id),
+        Some(id) => {
+            problem(
+                problems,
+                format!("{path}.id"),
+                format!("`{id}` is not a valid id: use 1 to 64 letters, digits, `.`, `_` or `-`"),
+            );
+            None
+        }
+        None if problems.len() == before => {
+            problem(problems, format!("{path}.id"), "missing field `id`");
+            None
+        }
+        None => None,
+    };
+    let rest = Value::Object(map);
+    let config = match kind.as_deref() {
+        Some("db") => typed(rest, path, problems).map(ProviderConfig::Db),
+        Some("vault") => typed(rest, path, problems).map(ProviderConfig::Vault),
+        Some("aws-kms") => typed(rest, path, problems).map(ProviderConfig::AwsKms),
+        Some("pkcs11") => typed(rest, path, problems).map(ProviderConfig::Pkcs11),
+        Some("http") => typed::<HttpConfig>(rest, path, problems).and_then(|http| {
+            if http.api_key.is_some() && http.auth.is_some() {
+                problem(problems, format!("{path}.apiKey"), "give either `apiKey` or `auth`, not both");
+                None
+            } else {
+                Some(ProviderConfig::Http(http))
+            }
+        }),
+        Some("wasm") => typed(rest, path, problems).map(ProviderConfig::Wasm),
+        Some(other) => {
+            problem(
+                problems,
+                format!("{path}.type"),
+                format!(
+                    "unknown provider type `{other}`; expected one of `db`, `vault`, `aws-kms`, `pkcs11`, `http`, `wasm`"
+                ),
+            );
+            None
+        }
+        None => {
+            problem(problems, format!("{path}.type"), "missing field `type`");
+            None
+        }
+    };
+    Some(ProviderEntry {
+        id: id?,
+        description,
+        config: config?,
+    })
+}
+
+fn valid_provider_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests;

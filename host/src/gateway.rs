@@ -1,0 +1,366 @@
+//! The gateway: the provider registry and the key catalog together. It resolves a
+//! kid to its record and provider, keeps records in memory after first use (the sign
+//! hot path does no database round trip once warm), and keeps the catalog and the
+//! backends consistent when something fails half-way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+
+use crate::catalog::{Catalog, CatalogError, KeyRecord};
+use crate::crypto::PrivateKey;
+use crate::providers::{Alg, Health, Provider, ProviderError, ProviderKind};
+
+/// How long a health probe may take before it is reported as failed.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a gateway operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no key with kid `{0}`")]
+    KeyNotFound(String),
+    #[error("no provider with id `{0}`")]
+    ProviderNotFound(String),
+    #[error("a key with kid `{0}` already exists")]
+    KeyExists(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("key `{kid}` belongs to provider `{provider}`, which is not configured")]
+    ProviderGone { kid: String, provider: String },
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] CatalogError),
+}
+
+/// A configured provider and what `GET /providers` says about it.
+pub struct Registered {
+    pub provider: Arc<dyn Provider>,
+    pub description: Option<String>,
+}
+
+/// One line of `GET /health/kms`.
+#[derive(Debug)]
+pub struct ProviderHealth {
+    pub provider_id: String,
+    pub kind: ProviderKind,
+    pub health: Health,
+}
+
+/// The provider registry and key catalog.
+pub struct Gateway {
+    providers: Vec<Registered>,
+    by_id: HashMap<String, usize>,
+    default_provider: String,
+    catalog: Catalog,
+    records: DashMap<String, Arc<KeyRecord>>,
+    /// Bumped by every invalidation, so a record read from the database just before
+    /// a deletion is not cached after it.
+    invalidations: AtomicU64,
+}
+
+/// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
+pub fn valid_kid(kid: &str) -> bool {
+    (1..=128).contains(&kid.len())
+        && kid.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '~'))
+}
+
+impl Gateway {
+    /// A gateway over `providers` (in display order) and `catalog`.
+    ///
+    /// # Panics
+    /// When `default_provider` is not among `providers` (config validation prevents it).
+    pub fn new(providers: Vec<Registered>, default_provider: String, catalog: Catalog) -> Self {
+        let by_id: HashMap<_, _> = providers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.provider.id().to_owned(), i))
+            .collect();
+        assert!(by_id.contains_key(&default_provider), "default provider must be registered");
+        Gateway {
+            providers,
+            by_id,
+            default_provider,
+            catalog,
+            records: DashMap::new(),
+            invalidations: AtomicU64::new(0),
+        }
+    }
+
+    /// The configured providers, in configuration order.
+    pub fn providers(&self) -> &[Registered] {
+        &self.providers
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    fn provider(&self, id: Option<&str>) -> Result<&Arc<dyn Provider>, GatewayError> {
+        let id = id.unwrap_or(&self.default_provider);
+        self.by_id
+            .get(id)
+            .map(|&i| &self.providers[i].provider)
+            .ok_or_else(|| GatewayError::ProviderNotFound(id.to_owned()))
+    }
+
+    fn check_new_kid(kid: &str) -> Result<(), GatewayError> {
+        if valid_kid(kid) {
+            Ok(())
+        } else {
+            Err(GatewayError::InvalidInput(format!(
+                "kid `{kid}` is not valid: use 1 to 128 letters, digits, `-`, `_`, `.`, `:` or `~`"
+            )))
+        }
+    }
+
+    fn choose_alg(provider: &dyn Provider, alg: Option<Alg>) -> Result<Alg, GatewayError> {
+        let caps = provider.capabilities();
+        let alg = alg.unwrap_or(caps.default_alg);
+        if caps.supports(alg) {
+            Ok(alg)
+        } else {
+            Err(GatewayError::Unsupported(format!(
+                "provider `{}` does not support {alg}",
+                provider.id()
+            )))
+        }
+    }
+
+    /// Creates a key in `provider` (default: the default provider).
+    ///
+    /// # Errors
+    /// Unknown provider, taken kid, unsupported alg, backend failures.
+    pub async fn create_key(
+        &self,
+        kid: Option<String>,
+        alg: Option<Alg>,
+        provider: Option<&str>,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let provider = self.provider(provider)?;
+        if !provider.capabilities().can_create {
+            return Err(GatewayError::Unsupported(format!(
+                "provider `{}` cannot create keys",
+                provider.id()
+            )));
+        }
+        let alg = Self::choose_alg(provider.as_ref(), alg)?;
+        let kid = kid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Self::check_new_kid(&kid)?;
+        self.ensure_free(&kid).await?;
+        let material = provider.generate_key(&kid, alg).await?;
+        self.commit(provider.as_ref(), kid, alg, material).await
+    }
+
+    /// Imports `key` under `kid` into `provider` (default: the default provider).
+    ///
+    /// # Errors
+    /// Unknown provider, taken kid, a provider that cannot import, backend failures.
+    pub async fn import_key(
+        &self,
+        kid: String,
+        key: &PrivateKey,
+        alg: Option<Alg>,
+        provider: Option<&str>,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let provider = self.provider(provider)?;
+        if !provider.capabilities().can_import {
+            return Err(GatewayError::Unsupported(format!(
+                "provider `{}` cannot import keys",
+                provider.id()
+            )));
+        }
+        let alg = Self::choose_alg(provider.as_ref(), alg)?;
+        Self::check_new_kid(&kid)?;
+        self.ensure_free(&kid).await?;
+        let material = provider.import_key(&kid, key, alg).await?;
+        self.commit(provider.as_ref(), kid, alg, material).await
+    }
+
+    async fn ensure_free(&self, kid: &str) -> Result<(), GatewayError> {
+        if self.catalog.get(kid).await?.is_some() {
+            return Err(GatewayError::KeyExists(kid.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Records a key the backend now holds; if that fails, removes it from the
+    /// backend again so nothing is left half-written.
+    async fn commit(
+        &self,
+        provider: &dyn Provider,
+        kid: String,
+        alg: Alg,
+        material: crate::providers::KeyMaterial,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let record = KeyRecord {
+            public_jwk: material.public_jwk.labelled(&kid, alg.as_str()),
+            kid,
+            provider: provider.id().to_owned(),
+            external_id: material.external_id,
+            alg,
+            created_at: SystemTime::now(),
+        };
+        if let Err(e) = self.catalog.insert(&record, material.sealed_secret.as_deref()).await {
+            // A backend that names keys by kid may hold the key of whichever request won
+            // a race for that kid; only a backend-chosen name is surely ours to remove.
+            if record.external_id != record.kid {
+                self.discard_orphan(provider, &record).await;
+            }
+            return Err(match e {
+                CatalogError::Exists => GatewayError::KeyExists(record.kid),
+                other => other.into(),
+            });
+        }
+        Ok(Arc::new(record))
+    }
+
+    async fn discard_orphan(&self, provider: &dyn Provider, record: &KeyRecord) {
+        if let Err(e) = provider.delete_key(record).await {
+            tracing::warn!(kid = %record.kid, provider = provider.id(), error = %e,
+                "could not remove a backend key whose catalog record was not written");
+        }
+    }
+
+    /// The record of `kid`, from memory when possible.
+    ///
+    /// # Errors
+    /// [`GatewayError::KeyNotFound`], catalog failures.
+    pub async fn key(&self, kid: &str) -> Result<Arc<KeyRecord>, GatewayError> {
+        if let Some(record) = self.records.get(kid) {
+            return Ok(Arc::clone(&record));
+        }
+        let seen = self.invalidations.load(Ordering::Acquire);
+        let record = self
+            .catalog
+            .get(kid)
+            .await?
+            .ok_or_else(|| GatewayError::KeyNotFound(kid.to_owned()))?;
+        let record = Arc::new(record);
+        self.records.insert(kid.to_owned(), Arc::clone(&record));
+        // An invalidation that raced with the read either sees the insert (and
+        // removes it) or bumped the counter first (and we remove it here).
+        if self.invalidations.load(Ordering::Acquire) != seen {
+            self.records.remove(kid);
+        }
+        Ok(record)
+    }
+
+    /// Signs `message` with `kid`; `alg`, when given, must be the key's algorithm.
+    ///
+    /// # Errors
+    /// Unknown kid, algorithm mismatch, backend failures.
+    pub async fn sign(
+        &self,
+        kid: &str,
+        message: &[u8],
+        alg: Option<Alg>,
+    ) -> Result<(Vec<u8>, Alg), GatewayError> {
+        let record = self.key(kid).await?;
+        if let Some(alg) = alg {
+            if alg != record.alg {
+                return Err(GatewayError::InvalidInput(format!(
+                    "key `{kid}` is a {} key and cannot sign with {alg}",
+                    record.alg
+                )));
+            }
+        }
+        let provider = self.provider_of(&record)?;
+        match provider.sign(&record, message, record.alg).await {
+            Ok(signature) => Ok((signature, record.alg)),
+            Err(ProviderError::KeyNotFound(_)) => {
+                // The backend lost it, or another replica deleted it: forget it here too.
+                self.invalidate(kid);
+                Err(GatewayError::KeyNotFound(kid.to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn provider_of(&self, record: &KeyRecord) -> Result<&Arc<dyn Provider>, GatewayError> {
+        self.provider(Some(&record.provider)).map_err(|_| GatewayError::ProviderGone {
+            kid: record.kid.clone(),
+            provider: record.provider.clone(),
+        })
+    }
+
+    /// Deletes `kid` from its backend, then from the catalog.
+    ///
+    /// # Errors
+    /// Unknown kid, a provider that cannot delete, backend failures (the key stays).
+    pub async fn delete_key(&self, kid: &str) -> Result<(), GatewayError> {
+        let record = self
+            .catalog
+            .get(kid)
+            .await?
+            .ok_or_else(|| GatewayError::KeyNotFound(kid.to_owned()))?;
+        let provider = self.provider_of(&record)?;
+        if !provider.capabilities().can_delete {
+            return Err(GatewayError::Unsupported(format!(
+                "provider `{}` cannot delete keys",
+                provider.id()
+            )));
+        }
+        provider.delete_key(&record).await?;
+        let existed = self.catalog.delete(kid).await?;
+        self.invalidate(kid);
+        if existed {
+            Ok(())
+        } else {
+            Err(GatewayError::KeyNotFound(kid.to_owned()))
+        }
+    }
+
+    /// A page of key records after `cursor` (a kid), in kid order.
+    ///
+    /// # Errors
+    /// Catalog failures.
+    pub async fn list(&self, cursor: Option<&str>, limit: u32) -> Result<Vec<KeyRecord>, GatewayError> {
+        Ok(self.catalog.list(cursor, limit).await?)
+    }
+
+    /// Probes every provider in parallel, each bounded by a timeout.
+    pub async fn health(&self) -> Vec<ProviderHealth> {
+        let probes = self.providers.iter().map(|r| async move {
+            let provider = &r.provider;
+            let health = match tokio::time::timeout(HEALTH_TIMEOUT, provider.health()).await {
+                Ok(health) => health,
+                Err(_) => Health {
+                    ok: false,
+                    latency: HEALTH_TIMEOUT,
+                    error: Some(format!("no answer within {} s", HEALTH_TIMEOUT.as_secs())),
+                },
+            };
+            ProviderHealth {
+                provider_id: provider.id().to_owned(),
+                kind: provider.kind(),
+                health,
+            }
+        });
+        futures::future::join_all(probes).await
+    }
+
+    /// Forgets everything cached about `kid` (deleted here or by another replica).
+    pub fn invalidate(&self, kid: &str) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        self.records.remove(kid);
+        for registered in &self.providers {
+            registered.provider.invalidate(kid);
+        }
+    }
+
+    /// Forgets everything cached (deletions may have been missed).
+    pub fn invalidate_all(&self) {
+        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        self.records.clear();
+        for registered in &self.providers {
+            registered.provider.invalidate_all();
+        }
+    }
+}

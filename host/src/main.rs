@@ -1,0 +1,107 @@
+//! The `kmsgw` command line: parses flags, then hands over to [`kmsgw::server`].
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kmsgw::server::{self, ServeOptions, StartError};
+use secrecy::SecretString;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "kmsgw", version, about = "A WebAssembly-extensible signing gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REST API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// kms.json to load; without it, one `db` provider.
+    #[arg(long, env = "KMSGW_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080, or `server.listen` in kms.json].
+    #[arg(long, env = "KMSGW_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the SQLite database, the master key file and caches.
+    #[arg(long, env = "KMSGW_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// sqlite://… or postgres://… [default: SQLite in the data directory].
+    #[arg(long, env = "KMSGW_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Allow listening beyond loopback without API keys. Dangerous.
+    #[arg(long, env = "KMSGW_INSECURE_NO_AUTH")]
+    insecure_no_auth: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let options = ServeOptions {
+        config: args.config,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        database_url: args.database_url.map(SecretString::from),
+        master_key: std::env::var("KMSGW_MASTER_KEY").ok().map(SecretString::from),
+        insecure_no_auth: args.insecure_no_auth,
+    };
+    let result = match server::prepare(&options).await {
+        Ok(prepared) => server::serve(prepared, shutdown_signal()).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ (StartError::Config(_) | StartError::Refused(_))) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = interrupt.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down; finishing in-flight requests");
+}

@@ -1,0 +1,191 @@
+//! The [`Provider`] trait that every backend implements, native or guest, and the
+//! types it speaks.
+
+pub mod db;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::catalog::KeyRecord;
+use crate::crypto::{PrivateKey, PublicJwk};
+
+/// A signing algorithm the gateway knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Alg {
+    /// ECDSA on P-256 over SHA-256 of the message; signatures are raw `r‖s` (64 bytes).
+    ES256,
+}
+
+impl Alg {
+    /// Every algorithm the gateway knows, for error messages.
+    pub const ALL: &'static [Alg] = &[Alg::ES256];
+
+    /// The JOSE name of the algorithm.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::ES256 => "ES256",
+        }
+    }
+
+    /// Parses a JOSE algorithm name; `None` when the gateway does not know it.
+    pub fn parse(name: &str) -> Option<Alg> {
+        Alg::ALL.iter().copied().find(|a| a.as_str() == name)
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The closed set of provider types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Db,
+    Vault,
+    AwsKms,
+    Pkcs11,
+    Http,
+    Wasm,
+}
+
+impl ProviderKind {
+    /// The `type` value of this kind in kms.json.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Db => "db",
+            ProviderKind::Vault => "vault",
+            ProviderKind::AwsKms => "aws-kms",
+            ProviderKind::Pkcs11 => "pkcs11",
+            ProviderKind::Http => "http",
+            ProviderKind::Wasm => "wasm",
+        }
+    }
+}
+
+/// What a provider can do, as advertised by `GET /providers`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    pub can_create: bool,
+    pub can_import: bool,
+    pub can_delete: bool,
+    pub supported_algs: Vec<Alg>,
+    pub default_alg: Alg,
+}
+
+impl Capabilities {
+    /// Whether `alg` is among the supported algorithms.
+    pub fn supports(&self, alg: Alg) -> bool {
+        self.supported_algs.contains(&alg)
+    }
+}
+
+/// What a provider returns for a new or imported key.
+pub struct KeyMaterial {
+    /// The backend's own name for the key (for many backends, the kid).
+    pub external_id: String,
+    /// The public half, as a JWK without `kid`/`alg` (the gateway adds them).
+    pub public_jwk: PublicJwk,
+    /// Secret material the gateway must store with the key record, already sealed
+    /// by the provider. Stored in the same transaction as the record, so a key is
+    /// never half-written.
+    pub sealed_secret: Option<Vec<u8>>,
+}
+
+/// The result of a provider health probe.
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub ok: bool,
+    pub latency: Duration,
+    pub error: Option<String>,
+}
+
+/// Why a provider operation failed. The API maps each variant to one status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The backend does not hold this key.
+    #[error("key `{0}` not found in the backend")]
+    KeyNotFound(String),
+    /// The provider cannot do this operation or algorithm.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The request was well-formed JSON but its content is unusable (a bad JWK, …).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The backend could not be reached.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend did not answer in time.
+    #[error("backend timed out")]
+    Timeout,
+    /// The backend answered with an error.
+    #[error("backend error: {0}")]
+    Backend(String),
+    /// Something inside the gateway failed (storage, sealing).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One backend that holds keys and signs with them.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider's id from kms.json.
+    fn id(&self) -> &str;
+
+    /// The provider's type.
+    fn kind(&self) -> ProviderKind;
+
+    /// What the provider can do.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Creates a new key named `kid`.
+    ///
+    /// # Errors
+    /// [`ProviderError::Unsupported`] when the provider cannot create keys or `alg`,
+    /// and backend failures.
+    async fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, ProviderError>;
+
+    /// Stores an existing private key under `kid`.
+    ///
+    /// # Errors
+    /// [`ProviderError::Unsupported`] when the provider cannot import, and backend failures.
+    async fn import_key(
+        &self,
+        kid: &str,
+        key: &PrivateKey,
+        alg: Alg,
+    ) -> Result<KeyMaterial, ProviderError>;
+
+    /// Signs `message` with the key; for ES256 the result is the 64-byte raw `r‖s`.
+    ///
+    /// # Errors
+    /// [`ProviderError::KeyNotFound`] when the backend lost the key, and backend failures.
+    async fn sign(
+        &self,
+        key: &KeyRecord,
+        message: &[u8],
+        alg: Alg,
+    ) -> Result<Vec<u8>, ProviderError>;
+
+    /// Deletes the key from the backend.
+    ///
+    /// # Errors
+    /// Backend failures; a key the backend no longer has is not an error.
+    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError>;
+
+    /// Probes the backend.
+    async fn health(&self) -> Health;
+
+    /// Drops anything cached for `kid` (another replica deleted it).
+    fn invalidate(&self, _kid: &str) {}
+
+    /// Drops everything cached (deletions may have been missed).
+    fn invalidate_all(&self) {}
+}

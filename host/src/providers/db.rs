@@ -1,0 +1,159 @@
+//! The `db` provider: P-256 keys generated on the host, sealed under the master key
+//! in the gateway database, and held decrypted in memory after their first use.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+
+use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use crate::catalog::{Catalog, KeyRecord};
+use crate::crypto::seal::MasterKey;
+use crate::crypto::{Es256Signer, PrivateKey};
+
+/// Keys sealed in the gateway's own database.
+pub struct DbProvider {
+    id: String,
+    catalog: Catalog,
+    master: Arc<MasterKey>,
+    capabilities: Capabilities,
+    /// Signers by kid; the key inside is wiped by aws-lc when the last Arc drops.
+    signers: DashMap<String, Arc<CachedSigner>>,
+}
+
+/// A decrypted key and its public JWK coordinates, to check it against the record.
+struct CachedSigner {
+    signer: Es256Signer,
+    x: String,
+    y: String,
+}
+
+impl CachedSigner {
+    fn matches(&self, key: &KeyRecord) -> bool {
+        self.x == key.public_jwk.x && self.y == key.public_jwk.y
+    }
+}
+
+/// The associated data binding a sealed db key to its kid.
+fn aad(kid: &str) -> String {
+    format!("kmsgw:db-key:{kid}")
+}
+
+impl DbProvider {
+    /// A provider named `id` storing keys through `catalog`.
+    pub fn new(id: String, catalog: Catalog, master: Arc<MasterKey>) -> Self {
+        DbProvider {
+            id,
+            catalog,
+            master,
+            capabilities: Capabilities {
+                can_create: true,
+                can_import: true,
+                can_delete: true,
+                supported_algs: vec![Alg::ES256],
+                default_alg: Alg::ES256,
+            },
+            signers: DashMap::new(),
+        }
+    }
+
+    fn material(&self, kid: &str, key: &PrivateKey) -> KeyMaterial {
+        KeyMaterial {
+            external_id: kid.to_owned(),
+            public_jwk: key.public_jwk(),
+            sealed_secret: Some(self.master.seal(&aad(kid), key.scalar())),
+        }
+    }
+
+    async fn load_signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
+        let sealed = self
+            .catalog
+            .sealed_secret(&key.kid)
+            .await
+            .map_err(|e| ProviderError::Internal(e.to_string()))?
+            .ok_or_else(|| ProviderError::KeyNotFound(key.kid.clone()))?;
+        let scalar = self
+            .master
+            .open(&aad(&key.kid), &sealed)
+            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.kid)))?;
+        let private = PrivateKey::from_scalar(&scalar)
+            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.kid)))?;
+        let public = private.public_jwk();
+        let cached = Arc::new(CachedSigner {
+            signer: private.signer(),
+            x: public.x,
+            y: public.y,
+        });
+        if !cached.matches(key) {
+            return Err(ProviderError::Internal(format!(
+                "stored key `{}` does not match its public JWK",
+                key.kid
+            )));
+        }
+        self.signers.insert(key.kid.clone(), cached.clone());
+        Ok(cached)
+    }
+}
+
+#[async_trait]
+impl Provider for DbProvider {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Db
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+        Ok(self.material(kid, &PrivateKey::generate()))
+    }
+
+    async fn import_key(&self, kid: &str, key: &PrivateKey, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+        Ok(self.material(kid, key))
+    }
+
+    async fn sign(&self, key: &KeyRecord, message: &[u8], _alg: Alg) -> Result<Vec<u8>, ProviderError> {
+        // The catalog record is the truth: a signer cached for an older key that had
+        // the same kid must never sign for the new one.
+        let cached = self
+            .signers
+            .get(&key.kid)
+            .map(|s| Arc::clone(&s))
+            .filter(|s| s.matches(key));
+        let signer = match cached {
+            Some(signer) => signer,
+            None => self.load_signer(key).await?,
+        };
+        Ok(signer.signer.sign(message))
+    }
+
+    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+        // The material row goes with the catalog row, in the gateway's transaction.
+        self.signers.remove(&key.kid);
+        Ok(())
+    }
+
+    async fn health(&self) -> Health {
+        let start = Instant::now();
+        let result = self.catalog.ping().await;
+        Health {
+            ok: result.is_ok(),
+            latency: start.elapsed(),
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+
+    fn invalidate(&self, kid: &str) {
+        self.signers.remove(kid);
+    }
+
+    fn invalidate_all(&self) {
+        self.signers.clear();
+    }
+}

@@ -1,0 +1,247 @@
+//! Start-up glue: turns flags, environment and kms.json into a running gateway,
+//! and keeps replicas on PostgreSQL consistent by following deletions.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgListener;
+
+use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
+use crate::catalog::{Backend, Catalog, DELETE_CHANNEL};
+use crate::config::{Config, ConfigError, Problem, ProviderConfig};
+use crate::crypto::seal::MasterKey;
+use crate::gateway::{Gateway, Registered};
+use crate::providers::Provider;
+use crate::providers::db::DbProvider;
+
+/// Default listen address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const MASTER_KEY_CHECK: &str = "master-key-check";
+
+/// How to start: the flags of `kmsgw serve` (each also settable by environment).
+#[derive(Debug)]
+pub struct ServeOptions {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub data_dir: PathBuf,
+    pub database_url: Option<SecretString>,
+    pub master_key: Option<SecretString>,
+    pub insecure_no_auth: bool,
+}
+
+/// Why the gateway did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl StartError {
+    fn setup(context: &str, e: impl std::fmt::Display) -> Self {
+        StartError::Setup(format!("{context}: {e}"))
+    }
+}
+
+/// Loads the configuration named by `options` (one `db` provider when none is given).
+///
+/// # Errors
+/// [`ConfigError`] listing every problem.
+pub fn load_config(options: &ServeOptions) -> Result<Config, ConfigError> {
+    match &options.config {
+        Some(path) => Config::load(path, &crate::config::process_env),
+        None => Ok(Config::single_db()),
+    }
+}
+
+/// Everything built and ready to serve.
+pub struct Prepared {
+    pub state: AppState,
+    pub listen: SocketAddr,
+}
+
+/// Builds the gateway: config, data directory, master key, catalog, providers.
+///
+/// # Errors
+/// [`StartError`] saying what is wrong.
+pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
+    let started = Instant::now();
+    let config = load_config(options)?;
+    let listen_text = options
+        .listen
+        .clone()
+        .or_else(|| config.server.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        StartError::Refused(format!("listen address `{listen_text}` is not IP:PORT (e.g. 127.0.0.1:8080)"))
+    })?;
+    if !listen.ip().is_loopback() {
+        if options.insecure_no_auth {
+            tracing::warn!(%listen, "INSECURE: serving beyond loopback with no authentication (--insecure-no-auth); anyone who can reach this address can sign with every key");
+        } else {
+            return Err(StartError::Refused(format!(
+                "refusing to listen on {listen}: this gateway has no API keys, so it serves on loopback only; \
+                 listen on 127.0.0.1 or pass --insecure-no-auth to accept the risk"
+            )));
+        }
+    }
+    check_buildable(&config)?;
+
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| StartError::setup(&format!("cannot create data directory {}", options.data_dir.display()), e))?;
+    let master = Arc::new(match &options.master_key {
+        Some(text) => MasterKey::from_base64(text.expose_secret()).map_err(|e| StartError::setup("master key", e))?,
+        None => MasterKey::load_or_create(&options.data_dir.join("master.key"))
+            .map_err(|e| StartError::setup("master key", e))?,
+    });
+    let database_url = match (&options.database_url, &config.database.url) {
+        (Some(url), _) | (None, Some(url)) => url.expose_secret().to_owned(),
+        (None, None) => format!("sqlite://{}?mode=rwc", options.data_dir.join("kmsgw.db").display()),
+    };
+    let catalog = Catalog::connect(&database_url)
+        .await
+        .map_err(|e| StartError::setup("cannot open the database", e))?;
+    check_master_key(&catalog, &master).await?;
+
+    let providers = config
+        .providers
+        .into_iter()
+        .map(|entry| {
+            let provider: Arc<dyn Provider> = match entry.config {
+                ProviderConfig::Db(_) => Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone())),
+                ProviderConfig::Vault(_)
+                | ProviderConfig::AwsKms(_)
+                | ProviderConfig::Pkcs11(_)
+                | ProviderConfig::Http(_)
+                | ProviderConfig::Wasm(_) => unreachable!("check_buildable rejected unbuilt types"),
+            };
+            Registered {
+                provider,
+                description: entry.description,
+            }
+        })
+        .collect();
+    let gateway = Arc::new(Gateway::new(providers, config.default_provider, catalog.clone()));
+    if catalog.backend() == Backend::Postgres {
+        follow_deletions(&database_url, Arc::clone(&gateway)).await?;
+    }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        database = ?catalog.backend(),
+        "gateway ready"
+    );
+    Ok(Prepared {
+        state: AppState {
+            gateway,
+            max_body_bytes: config.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        },
+        listen,
+    })
+}
+
+/// Provider types whose backends are not part of this version stop the start,
+/// naming each entry.
+fn check_buildable(config: &Config) -> Result<(), ConfigError> {
+    let problems: Vec<Problem> = config
+        .providers
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| !matches!(entry.config, ProviderConfig::Db(_)))
+        .map(|(i, entry)| Problem {
+            path: format!("providers[{i}]"),
+            message: format!(
+                "provider `{}`: type `{}` is not built yet in this version of kmsgw",
+                entry.id,
+                entry.config.kind().as_str()
+            ),
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            source_name: "the provider list".into(),
+            problems,
+        })
+    }
+}
+
+/// Refuses to start with a master key other than the one the database was made with,
+/// instead of failing on every key later.
+async fn check_master_key(catalog: &Catalog, master: &MasterKey) -> Result<(), StartError> {
+    let fresh = STANDARD.encode(master.seal(MASTER_KEY_CHECK, b"kmsgw"));
+    let stored = catalog
+        .meta_insert_once(MASTER_KEY_CHECK, &fresh)
+        .await
+        .map_err(|e| StartError::setup("cannot read the database", e))?;
+    let opens = STANDARD
+        .decode(stored)
+        .ok()
+        .is_some_and(|sealed| master.open(MASTER_KEY_CHECK, &sealed).is_ok());
+    if opens {
+        Ok(())
+    } else {
+        Err(StartError::Refused(
+            "the master key is not the one this database was created with \
+             (check KMSGW_MASTER_KEY or the data directory's master.key)"
+                .into(),
+        ))
+    }
+}
+
+/// Subscribes to deletions announced by other replicas and drops the deleted keys
+/// from this replica's caches. After a lost connection everything cached is dropped,
+/// since announcements may have been missed.
+async fn follow_deletions(url: &str, gateway: Arc<Gateway>) -> Result<(), StartError> {
+    let mut listener = PgListener::connect(url)
+        .await
+        .map_err(|e| StartError::setup("cannot listen for deletions on PostgreSQL", e))?;
+    listener
+        .listen(DELETE_CHANNEL)
+        .await
+        .map_err(|e| StartError::setup("cannot listen for deletions on PostgreSQL", e))?;
+    tokio::spawn(async move {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => gateway.invalidate(notification.payload()),
+                Ok(None) => {
+                    tracing::warn!("lost the PostgreSQL deletion feed; dropping all cached keys");
+                    gateway.invalidate_all();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "PostgreSQL deletion feed failed; retrying");
+                    gateway.invalidate_all();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Serves until `shutdown` completes, then lets in-flight requests finish.
+///
+/// # Errors
+/// When the address cannot be bound or the server fails.
+pub async fn serve(prepared: Prepared, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let listener = tokio::net::TcpListener::bind(prepared.listen)
+        .await
+        .map_err(|e| StartError::setup(&format!("cannot listen on {}", prepared.listen), e))?;
+    let local = listener.local_addr().map_err(|e| StartError::setup("listener", e))?;
+    tracing::info!(addr = %local, "listening on http://{local}");
+    axum::serve(listener, app(prepared.state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| StartError::setup("server", e))?;
+    tracing::info!("stopped");
+    Ok(())
+}
