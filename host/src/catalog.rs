@@ -76,7 +76,9 @@ impl Catalog {
             .await?;
         if backend == Backend::Sqlite {
             // WAL lets readers proceed while a writer commits; it persists in the file.
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Catalog { pool, backend })
@@ -100,7 +102,11 @@ impl Catalog {
     ///
     /// # Errors
     /// [`CatalogError::Exists`] when the kid is taken.
-    pub async fn insert(&self, record: &KeyRecord, sealed: Option<&[u8]>) -> Result<(), CatalogError> {
+    pub async fn insert(
+        &self,
+        record: &KeyRecord,
+        sealed: Option<&[u8]>,
+    ) -> Result<(), CatalogError> {
         let jwk = serde_json::to_string(&record.public_jwk).expect("a JWK serialises");
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
@@ -116,7 +122,9 @@ impl Catalog {
         .execute(&mut *tx)
         .await;
         match inserted {
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(CatalogError::Exists),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(CatalogError::Exists);
+            }
             other => other?,
         };
         if let Some(sealed) = sealed {
@@ -148,7 +156,11 @@ impl Catalog {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<Vec<KeyRecord>, CatalogError> {
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, CatalogError> {
         let rows = sqlx::query(
             "SELECT kid, provider, external_id, alg, public_jwk, created_at FROM keys \
              WHERE kid > $1 ORDER BY kid LIMIT $2",
@@ -171,7 +183,9 @@ impl Catalog {
             .await?;
         row.map(|r| {
             let text: String = r.try_get("sealed")?;
-            STANDARD.decode(text).map_err(|_| CatalogError::Corrupt(kid.to_owned()))
+            STANDARD
+                .decode(text)
+                .map_err(|_| CatalogError::Corrupt(kid.to_owned()))
         })
         .transpose()
     }

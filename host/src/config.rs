@@ -245,7 +245,11 @@ pub enum ConfigError {
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Reads the process environment, for [`Config::load`].
@@ -272,7 +276,10 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] listing every problem found.
-    pub fn load(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
@@ -404,7 +411,11 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
 
 fn decode_providers(value: Value, problems: &mut Vec<Problem>) -> Vec<ProviderEntry> {
     let Value::Array(items) = value else {
-        problem(problems, "providers", "must be an array of provider entries");
+        problem(
+            problems,
+            "providers",
+            "must be an array of provider entries",
+        );
         return Vec::new();
     };
     items
@@ -423,7 +434,11 @@ fn take_string(
     match map.remove(key) {
         Some(Value::String(s)) => Some(s),
         Some(other) => {
-            problem(problems, format!("{path}.{key}"), format!("must be a string, not {other}"));
+            problem(
+                problems,
+                format!("{path}.{key}"),
+                format!("must be a string, not {other}"),
+            );
             None
         }
         None => None,
@@ -463,7 +478,11 @@ fn decode_provider(item: Value, path: &str, problems: &mut Vec<Problem>) -> Opti
         Some("pkcs11") => typed(rest, path, problems).map(ProviderConfig::Pkcs11),
         Some("http") => typed::<HttpConfig>(rest, path, problems).and_then(|http| {
             if http.api_key.is_some() && http.auth.is_some() {
-                problem(problems, format!("{path}.apiKey"), "give either `apiKey` or `auth`, not both");
+                problem(
+                    problems,
+                    format!("{path}.apiKey"),
+                    "give either `apiKey` or `auth`, not both",
+                );
                 None
             } else {
                 Some(ProviderConfig::Http(http))
@@ -494,7 +513,9 @@ fn decode_provider(item: Value, path: &str, problems: &mut Vec<Problem>) -> Opti
 
 fn valid_provider_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 #[cfg(test)]

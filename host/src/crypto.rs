@@ -40,10 +40,12 @@ fn decode_coordinate(name: &str, text: &str) -> Result<Zeroizing<[u8; 32]>, JwkE
             .decode(text)
             .map_err(|_| JwkError(format!("`{name}` is not base64url")))?,
     );
-    let array: [u8; 32] = bytes
-        .as_slice()
-        .try_into()
-        .map_err(|_| JwkError(format!("`{name}` must be 32 bytes for P-256, got {}", bytes.len())))?;
+    let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+        JwkError(format!(
+            "`{name}` must be 32 bytes for P-256, got {}",
+            bytes.len()
+        ))
+    })?;
     Ok(Zeroizing::new(array))
 }
 
@@ -125,6 +127,14 @@ pub struct PrivateKey {
     public: [u8; 65],
 }
 
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("public_x", &base64url(&self.public[1..33]))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The fields of a private JWK that matter; others (`kid`, `use`, …) are ignored.
 #[derive(Deserialize)]
 struct PrivateJwkFields {
@@ -173,7 +183,11 @@ impl PrivateKey {
         let derived = PublicJwk::from_sec1(&secret.public_key().to_sec1_bytes())?;
         match (fields.x, fields.y) {
             (Some(x), Some(y)) => {
-                let given = PublicJwk { x, y, ..derived.clone() };
+                let given = PublicJwk {
+                    x,
+                    y,
+                    ..derived.clone()
+                };
                 given.to_sec1()?;
                 if given.x != derived.x || given.y != derived.y {
                     return Err(JwkError(
@@ -311,11 +325,21 @@ mod tests {
         let mut jwk = jwk_of(&key);
         jwk["x"] = other.x.into();
         jwk["y"] = other.y.into();
-        assert!(PrivateKey::from_jwk(&jwk).unwrap_err().0.contains("do not belong"));
+        assert!(
+            PrivateKey::from_jwk(&jwk)
+                .unwrap_err()
+                .0
+                .contains("do not belong")
+        );
 
         let mut jwk = jwk_of(&key);
         jwk["y"] = jwk["x"].clone();
-        assert!(PrivateKey::from_jwk(&jwk).unwrap_err().0.contains("not on the P-256"));
+        assert!(
+            PrivateKey::from_jwk(&jwk)
+                .unwrap_err()
+                .0
+                .contains("not on the P-256")
+        );
     }
 
     #[test]

@@ -67,7 +67,9 @@ pub struct Gateway {
 /// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
 pub fn valid_kid(kid: &str) -> bool {
     (1..=128).contains(&kid.len())
-        && kid.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '~'))
+        && kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '~'))
 }
 
 impl Gateway {
@@ -81,7 +83,10 @@ impl Gateway {
             .enumerate()
             .map(|(i, r)| (r.provider.id().to_owned(), i))
             .collect();
-        assert!(by_id.contains_key(&default_provider), "default provider must be registered");
+        assert!(
+            by_id.contains_key(&default_provider),
+            "default provider must be registered"
+        );
         Gateway {
             providers,
             by_id,
@@ -207,7 +212,11 @@ impl Gateway {
             alg,
             created_at: SystemTime::now(),
         };
-        if let Err(e) = self.catalog.insert(&record, material.sealed_secret.as_deref()).await {
+        if let Err(e) = self
+            .catalog
+            .insert(&record, material.sealed_secret.as_deref())
+            .await
+        {
             // A backend that names keys by kid may hold the key of whichever request won
             // a race for that kid; only a backend-chosen name is surely ours to remove.
             if record.external_id != record.kid {
@@ -284,10 +293,11 @@ impl Gateway {
     }
 
     fn provider_of(&self, record: &KeyRecord) -> Result<&Arc<dyn Provider>, GatewayError> {
-        self.provider(Some(&record.provider)).map_err(|_| GatewayError::ProviderGone {
-            kid: record.kid.clone(),
-            provider: record.provider.clone(),
-        })
+        self.provider(Some(&record.provider))
+            .map_err(|_| GatewayError::ProviderGone {
+                kid: record.kid.clone(),
+                provider: record.provider.clone(),
+            })
     }
 
     /// Deletes `kid` from its backend, then from the catalog.
@@ -321,7 +331,11 @@ impl Gateway {
     ///
     /// # Errors
     /// Catalog failures.
-    pub async fn list(&self, cursor: Option<&str>, limit: u32) -> Result<Vec<KeyRecord>, GatewayError> {
+    pub async fn list(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, GatewayError> {
         Ok(self.catalog.list(cursor, limit).await?)
     }
 

@@ -10,7 +10,11 @@ use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "kmsgw", version, about = "A WebAssembly-extensible signing gateway")]
+#[command(
+    name = "kmsgw",
+    version,
+    about = "A WebAssembly-extensible signing gateway"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -68,7 +72,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         listen: args.listen,
         data_dir: args.data_dir,
         database_url: args.database_url.map(SecretString::from),
-        master_key: std::env::var("KMSGW_MASTER_KEY").ok().map(SecretString::from),
+        master_key: std::env::var("KMSGW_MASTER_KEY")
+            .ok()
+            .map(SecretString::from),
         insecure_no_auth: args.insecure_no_auth,
     };
     let result = match server::prepare(&options).await {
@@ -91,14 +97,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = interrupt.await;
-            return;
-        }
-    };
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
     tokio::select! {
         _ = interrupt => {}
         _ = terminate.recv() => {}

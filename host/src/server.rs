@@ -82,7 +82,9 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         .or_else(|| config.server.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        StartError::Refused(format!("listen address `{listen_text}` is not IP:PORT (e.g. 127.0.0.1:8080)"))
+        StartError::Refused(format!(
+            "listen address `{listen_text}` is not IP:PORT (e.g. 127.0.0.1:8080)"
+        ))
     })?;
     if !listen.ip().is_loopback() {
         if options.insecure_no_auth {
@@ -96,16 +98,27 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     }
     check_buildable(&config)?;
 
-    std::fs::create_dir_all(&options.data_dir)
-        .map_err(|e| StartError::setup(&format!("cannot create data directory {}", options.data_dir.display()), e))?;
+    std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+        StartError::setup(
+            &format!(
+                "cannot create data directory {}",
+                options.data_dir.display()
+            ),
+            e,
+        )
+    })?;
     let master = Arc::new(match &options.master_key {
-        Some(text) => MasterKey::from_base64(text.expose_secret()).map_err(|e| StartError::setup("master key", e))?,
+        Some(text) => MasterKey::from_base64(text.expose_secret())
+            .map_err(|e| StartError::setup("master key", e))?,
         None => MasterKey::load_or_create(&options.data_dir.join("master.key"))
             .map_err(|e| StartError::setup("master key", e))?,
     });
     let database_url = match (&options.database_url, &config.database.url) {
         (Some(url), _) | (None, Some(url)) => url.expose_secret().to_owned(),
-        (None, None) => format!("sqlite://{}?mode=rwc", options.data_dir.join("kmsgw.db").display()),
+        (None, None) => format!(
+            "sqlite://{}?mode=rwc",
+            options.data_dir.join("kmsgw.db").display()
+        ),
     };
     let catalog = Catalog::connect(&database_url)
         .await
@@ -117,7 +130,9 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         .into_iter()
         .map(|entry| {
             let provider: Arc<dyn Provider> = match entry.config {
-                ProviderConfig::Db(_) => Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone())),
+                ProviderConfig::Db(_) => {
+                    Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone()))
+                }
                 ProviderConfig::Vault(_)
                 | ProviderConfig::AwsKms(_)
                 | ProviderConfig::Pkcs11(_)
@@ -130,7 +145,11 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             }
         })
         .collect();
-    let gateway = Arc::new(Gateway::new(providers, config.default_provider, catalog.clone()));
+    let gateway = Arc::new(Gateway::new(
+        providers,
+        config.default_provider,
+        catalog.clone(),
+    ));
     if catalog.backend() == Backend::Postgres {
         follow_deletions(&database_url, Arc::clone(&gateway)).await?;
     }
@@ -142,7 +161,10 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     Ok(Prepared {
         state: AppState {
             gateway,
-            max_body_bytes: config.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes: config
+                .server
+                .max_body_bytes
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
         },
         listen,
     })
@@ -232,11 +254,16 @@ async fn follow_deletions(url: &str, gateway: Arc<Gateway>) -> Result<(), StartE
 ///
 /// # Errors
 /// When the address cannot be bound or the server fails.
-pub async fn serve(prepared: Prepared, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+pub async fn serve(
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(prepared.listen)
         .await
         .map_err(|e| StartError::setup(&format!("cannot listen on {}", prepared.listen), e))?;
-    let local = listener.local_addr().map_err(|e| StartError::setup("listener", e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError::setup("listener", e))?;
     tracing::info!(addr = %local, "listening on http://{local}");
     axum::serve(listener, app(prepared.state))
         .with_graceful_shutdown(shutdown)

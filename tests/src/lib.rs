@@ -1,1 +1,383 @@
+//! Test harness: starts the real `kmsgw` binary on a free loopback port against a
+//! real database (a SQLite file, or a fresh database on the throwaway PostgreSQL
+//! cluster that `scripts/test` starts), talks to it over HTTP, and verifies
+//! signatures with an implementation independent of the gateway's (RustCrypto p256).
 
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p256::ecdsa::signature::Verifier;
+use serde_json::Value;
+use sqlx::Connection;
+
+pub use reqwest::StatusCode;
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// The `kmsgw` binary built from this workspace (`KMSGW_BIN` overrides).
+pub fn kmsgw_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("KMSGW_BIN") {
+        return path.into();
+    }
+    // Test executables live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("kmsgw");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`cargo build -p kmsgw`), or run scripts/test",
+        bin.display()
+    );
+    bin
+}
+
+/// The base URL of the test PostgreSQL cluster (`postgres://user@127.0.0.1:port`).
+pub fn pg_base() -> String {
+    std::env::var("KMSGW_TEST_PG").expect(
+        "KMSGW_TEST_PG is not set: run the tests through scripts/test, which starts PostgreSQL",
+    )
+}
+
+/// Creates an empty database on the test cluster and returns its URL.
+pub async fn fresh_pg_database() -> String {
+    let base = pg_base();
+    let name = format!("kmsgw_{}", uuid_like());
+    let mut admin = sqlx::postgres::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("connect to the test PostgreSQL cluster");
+    // The name is hex digits we made, so it is safe to splice into the statement.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    format!("{base}/{name}")
+}
+
+fn uuid_like() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("read /dev/urandom");
+}
+
+/// A fresh random master key in the `KMSGW_MASTER_KEY` form.
+pub fn random_master_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Where a gateway keeps its state: a data directory and a database.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub database_url: Option<String>,
+    pub master_key: Option<String>,
+}
+
+impl Site {
+    /// A new site on `db` (for PostgreSQL, a fresh database).
+    pub async fn new(db: Db) -> Site {
+        let database_url = match db {
+            Db::Sqlite => None,
+            Db::Postgres => Some(fresh_pg_database().await),
+        };
+        Site {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database_url,
+            master_key: None,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts a gateway on this site with no extra arguments.
+    pub fn start(&self) -> Gateway {
+        self.start_with(&[], &[])
+    }
+
+    /// Starts a gateway with extra `serve` arguments and environment.
+    pub fn start_with(&self, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let log = self.dir.path().join(format!("gateway-{}.log", uuid_like()));
+        let mut cmd = self.command(args, env);
+        Gateway::spawn(&mut cmd, log)
+    }
+
+    /// The `kmsgw serve` command for this site, for tests that expect it to fail.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(kmsgw_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env_remove("KMSGW_CONFIG")
+            .env_remove("KMSGW_DATABASE_URL")
+            .env_remove("KMSGW_MASTER_KEY")
+            .env_remove("KMSGW_LISTEN")
+            .env("RUST_LOG", "info");
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if let Some(url) = &self.database_url {
+            cmd.arg("--database-url").arg(url);
+        }
+        if let Some(key) = &self.master_key {
+            cmd.env("KMSGW_MASTER_KEY", key);
+        }
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
+/// A running gateway process.
+pub struct Gateway {
+    child: Child,
+    pub base: String,
+    pub log: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Gateway {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Gateway {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kmsgw");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).expect("log file");
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = writeln!(file, "{line}");
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "gateway did not start; its log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
+        Gateway {
+            child,
+            base: format!("http://{addr}"),
+            log,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends a request with a raw body and returns the status and JSON body (or Null).
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let response = request.send().await.expect("request reaches the gateway");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("response body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                panic!(
+                    "non-JSON body for {path}: {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, json)
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.raw(
+            reqwest::Method::POST,
+            path,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.raw(reqwest::Method::GET, path, None).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.raw(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates a key and returns the response body, asserting 200.
+    pub async fn create(&self, body: Value) -> Value {
+        let (status, json) = self.post("/keys", body).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        json
+    }
+
+    /// Signs `message` with `kid` and returns the base64url signature, asserting 200.
+    pub async fn sign(&self, kid: &str, message: &[u8]) -> String {
+        let data = base64::engine::general_purpose::STANDARD.encode(message);
+        let (status, json) = self
+            .post(
+                &format!("/keys/{kid}/sign"),
+                serde_json::json!({ "data": data }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        json["signature"].as_str().expect("signature").to_owned()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the gateway has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Verifies a base64url raw `r‖s` ES256 signature of `message` against a public JWK.
+pub fn verify(jwk: &Value, message: &[u8], signature_b64url: &str) -> Result<(), String> {
+    if jwk["kty"] != "EC" || jwk["crv"] != "P-256" {
+        return Err(format!("not a P-256 JWK: {jwk}"));
+    }
+    let coord = |name: &str| -> Result<Vec<u8>, String> {
+        let text = jwk[name].as_str().ok_or(format!("JWK without {name}"))?;
+        URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    let mut point = vec![4u8];
+    point.extend(coord("x")?);
+    point.extend(coord("y")?);
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|e| e.to_string())?;
+    let raw = URL_SAFE_NO_PAD
+        .decode(signature_b64url)
+        .map_err(|e| format!("signature is not unpadded base64url: {e}"))?;
+    if raw.len() != 64 {
+        return Err(format!(
+            "signature is {} bytes, not raw r‖s (64)",
+            raw.len()
+        ));
+    }
+    let signature = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| e.to_string())?;
+    key.verify(message, &signature).map_err(|e| e.to_string())
+}
+
+/// Asserts that the signature verifies.
+#[track_caller]
+pub fn assert_verifies(jwk: &Value, message: &[u8], signature: &str) {
+    if let Err(e) = verify(jwk, message, signature) {
+        panic!("signature does not verify against {jwk}: {e}");
+    }
+}
+
+/// A fixed private JWK for import tests: the scalar is 0x11 repeated.
+pub fn known_private_jwk() -> (Value, [u8; 32]) {
+    let scalar = [0x11u8; 32];
+    let secret = p256::SecretKey::from_slice(&scalar).expect("valid scalar");
+    let point = secret.public_key().to_sec1_bytes();
+    let jwk = serde_json::json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        "d": URL_SAFE_NO_PAD.encode(scalar),
+    });
+    (jwk, scalar)
+}
+
+/// The files under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => out.push(path),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,10 +1,10 @@
 //! API errors: the only place an HTTP status and a stable `code` are chosen.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -51,7 +51,9 @@ impl ApiError {
         use ProviderError as P;
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Gateway(e) => match e {
@@ -60,7 +62,9 @@ impl ApiError {
                 G::KeyExists(_) => (StatusCode::CONFLICT, "key_exists"),
                 G::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
                 G::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_operation"),
-                G::ProviderGone { .. } => (StatusCode::SERVICE_UNAVAILABLE, "provider_not_configured"),
+                G::ProviderGone { .. } => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "provider_not_configured")
+                }
                 G::Catalog(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
                 G::Provider(p) => match p {
                     P::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
@@ -110,7 +114,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::bad_request("unreadable_body", rejection.body_text())
             }
         })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
         serde_json::from_slice(bytes).map(JsonBody).map_err(|e| {
             if e.is_data() {
                 ApiError::bad_request("invalid_field", e.to_string())

@@ -98,7 +98,10 @@ fn parse_alg(alg: Option<&str>) -> Result<Option<Alg>, ApiError> {
             let known: Vec<_> = Alg::ALL.iter().map(|a| a.as_str()).collect();
             ApiError::bad_request(
                 "unsupported_alg",
-                format!("algorithm `{name}` is not supported; use one of {}", known.join(", ")),
+                format!(
+                    "algorithm `{name}` is not supported; use one of {}",
+                    known.join(", ")
+                ),
             )
         })
     })
@@ -143,7 +146,10 @@ pub async fn sign(
 ) -> Result<Json<SignResponse>, ApiError> {
     let alg = parse_alg(req.alg.as_deref())?;
     let message = decode_base64(&req.data).map_err(|_| {
-        ApiError::bad_request("invalid_base64", "`data` is neither standard nor url-safe base64")
+        ApiError::bad_request(
+            "invalid_base64",
+            "`data` is neither standard nor url-safe base64",
+        )
     })?;
     let (signature, alg) = state.gateway.sign(&kid, &message, alg).await?;
     Ok(Json(SignResponse {
@@ -154,13 +160,19 @@ pub async fn sign(
 }
 
 /// `DELETE /keys/{kid}`
-pub async fn delete(State(state): State<AppState>, Path(kid): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(kid): Path<String>,
+) -> Result<StatusCode, ApiError> {
     state.gateway.delete_key(&kid).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /keys/{kid}`
-pub async fn get(State(state): State<AppState>, Path(kid): Path<String>) -> Result<Json<KeyResponse>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Path(kid): Path<String>,
+) -> Result<Json<KeyResponse>, ApiError> {
     let record = state.gateway.key(&kid).await?;
     Ok(Json(KeyResponse::from(record.as_ref())))
 }

@@ -35,7 +35,11 @@ pub fn expand(
         }
         Value::Object(map) => {
             for (key, item) in map.iter_mut() {
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
                 expand(item, &child, lookup, problems);
             }
         }
@@ -118,7 +122,10 @@ mod tests {
         let (value, problems) =
             run(json!({"a": "http://${HOST}:${PORT:8200}/v1", "n": 3, "l": ["${HOST}"]}));
         assert!(problems.is_empty());
-        assert_eq!(value, json!({"a": "http://vault.local:8200/v1", "n": 3, "l": ["vault.local"]}));
+        assert_eq!(
+            value,
+            json!({"a": "http://vault.local:8200/v1", "n": 3, "l": ["vault.local"]})
+        );
     }
 
     #[test]

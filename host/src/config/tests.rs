@@ -43,8 +43,17 @@ fn every_provider_type_parses() {
         ]
     });
     let config = Config::parse(&text.to_string(), "kms.json", &no_env).unwrap();
-    let kinds: Vec<_> = config.providers.iter().map(|p| p.config.kind().as_str()).collect();
-    assert_eq!(kinds, ["db", "vault", "aws-kms", "pkcs11", "pkcs11", "http", "http", "http", "http", "wasm"]);
+    let kinds: Vec<_> = config
+        .providers
+        .iter()
+        .map(|p| p.config.kind().as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "db", "vault", "aws-kms", "pkcs11", "pkcs11", "http", "http", "http", "http", "wasm"
+        ]
+    );
     assert!(matches!(
         &config.providers[3].config,
         ProviderConfig::Pkcs11(Pkcs11Config { slot: Pkcs11Slot::Label(l), .. }) if l == "tok"
@@ -69,7 +78,9 @@ fn a_typo_is_rejected_in_every_provider_type() {
     for entry in entries {
         let problems = problems_of(one_provider(entry.clone()));
         assert!(
-            problems.iter().any(|p| p.path.starts_with("providers[1]") && p.message.contains("unknown field")),
+            problems
+                .iter()
+                .any(|p| p.path.starts_with("providers[1]") && p.message.contains("unknown field")),
             "{entry}: {problems:?}"
         );
     }
@@ -95,21 +106,31 @@ fn unknown_type_duplicate_ids_and_missing_default_are_all_reported_at_once() {
 
 #[test]
 fn wrong_types_name_their_path() {
-    let problems = problems_of(one_provider(json!({"id": "v", "type": "vault", "vaultUrl": 5, "vaultToken": "t"})));
+    let problems = problems_of(one_provider(
+        json!({"id": "v", "type": "vault", "vaultUrl": 5, "vaultToken": "t"}),
+    ));
     assert_eq!(problems[0].path, "providers[1].vaultUrl", "{problems:?}");
 }
 
 #[test]
 fn unset_variables_are_listed_by_name() {
-    let problems = problems_of(one_provider(json!({"id": "v", "type": "vault", "vaultUrl": "${VAULT_URL}", "vaultToken": "${VAULT_TOKEN}"})));
+    let problems = problems_of(one_provider(
+        json!({"id": "v", "type": "vault", "vaultUrl": "${VAULT_URL}", "vaultToken": "${VAULT_TOKEN}"}),
+    ));
     let text: Vec<_> = problems.iter().map(ToString::to_string).collect();
-    assert!(text.iter().any(|t| t.contains("VAULT_URL") && t.contains("providers[1].vaultUrl")), "{text:?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("VAULT_URL") && t.contains("providers[1].vaultUrl")),
+        "{text:?}"
+    );
     assert!(text.iter().any(|t| t.contains("VAULT_TOKEN")), "{text:?}");
 }
 
 #[test]
 fn secrets_do_not_show_in_debug_output() {
-    let text = one_provider(json!({"id": "v", "type": "vault", "vaultUrl": "http://a", "vaultToken": "hunter2-secret"}));
+    let text = one_provider(
+        json!({"id": "v", "type": "vault", "vaultUrl": "http://a", "vaultToken": "hunter2-secret"}),
+    );
     let config = Config::parse(&text.to_string(), "kms.json", &no_env).unwrap();
     assert!(!format!("{config:?}").contains("hunter2-secret"));
 }

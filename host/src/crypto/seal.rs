@@ -67,8 +67,16 @@ impl MasterKey {
     /// When the file cannot be read or created, or holds something else than a key.
     pub fn load_or_create(path: &Path) -> Result<Self, SealError> {
         let shown = path.display().to_string();
-        let io_error = |source| SealError::KeyFile { path: shown.clone(), source };
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        let io_error = |source| SealError::KeyFile {
+            path: shown.clone(),
+            source,
+        };
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
             Ok(mut file) => {
                 let mut bytes = Zeroizing::new([0u8; 32]);
                 aws_lc_rs::rand::fill(bytes.as_mut_slice()).expect("system randomness");
@@ -119,7 +127,11 @@ impl MasterKey {
         let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
         let plain_len = self
             .0
-            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut body)
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut body,
+            )
             .map_err(|_| SealError::Open)?
             .len();
         body.truncate(plain_len);
@@ -137,7 +149,11 @@ mod tests {
         let sealed = key.seal("kid-1", b"secret");
         assert_eq!(key.open("kid-1", &sealed).unwrap().as_slice(), b"secret");
         assert!(key.open("kid-2", &sealed).is_err());
-        assert!(MasterKey::from_bytes(&[8; 32]).open("kid-1", &sealed).is_err());
+        assert!(
+            MasterKey::from_bytes(&[8; 32])
+                .open("kid-1", &sealed)
+                .is_err()
+        );
         let mut flipped = sealed.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(key.open("kid-1", &flipped).is_err());

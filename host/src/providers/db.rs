@@ -114,11 +114,21 @@ impl Provider for DbProvider {
         Ok(self.material(kid, &PrivateKey::generate()))
     }
 
-    async fn import_key(&self, kid: &str, key: &PrivateKey, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+    async fn import_key(
+        &self,
+        kid: &str,
+        key: &PrivateKey,
+        _alg: Alg,
+    ) -> Result<KeyMaterial, ProviderError> {
         Ok(self.material(kid, key))
     }
 
-    async fn sign(&self, key: &KeyRecord, message: &[u8], _alg: Alg) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(
+        &self,
+        key: &KeyRecord,
+        message: &[u8],
+        _alg: Alg,
+    ) -> Result<Vec<u8>, ProviderError> {
         // The catalog record is the truth: a signer cached for an older key that had
         // the same kid must never sign for the new one.
         let cached = self

@@ -1,0 +1,68 @@
+//! Two gateway processes on one PostgreSQL database behave as one service.
+
+use std::time::{Duration, Instant};
+
+use kmsgw_tests::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_keys_and_a_delete_reaches_the_other_within_a_second() {
+    let mut site_a = Site::new(Db::Postgres).await;
+    site_a.master_key = Some(random_master_key());
+    let site_b = Site {
+        dir: tempfile::tempdir().unwrap(),
+        database_url: site_a.database_url.clone(),
+        master_key: site_a.master_key.clone(),
+    };
+    let a = site_a.start();
+    let b = site_b.start();
+
+    // Created through A, signs through B (and the reverse).
+    let key = a.create(json!({"kid": "shared"})).await;
+    for round in 0..3 {
+        let message = format!("round {round}");
+        let signature = b.sign("shared", message.as_bytes()).await;
+        assert_verifies(&key["publicJwk"], message.as_bytes(), &signature);
+    }
+    let other = b.create(json!({"kid": "from-b"})).await;
+    let signature = a.sign("from-b", b"hello").await;
+    assert_verifies(&other["publicJwk"], b"hello", &signature);
+
+    // B has the key warm in memory; a delete acknowledged by A must stop it fast.
+    let (status, _) = a.delete("/keys/shared").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let acknowledged = Instant::now();
+    loop {
+        let (status, body) = b.post("/keys/shared/sign", json!({"data": "eA=="})).await;
+        if status == StatusCode::NOT_FOUND {
+            assert_eq!(body["code"], "key_not_found");
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            acknowledged.elapsed() < Duration::from_secs(1),
+            "replica B still signs with a key deleted through A after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(acknowledged.elapsed() < Duration::from_secs(1));
+
+    // The same kid created again through A signs through B with the *new* key.
+    let fresh = a.create(json!({"kid": "shared"})).await;
+    let signature = b.sign("shared", b"new key").await;
+    assert_verifies(&fresh["publicJwk"], b"new key", &signature);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_master_key_on_the_same_database_refuses_to_start() {
+    let mut site = Site::new(Db::Postgres).await;
+    site.master_key = Some(random_master_key());
+    let gw = site.start();
+    gw.create(json!({"kid": "k"})).await;
+    drop(gw);
+    site.master_key = Some(random_master_key());
+    let output = site.command(&[], &[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("master key is not the one"), "{stderr}");
+}
