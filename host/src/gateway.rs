@@ -272,13 +272,13 @@ impl Gateway {
         alg: Option<Alg>,
     ) -> Result<(Vec<u8>, Alg), GatewayError> {
         let record = self.key(kid).await?;
-        if let Some(alg) = alg {
-            if alg != record.alg {
-                return Err(GatewayError::InvalidInput(format!(
-                    "key `{kid}` is a {} key and cannot sign with {alg}",
-                    record.alg
-                )));
-            }
+        if let Some(alg) = alg
+            && alg != record.alg
+        {
+            return Err(GatewayError::InvalidInput(format!(
+                "key `{kid}` is a {} key and cannot sign with {alg}",
+                record.alg
+            )));
         }
         let provider = self.provider_of(&record)?;
         match provider.sign(&record, message, record.alg).await {

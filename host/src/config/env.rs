@@ -22,10 +22,10 @@ pub fn expand(
 ) {
     match value {
         Value::String(text) => {
-            if text.contains("${") {
-                if let Some(expanded) = expand_str(text, path, lookup, problems) {
-                    *text = expanded;
-                }
+            if text.contains("${")
+                && let Some(expanded) = expand_str(text, path, lookup, problems)
+            {
+                *text = expanded;
             }
         }
         Value::Array(items) => {
