@@ -96,7 +96,11 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             )));
         }
     }
-    check_buildable(&config)?;
+    let source_name = options
+        .config
+        .as_ref()
+        .map_or_else(|| "kms.json".to_owned(), |p| p.display().to_string());
+    check_buildable(&config, &source_name)?;
 
     std::fs::create_dir_all(&options.data_dir).map_err(|e| {
         StartError::setup(
@@ -172,7 +176,7 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
 
 /// Provider types whose backends are not part of this version stop the start,
 /// naming each entry.
-fn check_buildable(config: &Config) -> Result<(), ConfigError> {
+fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError> {
     let problems: Vec<Problem> = config
         .providers
         .iter()
@@ -191,7 +195,7 @@ fn check_buildable(config: &Config) -> Result<(), ConfigError> {
         Ok(())
     } else {
         Err(ConfigError::Invalid {
-            source_name: "the provider list".into(),
+            source_name: source_name.to_owned(),
             problems,
         })
     }
