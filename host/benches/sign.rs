@@ -1,0 +1,59 @@
+//! In-process sign throughput: the bare ES256 signer, and a warm `db` key signed
+//! through the gateway (record and decrypted key cached; no database round trip).
+//!
+//! `cargo bench -p kmsgw --bench sign`
+
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kmsgw::catalog::Catalog;
+use kmsgw::crypto::PrivateKey;
+use kmsgw::crypto::seal::MasterKey;
+use kmsgw::gateway::{Gateway, Registered};
+use kmsgw::providers::db::DbProvider;
+
+fn sign(c: &mut Criterion) {
+    let message = [0x5au8; 100];
+    let mut group = c.benchmark_group("es256");
+    group.throughput(Throughput::Elements(1));
+
+    let signer = PrivateKey::generate().signer();
+    group.bench_function("signer", |b| b.iter(|| signer.sign(&message)));
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = runtime.block_on(async {
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("bench.db").display()
+        );
+        let catalog = Catalog::connect(&url).await.unwrap();
+        let master = Arc::new(MasterKey::from_bytes(&[9; 32]));
+        let db = DbProvider::new("db".into(), catalog.clone(), master);
+        let registered = vec![Registered {
+            provider: Arc::new(db),
+            description: None,
+        }];
+        let gateway = Gateway::new(registered, "db".into(), catalog);
+        gateway
+            .create_key(Some("bench".into()), None, None)
+            .await
+            .unwrap();
+        gateway.sign("bench", &message, None).await.unwrap();
+        gateway
+    });
+    group.bench_function("gateway_db_warm", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(gateway.sign("bench", &message, None))
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sign);
+criterion_main!(benches);
