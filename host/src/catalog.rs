@@ -250,6 +250,72 @@ impl Catalog {
     }
 }
 
+/// Guest storage: one namespace per provider id; values are stored as given (the
+/// caller seals them).
+impl Catalog {
+    /// The value under `key` in `provider`'s namespace.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn guest_get(&self, provider: &str, key: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        let row = sqlx::query("SELECT value FROM guest_kv WHERE provider = $1 AND key = $2")
+            .bind(provider)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let text: String = r.try_get("value")?;
+            STANDARD.decode(text).map_err(|_| CatalogError::Corrupt(format!("{provider}/{key}")))
+        })
+        .transpose()
+    }
+
+    /// Stores `value` under `key` in `provider`'s namespace, replacing any value.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn guest_set(&self, provider: &str, key: &str, value: &[u8]) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO guest_kv (provider, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(provider)
+        .bind(key)
+        .bind(STANDARD.encode(value))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes `key` from `provider`'s namespace; returns whether it was there.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn guest_delete(&self, provider: &str, key: &str) -> Result<bool, CatalogError> {
+        let done = sqlx::query("DELETE FROM guest_kv WHERE provider = $1 AND key = $2")
+            .bind(provider)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The keys in `provider`'s namespace that start with `prefix`, ascending.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn guest_list(&self, provider: &str, prefix: &str) -> Result<Vec<String>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT key FROM guest_kv WHERE provider = $1 AND substr(key, 1, length($2)) = $2 ORDER BY key",
+        )
+        .bind(provider)
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("key")?)).collect()
+    }
+}
+
 fn millis(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

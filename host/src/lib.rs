@@ -11,11 +11,13 @@
 //! - [`gateway`]: the provider registry and key catalog together: resolves a kid to
 //!   its provider and caches what the hot path needs.
 //! - [`api`]: the axum router, request/response types and the one error → status map.
+//! - [`check`]: `kmsgw adapter check`, the conformance run for guest adapters.
 //! - [`server`]: start-up glue shared by the binary and the tests: settings, listening,
 //!   graceful shutdown.
 
 pub mod api;
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod crypto;
 pub mod gateway;

@@ -3,8 +3,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kmsgw::check::CheckOptions;
 use kmsgw::server::{self, ServeOptions, StartError};
 use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
@@ -24,6 +26,33 @@ struct Cli {
 enum Command {
     /// Serve the REST API.
     Serve(ServeArgs),
+    /// Tools for guest adapter authors.
+    #[command(subcommand)]
+    Adapter(AdapterCommand),
+}
+
+#[derive(Subcommand)]
+enum AdapterCommand {
+    /// Load a guest component as the gateway would and exercise every operation it advertises.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The component (.wasm) to check.
+    component: PathBuf,
+    /// JSON given to the guest's init, as `config` in kms.json would be.
+    #[arg(long, default_value = "null")]
+    config: String,
+    /// A destination the guest may reach (host:port or scheme://host:port); repeatable.
+    #[arg(long = "allow-host")]
+    allow_host: Vec<String>,
+    /// Deadline of each guest call, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Memory cap of the guest instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mb: usize,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +92,40 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Adapter(AdapterCommand::Check(args)) => runtime.block_on(check(args)),
+    }
+}
+
+async fn check(args: CheckArgs) -> ExitCode {
+    let config = match serde_json::from_str(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: --config is not JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = CheckOptions {
+        component: args.component,
+        config,
+        allowed_hosts: args.allow_host,
+        timeout: Duration::from_millis(args.timeout_ms),
+        memory_bytes: args.memory_mb << 20,
+    };
+    match kmsgw::check::run(options).await {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.ok() {
+                println!("adapter check: all {} checks passed", report.passed);
+                ExitCode::SUCCESS
+            } else {
+                println!("adapter check: {} of {} checks FAILED", report.failed, report.failed + report.passed);
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

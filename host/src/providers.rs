@@ -2,6 +2,7 @@
 //! types it speaks.
 
 pub mod db;
+pub mod wasm;
 
 use std::fmt;
 use std::time::Duration;

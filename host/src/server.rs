@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,14 @@ use sqlx::postgres::PgListener;
 
 use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
 use crate::catalog::{Backend, Catalog, DELETE_CHANNEL};
-use crate::config::{Config, ConfigError, Problem, ProviderConfig};
+use crate::config::{Config, ConfigError, Problem, ProviderConfig, WasmConfig};
 use crate::crypto::seal::MasterKey;
 use crate::gateway::{Gateway, Registered};
 use crate::providers::Provider;
 use crate::providers::db::DbProvider;
+use crate::providers::wasm::host::AllowedHost;
+use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
+use crate::providers::wasm::{DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, WasmOptions, WasmProvider};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -129,26 +132,45 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         .map_err(|e| StartError::setup("cannot open the database", e))?;
     check_master_key(&catalog, &master).await?;
 
-    let providers = config
-        .providers
-        .into_iter()
-        .map(|entry| {
-            let provider: Arc<dyn Provider> = match entry.config {
-                ProviderConfig::Db(_) => {
-                    Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone()))
+    let base_dir = options
+        .config
+        .as_ref()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let runtime = wasm_runtime(&config, &options.data_dir)?;
+    let mut providers = Vec::with_capacity(config.providers.len());
+    let mut failures = Vec::new();
+    for (i, entry) in config.providers.into_iter().enumerate() {
+        let provider: Arc<dyn Provider> = match entry.config {
+            ProviderConfig::Db(_) => Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone())),
+            ProviderConfig::Wasm(wasm) => {
+                let runtime = runtime.as_ref().expect("a runtime exists when a wasm provider does");
+                let options = wasm_options(entry.id, wasm, &base_dir, &format!("providers[{i}]"), &source_name)?;
+                match WasmProvider::start(runtime, options, catalog.clone(), master.clone()).await {
+                    Ok(provider) => Arc::new(provider),
+                    Err(e) => {
+                        failures.push(Problem { path: format!("providers[{i}]"), message: e.to_string() });
+                        continue;
+                    }
                 }
-                ProviderConfig::Vault(_)
-                | ProviderConfig::AwsKms(_)
-                | ProviderConfig::Pkcs11(_)
-                | ProviderConfig::Http(_)
-                | ProviderConfig::Wasm(_) => unreachable!("check_buildable rejected unbuilt types"),
-            };
-            Registered {
-                provider,
-                description: entry.description,
             }
-        })
-        .collect();
+            ProviderConfig::Vault(_)
+            | ProviderConfig::AwsKms(_)
+            | ProviderConfig::Pkcs11(_)
+            | ProviderConfig::Http(_) => unreachable!("check_buildable rejected unbuilt types"),
+        };
+        providers.push(Registered {
+            provider,
+            description: entry.description,
+        });
+    }
+    if !failures.is_empty() {
+        return Err(StartError::Config(ConfigError::Invalid {
+            source_name: source_name.clone(),
+            problems: failures,
+        }));
+    }
     let gateway = Arc::new(Gateway::new(
         providers,
         config.default_provider,
@@ -181,7 +203,7 @@ fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError
         .providers
         .iter()
         .enumerate()
-        .filter(|(_, entry)| !matches!(entry.config, ProviderConfig::Db(_)))
+        .filter(|(_, entry)| !matches!(entry.config, ProviderConfig::Db(_) | ProviderConfig::Wasm(_)))
         .map(|(i, entry)| Problem {
             path: format!("providers[{i}]"),
             message: format!(
@@ -199,6 +221,91 @@ fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError
             problems,
         })
     }
+}
+
+/// The guest engine, sized for every `wasm` entry; `None` when there are none.
+fn wasm_runtime(config: &Config, data_dir: &Path) -> Result<Option<WasmRuntime>, StartError> {
+    let limits: Vec<_> = config
+        .providers
+        .iter()
+        .filter_map(|p| match &p.config {
+            ProviderConfig::Wasm(w) => Some((instances_of(w), memory_of(w))),
+            _ => None,
+        })
+        .collect();
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    let sizing = PoolSizing {
+        // A failed instance's slot is freed before its replacement is made; the
+        // spare slots cover warm-up overlapping a replacement.
+        instances: limits.iter().map(|(n, _)| u32::try_from(*n).unwrap_or(u32::MAX)).sum::<u32>() + 4,
+        max_memory_bytes: limits.iter().map(|(_, m)| *m).max().unwrap_or(0),
+    };
+    WasmRuntime::new(sizing, Some(data_dir.join("wasm-cache")))
+        .map(Some)
+        .map_err(|e| StartError::setup("cannot start the WebAssembly engine", format!("{e:#}")))
+}
+
+fn instances_of(config: &WasmConfig) -> usize {
+    config
+        .limits
+        .as_ref()
+        .and_then(|l| l.instances)
+        .map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), |n| n as usize)
+}
+
+fn memory_of(config: &WasmConfig) -> usize {
+    let mb = config.limits.as_ref().and_then(|l| l.memory_mb).unwrap_or(DEFAULT_MEMORY_MB);
+    usize::try_from(mb).unwrap_or(usize::MAX / 2).saturating_mul(1 << 20)
+}
+
+/// Turns a `wasm` entry into run options; a relative component path is taken
+/// from the directory of kms.json.
+fn wasm_options(
+    id: String,
+    config: WasmConfig,
+    base_dir: &Path,
+    path: &str,
+    source_name: &str,
+) -> Result<WasmOptions, ConfigError> {
+    let mut problems = Vec::new();
+    let allowed_hosts = config
+        .allowed_hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(j, entry)| {
+            AllowedHost::parse(entry)
+                .map_err(|message| problems.push(Problem { path: format!("{path}.allowedHosts[{j}]"), message }))
+                .ok()
+        })
+        .collect();
+    let limits = config.limits.as_ref();
+    let timeout_ms = limits
+        .and_then(|l| l.timeout_ms)
+        .unwrap_or(u64::try_from(DEFAULT_TIMEOUT.as_millis()).unwrap_or(u64::MAX));
+    if timeout_ms == 0 || limits.and_then(|l| l.instances) == Some(0) || limits.and_then(|l| l.memory_mb) == Some(0) {
+        problems.push(Problem {
+            path: format!("{path}.limits"),
+            message: "memoryMb, timeoutMs and instances must be greater than zero".into(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid {
+            source_name: source_name.to_owned(),
+            problems,
+        });
+    }
+    Ok(WasmOptions {
+        instances: instances_of(&config),
+        memory_bytes: memory_of(&config),
+        id,
+        component: base_dir.join(&config.component),
+        sha256: config.sha256,
+        config: config.config.unwrap_or(serde_json::Value::Null),
+        allowed_hosts,
+        timeout: Duration::from_millis(timeout_ms),
+    })
 }
 
 /// Refuses to start with a master key other than the one the database was made with,

@@ -1,0 +1,103 @@
+//! `hostile`: a guest built only for tests. It signs properly, except that some
+//! messages make it misbehave, so one component exercises every defence of the host:
+//!
+//! | message | behaviour |
+//! | --- | --- |
+//! | `loop` | spins forever (the host's deadline must stop it) |
+//! | `oom` | allocates until memory runs out (the host's memory cap must hold) |
+//! | `trap` | panics, which traps (the host must replace the instance) |
+//! | `egress:URL` | fetches URL (the host must deny hosts outside `allowedHosts`) |
+//! | `snoop:KEY` | reads storage KEY and lists every stored key, and reports what it saw |
+//!
+//! Config `{"signature": "der"}` returns DER instead of raw `r‖s`, and
+//! `{"signature": "wrong-key"}` signs with another key: both must fail
+//! `kmsgw adapter check`.
+
+use kmsgw_guest_sdk::http::Request;
+use kmsgw_guest_sdk::{Adapter, Alg, Error, KeyMaterial, export_adapter, jwk, storage};
+use p256::ecdsa::{Signature, SigningKey, signature::Signer};
+
+#[derive(PartialEq)]
+enum Mode {
+    Honest,
+    Der,
+    WrongKey,
+}
+
+struct Hostile {
+    mode: Mode,
+}
+
+fn key_for(kid: &str) -> Result<SigningKey, Error> {
+    let bytes = storage::get(&format!("key/{kid}"))?.ok_or_else(|| Error::NotFound(format!("no key `{kid}`")))?;
+    SigningKey::from_slice(&bytes).map_err(|_| Error::Internal("damaged key".into()))
+}
+
+impl Adapter for Hostile {
+    fn init(config: serde_json::Value) -> Result<Self, Error> {
+        let mode = match config.get("signature").and_then(|v| v.as_str()) {
+            None => Mode::Honest,
+            Some("der") => Mode::Der,
+            Some("wrong-key") => Mode::WrongKey,
+            Some(other) => return Err(Error::InvalidInput(format!("unknown signature mode `{other}`"))),
+        };
+        Ok(Hostile { mode })
+    }
+
+    fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, Error> {
+        let bytes = kmsgw_guest_sdk::bindings::wasi::random::random::get_random_bytes(32);
+        let key = SigningKey::from_slice(&bytes).map_err(|_| Error::Internal("bad random scalar".into()))?;
+        storage::set(&format!("key/{kid}"), &key.to_bytes())?;
+        Ok(KeyMaterial {
+            external_id: kid.to_owned(),
+            public_jwk: jwk::p256_public_jwk(&key.verifying_key().to_sec1_bytes())?,
+        })
+    }
+
+    fn sign(&self, external_id: &str, message: &[u8], _alg: Alg) -> Result<Vec<u8>, Error> {
+        let text = std::str::from_utf8(message).unwrap_or("");
+        match text {
+            "loop" => {
+                let mut counter: u64 = 0;
+                loop {
+                    counter = std::hint::black_box(counter.wrapping_add(1));
+                }
+            }
+            "oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![0xa5; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "trap" => panic!("hostile guest traps on purpose"),
+            _ => {}
+        }
+        if let Some(url) = text.strip_prefix("egress:") {
+            let response = Request::get(url).send()?;
+            return Err(Error::Internal(format!("egress reached {url}: status {}", response.status)));
+        }
+        if let Some(key) = text.strip_prefix("snoop:") {
+            let found = storage::get(key)?.is_some();
+            let listed = storage::list("")?;
+            return Err(Error::InvalidInput(format!("snoop found={found} listed={}", listed.len())));
+        }
+        let key = key_for(external_id)?;
+        let signature: Signature = if self.mode == Mode::WrongKey {
+            SigningKey::from_slice(&[7u8; 32]).expect("valid scalar").sign(message)
+        } else {
+            key.sign(message)
+        };
+        if self.mode == Mode::Der {
+            return Ok(signature.to_der().as_bytes().to_vec());
+        }
+        Ok(signature.to_bytes().to_vec())
+    }
+
+    fn delete_key(&self, external_id: &str) -> Result<(), Error> {
+        storage::delete(&format!("key/{external_id}"))?;
+        Ok(())
+    }
+}
+
+export_adapter!(Hostile);

@@ -1,0 +1,126 @@
+//! `remote-http`: the remote-KMS HTTP contract (`POST {keysPath}`,
+//! `POST {keysPath}/{kid}/sign`, `DELETE {keysPath}/{kid}`, `GET {healthPath}`,
+//! optional `POST {keysPath}/{kid}/import`) spoken from inside a guest over
+//! `wasi:http`. Config: `{baseUrl, apiKey?, keysPath?, healthPath?, canImport?}`.
+
+use kmsgw_guest_sdk::http::{Request, Response};
+use kmsgw_guest_sdk::{Adapter, Alg, Capabilities, Error, KeyMaterial, base64std, base64url, export_adapter, serde_json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Config {
+    base_url: String,
+    api_key: Option<String>,
+    #[serde(default = "default_keys_path")]
+    keys_path: String,
+    #[serde(default = "default_health_path")]
+    health_path: String,
+    #[serde(default)]
+    can_import: bool,
+}
+
+fn default_keys_path() -> String {
+    "/keys".into()
+}
+
+fn default_health_path() -> String {
+    "/health".into()
+}
+
+struct RemoteHttp {
+    config: Config,
+}
+
+fn alg_name(alg: Alg) -> &'static str {
+    match alg {
+        Alg::Es256 => "ES256",
+    }
+}
+
+impl RemoteHttp {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.config.base_url.trim_end_matches('/'))
+    }
+
+    fn send(&self, request: Request) -> Result<Response, Error> {
+        let request = match &self.config.api_key {
+            Some(key) => request.header("authorization", &format!("Bearer {key}")),
+            None => request,
+        };
+        let response = request.send()?;
+        match response.status {
+            200..=299 => Ok(response),
+            404 => Err(Error::NotFound(response.text())),
+            401 | 403 => Err(Error::Denied(format!("remote service refused: {} {}", response.status, response.text()))),
+            405 | 501 => Err(Error::Unsupported(response.text())),
+            status => Err(Error::Internal(format!("remote service answered {status}: {}", response.text()))),
+        }
+    }
+
+    fn key_material(kid: &str, response: &Response) -> Result<KeyMaterial, Error> {
+        let body: Value = response.json()?;
+        let jwk = body
+            .get("publicJwk")
+            .ok_or_else(|| Error::Internal("remote service returned no publicJwk".into()))?;
+        Ok(KeyMaterial {
+            external_id: kid.to_owned(),
+            public_jwk: jwk.to_string(),
+        })
+    }
+}
+
+impl Adapter for RemoteHttp {
+    fn init(config: Value) -> Result<Self, Error> {
+        let config: Config =
+            serde_json::from_value(config).map_err(|e| Error::InvalidInput(format!("config: {e}")))?;
+        Ok(RemoteHttp { config })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            can_create: true,
+            can_import: self.config.can_import,
+            can_delete: true,
+            algs: vec![Alg::Es256],
+            default_alg: Alg::Es256,
+        }
+    }
+
+    fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, Error> {
+        let request = Request::post(self.url(&self.config.keys_path)).json(&json!({"kid": kid, "alg": alg_name(alg)}));
+        Self::key_material(kid, &self.send(request)?)
+    }
+
+    fn import_key(&self, kid: &str, private_jwk: &Value, alg: Alg) -> Result<KeyMaterial, Error> {
+        let path = format!("{}/{kid}/import", self.config.keys_path);
+        let request = Request::post(self.url(&path)).json(&json!({"privateJwk": private_jwk, "alg": alg_name(alg)}));
+        Self::key_material(kid, &self.send(request)?)
+    }
+
+    fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
+        let path = format!("{}/{external_id}/sign", self.config.keys_path);
+        let data = base64std::encode(message);
+        let request = Request::post(self.url(&path)).json(&json!({"data": data, "alg": alg_name(alg)}));
+        let body: Value = self.send(request)?.json()?;
+        let signature = body["signature"]
+            .as_str()
+            .ok_or_else(|| Error::Internal("remote service returned no signature".into()))?;
+        base64url::decode(signature)
+    }
+
+    fn delete_key(&self, external_id: &str) -> Result<(), Error> {
+        let path = format!("{}/{external_id}", self.config.keys_path);
+        match self.send(Request::delete(self.url(&path))) {
+            Ok(_) | Err(Error::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn health(&self) -> Result<(), Error> {
+        self.send(Request::get(self.url(&self.config.health_path))).map(|_| ())
+    }
+}
+
+export_adapter!(RemoteHttp);

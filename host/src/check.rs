@@ -1,0 +1,242 @@
+//! `kmsgw adapter check`: a conformance run for a guest adapter. It loads the
+//! component exactly as the gateway does and exercises every operation the guest
+//! advertises, printing one line per check.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use p256::ecdsa::signature::Verifier;
+
+use crate::catalog::{Catalog, KeyRecord};
+use crate::crypto::seal::MasterKey;
+use crate::crypto::{PrivateKey, PublicJwk};
+use crate::gateway::{Gateway, GatewayError, Registered};
+use crate::providers::wasm::host::AllowedHost;
+use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
+use crate::providers::wasm::{WasmOptions, WasmProvider};
+use crate::providers::{Alg, Provider, ProviderError};
+
+/// What to check and how to run it.
+pub struct CheckOptions {
+    pub component: PathBuf,
+    pub config: serde_json::Value,
+    pub allowed_hosts: Vec<String>,
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+/// The outcome of one check.
+enum Outcome {
+    Pass(String),
+    Fail(String),
+    Skip(String),
+}
+
+/// The lines printed so far and the tally.
+#[derive(Default)]
+pub struct Report {
+    pub text: String,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, name: &str, elapsed: Option<Duration>, outcome: Outcome) {
+        let time = elapsed.map(|d| format!(" ({:.1} ms)", d.as_secs_f64() * 1000.0)).unwrap_or_default();
+        let _ = match outcome {
+            Outcome::Pass(detail) => {
+                self.passed += 1;
+                let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+                writeln!(self.text, "PASS  {name}{time}{detail}")
+            }
+            Outcome::Fail(why) => {
+                self.failed += 1;
+                writeln!(self.text, "FAIL  {name}{time}: {why}")
+            }
+            Outcome::Skip(why) => writeln!(self.text, "SKIP  {name}: {why}"),
+        };
+    }
+
+    /// Whether every check that ran passed.
+    pub fn ok(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+fn verify(jwk: &PublicJwk, message: &[u8], signature: &[u8]) -> Result<(), String> {
+    let point = jwk.to_sec1().map_err(|e| e.to_string())?;
+    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|e| e.to_string())?;
+    let signature = p256::ecdsa::Signature::from_slice(signature).map_err(|e| format!("not raw r‖s: {e}"))?;
+    key.verify(message, &signature).map_err(|_| "signature does not verify".to_owned())
+}
+
+const MESSAGES: [&[u8]; 3] = [b"", b"kmsgw adapter check", &[0xa5; 10_000]];
+
+/// Runs every check and returns the report.
+///
+/// # Errors
+/// Only when the check itself cannot run (no temporary directory, no engine).
+pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let dir = tempfile::tempdir()?;
+    let catalog = Catalog::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("check.db").display())).await?;
+    let mut key_bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key_bytes).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let master = Arc::new(MasterKey::from_bytes(&key_bytes));
+    let runtime = WasmRuntime::new(
+        PoolSizing {
+            instances: 4,
+            max_memory_bytes: options.memory_bytes,
+        },
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let mut allowed = Vec::new();
+    for host in &options.allowed_hosts {
+        allowed.push(AllowedHost::parse(host).map_err(|e| anyhow::anyhow!("--allow-host {host}: {e}"))?);
+    }
+    let wasm_options = WasmOptions {
+        id: "adapter-check".into(),
+        component: options.component.clone(),
+        sha256: None,
+        config: options.config.clone(),
+        allowed_hosts: allowed,
+        memory_bytes: options.memory_bytes,
+        timeout: options.timeout,
+        instances: 1,
+    };
+
+    let started = Instant::now();
+    let provider = match WasmProvider::start(&runtime, wasm_options, catalog.clone(), master).await {
+        Ok(provider) => Arc::new(provider),
+        Err(e) => {
+            report.line("load and init", Some(started.elapsed()), Outcome::Fail(e.to_string()));
+            return Ok(report);
+        }
+    };
+    report.line("load and init", Some(started.elapsed()), Outcome::Pass(String::new()));
+    let caps = provider.capabilities().clone();
+    let algs: Vec<_> = caps.supported_algs.iter().map(|a| a.as_str()).collect();
+    report.line(
+        "capabilities",
+        None,
+        Outcome::Pass(format!(
+            "create={} import={} delete={} algs={} default={}",
+            caps.can_create,
+            caps.can_import,
+            caps.can_delete,
+            algs.join(","),
+            caps.default_alg
+        )),
+    );
+    let gateway = Gateway::new(
+        vec![Registered {
+            provider: provider.clone(),
+            description: None,
+        }],
+        "adapter-check".into(),
+        catalog,
+    );
+
+    let mut generated = None;
+    if caps.can_create {
+        let started = Instant::now();
+        match gateway.create_key(Some("adapter-check-generated".into()), None, None).await {
+            Ok(record) => {
+                report.line("generate-key", Some(started.elapsed()), Outcome::Pass(String::new()));
+                sign_and_verify(&mut report, &gateway, &record, "sign → verify").await;
+                generated = Some(record);
+            }
+            Err(e) => report.line("generate-key", Some(started.elapsed()), Outcome::Fail(e.to_string())),
+        }
+    } else {
+        report.line("generate-key", None, Outcome::Skip("not advertised".into()));
+    }
+
+    let missing = KeyRecord {
+        kid: "adapter-check-missing".into(),
+        provider: "adapter-check".into(),
+        external_id: "adapter-check-missing".into(),
+        alg: Alg::ES256,
+        public_jwk: PrivateKey::from_scalar(&[3; 32]).expect("valid scalar").public_jwk(),
+        created_at: SystemTime::now(),
+    };
+    let started = Instant::now();
+    let outcome = match provider.sign(&missing, b"x", Alg::ES256).await {
+        Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
+        Err(e) => Outcome::Fail(format!("expected not-found, got: {e}")),
+        Ok(_) => Outcome::Fail("signed with a key that does not exist".into()),
+    };
+    report.line("sign with unknown key → not-found", Some(started.elapsed()), outcome);
+    report.line(
+        "unsupported algorithm",
+        None,
+        Outcome::Skip("kmsgw:adapter@0.1.0 defines only ES256; the gateway refuses other algorithms before the guest".into()),
+    );
+
+    let started = Instant::now();
+    let known = PrivateKey::from_scalar(&[0x42; 32]).expect("valid scalar");
+    if caps.can_import {
+        match gateway.import_key("adapter-check-imported".into(), &known, None, None).await {
+            Ok(record) => {
+                report.line("import-key", Some(started.elapsed()), Outcome::Pass(String::new()));
+                sign_and_verify(&mut report, &gateway, &record, "import → sign → verify").await;
+            }
+            Err(e) => report.line("import-key", Some(started.elapsed()), Outcome::Fail(e.to_string())),
+        }
+    } else {
+        let outcome = match provider.import_key("adapter-check-imported", &known, Alg::ES256).await {
+            Err(ProviderError::Unsupported(_)) => Outcome::Pass("not advertised, and refused as unsupported".into()),
+            Err(e) => Outcome::Fail(format!("not advertised, so it must answer unsupported; got: {e}")),
+            Ok(_) => Outcome::Fail("not advertised, yet it imported a key".into()),
+        };
+        report.line("import-key", Some(started.elapsed()), outcome);
+    }
+
+    match (caps.can_delete, generated) {
+        (true, Some(record)) => {
+            let started = Instant::now();
+            let outcome = match gateway.delete_key(&record.kid).await {
+                Err(e) => Outcome::Fail(e.to_string()),
+                Ok(()) => match provider.sign(&record, b"x", Alg::ES256).await {
+                    Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
+                    Err(e) => Outcome::Fail(format!("after delete, sign must be not-found; got: {e}")),
+                    Ok(_) => Outcome::Fail("the key still signs after delete".into()),
+                },
+            };
+            report.line("delete-key → sign → not-found", Some(started.elapsed()), outcome);
+        }
+        (true, None) => report.line("delete-key", None, Outcome::Skip("no generated key to delete".into())),
+        (false, _) => report.line("delete-key", None, Outcome::Skip("not advertised".into())),
+    }
+
+    let health = provider.health().await;
+    let outcome = match health.error {
+        None if health.ok => Outcome::Pass(String::new()),
+        error => Outcome::Fail(error.unwrap_or_else(|| "not ok".into())),
+    };
+    report.line("health", Some(health.latency), outcome);
+    Ok(report)
+}
+
+async fn sign_and_verify(report: &mut Report, gateway: &Gateway, record: &KeyRecord, name: &str) {
+    let mut total = Duration::ZERO;
+    for message in MESSAGES {
+        let started = Instant::now();
+        let result = gateway.sign(&record.kid, message, None).await;
+        total += started.elapsed();
+        let failure = match result {
+            Ok((signature, _)) => verify(&record.public_jwk, message, &signature).err(),
+            Err(GatewayError::Provider(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failure {
+            report.line(name, Some(started.elapsed()), Outcome::Fail(format!("{}-byte message: {why}", message.len())));
+            return;
+        }
+    }
+    let per_call = total / MESSAGES.len() as u32;
+    report.line(name, Some(per_call), Outcome::Pass(format!("{} messages, 0 to 10000 bytes", MESSAGES.len())));
+}

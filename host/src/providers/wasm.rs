@@ -1,0 +1,349 @@
+//! The `wasm` provider: a guest adapter component run sandboxed in wasmtime. Each
+//! call runs on a warm pooled instance under a deadline and a memory cap; a trap
+//! costs only that call (502) and the instance, an expired deadline 504. Every
+//! signature a guest returns is verified before it reaches a client.
+
+pub mod bindings;
+pub mod host;
+pub mod pool;
+pub mod runtime;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+use zeroize::Zeroizing;
+
+use self::bindings::kmsgw::adapter::types::{
+    Alg as GuestAlg, Error as GuestError, KeyMaterial as GuestKeyMaterial,
+};
+use self::host::{AllowedHost, GuestStorage, HostState};
+use self::pool::{Lease, Pool};
+use self::runtime::{LoadError, WasmRuntime};
+use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use crate::catalog::{Catalog, KeyRecord};
+use crate::crypto::seal::MasterKey;
+use crate::crypto::{PrivateKey, PublicJwk, base64url};
+
+/// Default per-call deadline.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
+/// Default memory cap per instance.
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+
+/// How to run one guest provider.
+pub struct WasmOptions {
+    pub id: String,
+    pub component: PathBuf,
+    pub sha256: Option<String>,
+    pub config: serde_json::Value,
+    pub allowed_hosts: Vec<AllowedHost>,
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+    pub instances: usize,
+}
+
+/// Why a guest call did not produce an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestFailure {
+    #[error("guest error: {0:?}")]
+    Guest(GuestError),
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("guest did not answer in time")]
+    Timeout,
+    #[error("all {0} guest instances are busy")]
+    Busy(usize),
+    #[error("{0}")]
+    Init(String),
+}
+
+/// Why a guest provider could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmStartError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("guest `{id}` failed to start: {reason}")]
+    Init { id: String, reason: String },
+}
+
+/// Sorts the result of a timed guest call into its outcome.
+pub(crate) fn guest_call_outcome<T>(
+    outcome: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
+) -> Result<T, GuestFailure> {
+    match outcome {
+        Err(_) => Err(GuestFailure::Timeout),
+        Ok(Err(trap)) => Err(GuestFailure::Trap(format!("{trap:#}"))),
+        Ok(Ok(Err(e))) => Err(GuestFailure::Guest(e)),
+        Ok(Ok(Ok(value))) => Ok(value),
+    }
+}
+
+impl From<GuestError> for ProviderError {
+    fn from(e: GuestError) -> Self {
+        match e {
+            GuestError::NotFound(m) => ProviderError::KeyNotFound(m),
+            GuestError::Unsupported(m) => ProviderError::Unsupported(m),
+            GuestError::InvalidInput(m) => ProviderError::InvalidInput(m),
+            GuestError::Denied(m) => ProviderError::Backend(format!("denied: {m}")),
+            GuestError::Unavailable(m) => ProviderError::Unavailable(m),
+            GuestError::Internal(m) => ProviderError::Backend(m),
+        }
+    }
+}
+
+fn guest_alg(alg: Alg) -> GuestAlg {
+    match alg {
+        Alg::ES256 => GuestAlg::Es256,
+    }
+}
+
+fn host_alg(alg: GuestAlg) -> Alg {
+    match alg {
+        GuestAlg::Es256 => Alg::ES256,
+    }
+}
+
+/// Counters for operators: traps, timeouts, denied requests.
+#[derive(Default)]
+pub struct GuestCounters {
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub denied_egress: Arc<AtomicU64>,
+}
+
+/// A guest adapter as a provider.
+pub struct WasmProvider {
+    id: String,
+    capabilities: Capabilities,
+    pool: Pool,
+    counters: GuestCounters,
+}
+
+/// Runs a call on a leased instance under the pool's deadline and settles it.
+macro_rules! guest_call {
+    ($self:ident, $op:literal, |$exports:ident, $store:ident| $call:expr) => {{
+        let mut lease = $self.pool.acquire().await.map_err(|f| $self.failure($op, f, None))?;
+        let outcome = {
+            let instance = lease.instance();
+            let $store = &mut instance.store;
+            let $exports = instance.bindings.kmsgw_adapter_adapter();
+            tokio::time::timeout($self.pool_timeout(), $call).await
+        };
+        $self.settle($op, lease, outcome)
+    }};
+}
+
+impl WasmProvider {
+    /// Loads the component, makes and `init`s every instance, and reports the
+    /// guest's capabilities.
+    ///
+    /// # Errors
+    /// [`WasmStartError`] when the component cannot be loaded or `init` fails.
+    pub async fn start(
+        runtime: &WasmRuntime,
+        options: WasmOptions,
+        catalog: Catalog,
+        master: Arc<MasterKey>,
+    ) -> Result<Self, WasmStartError> {
+        let pre = runtime.load(&options.component, options.sha256.as_deref())?;
+        let counters = GuestCounters::default();
+        let storage = GuestStorage {
+            provider_id: Arc::from(options.id.as_str()),
+            catalog,
+            master,
+        };
+        let allowed: Arc<[AllowedHost]> = options.allowed_hosts.into();
+        let denied = counters.denied_egress.clone();
+        let memory = options.memory_bytes;
+        let make_state =
+            Box::new(move || HostState::new(storage.clone(), allowed.clone(), denied.clone(), memory));
+        let pool = Pool::new(
+            runtime.engine().clone(),
+            pre,
+            make_state,
+            options.config.to_string(),
+            options.instances.max(1),
+            options.timeout,
+        );
+        let init_error = |reason: String| WasmStartError::Init { id: options.id.clone(), reason };
+        let caps = pool.warm_up().await.map_err(|e| init_error(e.to_string()))?;
+        let capabilities = Capabilities {
+            can_create: caps.can_create,
+            can_import: caps.can_import,
+            can_delete: caps.can_delete,
+            supported_algs: caps.algs.iter().copied().map(host_alg).collect(),
+            default_alg: host_alg(caps.default_alg),
+        };
+        if capabilities.supported_algs.is_empty() || !capabilities.supports(capabilities.default_alg) {
+            return Err(init_error("init returned no algorithms, or a default that is not among them".into()));
+        }
+        Ok(WasmProvider {
+            id: options.id,
+            capabilities,
+            pool,
+            counters,
+        })
+    }
+
+    fn pool_timeout(&self) -> Duration {
+        self.pool.timeout()
+    }
+
+    /// Counters of traps, timeouts and denied requests.
+    pub fn counters(&self) -> &GuestCounters {
+        &self.counters
+    }
+
+    /// Instances lent out right now.
+    pub fn instances_in_use(&self) -> usize {
+        self.pool.in_use()
+    }
+
+    fn failure(&self, op: &str, failure: GuestFailure, stderr: Option<String>) -> ProviderError {
+        match failure {
+            GuestFailure::Guest(e) => e.into(),
+            GuestFailure::Trap(detail) => {
+                self.counters.traps.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(provider = %self.id, op, trap = %detail, stderr = stderr.unwrap_or_default(),
+                    "guest trapped; its instance is replaced");
+                ProviderError::Backend(format!("guest `{}` crashed during {op}", self.id))
+            }
+            GuestFailure::Timeout => {
+                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(provider = %self.id, op, "guest missed its deadline; its instance is replaced");
+                ProviderError::Timeout
+            }
+            GuestFailure::Busy(n) => ProviderError::Unavailable(format!("all {n} instances of `{}` are busy", self.id)),
+            GuestFailure::Init(reason) => ProviderError::Unavailable(format!("guest `{}`: {reason}", self.id)),
+        }
+    }
+
+    fn settle<T>(
+        &self,
+        op: &str,
+        lease: Lease<'_>,
+        outcome: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
+    ) -> Result<T, ProviderError> {
+        match guest_call_outcome(outcome) {
+            Ok(value) => {
+                lease.release();
+                Ok(value)
+            }
+            Err(GuestFailure::Guest(e)) => {
+                lease.release();
+                Err(e.into())
+            }
+            // The instance may be mid-way through anything: drop it with the lease.
+            Err(failure) => {
+                let stderr = lease.stderr();
+                drop(lease);
+                Err(self.failure(op, failure, Some(stderr)))
+            }
+        }
+    }
+
+    fn material(&self, material: GuestKeyMaterial) -> Result<KeyMaterial, ProviderError> {
+        let jwk: PublicJwk = serde_json::from_str(&material.public_jwk)
+            .map_err(|e| ProviderError::Backend(format!("guest returned a public JWK that is not a JWK: {e}")))?;
+        let point = jwk
+            .to_sec1()
+            .map_err(|e| ProviderError::Backend(format!("guest returned an unusable public JWK: {e}")))?;
+        let public_jwk = PublicJwk::from_sec1(&point).map_err(|e| ProviderError::Backend(e.to_string()))?;
+        Ok(KeyMaterial {
+            external_id: material.external_id,
+            public_jwk,
+            sealed_secret: None,
+        })
+    }
+}
+
+#[async_trait]
+impl Provider for WasmProvider {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Wasm
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, ProviderError> {
+        let material = guest_call!(self, "generate-key", |exports, store| exports
+            .call_generate_key(store, kid, guest_alg(alg)))?;
+        self.material(material)
+    }
+
+    async fn import_key(&self, kid: &str, key: &PrivateKey, alg: Alg) -> Result<KeyMaterial, ProviderError> {
+        let public = key.public_jwk();
+        let jwk = Zeroizing::new(
+            serde_json::json!({
+                "kty": "EC", "crv": "P-256", "x": public.x, "y": public.y,
+                "d": base64url(key.scalar()),
+            })
+            .to_string(),
+        );
+        let material = guest_call!(self, "import-key", |exports, store| exports
+            .call_import_key(store, kid, &jwk, guest_alg(alg)))?;
+        let material = self.material(material)?;
+        if material.public_jwk.x != public.x || material.public_jwk.y != public.y {
+            return Err(ProviderError::Backend(format!(
+                "guest `{}` returned a public key that is not the imported key's",
+                self.id
+            )));
+        }
+        Ok(material)
+    }
+
+    async fn sign(&self, key: &KeyRecord, message: &[u8], alg: Alg) -> Result<Vec<u8>, ProviderError> {
+        let started = Instant::now();
+        let signature = guest_call!(self, "sign", |exports, store| exports
+            .call_sign(store, &key.external_id, message, guest_alg(alg)))?;
+        // A buggy or malicious guest must not hand a client a bad signature.
+        let point = key
+            .public_jwk
+            .to_sec1()
+            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.kid)))?;
+        if signature.len() != 64 {
+            tracing::error!(provider = %self.id, kid = %key.kid, len = signature.len(), "guest returned a malformed signature");
+            return Err(ProviderError::Backend(format!(
+                "guest `{}` returned a {}-byte signature; ES256 needs the 64-byte raw r‖s (not DER)",
+                self.id,
+                signature.len()
+            )));
+        }
+        if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point[..]).verify(message, &signature).is_err() {
+            tracing::error!(provider = %self.id, kid = %key.kid, "guest signature does not verify");
+            return Err(ProviderError::Backend(format!(
+                "guest `{}` returned a signature that does not verify against the key's public JWK",
+                self.id
+            )));
+        }
+        tracing::debug!(provider = %self.id, elapsed_us = started.elapsed().as_micros() as u64, "guest signed");
+        Ok(signature)
+    }
+
+    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+        match guest_call!(self, "delete-key", |exports, store| exports.call_delete_key(store, &key.external_id)) {
+            Ok(()) | Err(ProviderError::KeyNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        let started = Instant::now();
+        let result: Result<(), ProviderError> =
+            async { guest_call!(self, "health", |exports, store| exports.call_health(store)) }.await;
+        Health {
+            ok: result.is_ok(),
+            latency: started.elapsed(),
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+}
