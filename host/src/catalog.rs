@@ -257,7 +257,11 @@ impl Catalog {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn guest_get(&self, provider: &str, key: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+    pub async fn guest_get(
+        &self,
+        provider: &str,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, CatalogError> {
         let row = sqlx::query("SELECT value FROM guest_kv WHERE provider = $1 AND key = $2")
             .bind(provider)
             .bind(key)
@@ -265,7 +269,9 @@ impl Catalog {
             .await?;
         row.map(|r| {
             let text: String = r.try_get("value")?;
-            STANDARD.decode(text).map_err(|_| CatalogError::Corrupt(format!("{provider}/{key}")))
+            STANDARD
+                .decode(text)
+                .map_err(|_| CatalogError::Corrupt(format!("{provider}/{key}")))
         })
         .transpose()
     }
@@ -274,7 +280,12 @@ impl Catalog {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn guest_set(&self, provider: &str, key: &str, value: &[u8]) -> Result<(), CatalogError> {
+    pub async fn guest_set(
+        &self,
+        provider: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), CatalogError> {
         sqlx::query(
             "INSERT INTO guest_kv (provider, key, value) VALUES ($1, $2, $3) \
              ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value",
@@ -304,7 +315,11 @@ impl Catalog {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn guest_list(&self, provider: &str, prefix: &str) -> Result<Vec<String>, CatalogError> {
+    pub async fn guest_list(
+        &self,
+        provider: &str,
+        prefix: &str,
+    ) -> Result<Vec<String>, CatalogError> {
         let rows = sqlx::query(
             "SELECT key FROM guest_kv WHERE provider = $1 AND substr(key, 1, length($2)) = $2 ORDER BY key",
         )

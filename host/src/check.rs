@@ -44,11 +44,17 @@ pub struct Report {
 
 impl Report {
     fn line(&mut self, name: &str, elapsed: Option<Duration>, outcome: Outcome) {
-        let time = elapsed.map(|d| format!(" ({:.1} ms)", d.as_secs_f64() * 1000.0)).unwrap_or_default();
+        let time = elapsed
+            .map(|d| format!(" ({:.1} ms)", d.as_secs_f64() * 1000.0))
+            .unwrap_or_default();
         let _ = match outcome {
             Outcome::Pass(detail) => {
                 self.passed += 1;
-                let detail = if detail.is_empty() { String::new() } else { format!(": {detail}") };
+                let detail = if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {detail}")
+                };
                 writeln!(self.text, "PASS  {name}{time}{detail}")
             }
             Outcome::Fail(why) => {
@@ -68,8 +74,10 @@ impl Report {
 fn verify(jwk: &PublicJwk, message: &[u8], signature: &[u8]) -> Result<(), String> {
     let point = jwk.to_sec1().map_err(|e| e.to_string())?;
     let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|e| e.to_string())?;
-    let signature = p256::ecdsa::Signature::from_slice(signature).map_err(|e| format!("not raw r‖s: {e}"))?;
-    key.verify(message, &signature).map_err(|_| "signature does not verify".to_owned())
+    let signature =
+        p256::ecdsa::Signature::from_slice(signature).map_err(|e| format!("not raw r‖s: {e}"))?;
+    key.verify(message, &signature)
+        .map_err(|_| "signature does not verify".to_owned())
 }
 
 const MESSAGES: [&[u8]; 3] = [b"", b"kmsgw adapter check", &[0xa5; 10_000]];
@@ -81,7 +89,11 @@ const MESSAGES: [&[u8]; 3] = [b"", b"kmsgw adapter check", &[0xa5; 10_000]];
 pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let dir = tempfile::tempdir()?;
-    let catalog = Catalog::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("check.db").display())).await?;
+    let catalog = Catalog::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("check.db").display()
+    ))
+    .await?;
     let mut key_bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut key_bytes).map_err(|_| anyhow::anyhow!("no randomness"))?;
     let master = Arc::new(MasterKey::from_bytes(&key_bytes));
@@ -95,7 +107,9 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let mut allowed = Vec::new();
     for host in &options.allowed_hosts {
-        allowed.push(AllowedHost::parse(host).map_err(|e| anyhow::anyhow!("--allow-host {host}: {e}"))?);
+        allowed.push(
+            AllowedHost::parse(host).map_err(|e| anyhow::anyhow!("--allow-host {host}: {e}"))?,
+        );
     }
     let wasm_options = WasmOptions {
         id: "adapter-check".into(),
@@ -109,14 +123,23 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     };
 
     let started = Instant::now();
-    let provider = match WasmProvider::start(&runtime, wasm_options, catalog.clone(), master).await {
+    let provider = match WasmProvider::start(&runtime, wasm_options, catalog.clone(), master).await
+    {
         Ok(provider) => Arc::new(provider),
         Err(e) => {
-            report.line("load and init", Some(started.elapsed()), Outcome::Fail(e.to_string()));
+            report.line(
+                "load and init",
+                Some(started.elapsed()),
+                Outcome::Fail(e.to_string()),
+            );
             return Ok(report);
         }
     };
-    report.line("load and init", Some(started.elapsed()), Outcome::Pass(String::new()));
+    report.line(
+        "load and init",
+        Some(started.elapsed()),
+        Outcome::Pass(String::new()),
+    );
     let caps = provider.capabilities().clone();
     let algs: Vec<_> = caps.supported_algs.iter().map(|a| a.as_str()).collect();
     report.line(
@@ -143,13 +166,24 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     let mut generated = None;
     if caps.can_create {
         let started = Instant::now();
-        match gateway.create_key(Some("adapter-check-generated".into()), None, None).await {
+        match gateway
+            .create_key(Some("adapter-check-generated".into()), None, None)
+            .await
+        {
             Ok(record) => {
-                report.line("generate-key", Some(started.elapsed()), Outcome::Pass(String::new()));
+                report.line(
+                    "generate-key",
+                    Some(started.elapsed()),
+                    Outcome::Pass(String::new()),
+                );
                 sign_and_verify(&mut report, &gateway, &record, "sign → verify").await;
                 generated = Some(record);
             }
-            Err(e) => report.line("generate-key", Some(started.elapsed()), Outcome::Fail(e.to_string())),
+            Err(e) => report.line(
+                "generate-key",
+                Some(started.elapsed()),
+                Outcome::Fail(e.to_string()),
+            ),
         }
     } else {
         report.line("generate-key", None, Outcome::Skip("not advertised".into()));
@@ -160,7 +194,9 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
         provider: "adapter-check".into(),
         external_id: "adapter-check-missing".into(),
         alg: Alg::ES256,
-        public_jwk: PrivateKey::from_scalar(&[3; 32]).expect("valid scalar").public_jwk(),
+        public_jwk: PrivateKey::from_scalar(&[3; 32])
+            .expect("valid scalar")
+            .public_jwk(),
         created_at: SystemTime::now(),
     };
     let started = Instant::now();
@@ -169,7 +205,11 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
         Err(e) => Outcome::Fail(format!("expected not-found, got: {e}")),
         Ok(_) => Outcome::Fail("signed with a key that does not exist".into()),
     };
-    report.line("sign with unknown key → not-found", Some(started.elapsed()), outcome);
+    report.line(
+        "sign with unknown key → not-found",
+        Some(started.elapsed()),
+        outcome,
+    );
     report.line(
         "unsupported algorithm",
         None,
@@ -179,17 +219,35 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     let started = Instant::now();
     let known = PrivateKey::from_scalar(&[0x42; 32]).expect("valid scalar");
     if caps.can_import {
-        match gateway.import_key("adapter-check-imported".into(), &known, None, None).await {
+        match gateway
+            .import_key("adapter-check-imported".into(), &known, None, None)
+            .await
+        {
             Ok(record) => {
-                report.line("import-key", Some(started.elapsed()), Outcome::Pass(String::new()));
+                report.line(
+                    "import-key",
+                    Some(started.elapsed()),
+                    Outcome::Pass(String::new()),
+                );
                 sign_and_verify(&mut report, &gateway, &record, "import → sign → verify").await;
             }
-            Err(e) => report.line("import-key", Some(started.elapsed()), Outcome::Fail(e.to_string())),
+            Err(e) => report.line(
+                "import-key",
+                Some(started.elapsed()),
+                Outcome::Fail(e.to_string()),
+            ),
         }
     } else {
-        let outcome = match provider.import_key("adapter-check-imported", &known, Alg::ES256).await {
-            Err(ProviderError::Unsupported(_)) => Outcome::Pass("not advertised, and refused as unsupported".into()),
-            Err(e) => Outcome::Fail(format!("not advertised, so it must answer unsupported; got: {e}")),
+        let outcome = match provider
+            .import_key("adapter-check-imported", &known, Alg::ES256)
+            .await
+        {
+            Err(ProviderError::Unsupported(_)) => {
+                Outcome::Pass("not advertised, and refused as unsupported".into())
+            }
+            Err(e) => Outcome::Fail(format!(
+                "not advertised, so it must answer unsupported; got: {e}"
+            )),
             Ok(_) => Outcome::Fail("not advertised, yet it imported a key".into()),
         };
         report.line("import-key", Some(started.elapsed()), outcome);
@@ -202,13 +260,23 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
                 Err(e) => Outcome::Fail(e.to_string()),
                 Ok(()) => match provider.sign(&record, b"x", Alg::ES256).await {
                     Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
-                    Err(e) => Outcome::Fail(format!("after delete, sign must be not-found; got: {e}")),
+                    Err(e) => {
+                        Outcome::Fail(format!("after delete, sign must be not-found; got: {e}"))
+                    }
                     Ok(_) => Outcome::Fail("the key still signs after delete".into()),
                 },
             };
-            report.line("delete-key → sign → not-found", Some(started.elapsed()), outcome);
+            report.line(
+                "delete-key → sign → not-found",
+                Some(started.elapsed()),
+                outcome,
+            );
         }
-        (true, None) => report.line("delete-key", None, Outcome::Skip("no generated key to delete".into())),
+        (true, None) => report.line(
+            "delete-key",
+            None,
+            Outcome::Skip("no generated key to delete".into()),
+        ),
         (false, _) => report.line("delete-key", None, Outcome::Skip("not advertised".into())),
     }
 
@@ -233,10 +301,18 @@ async fn sign_and_verify(report: &mut Report, gateway: &Gateway, record: &KeyRec
             Err(e) => Some(e.to_string()),
         };
         if let Some(why) = failure {
-            report.line(name, Some(started.elapsed()), Outcome::Fail(format!("{}-byte message: {why}", message.len())));
+            report.line(
+                name,
+                Some(started.elapsed()),
+                Outcome::Fail(format!("{}-byte message: {why}", message.len())),
+            );
             return;
         }
     }
     let per_call = total / MESSAGES.len() as u32;
-    report.line(name, Some(per_call), Outcome::Pass(format!("{} messages, 0 to 10000 bytes", MESSAGES.len())));
+    report.line(
+        name,
+        Some(per_call),
+        Outcome::Pass(format!("{} messages, 0 to 10000 bytes", MESSAGES.len())),
+    );
 }

@@ -118,7 +118,11 @@ async fn check(args: CheckArgs) -> ExitCode {
                 println!("adapter check: all {} checks passed", report.passed);
                 ExitCode::SUCCESS
             } else {
-                println!("adapter check: {} of {} checks FAILED", report.failed, report.failed + report.passed);
+                println!(
+                    "adapter check: {} of {} checks FAILED",
+                    report.failed,
+                    report.failed + report.passed
+                );
                 ExitCode::FAILURE
             }
         }

@@ -143,14 +143,27 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     let mut failures = Vec::new();
     for (i, entry) in config.providers.into_iter().enumerate() {
         let provider: Arc<dyn Provider> = match entry.config {
-            ProviderConfig::Db(_) => Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone())),
+            ProviderConfig::Db(_) => {
+                Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone()))
+            }
             ProviderConfig::Wasm(wasm) => {
-                let runtime = runtime.as_ref().expect("a runtime exists when a wasm provider does");
-                let options = wasm_options(entry.id, wasm, &base_dir, &format!("providers[{i}]"), &source_name)?;
+                let runtime = runtime
+                    .as_ref()
+                    .expect("a runtime exists when a wasm provider does");
+                let options = wasm_options(
+                    entry.id,
+                    wasm,
+                    &base_dir,
+                    &format!("providers[{i}]"),
+                    &source_name,
+                )?;
                 match WasmProvider::start(runtime, options, catalog.clone(), master.clone()).await {
                     Ok(provider) => Arc::new(provider),
                     Err(e) => {
-                        failures.push(Problem { path: format!("providers[{i}]"), message: e.to_string() });
+                        failures.push(Problem {
+                            path: format!("providers[{i}]"),
+                            message: e.to_string(),
+                        });
                         continue;
                     }
                 }
@@ -203,7 +216,12 @@ fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError
         .providers
         .iter()
         .enumerate()
-        .filter(|(_, entry)| !matches!(entry.config, ProviderConfig::Db(_) | ProviderConfig::Wasm(_)))
+        .filter(|(_, entry)| {
+            !matches!(
+                entry.config,
+                ProviderConfig::Db(_) | ProviderConfig::Wasm(_)
+            )
+        })
         .map(|(i, entry)| Problem {
             path: format!("providers[{i}]"),
             message: format!(
@@ -239,7 +257,11 @@ fn wasm_runtime(config: &Config, data_dir: &Path) -> Result<Option<WasmRuntime>,
     let sizing = PoolSizing {
         // A failed instance's slot is freed before its replacement is made; the
         // spare slots cover warm-up overlapping a replacement.
-        instances: limits.iter().map(|(n, _)| u32::try_from(*n).unwrap_or(u32::MAX)).sum::<u32>() + 4,
+        instances: limits
+            .iter()
+            .map(|(n, _)| u32::try_from(*n).unwrap_or(u32::MAX))
+            .sum::<u32>()
+            + 4,
         max_memory_bytes: limits.iter().map(|(_, m)| *m).max().unwrap_or(0),
     };
     WasmRuntime::new(sizing, Some(data_dir.join("wasm-cache")))
@@ -252,12 +274,21 @@ fn instances_of(config: &WasmConfig) -> usize {
         .limits
         .as_ref()
         .and_then(|l| l.instances)
-        .map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), |n| n as usize)
+        .map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get()),
+            |n| n as usize,
+        )
 }
 
 fn memory_of(config: &WasmConfig) -> usize {
-    let mb = config.limits.as_ref().and_then(|l| l.memory_mb).unwrap_or(DEFAULT_MEMORY_MB);
-    usize::try_from(mb).unwrap_or(usize::MAX / 2).saturating_mul(1 << 20)
+    let mb = config
+        .limits
+        .as_ref()
+        .and_then(|l| l.memory_mb)
+        .unwrap_or(DEFAULT_MEMORY_MB);
+    usize::try_from(mb)
+        .unwrap_or(usize::MAX / 2)
+        .saturating_mul(1 << 20)
 }
 
 /// Turns a `wasm` entry into run options; a relative component path is taken
@@ -276,7 +307,12 @@ fn wasm_options(
         .enumerate()
         .filter_map(|(j, entry)| {
             AllowedHost::parse(entry)
-                .map_err(|message| problems.push(Problem { path: format!("{path}.allowedHosts[{j}]"), message }))
+                .map_err(|message| {
+                    problems.push(Problem {
+                        path: format!("{path}.allowedHosts[{j}]"),
+                        message,
+                    })
+                })
                 .ok()
         })
         .collect();
@@ -284,7 +320,10 @@ fn wasm_options(
     let timeout_ms = limits
         .and_then(|l| l.timeout_ms)
         .unwrap_or(u64::try_from(DEFAULT_TIMEOUT.as_millis()).unwrap_or(u64::MAX));
-    if timeout_ms == 0 || limits.and_then(|l| l.instances) == Some(0) || limits.and_then(|l| l.memory_mb) == Some(0) {
+    if timeout_ms == 0
+        || limits.and_then(|l| l.instances) == Some(0)
+        || limits.and_then(|l| l.memory_mb) == Some(0)
+    {
         problems.push(Problem {
             path: format!("{path}.limits"),
             message: "memoryMb, timeoutMs and instances must be greater than zero".into(),

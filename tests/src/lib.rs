@@ -152,6 +152,39 @@ impl Site {
     }
 }
 
+/// A guest component built by this crate's build script, e.g. `guest("soft_signer")`.
+pub fn guest(name: &str) -> PathBuf {
+    Path::new(env!("KMSGW_GUESTS_DIR")).join(format!("{name}.wasm"))
+}
+
+/// The SHA-256 of a file, in hex (through coreutils' `sha256sum`).
+pub fn sha256_hex(path: &Path) -> String {
+    let output = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+impl Site {
+    /// Writes `config` as kms.json in the site directory and returns its path.
+    pub fn write_config(&self, config: &Value) -> PathBuf {
+        let path = self.dir.path().join("kms.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        path
+    }
+
+    /// Starts a gateway with `config` as kms.json.
+    pub fn start_configured(&self, config: &Value) -> Gateway {
+        let path = self.write_config(config);
+        self.start_with(&["--config", path.to_str().unwrap()], &[])
+    }
+}
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
@@ -291,6 +324,16 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The host and port the gateway listens on.
+    pub fn authority(&self) -> &str {
+        self.base.trim_start_matches("http://")
     }
 
     /// Everything the gateway has logged so far.

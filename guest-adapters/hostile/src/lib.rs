@@ -29,7 +29,8 @@ struct Hostile {
 }
 
 fn key_for(kid: &str) -> Result<SigningKey, Error> {
-    let bytes = storage::get(&format!("key/{kid}"))?.ok_or_else(|| Error::NotFound(format!("no key `{kid}`")))?;
+    let bytes = storage::get(&format!("key/{kid}"))?
+        .ok_or_else(|| Error::NotFound(format!("no key `{kid}`")))?;
     SigningKey::from_slice(&bytes).map_err(|_| Error::Internal("damaged key".into()))
 }
 
@@ -39,14 +40,19 @@ impl Adapter for Hostile {
             None => Mode::Honest,
             Some("der") => Mode::Der,
             Some("wrong-key") => Mode::WrongKey,
-            Some(other) => return Err(Error::InvalidInput(format!("unknown signature mode `{other}`"))),
+            Some(other) => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown signature mode `{other}`"
+                )));
+            }
         };
         Ok(Hostile { mode })
     }
 
     fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, Error> {
         let bytes = kmsgw_guest_sdk::bindings::wasi::random::random::get_random_bytes(32);
-        let key = SigningKey::from_slice(&bytes).map_err(|_| Error::Internal("bad random scalar".into()))?;
+        let key = SigningKey::from_slice(&bytes)
+            .map_err(|_| Error::Internal("bad random scalar".into()))?;
         storage::set(&format!("key/{kid}"), &key.to_bytes())?;
         Ok(KeyMaterial {
             external_id: kid.to_owned(),
@@ -75,16 +81,24 @@ impl Adapter for Hostile {
         }
         if let Some(url) = text.strip_prefix("egress:") {
             let response = Request::get(url).send()?;
-            return Err(Error::Internal(format!("egress reached {url}: status {}", response.status)));
+            return Err(Error::Internal(format!(
+                "egress reached {url}: status {}",
+                response.status
+            )));
         }
         if let Some(key) = text.strip_prefix("snoop:") {
             let found = storage::get(key)?.is_some();
             let listed = storage::list("")?;
-            return Err(Error::InvalidInput(format!("snoop found={found} listed={}", listed.len())));
+            return Err(Error::InvalidInput(format!(
+                "snoop found={found} listed={}",
+                listed.len()
+            )));
         }
         let key = key_for(external_id)?;
         let signature: Signature = if self.mode == Mode::WrongKey {
-            SigningKey::from_slice(&[7u8; 32]).expect("valid scalar").sign(message)
+            SigningKey::from_slice(&[7u8; 32])
+                .expect("valid scalar")
+                .sign(message)
         } else {
             key.sign(message)
         };

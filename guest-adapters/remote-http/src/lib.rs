@@ -4,7 +4,10 @@
 //! `wasi:http`. Config: `{baseUrl, apiKey?, keysPath?, healthPath?, canImport?}`.
 
 use kmsgw_guest_sdk::http::{Request, Response};
-use kmsgw_guest_sdk::{Adapter, Alg, Capabilities, Error, KeyMaterial, base64std, base64url, export_adapter, serde_json};
+use kmsgw_guest_sdk::{
+    Adapter, Alg, Capabilities, Error, KeyMaterial, base64std, base64url, export_adapter,
+    serde_json,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -53,9 +56,16 @@ impl RemoteHttp {
         match response.status {
             200..=299 => Ok(response),
             404 => Err(Error::NotFound(response.text())),
-            401 | 403 => Err(Error::Denied(format!("remote service refused: {} {}", response.status, response.text()))),
+            401 | 403 => Err(Error::Denied(format!(
+                "remote service refused: {} {}",
+                response.status,
+                response.text()
+            ))),
             405 | 501 => Err(Error::Unsupported(response.text())),
-            status => Err(Error::Internal(format!("remote service answered {status}: {}", response.text()))),
+            status => Err(Error::Internal(format!(
+                "remote service answered {status}: {}",
+                response.text()
+            ))),
         }
     }
 
@@ -73,8 +83,8 @@ impl RemoteHttp {
 
 impl Adapter for RemoteHttp {
     fn init(config: Value) -> Result<Self, Error> {
-        let config: Config =
-            serde_json::from_value(config).map_err(|e| Error::InvalidInput(format!("config: {e}")))?;
+        let config: Config = serde_json::from_value(config)
+            .map_err(|e| Error::InvalidInput(format!("config: {e}")))?;
         Ok(RemoteHttp { config })
     }
 
@@ -89,20 +99,28 @@ impl Adapter for RemoteHttp {
     }
 
     fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, Error> {
-        let request = Request::post(self.url(&self.config.keys_path)).json(&json!({"kid": kid, "alg": alg_name(alg)}));
+        let request = Request::post(self.url(&self.config.keys_path))
+            .json(&json!({"kid": kid, "alg": alg_name(alg)}));
         Self::key_material(kid, &self.send(request)?)
     }
 
     fn import_key(&self, kid: &str, private_jwk: &Value, alg: Alg) -> Result<KeyMaterial, Error> {
+        if !self.config.can_import {
+            return Err(Error::Unsupported(
+                "import is disabled; set canImport: true in the guest config".into(),
+            ));
+        }
         let path = format!("{}/{kid}/import", self.config.keys_path);
-        let request = Request::post(self.url(&path)).json(&json!({"privateJwk": private_jwk, "alg": alg_name(alg)}));
+        let request = Request::post(self.url(&path))
+            .json(&json!({"privateJwk": private_jwk, "alg": alg_name(alg)}));
         Self::key_material(kid, &self.send(request)?)
     }
 
     fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
         let path = format!("{}/{external_id}/sign", self.config.keys_path);
         let data = base64std::encode(message);
-        let request = Request::post(self.url(&path)).json(&json!({"data": data, "alg": alg_name(alg)}));
+        let request =
+            Request::post(self.url(&path)).json(&json!({"data": data, "alg": alg_name(alg)}));
         let body: Value = self.send(request)?.json()?;
         let signature = body["signature"]
             .as_str()
@@ -119,7 +137,8 @@ impl Adapter for RemoteHttp {
     }
 
     fn health(&self) -> Result<(), Error> {
-        self.send(Request::get(self.url(&self.config.health_path))).map(|_| ())
+        self.send(Request::get(self.url(&self.config.health_path)))
+            .map(|_| ())
     }
 }
 

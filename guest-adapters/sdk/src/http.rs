@@ -30,7 +30,10 @@ impl Response {
 
     /// The body as text, for error messages (cut to 200 characters).
     pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).chars().take(200).collect()
+        String::from_utf8_lossy(&self.body)
+            .chars()
+            .take(200)
+            .collect()
     }
 }
 
@@ -69,7 +72,8 @@ impl Request {
 
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_owned(), value.as_bytes().to_vec()));
+        self.headers
+            .push((name.to_owned(), value.as_bytes().to_vec()));
         self
     }
 
@@ -90,14 +94,26 @@ impl Request {
             .map_err(|e| Error::InvalidInput(format!("bad header: {e:?}")))?;
         let request = OutgoingRequest::new(headers);
         let bad = |what: &str| Error::InvalidInput(format!("bad {what} in {}", self.url));
-        request.set_method(&self.method).map_err(|()| bad("method"))?;
-        request.set_scheme(Some(&scheme)).map_err(|()| bad("scheme"))?;
-        request.set_authority(Some(authority)).map_err(|()| bad("authority"))?;
-        request.set_path_with_query(Some(path)).map_err(|()| bad("path"))?;
-        let outgoing = request.body().map_err(|()| Error::Internal("request body taken twice".into()))?;
+        request
+            .set_method(&self.method)
+            .map_err(|()| bad("method"))?;
+        request
+            .set_scheme(Some(&scheme))
+            .map_err(|()| bad("scheme"))?;
+        request
+            .set_authority(Some(authority))
+            .map_err(|()| bad("authority"))?;
+        request
+            .set_path_with_query(Some(path))
+            .map_err(|()| bad("path"))?;
+        let outgoing = request
+            .body()
+            .map_err(|()| Error::Internal("request body taken twice".into()))?;
         let pending = outgoing_handler::handle(request, None).map_err(http_error)?;
         if let Some(body) = &self.body {
-            let stream = outgoing.write().map_err(|()| Error::Internal("body stream taken twice".into()))?;
+            let stream = outgoing
+                .write()
+                .map_err(|()| Error::Internal("body stream taken twice".into()))?;
             for chunk in body.chunks(WRITE_CHUNK) {
                 stream
                     .blocking_write_and_flush(chunk)
@@ -113,7 +129,9 @@ impl Request {
             Some(Err(())) | None => return Err(Error::Internal("response was not ready".into())),
         };
         let status = response.status();
-        let incoming = response.consume().map_err(|()| Error::Internal("response body taken twice".into()))?;
+        let incoming = response
+            .consume()
+            .map_err(|()| Error::Internal("response body taken twice".into()))?;
         let body = read_all(&incoming)?;
         drop(incoming);
         Ok(Response { status, body })
@@ -121,14 +139,19 @@ impl Request {
 }
 
 fn read_all(incoming: &IncomingBody) -> Result<Vec<u8>, Error> {
-    let stream = incoming.stream().map_err(|()| Error::Internal("body stream taken twice".into()))?;
+    let stream = incoming
+        .stream()
+        .map_err(|()| Error::Internal("body stream taken twice".into()))?;
     let mut body = Vec::new();
     loop {
         match stream.blocking_read(64 * 1024) {
             Ok(chunk) => body.extend_from_slice(&chunk),
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
-                return Err(Error::Unavailable(format!("reading the response failed: {}", e.to_debug_string())));
+                return Err(Error::Unavailable(format!(
+                    "reading the response failed: {}",
+                    e.to_debug_string()
+                )));
             }
         }
     }
@@ -137,7 +160,9 @@ fn read_all(incoming: &IncomingBody) -> Result<Vec<u8>, Error> {
 
 fn http_error(code: ErrorCode) -> Error {
     match code {
-        ErrorCode::HttpRequestDenied => Error::Denied("HttpRequestDenied: the gateway does not allow this destination".into()),
+        ErrorCode::HttpRequestDenied => {
+            Error::Denied("HttpRequestDenied: the gateway does not allow this destination".into())
+        }
         ErrorCode::DnsTimeout | ErrorCode::ConnectionTimeout | ErrorCode::ConnectionReadTimeout => {
             Error::Unavailable(format!("timed out: {code:?}"))
         }

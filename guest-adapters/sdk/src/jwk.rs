@@ -11,7 +11,9 @@ use crate::{Error, base64url};
 /// [`Error::Internal`] when `point` is not 65 bytes starting with 4.
 pub fn p256_public_jwk(point: &[u8]) -> Result<String, Error> {
     if point.len() != 65 || point[0] != 4 {
-        return Err(Error::Internal("expected an uncompressed P-256 point".into()));
+        return Err(Error::Internal(
+            "expected an uncompressed P-256 point".into(),
+        ));
     }
     Ok(json!({
         "kty": "EC",
@@ -29,7 +31,9 @@ pub fn p256_public_jwk(point: &[u8]) -> Result<String, Error> {
 /// [`Error::InvalidInput`] for another key type or curve, or a missing or malformed `d`.
 pub fn p256_private_scalar(jwk: &Value) -> Result<[u8; 32], Error> {
     if jwk["kty"] != "EC" || jwk["crv"] != "P-256" {
-        return Err(Error::InvalidInput("only EC keys on P-256 are supported".into()));
+        return Err(Error::InvalidInput(
+            "only EC keys on P-256 are supported".into(),
+        ));
     }
     let d = jwk["d"]
         .as_str()

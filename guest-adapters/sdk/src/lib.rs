@@ -94,7 +94,12 @@ pub trait Adapter: Sized + 'static {
     ///
     /// # Errors
     /// Any [`Error`].
-    fn import_key(&self, kid: &str, private_jwk: &serde_json::Value, alg: Alg) -> Result<KeyMaterial, Error> {
+    fn import_key(
+        &self,
+        kid: &str,
+        private_jwk: &serde_json::Value,
+        alg: Alg,
+    ) -> Result<KeyMaterial, Error> {
         let _ = (kid, private_jwk, alg);
         Err(Error::Unsupported("this adapter cannot import keys".into()))
     }

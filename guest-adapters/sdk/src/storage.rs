@@ -50,7 +50,10 @@ pub fn list(prefix: &str) -> Result<Vec<String>, Error> {
 /// As [`get`], and [`Error::Internal`] when the stored bytes are not a `T`.
 pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, Error> {
     get(key)?
-        .map(|bytes| serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("storage `{key}`: {e}"))))
+        .map(|bytes| {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Internal(format!("storage `{key}`: {e}")))
+        })
         .transpose()
 }
 

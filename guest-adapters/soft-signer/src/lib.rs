@@ -1,7 +1,9 @@
 //! `soft-signer`: ES256 keys generated and used inside the guest with RustCrypto's
 //! `p256`, kept in the provider's sealed storage. Supports import.
 
-use kmsgw_guest_sdk::{Adapter, Alg, Capabilities, Error, KeyMaterial, export_adapter, jwk, storage};
+use kmsgw_guest_sdk::{
+    Adapter, Alg, Capabilities, Error, KeyMaterial, export_adapter, jwk, storage,
+};
 use p256::ecdsa::{Signature, SigningKey, signature::Signer};
 
 struct SoftSigner;
@@ -34,7 +36,9 @@ fn random_scalar() -> Result<SigningKey, Error> {
             return Ok(key);
         }
     }
-    Err(Error::Internal("no valid scalar from the random source".into()))
+    Err(Error::Internal(
+        "no valid scalar from the random source".into(),
+    ))
 }
 
 impl Adapter for SoftSigner {
@@ -56,7 +60,12 @@ impl Adapter for SoftSigner {
         store(kid, &random_scalar()?)
     }
 
-    fn import_key(&self, kid: &str, private_jwk: &serde_json::Value, _alg: Alg) -> Result<KeyMaterial, Error> {
+    fn import_key(
+        &self,
+        kid: &str,
+        private_jwk: &serde_json::Value,
+        _alg: Alg,
+    ) -> Result<KeyMaterial, Error> {
         let scalar = jwk::p256_private_scalar(private_jwk)?;
         let key = SigningKey::from_slice(&scalar)
             .map_err(|_| Error::InvalidInput("`d` is not a valid P-256 scalar".into()))?;
@@ -66,7 +75,8 @@ impl Adapter for SoftSigner {
     fn sign(&self, external_id: &str, message: &[u8], _alg: Alg) -> Result<Vec<u8>, Error> {
         let bytes = storage::get(&storage_key(external_id))?
             .ok_or_else(|| Error::NotFound(format!("no key `{external_id}`")))?;
-        let key = SigningKey::from_slice(&bytes).map_err(|_| Error::Internal("stored key is damaged".into()))?;
+        let key = SigningKey::from_slice(&bytes)
+            .map_err(|_| Error::Internal("stored key is damaged".into()))?;
         let signature: Signature = key.sign(message);
         Ok(signature.to_bytes().to_vec())
     }

@@ -125,7 +125,11 @@ pub struct WasmProvider {
 /// Runs a call on a leased instance under the pool's deadline and settles it.
 macro_rules! guest_call {
     ($self:ident, $op:literal, |$exports:ident, $store:ident| $call:expr) => {{
-        let mut lease = $self.pool.acquire().await.map_err(|f| $self.failure($op, f, None))?;
+        let mut lease = $self
+            .pool
+            .acquire()
+            .await
+            .map_err(|f| $self.failure($op, f, None))?;
         let outcome = {
             let instance = lease.instance();
             let $store = &mut instance.store;
@@ -158,8 +162,9 @@ impl WasmProvider {
         let allowed: Arc<[AllowedHost]> = options.allowed_hosts.into();
         let denied = counters.denied_egress.clone();
         let memory = options.memory_bytes;
-        let make_state =
-            Box::new(move || HostState::new(storage.clone(), allowed.clone(), denied.clone(), memory));
+        let make_state = Box::new(move || {
+            HostState::new(storage.clone(), allowed.clone(), denied.clone(), memory)
+        });
         let pool = Pool::new(
             runtime.engine().clone(),
             pre,
@@ -168,8 +173,14 @@ impl WasmProvider {
             options.instances.max(1),
             options.timeout,
         );
-        let init_error = |reason: String| WasmStartError::Init { id: options.id.clone(), reason };
-        let caps = pool.warm_up().await.map_err(|e| init_error(e.to_string()))?;
+        let init_error = |reason: String| WasmStartError::Init {
+            id: options.id.clone(),
+            reason,
+        };
+        let caps = pool
+            .warm_up()
+            .await
+            .map_err(|e| init_error(e.to_string()))?;
         let capabilities = Capabilities {
             can_create: caps.can_create,
             can_import: caps.can_import,
@@ -177,8 +188,12 @@ impl WasmProvider {
             supported_algs: caps.algs.iter().copied().map(host_alg).collect(),
             default_alg: host_alg(caps.default_alg),
         };
-        if capabilities.supported_algs.is_empty() || !capabilities.supports(capabilities.default_alg) {
-            return Err(init_error("init returned no algorithms, or a default that is not among them".into()));
+        if capabilities.supported_algs.is_empty()
+            || !capabilities.supports(capabilities.default_alg)
+        {
+            return Err(init_error(
+                "init returned no algorithms, or a default that is not among them".into(),
+            ));
         }
         Ok(WasmProvider {
             id: options.id,
@@ -216,8 +231,12 @@ impl WasmProvider {
                 tracing::warn!(provider = %self.id, op, "guest missed its deadline; its instance is replaced");
                 ProviderError::Timeout
             }
-            GuestFailure::Busy(n) => ProviderError::Unavailable(format!("all {n} instances of `{}` are busy", self.id)),
-            GuestFailure::Init(reason) => ProviderError::Unavailable(format!("guest `{}`: {reason}", self.id)),
+            GuestFailure::Busy(n) => {
+                ProviderError::Unavailable(format!("all {n} instances of `{}` are busy", self.id))
+            }
+            GuestFailure::Init(reason) => {
+                ProviderError::Unavailable(format!("guest `{}`: {reason}", self.id))
+            }
         }
     }
 
@@ -246,12 +265,16 @@ impl WasmProvider {
     }
 
     fn material(&self, material: GuestKeyMaterial) -> Result<KeyMaterial, ProviderError> {
-        let jwk: PublicJwk = serde_json::from_str(&material.public_jwk)
-            .map_err(|e| ProviderError::Backend(format!("guest returned a public JWK that is not a JWK: {e}")))?;
-        let point = jwk
-            .to_sec1()
-            .map_err(|e| ProviderError::Backend(format!("guest returned an unusable public JWK: {e}")))?;
-        let public_jwk = PublicJwk::from_sec1(&point).map_err(|e| ProviderError::Backend(e.to_string()))?;
+        let jwk: PublicJwk = serde_json::from_str(&material.public_jwk).map_err(|e| {
+            ProviderError::Backend(format!(
+                "guest returned a public JWK that is not a JWK: {e}"
+            ))
+        })?;
+        let point = jwk.to_sec1().map_err(|e| {
+            ProviderError::Backend(format!("guest returned an unusable public JWK: {e}"))
+        })?;
+        let public_jwk =
+            PublicJwk::from_sec1(&point).map_err(|e| ProviderError::Backend(e.to_string()))?;
         Ok(KeyMaterial {
             external_id: material.external_id,
             public_jwk,
@@ -280,7 +303,12 @@ impl Provider for WasmProvider {
         self.material(material)
     }
 
-    async fn import_key(&self, kid: &str, key: &PrivateKey, alg: Alg) -> Result<KeyMaterial, ProviderError> {
+    async fn import_key(
+        &self,
+        kid: &str,
+        key: &PrivateKey,
+        alg: Alg,
+    ) -> Result<KeyMaterial, ProviderError> {
         let public = key.public_jwk();
         let jwk = Zeroizing::new(
             serde_json::json!({
@@ -301,10 +329,19 @@ impl Provider for WasmProvider {
         Ok(material)
     }
 
-    async fn sign(&self, key: &KeyRecord, message: &[u8], alg: Alg) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(
+        &self,
+        key: &KeyRecord,
+        message: &[u8],
+        alg: Alg,
+    ) -> Result<Vec<u8>, ProviderError> {
         let started = Instant::now();
-        let signature = guest_call!(self, "sign", |exports, store| exports
-            .call_sign(store, &key.external_id, message, guest_alg(alg)))?;
+        let signature = guest_call!(self, "sign", |exports, store| exports.call_sign(
+            store,
+            &key.external_id,
+            message,
+            guest_alg(alg)
+        ))?;
         // A buggy or malicious guest must not hand a client a bad signature.
         let point = key
             .public_jwk
@@ -318,7 +355,10 @@ impl Provider for WasmProvider {
                 signature.len()
             )));
         }
-        if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point[..]).verify(message, &signature).is_err() {
+        if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point[..])
+            .verify(message, &signature)
+            .is_err()
+        {
             tracing::error!(provider = %self.id, kid = %key.kid, "guest signature does not verify");
             return Err(ProviderError::Backend(format!(
                 "guest `{}` returned a signature that does not verify against the key's public JWK",
@@ -330,7 +370,9 @@ impl Provider for WasmProvider {
     }
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
-        match guest_call!(self, "delete-key", |exports, store| exports.call_delete_key(store, &key.external_id)) {
+        match guest_call!(self, "delete-key", |exports, store| exports
+            .call_delete_key(store, &key.external_id))
+        {
             Ok(()) | Err(ProviderError::KeyNotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -339,7 +381,8 @@ impl Provider for WasmProvider {
     async fn health(&self) -> Health {
         let started = Instant::now();
         let result: Result<(), ProviderError> =
-            async { guest_call!(self, "health", |exports, store| exports.call_health(store)) }.await;
+            async { guest_call!(self, "health", |exports, store| exports.call_health(store)) }
+                .await;
         Health {
             ok: result.is_ok(),
             latency: started.elapsed(),

@@ -9,7 +9,9 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 use super::bindings::kmsgw::adapter::{log, storage};
 use crate::catalog::Catalog;
@@ -44,12 +46,17 @@ impl AllowedHost {
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => (
                 host,
-                Some(port.parse::<u16>().map_err(|_| format!("`{port}` is not a port"))?),
+                Some(
+                    port.parse::<u16>()
+                        .map_err(|_| format!("`{port}` is not a port"))?,
+                ),
             ),
             None => (rest, None),
         };
         if host.is_empty() || host.contains('/') {
-            return Err(format!("`{entry}` is not host[:port] or scheme://host[:port]"));
+            return Err(format!(
+                "`{entry}` is not host[:port] or scheme://host[:port]"
+            ));
         }
         Ok(AllowedHost {
             scheme,
@@ -77,7 +84,9 @@ impl EgressFilter {
     fn allows(&self, uri: &http::Uri) -> bool {
         let scheme = uri.scheme_str().unwrap_or("https");
         let Some(host) = uri.host() else { return false };
-        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
         let host = host.to_ascii_lowercase();
         self.allowed.iter().any(|a| a.matches(scheme, &host, port))
     }
@@ -88,12 +97,18 @@ impl WasiHttpHooks for EgressFilter {
         &mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
-        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send>,
+        fut: Box<
+            dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send,
+        >,
     ) -> Box<
         dyn Future<
                 Output = wasmtime_wasi_http::Result<(
                     http::Response<WasiBody>,
-                    Box<dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send>,
+                    Box<
+                        dyn Future<
+                                Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>,
+                            > + Send,
+                    >,
                 )>,
             > + Send,
     > {
@@ -194,10 +209,14 @@ impl WasiHttpView for HostState {
 impl storage::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         let s = &self.storage;
-        let sealed = s.catalog.guest_get(&s.provider_id, &key).await.map_err(|e| {
-            tracing::warn!(provider = %s.provider_id, error = %e, "guest storage read failed");
-            "storage is unavailable".to_owned()
-        })?;
+        let sealed = s
+            .catalog
+            .guest_get(&s.provider_id, &key)
+            .await
+            .map_err(|e| {
+                tracing::warn!(provider = %s.provider_id, error = %e, "guest storage read failed");
+                "storage is unavailable".to_owned()
+            })?;
         sealed
             .map(|sealed| {
                 s.master.open(&s.aad(&key), &sealed).map(|v| v.to_vec()).map_err(|e| {
@@ -217,10 +236,13 @@ impl storage::Host for HostState {
         }
         let s = &self.storage;
         let sealed = s.master.seal(&s.aad(&key), &value);
-        s.catalog.guest_set(&s.provider_id, &key, &sealed).await.map_err(|e| {
-            tracing::warn!(provider = %s.provider_id, error = %e, "guest storage write failed");
-            "storage is unavailable".to_owned()
-        })
+        s.catalog
+            .guest_set(&s.provider_id, &key, &sealed)
+            .await
+            .map_err(|e| {
+                tracing::warn!(provider = %s.provider_id, error = %e, "guest storage write failed");
+                "storage is unavailable".to_owned()
+            })
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, String> {
@@ -233,10 +255,13 @@ impl storage::Host for HostState {
 
     async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, String> {
         let s = &self.storage;
-        s.catalog.guest_list(&s.provider_id, &prefix).await.map_err(|e| {
-            tracing::warn!(provider = %s.provider_id, error = %e, "guest storage list failed");
-            "storage is unavailable".to_owned()
-        })
+        s.catalog
+            .guest_list(&s.provider_id, &prefix)
+            .await
+            .map_err(|e| {
+                tracing::warn!(provider = %s.provider_id, error = %e, "guest storage list failed");
+                "storage is unavailable".to_owned()
+            })
     }
 }
 

@@ -43,7 +43,9 @@ pub struct Lease<'a> {
 impl Lease<'_> {
     /// The leased instance.
     pub fn instance(&mut self) -> &mut Instance {
-        self.instance.as_mut().expect("a lease holds its instance until released")
+        self.instance
+            .as_mut()
+            .expect("a lease holds its instance until released")
     }
 
     /// Returns the instance to the pool for reuse.
@@ -57,7 +59,11 @@ impl Lease<'_> {
     pub fn stderr(&self) -> String {
         self.instance
             .as_ref()
-            .map(|i| String::from_utf8_lossy(&i.store.data().stderr.contents()).trim().to_owned())
+            .map(|i| {
+                String::from_utf8_lossy(&i.store.data().stderr.contents())
+                    .trim()
+                    .to_owned()
+            })
             .unwrap_or_default()
     }
 }
@@ -116,12 +122,19 @@ impl Pool {
         // can stop a guest that never returns.
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
-        let bindings = match tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store)).await {
+        let bindings = match tokio::time::timeout(
+            self.timeout,
+            self.pre.instantiate_async(&mut store),
+        )
+        .await
+        {
             Ok(Ok(bindings)) => bindings,
             Ok(Err(e)) => return Err(GuestFailure::Init(format!("instantiation failed: {e:#}"))),
             Err(_) => return Err(GuestFailure::Timeout),
         };
-        let call = bindings.kmsgw_adapter_adapter().call_init(&mut store, &self.config_json);
+        let call = bindings
+            .kmsgw_adapter_adapter()
+            .call_init(&mut store, &self.config_json);
         let outcome = tokio::time::timeout(self.timeout, call).await;
         let capabilities = guest_call_outcome(outcome).map_err(|failure| match failure {
             GuestFailure::Guest(e) => GuestFailure::Init(format!("init refused the config: {e:?}")),

@@ -23,12 +23,21 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read component {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("component {path} has SHA-256 {actual}, but kms.json pins {expected}")]
-    Digest { path: String, expected: String, actual: String },
+    Digest {
+        path: String,
+        expected: String,
+        actual: String,
+    },
     #[error("component {path} is not a valid WebAssembly component: {reason}")]
     Compile { path: String, reason: String },
-    #[error("component {path} imports what kmsgw does not grant: {imports} (granted: kmsgw:adapter, wasi:io, wasi:clocks, wasi:random, wasi:cli (empty environment, no stdin), wasi:http)")]
+    #[error(
+        "component {path} imports what kmsgw does not grant: {imports} (granted: kmsgw:adapter, wasi:io, wasi:clocks, wasi:random, wasi:cli (empty environment, no stdin), wasi:http)"
+    )]
     Refused { path: String, imports: String },
     #[error("component {path} cannot be linked: {reason}")]
     Link { path: String, reason: String },
@@ -120,10 +129,17 @@ impl WasmRuntime {
     ///
     /// # Errors
     /// [`LoadError`] naming the file and the reason.
-    pub fn load(&self, path: &Path, sha256: Option<&str>) -> Result<ProviderPre<HostState>, LoadError> {
+    pub fn load(
+        &self,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<ProviderPre<HostState>, LoadError> {
         let shown = path.display().to_string();
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: shown.clone(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         let digest = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
         if let Some(expected) = sha256
             && !expected.eq_ignore_ascii_case(&digest)
@@ -134,10 +150,12 @@ impl WasmRuntime {
                 actual: digest,
             });
         }
-        let (component, cache) = self.compile(&bytes, &digest).map_err(|e| LoadError::Compile {
-            path: shown.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let (component, cache) = self
+            .compile(&bytes, &digest)
+            .map_err(|e| LoadError::Compile {
+                path: shown.clone(),
+                reason: format!("{e:#}"),
+            })?;
         let refused: Vec<String> = component
             .component_type()
             .imports(&self.engine)
@@ -173,7 +191,9 @@ impl WasmRuntime {
             // by a compatible engine and refuses it otherwise.
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(component) => return Ok((component, "hit")),
-                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "compiled cache entry unusable; recompiling"),
+                Err(e) => {
+                    tracing::warn!(file = %cached.display(), error = %e, "compiled cache entry unusable; recompiling")
+                }
             }
         }
         let compiled = self.engine.precompile_component(bytes)?;
