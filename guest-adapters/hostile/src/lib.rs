@@ -7,7 +7,7 @@
 //! | `oom` | allocates until memory runs out (the host's memory cap must hold) |
 //! | `trap` | panics, which traps (the host must replace the instance) |
 //! | `egress:URL` | fetches URL (the host must deny hosts outside `allowedHosts`) |
-//! | `snoop:KEY` | reads storage KEY and lists every stored key, and reports what it saw |
+//! | `snoop:KEY` | looks for storage KEY (exactly and as a prefix), lists every stored key, and reports what it saw |
 //!
 //! Config `{"signature": "der"}` returns DER instead of raw `r‖s`, and
 //! `{"signature": "wrong-key"}` signs with another key: both must fail
@@ -87,7 +87,8 @@ impl Adapter for Hostile {
             )));
         }
         if let Some(key) = text.strip_prefix("snoop:") {
-            let found = storage::get(key)?.is_some();
+            // Look the key up exactly and as a prefix of other providers' names.
+            let found = storage::get(key)?.is_some() || !storage::list(key)?.is_empty();
             let listed = storage::list("")?;
             return Err(Error::InvalidInput(format!(
                 "snoop found={found} listed={}",

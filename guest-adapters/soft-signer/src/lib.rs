@@ -1,49 +1,50 @@
 //! `soft-signer`: ES256 keys generated and used inside the guest with RustCrypto's
 //! `p256`, kept in the provider's sealed storage. Supports import.
+//!
+//! Each key's external id is its kid plus a random suffix, so a kid that is
+//! deleted and created again names a different stored key; that makes it safe for
+//! every instance to keep the keys it has used in memory (the host never asks for
+//! a deleted key again).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use kmsgw_guest_sdk::bindings::wasi::random::random::get_random_bytes;
 use kmsgw_guest_sdk::{
-    Adapter, Alg, Capabilities, Error, KeyMaterial, export_adapter, jwk, storage,
+    Adapter, Alg, Capabilities, Error, KeyMaterial, base64url, export_adapter, jwk, storage,
 };
 use p256::ecdsa::{Signature, SigningKey, signature::Signer};
 
-struct SoftSigner;
-
-fn storage_key(kid: &str) -> String {
-    format!("key/{kid}")
+struct SoftSigner {
+    /// Keys used by this instance, by external id; p256 wipes them when dropped.
+    keys: RefCell<HashMap<String, SigningKey>>,
 }
 
-fn material(kid: &str, key: &SigningKey) -> Result<KeyMaterial, Error> {
-    let point = key.verifying_key().to_sec1_bytes();
-    Ok(KeyMaterial {
-        external_id: kid.to_owned(),
-        public_jwk: jwk::p256_public_jwk(&point)?,
-    })
+fn storage_key(external_id: &str) -> String {
+    format!("key/{external_id}")
 }
 
 fn store(kid: &str, key: &SigningKey) -> Result<KeyMaterial, Error> {
-    if storage::get(&storage_key(kid))?.is_some() {
-        return Err(Error::InvalidInput(format!("key `{kid}` already exists")));
-    }
-    storage::set(&storage_key(kid), &key.to_bytes())?;
-    material(kid, key)
+    let external_id = format!("{kid}.{}", base64url::encode(&get_random_bytes(9)));
+    storage::set(&storage_key(&external_id), &key.to_bytes())?;
+    Ok(KeyMaterial {
+        public_jwk: jwk::p256_public_jwk(&key.verifying_key().to_sec1_bytes())?,
+        external_id,
+    })
 }
 
-fn random_scalar() -> Result<SigningKey, Error> {
+fn random_key() -> Result<SigningKey, Error> {
     // Rejection sampling: almost every 32 random bytes are a valid scalar.
-    for _ in 0..16 {
-        let bytes = kmsgw_guest_sdk::bindings::wasi::random::random::get_random_bytes(32);
-        if let Ok(key) = SigningKey::from_slice(&bytes) {
-            return Ok(key);
-        }
-    }
-    Err(Error::Internal(
-        "no valid scalar from the random source".into(),
-    ))
+    (0..16)
+        .find_map(|_| SigningKey::from_slice(&get_random_bytes(32)).ok())
+        .ok_or_else(|| Error::Internal("no valid scalar from the random source".into()))
 }
 
 impl Adapter for SoftSigner {
     fn init(_config: serde_json::Value) -> Result<Self, Error> {
-        Ok(SoftSigner)
+        Ok(SoftSigner {
+            keys: RefCell::default(),
+        })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -57,7 +58,7 @@ impl Adapter for SoftSigner {
     }
 
     fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, Error> {
-        store(kid, &random_scalar()?)
+        store(kid, &random_key()?)
     }
 
     fn import_key(
@@ -73,15 +74,20 @@ impl Adapter for SoftSigner {
     }
 
     fn sign(&self, external_id: &str, message: &[u8], _alg: Alg) -> Result<Vec<u8>, Error> {
-        let bytes = storage::get(&storage_key(external_id))?
-            .ok_or_else(|| Error::NotFound(format!("no key `{external_id}`")))?;
-        let key = SigningKey::from_slice(&bytes)
-            .map_err(|_| Error::Internal("stored key is damaged".into()))?;
-        let signature: Signature = key.sign(message);
+        let mut keys = self.keys.borrow_mut();
+        if !keys.contains_key(external_id) {
+            let bytes = storage::get(&storage_key(external_id))?
+                .ok_or_else(|| Error::NotFound(format!("no key `{external_id}`")))?;
+            let key = SigningKey::from_slice(&bytes)
+                .map_err(|_| Error::Internal("stored key is damaged".into()))?;
+            keys.insert(external_id.to_owned(), key);
+        }
+        let signature: Signature = keys[external_id].sign(message);
         Ok(signature.to_bytes().to_vec())
     }
 
     fn delete_key(&self, external_id: &str) -> Result<(), Error> {
+        self.keys.borrow_mut().remove(external_id);
         storage::delete(&storage_key(external_id))?;
         Ok(())
     }
