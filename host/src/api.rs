@@ -127,3 +127,6 @@ async fn providers(State(state): State<AppState>) -> Json<Vec<ProviderInfo>> {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests;

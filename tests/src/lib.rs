@@ -420,6 +420,30 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Asserts that no file holds the private scalar, raw or in any base64 form.
+#[track_caller]
+pub fn assert_scalar_absent(files: &[PathBuf], scalar: &[u8; 32]) {
+    use base64::engine::general_purpose::STANDARD;
+    let needles = [
+        scalar.to_vec(),
+        URL_SAFE_NO_PAD.encode(scalar).into_bytes(),
+        STANDARD.encode(scalar).into_bytes(),
+    ];
+    assert!(files.len() > 2, "nothing to scan: {files:?}");
+    for file in files {
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        for needle in &needles {
+            assert!(
+                !contains(&bytes, needle),
+                "private key found in {}",
+                file.display()
+            );
+        }
+    }
+}
+
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
