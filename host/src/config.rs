@@ -125,6 +125,10 @@ pub struct HttpConfig {
     pub health_path: Option<String>,
     #[serde(default)]
     pub can_import: bool,
+    /// Connect timeout in milliseconds (default 2000).
+    pub connect_timeout_ms: Option<u64>,
+    /// Whole-request timeout in milliseconds (default 10000).
+    pub timeout_ms: Option<u64>,
 }
 
 /// How the `http` provider authenticates to the remote service.

@@ -2,6 +2,8 @@
 //! types it speaks.
 
 pub mod db;
+pub mod http;
+pub mod remote;
 pub mod wasm;
 
 use std::fmt;

@@ -19,6 +19,7 @@ use crate::crypto::seal::MasterKey;
 use crate::gateway::{Gateway, Registered};
 use crate::providers::Provider;
 use crate::providers::db::DbProvider;
+use crate::providers::http::HttpProvider;
 use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use crate::providers::wasm::{DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, WasmOptions, WasmProvider};
@@ -168,10 +169,19 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
                     }
                 }
             }
-            ProviderConfig::Vault(_)
-            | ProviderConfig::AwsKms(_)
-            | ProviderConfig::Pkcs11(_)
-            | ProviderConfig::Http(_) => unreachable!("check_buildable rejected unbuilt types"),
+            ProviderConfig::Http(http) => match HttpProvider::new(entry.id, http) {
+                Ok(provider) => Arc::new(provider),
+                Err(e) => {
+                    failures.push(Problem {
+                        path: format!("providers[{i}]"),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            },
+            ProviderConfig::Vault(_) | ProviderConfig::AwsKms(_) | ProviderConfig::Pkcs11(_) => {
+                unreachable!("check_buildable rejected unbuilt types")
+            }
         };
         providers.push(Registered {
             provider,
@@ -219,7 +229,7 @@ fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError
         .filter(|(_, entry)| {
             !matches!(
                 entry.config,
-                ProviderConfig::Db(_) | ProviderConfig::Wasm(_)
+                ProviderConfig::Db(_) | ProviderConfig::Wasm(_) | ProviderConfig::Http(_)
             )
         })
         .map(|(i, entry)| Problem {

@@ -29,16 +29,21 @@ pub fn kmsgw_bin() -> PathBuf {
     if let Ok(path) = std::env::var("KMSGW_BIN") {
         return path.into();
     }
-    // Test executables live in target/<profile>/deps; the binary one level up.
+    workspace_bin("kmsgw")
+}
+
+/// A binary built from this workspace (`cargo build --workspace`), by name.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries one level up.
     let exe = std::env::current_exe().expect("test executable path");
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("target directory")
-        .join("kmsgw");
+        .join(name);
     assert!(
         bin.exists(),
-        "{} does not exist: build it first (`cargo build -p kmsgw`), or run scripts/test",
+        "{} does not exist: build it first (`cargo build --workspace`), or run scripts/test",
         bin.display()
     );
     bin
@@ -185,6 +190,20 @@ impl Site {
     }
 }
 
+/// Starts the reference remote-KMS service (`examples/remote-kms`) with `args`.
+pub fn start_remote_kms(dir: &Path, args: &[&str]) -> Gateway {
+    let mut cmd = Command::new(workspace_bin("remote-kms"));
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("remote-kms"))
+        .args(args);
+    Gateway::spawn(
+        &mut cmd,
+        dir.join(format!("remote-kms-{}.log", uuid_like())),
+    )
+}
+
 /// A running gateway process.
 pub struct Gateway {
     child: Child,
@@ -194,7 +213,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    fn spawn(cmd: &mut Command, log: PathBuf) -> Gateway {
+    /// Starts `cmd` (the gateway, or another server that logs `listening on URL`)
+    /// and waits until it listens.
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Gateway {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -208,18 +229,14 @@ impl Gateway {
             let mut file = std::fs::File::create(&log_path).expect("log file");
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = writeln!(file, "{line}");
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let addr = addr
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
+                if let Some(url) = line.split("listening on ").nth(1) {
+                    let url = url.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(url.to_owned());
                 }
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -231,7 +248,7 @@ impl Gateway {
         };
         Gateway {
             child,
-            base: format!("http://{addr}"),
+            base,
             log,
             client: reqwest::Client::new(),
         }
@@ -333,7 +350,9 @@ impl Gateway {
 
     /// The host and port the gateway listens on.
     pub fn authority(&self) -> &str {
-        self.base.trim_start_matches("http://")
+        self.base
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
     }
 
     /// Everything the gateway has logged so far.
