@@ -41,7 +41,7 @@ pub enum HttpSetupError {
 enum Auth {
     None,
     Bearer(SecretString),
-    OAuth2(OAuth2),
+    OAuth2(Box<OAuth2>),
 }
 
 struct OAuth2 {
@@ -93,13 +93,13 @@ impl HttpProvider {
                 Auth::Bearer(token)
             }
             (None, None | Some(HttpAuth::None(_))) => Auth::None,
-            (None, Some(HttpAuth::Oauth2ClientCredentials(o))) => Auth::OAuth2(OAuth2 {
+            (None, Some(HttpAuth::Oauth2ClientCredentials(o))) => Auth::OAuth2(Box::new(OAuth2 {
                 token_url: o.token_url,
                 client_id: o.client_id,
                 client_secret: o.client_secret,
                 scope: o.scope,
                 cached: Mutex::new(None),
-            }),
+            })),
             (None, Some(HttpAuth::Mtls(m))) => {
                 let mut pem = read("client certificate", &m.cert_file)?;
                 pem.extend_from_slice(b"\n");
