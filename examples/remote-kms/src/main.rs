@@ -151,7 +151,7 @@ struct GenerateBody {
 }
 
 async fn generate(State(app): State<Arc<App>>, Json(body): Json<GenerateBody>) -> Response {
-    if let Err(response) = check_alg(body.alg.as_deref()) {
+    if let Some(response) = alg_error(body.alg.as_deref()) {
         return response;
     }
     match random_key() {
@@ -175,7 +175,7 @@ async fn import(
     Path(kid): Path<String>,
     Json(body): Json<ImportBody>,
 ) -> Response {
-    if let Err(response) = check_alg(body.alg.as_deref()) {
+    if let Some(response) = alg_error(body.alg.as_deref()) {
         return response;
     }
     let key = body.private_jwk["d"]
@@ -202,7 +202,7 @@ async fn sign(
     Path(kid): Path<String>,
     Json(body): Json<SignBody>,
 ) -> Response {
-    if let Err(response) = check_alg(body.alg.as_deref()) {
+    if let Some(response) = alg_error(body.alg.as_deref()) {
         return response;
     }
     let Ok(data) = STANDARD
