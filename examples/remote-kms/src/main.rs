@@ -118,10 +118,11 @@ fn random_key() -> std::io::Result<SigningKey> {
     }
 }
 
-fn check_alg(alg: Option<&str>) -> Result<(), Response> {
+/// The error answer for an algorithm other than ES256, if it is one.
+fn alg_error(alg: Option<&str>) -> Option<Response> {
     match alg {
-        None | Some("ES256") => Ok(()),
-        Some(other) => Err(error(
+        None | Some("ES256") => None,
+        Some(other) => Some(error(
             StatusCode::BAD_REQUEST,
             format!("unsupported alg {other}"),
         )),
