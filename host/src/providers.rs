@@ -4,6 +4,7 @@
 pub mod db;
 pub mod http;
 pub mod remote;
+pub mod vault;
 pub mod wasm;
 
 use std::fmt;

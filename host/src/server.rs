@@ -20,6 +20,7 @@ use crate::gateway::{Gateway, Registered};
 use crate::providers::Provider;
 use crate::providers::db::DbProvider;
 use crate::providers::http::HttpProvider;
+use crate::providers::vault::VaultProvider;
 use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use crate::providers::wasm::{DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, WasmOptions, WasmProvider};
@@ -179,7 +180,17 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
                     continue;
                 }
             },
-            ProviderConfig::Vault(_) | ProviderConfig::AwsKms(_) | ProviderConfig::Pkcs11(_) => {
+            ProviderConfig::Vault(vault) => match VaultProvider::new(entry.id, vault) {
+                Ok(provider) => Arc::new(provider),
+                Err(e) => {
+                    failures.push(Problem {
+                        path: format!("providers[{i}]"),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            },
+            ProviderConfig::AwsKms(_) | ProviderConfig::Pkcs11(_) => {
                 unreachable!("check_buildable rejected unbuilt types")
             }
         };
@@ -229,7 +240,10 @@ fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError
         .filter(|(_, entry)| {
             !matches!(
                 entry.config,
-                ProviderConfig::Db(_) | ProviderConfig::Wasm(_) | ProviderConfig::Http(_)
+                ProviderConfig::Db(_)
+                    | ProviderConfig::Wasm(_)
+                    | ProviderConfig::Http(_)
+                    | ProviderConfig::Vault(_)
             )
         })
         .map(|(i, entry)| Problem {

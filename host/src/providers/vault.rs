@@ -1,0 +1,431 @@
+//! The `vault` provider: HashiCorp Vault (or OpenBao) Transit. Keys are
+//! `ecdsa-p256`, not exportable; signatures come back in JWS form (raw `r‖s`);
+//! messages above [`PREHASH_ABOVE`] are hashed here and sent with `prehashed`.
+//! Import uses Transit's BYOK flow: the PKCS#8 key wrapped with an ephemeral
+//! AES-256 key (KWP), that key wrapped with RSA-OAEP-SHA256 under the mount's
+//! wrapping key.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrapPadded};
+use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use p256::pkcs8::{DecodePublicKey, EncodePrivateKey};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::remote::{self, backend_message, retrying, transport_error};
+use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use crate::catalog::KeyRecord;
+use crate::config::VaultConfig;
+use crate::crypto::{PrivateKey, PublicJwk, decode_base64};
+
+/// Messages longer than this are hashed on the host and signed as a digest.
+pub const PREHASH_ABOVE: usize = 32 * 1024;
+
+/// A Vault Transit mount.
+pub struct VaultProvider {
+    id: String,
+    client: reqwest::Client,
+    base: String,
+    token: SecretString,
+    mount: String,
+    mount_ready: AtomicBool,
+    capabilities: Capabilities,
+}
+
+/// An answer that is not a 2xx.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+/// The Transit key name for a kid: the kid itself when Vault accepts it in a path,
+/// else `x-` and its hex (plain names never start with `x-`, so the two never meet).
+pub fn key_name(kid: &str) -> String {
+    let plain = kid
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !kid.starts_with("x-");
+    if plain {
+        kid.to_owned()
+    } else {
+        format!(
+            "x-{}",
+            kid.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    }
+}
+
+fn pem_body(pem: &str) -> Result<Vec<u8>, ProviderError> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    STANDARD
+        .decode(body.trim())
+        .map_err(|_| ProviderError::Backend("Vault returned a malformed PEM key".into()))
+}
+
+impl VaultProvider {
+    /// A provider named `id` for `config`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built.
+    pub fn new(id: String, config: VaultConfig) -> Result<Self, reqwest::Error> {
+        Ok(VaultProvider {
+            id,
+            client: remote::client(
+                remote::DEFAULT_CONNECT_TIMEOUT,
+                remote::DEFAULT_TIMEOUT,
+                None,
+                None,
+            )?,
+            base: config.vault_url.as_str().trim_end_matches('/').to_owned(),
+            token: config.vault_token,
+            mount: config.mount.trim_matches('/').to_owned(),
+            mount_ready: AtomicBool::new(false),
+            capabilities: Capabilities {
+                can_create: true,
+                can_import: true,
+                can_delete: true,
+                supported_algs: vec![Alg::ES256],
+                default_alg: Alg::ES256,
+            },
+        })
+    }
+
+    /// One request; `Ok(Err(_))` is an answer that is not a 2xx.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Result<Value, Refusal>, ProviderError> {
+        let mut request = self
+            .client
+            .request(method, format!("{}/v1/{path}", self.base))
+            .header("X-Vault-Token", self.token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport_error("Vault", &e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error("Vault", &e))?;
+        if status.is_success() {
+            let value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).map_err(|_| {
+                    ProviderError::Backend("Vault answered with invalid JSON".into())
+                })?
+            };
+            Ok(Ok(value))
+        } else {
+            Ok(Err(Refusal {
+                status,
+                message: backend_message(status, &bytes),
+            }))
+        }
+    }
+
+    /// Mounts the Transit engine if needed; returns whether this call created it.
+    async fn ensure_mount(&self, force: bool) -> Result<bool, ProviderError> {
+        if self.mount_ready.load(Ordering::Acquire) && !force {
+            return Ok(false);
+        }
+        let created = match self
+            .request(
+                Method::POST,
+                &format!("sys/mounts/{}", self.mount),
+                Some(&json!({"type": "transit"})),
+            )
+            .await?
+        {
+            Ok(_) => true,
+            // Vault answers 400 when the path is already mounted: that is success.
+            Err(r) if r.status == StatusCode::BAD_REQUEST || r.status == StatusCode::CONFLICT => {
+                false
+            }
+            Err(r) => return Err(self.refused(r)),
+        };
+        self.mount_ready.store(true, Ordering::Release);
+        Ok(created)
+    }
+
+    /// A key operation on the mount: mounts first, and on a 404 that turns out to
+    /// be a missing mount (a new server, say), mounts and tries once more.
+    async fn key_op(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Result<Value, Refusal>, ProviderError> {
+        self.ensure_mount(false).await?;
+        let path = format!("{}/{path}", self.mount);
+        match self.request(method.clone(), &path, body).await? {
+            Err(r) if r.status == StatusCode::NOT_FOUND => {
+                if self.ensure_mount(true).await? {
+                    self.request(method, &path, body).await
+                } else {
+                    Ok(Err(r))
+                }
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn refused(&self, refusal: Refusal) -> ProviderError {
+        match refusal.status {
+            StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED => {
+                ProviderError::Backend(format!("Vault refused the token: {}", refusal.message))
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                ProviderError::Unavailable(format!("Vault: {}", refusal.message))
+            }
+            _ => ProviderError::Backend(format!("Vault: {}", refusal.message)),
+        }
+    }
+
+    async fn exists(&self, name: &str) -> Result<bool, ProviderError> {
+        match self
+            .key_op(Method::GET, &format!("keys/{name}"), None)
+            .await?
+        {
+            Ok(_) => Ok(true),
+            Err(r) if r.status == StatusCode::NOT_FOUND => Ok(false),
+            Err(r) => Err(self.refused(r)),
+        }
+    }
+
+    async fn public_jwk(&self, name: &str) -> Result<PublicJwk, ProviderError> {
+        let key = match self
+            .key_op(Method::GET, &format!("keys/{name}"), None)
+            .await?
+        {
+            Ok(key) => key,
+            Err(r) if r.status == StatusCode::NOT_FOUND => {
+                return Err(ProviderError::KeyNotFound(name.to_owned()));
+            }
+            Err(r) => return Err(self.refused(r)),
+        };
+        let latest = key["data"]["latest_version"]
+            .as_u64()
+            .unwrap_or(1)
+            .to_string();
+        let pem = key["data"]["keys"][&latest]["public_key"]
+            .as_str()
+            .ok_or_else(|| {
+                ProviderError::Backend(format!("Vault key `{name}` has no public key"))
+            })?;
+        let public = p256::PublicKey::from_public_key_pem(pem).map_err(|_| {
+            ProviderError::Backend(format!("Vault key `{name}` is not a P-256 key"))
+        })?;
+        PublicJwk::from_sec1(&public.to_sec1_bytes())
+            .map_err(|e| ProviderError::Backend(e.to_string()))
+    }
+
+    async fn sign_once(&self, name: &str, input: &Value) -> Result<Vec<u8>, ProviderError> {
+        let answer = match self
+            .key_op(Method::POST, &format!("sign/{name}/sha2-256"), Some(input))
+            .await?
+        {
+            Ok(answer) => answer,
+            // Transit answers 400 for a missing key; ask, rather than read the message.
+            Err(r) if r.status == StatusCode::BAD_REQUEST && !self.exists(name).await? => {
+                return Err(ProviderError::KeyNotFound(name.to_owned()));
+            }
+            Err(r) => return Err(self.refused(r)),
+        };
+        let text = answer["data"]["signature"]
+            .as_str()
+            .ok_or_else(|| ProviderError::Backend("Vault answered without a signature".into()))?;
+        // "vault:v<version>:<base64url r‖s>"
+        let encoded = text.rsplit(':').next().unwrap_or_default();
+        let signature = decode_base64(encoded)
+            .map_err(|_| ProviderError::Backend("Vault returned a malformed signature".into()))?;
+        if signature.len() != 64 {
+            return Err(ProviderError::Backend(format!(
+                "Vault returned a {}-byte signature, not raw r‖s",
+                signature.len()
+            )));
+        }
+        Ok(signature)
+    }
+}
+
+#[async_trait]
+impl Provider for VaultProvider {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Vault
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+        let name = key_name(kid);
+        let body = json!({"type": "ecdsa-p256", "exportable": false});
+        self.key_op(Method::POST, &format!("keys/{name}"), Some(&body))
+            .await?
+            .map_err(|r| self.refused(r))?;
+        Ok(KeyMaterial {
+            public_jwk: self.public_jwk(&name).await?,
+            external_id: name,
+            sealed_secret: None,
+        })
+    }
+
+    async fn import_key(
+        &self,
+        kid: &str,
+        key: &PrivateKey,
+        _alg: Alg,
+    ) -> Result<KeyMaterial, ProviderError> {
+        let name = key_name(kid);
+        let wrapping = self
+            .key_op(Method::GET, "wrapping_key", None)
+            .await?
+            .map_err(|r| self.refused(r))?;
+        let pem = wrapping["data"]["public_key"].as_str().ok_or_else(|| {
+            ProviderError::Backend("Vault answered without a wrapping key".into())
+        })?;
+        let not_rsa = |_| ProviderError::Backend("Vault's wrapping key is not an RSA key".into());
+        let rsa = PublicEncryptingKey::from_der(&pem_body(pem)?).map_err(not_rsa)?;
+        let rsa = OaepPublicEncryptingKey::new(rsa)
+            .map_err(|_| ProviderError::Backend("unusable wrapping key".into()))?;
+        let secret = p256::SecretKey::from_slice(key.scalar())
+            .map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let pkcs8 = secret
+            .to_pkcs8_der()
+            .map_err(|e| ProviderError::Internal(e.to_string()))?;
+
+        let mut ephemeral = Zeroizing::new([0u8; 32]);
+        aws_lc_rs::rand::fill(ephemeral.as_mut_slice())
+            .map_err(|_| ProviderError::Internal("no randomness".into()))?;
+        let mut wrapped_aes = vec![0u8; rsa.ciphertext_size()];
+        let wrapped_aes = rsa
+            .encrypt(
+                &OAEP_SHA256_MGF1SHA256,
+                ephemeral.as_slice(),
+                &mut wrapped_aes,
+                None,
+            )
+            .map_err(|_| ProviderError::Internal("RSA-OAEP wrapping failed".into()))?
+            .to_vec();
+        let kek = AesKek::new(&AES_256, ephemeral.as_slice())
+            .map_err(|_| ProviderError::Internal("bad AES key".into()))?;
+        let mut wrapped_key = vec![0u8; pkcs8.as_bytes().len() + 16];
+        let wrapped_key = kek
+            .wrap_with_padding(pkcs8.as_bytes(), &mut wrapped_key)
+            .map_err(|_| ProviderError::Internal("AES key wrap failed".into()))?
+            .to_vec();
+        let ciphertext = STANDARD.encode([wrapped_aes, wrapped_key].concat());
+        let body = json!({"ciphertext": ciphertext, "type": "ecdsa-p256", "hash_function": "SHA256", "exportable": false});
+        self.key_op(Method::POST, &format!("keys/{name}/import"), Some(&body))
+            .await?
+            .map_err(|r| self.refused(r))?;
+
+        let public_jwk = self.public_jwk(&name).await?;
+        let expected = key.public_jwk();
+        if public_jwk.x != expected.x || public_jwk.y != expected.y {
+            return Err(ProviderError::Backend(format!(
+                "Vault key `{name}` already exists with another key"
+            )));
+        }
+        Ok(KeyMaterial {
+            external_id: name,
+            public_jwk,
+            sealed_secret: None,
+        })
+    }
+
+    async fn sign(
+        &self,
+        key: &KeyRecord,
+        message: &[u8],
+        _alg: Alg,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let input = if message.len() > PREHASH_ABOVE {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+            json!({"input": STANDARD.encode(digest.as_ref()), "prehashed": true, "marshaling_algorithm": "jws"})
+        } else {
+            json!({"input": STANDARD.encode(message), "marshaling_algorithm": "jws"})
+        };
+        retrying(|| self.sign_once(&key.external_id, &input)).await
+    }
+
+    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+        let name = &key.external_id;
+        let allow = json!({"deletion_allowed": true});
+        match self
+            .key_op(Method::POST, &format!("keys/{name}/config"), Some(&allow))
+            .await?
+        {
+            Ok(_) => {}
+            Err(r) if r.status == StatusCode::NOT_FOUND => return Ok(()),
+            // Transit answers 400 when the key does not exist.
+            Err(r) if r.status == StatusCode::BAD_REQUEST && !self.exists(name).await? => {
+                return Ok(());
+            }
+            Err(r) => return Err(self.refused(r)),
+        }
+        match self
+            .key_op(Method::DELETE, &format!("keys/{name}"), None)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(r) if r.status == StatusCode::NOT_FOUND => Ok(()),
+            Err(r) => Err(self.refused(r)),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        let started = Instant::now();
+        let result = retrying(|| async {
+            match self
+                .request(Method::GET, "sys/health?standbyok=true", None)
+                .await?
+            {
+                Ok(_) => Ok(()),
+                Err(r) => Err(ProviderError::Unavailable(match r.status.as_u16() {
+                    501 => "Vault is not initialised".to_owned(),
+                    503 => "Vault is sealed".to_owned(),
+                    _ => r.message,
+                })),
+            }
+        })
+        .await;
+        Health {
+            ok: result.is_ok(),
+            latency: started.elapsed(),
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_are_path_safe_and_distinct() {
+        assert_eq!(key_name("issuer-1.v2_x"), "issuer-1.v2_x");
+        assert_eq!(key_name("a:b"), "x-613a62");
+        assert_eq!(key_name("x-613a62"), "x-782d363133613632");
+        assert_ne!(key_name("a:b"), key_name("x-613a62"));
+    }
+}

