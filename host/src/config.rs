@@ -95,7 +95,7 @@ pub struct AwsKmsConfig {
 }
 
 /// `type: "pkcs11"`: an HSM through its PKCS#11 library.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Pkcs11Config {
     pub library: PathBuf,
@@ -103,10 +103,13 @@ pub struct Pkcs11Config {
     pub pin: SecretString,
     #[serde(default)]
     pub read_only: bool,
+    /// Sessions kept open, and PKCS#11 calls in flight at once (default 4).
+    pub sessions: Option<u32>,
 }
 
-/// A PKCS#11 slot: by index, or by the label of the token in it.
-#[derive(Debug, Deserialize)]
+/// A PKCS#11 slot: by index among the slots holding an initialised token, or by
+/// the label of the token in it.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Pkcs11Slot {
     Index(u64),

@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod http;
+pub mod pkcs11;
 pub mod remote;
 pub mod vault;
 pub mod wasm;

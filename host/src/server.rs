@@ -20,6 +20,7 @@ use crate::gateway::{Gateway, Registered};
 use crate::providers::Provider;
 use crate::providers::db::DbProvider;
 use crate::providers::http::HttpProvider;
+use crate::providers::pkcs11::Pkcs11Provider;
 use crate::providers::vault::VaultProvider;
 use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
@@ -190,9 +191,9 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
                     continue;
                 }
             },
-            ProviderConfig::AwsKms(_) | ProviderConfig::Pkcs11(_) => {
-                unreachable!("check_buildable rejected unbuilt types")
-            }
+            // Connects on first use: a wrong PIN or a missing token shows in health.
+            ProviderConfig::Pkcs11(pkcs11) => Arc::new(Pkcs11Provider::new(entry.id, pkcs11)),
+            ProviderConfig::AwsKms(_) => unreachable!("check_buildable rejected unbuilt types"),
         };
         providers.push(Registered {
             provider,
@@ -244,6 +245,7 @@ fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError
                     | ProviderConfig::Wasm(_)
                     | ProviderConfig::Http(_)
                     | ProviderConfig::Vault(_)
+                    | ProviderConfig::Pkcs11(_)
             )
         })
         .map(|(i, entry)| Problem {

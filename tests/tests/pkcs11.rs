@@ -1,0 +1,151 @@
+//! The `pkcs11` provider against SoftHSM2 through cryptoki. One test in its own
+//! binary: SoftHSM2 is configured through `SOFTHSM2_CONF`, which this process
+//! sets before anything else runs.
+
+use std::path::Path;
+use std::process::Command;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::Attribute;
+use cryptoki::session::UserType;
+use kmsgw_tests::*;
+use serde_json::json;
+
+const LIBRARY: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const LABEL: &str = "kmsgw-test";
+const OTHER_LABEL: &str = "kmsgw-other";
+
+/// The library in this process, and the index of the test token among the slots
+/// holding an initialised token (what `slot: N` in kms.json means).
+fn library() -> (Pkcs11, usize) {
+    let pkcs11 = Pkcs11::new(LIBRARY).unwrap();
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(
+            cryptoki::error::RvError::CryptokiAlreadyInitialized,
+            _,
+        )) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let slots = pkcs11.get_slots_with_initialized_token().unwrap();
+    let index = slots
+        .iter()
+        .position(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == LABEL)
+        .unwrap();
+    (pkcs11, index)
+}
+
+/// Objects on the test token labelled `label`, counted in this process.
+fn objects_labelled(label: &str) -> usize {
+    let (pkcs11, index) = library();
+    let slot = pkcs11.get_slots_with_initialized_token().unwrap()[index];
+    let session = pkcs11.open_ro_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&"1234".to_owned().into()))
+        .unwrap();
+    session
+        .find_objects(&[Attribute::Label(label.as_bytes().to_vec())])
+        .unwrap()
+        .len()
+}
+
+fn init_token(dir: &Path) {
+    std::fs::create_dir_all(dir.join("tokens")).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    // SAFETY: set before any other thread of this test binary exists.
+    unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+    // Login state is per process and token, so the wrong-PIN entry gets a token of its own.
+    for label in [LABEL, OTHER_LABEL] {
+        let status = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                "1234",
+                "--so-pin",
+                "5678",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("softhsm2-util (Debian package softhsm2; scripts/test installs it)");
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn pkcs11_generates_imports_signs_and_deletes_on_softhsm2() {
+    let hsm_dir = tempfile::tempdir().unwrap();
+    init_token(hsm_dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_, index) = library();
+    runtime.block_on(async {
+        let site = Site::new(Db::Sqlite).await;
+        let gw = site.start_configured(&json!({"providers": [
+            {"id": "db", "type": "db"},
+            {"id": "hsm", "type": "pkcs11", "library": LIBRARY, "slot": LABEL, "pin": "1234"},
+            {"id": "hsm-index", "type": "pkcs11", "library": LIBRARY, "slot": index, "pin": "1234", "sessions": 2},
+            {"id": "wrong-pin", "type": "pkcs11", "library": LIBRARY, "slot": OTHER_LABEL, "pin": "0000"},
+        ]}));
+
+        // By label: generate, sign, and 32 signs at once.
+        let key = gw.create(json!({"kid": "hsm-key", "provider": "hsm"})).await;
+        let signature = gw.sign("hsm-key", b"from the HSM").await;
+        assert_verifies(&key["publicJwk"], b"from the HSM", &signature);
+        let signs = (0..32).map(|i| {
+            let gw = &gw;
+            async move {
+                let message = format!("concurrent {i}");
+                (message.clone(), gw.sign("hsm-key", message.as_bytes()).await)
+            }
+        });
+        for (message, signature) in futures::future::join_all(signs).await {
+            assert_verifies(&key["publicJwk"], message.as_bytes(), &signature);
+        }
+
+        // By slot index.
+        let indexed = gw.create(json!({"kid": "indexed", "provider": "hsm-index"})).await;
+        let signature = gw.sign("indexed", b"by index").await;
+        assert_verifies(&indexed["publicJwk"], b"by index", &signature);
+
+        // Import, then sign with the imported key.
+        let (private, _) = known_private_jwk();
+        let (status, body) = gw.post("/keys/hsm-imported/import", json!({"privateJwk": private, "provider": "hsm"})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let signature = gw.sign("hsm-imported", b"imported").await;
+        assert_verifies(&private, b"imported", &signature);
+
+        // A wrong PIN: that provider is not ok, with the reason; the rest serves.
+        let (_, health) = gw.get("/health/kms").await;
+        let line = |id: &str| health.as_array().unwrap().iter().find(|h| h["providerId"] == id).unwrap().clone();
+        assert_eq!(line("hsm")["ok"], true, "{health}");
+        assert_eq!(line("hsm-index")["ok"], true, "{health}");
+        assert_eq!(line("wrong-pin")["ok"], false, "{health}");
+        assert!(line("wrong-pin")["error"].as_str().unwrap().contains("PIN is incorrect"), "{health}");
+        let db_key = gw.create(json!({"kid": "still-serving"})).await;
+        let signature = gw.sign("still-serving", b"db").await;
+        assert_verifies(&db_key["publicJwk"], b"db", &signature);
+        assert!(!gw.log_text().contains("1234"));
+
+        // Delete: both objects leave the token.
+        assert_eq!(gw.delete("/keys/hsm-key").await.0, StatusCode::NO_CONTENT);
+        let (status, _) = gw.post("/keys/hsm-key/sign", json!({"data": "eA=="})).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        drop(gw);
+        assert_eq!(objects_labelled("hsm-key"), 0);
+        assert_eq!(objects_labelled("hsm-imported"), 2);
+    });
+}
