@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use wasmtime_wasi::WasiView;
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-use wasmtime_wasi::p2::bindings::cli;
+use wasmtime_wasi::p2::bindings::{cli, random};
+use wasmtime_wasi::random::WasiRandom;
 
 use super::bindings::ProviderPre;
 use super::bindings::kmsgw::adapter::{log, storage};
@@ -109,6 +111,11 @@ impl WasmRuntime {
         cli::terminal_stdin::add_to_linker::<_, WasiCli>(&mut linker, |s| s.cli())?;
         cli::terminal_stdout::add_to_linker::<_, WasiCli>(&mut linker, |s| s.cli())?;
         cli::terminal_stderr::add_to_linker::<_, WasiCli>(&mut linker, |s| s.cli())?;
+        // std's HashMap seeds itself from `insecure-seed`.
+        random::insecure::add_to_linker::<_, WasiRandom>(&mut linker, |s| s.ctx().ctx.random())?;
+        random::insecure_seed::add_to_linker::<_, WasiRandom>(&mut linker, |s| {
+            s.ctx().ctx.random()
+        })?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         storage::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
         log::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
