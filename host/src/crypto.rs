@@ -279,10 +279,95 @@ impl Es256Signer {
     }
 }
 
+/// Converts a DER ECDSA signature (`SEQUENCE { INTEGER r, INTEGER s }`, what AWS
+/// KMS returns) to the 64-byte raw `r‖s` of JOSE, left-padding short integers.
+///
+/// # Errors
+/// A message when the input is not such a DER structure or a value exceeds 32 bytes.
+pub fn der_to_raw_p256(der: &[u8]) -> Result<[u8; 64], String> {
+    fn integer<'a>(input: &'a [u8], name: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+        let [0x02, len, rest @ ..] = input else {
+            return Err(format!("{name} is not a DER INTEGER"));
+        };
+        let len = usize::from(*len);
+        if len == 0 || len > 33 || rest.len() < len {
+            return Err(format!("{name} has a bad length"));
+        }
+        let (value, rest) = rest.split_at(len);
+        // A leading zero only marks a positive number whose top bit is set.
+        let value = match value {
+            [0, tail @ ..] if !tail.is_empty() => tail,
+            v => v,
+        };
+        if value.len() > 32 {
+            return Err(format!("{name} is longer than 32 bytes"));
+        }
+        Ok((value, rest))
+    }
+    let [0x30, len, body @ ..] = der else {
+        return Err("not a DER SEQUENCE".into());
+    };
+    if usize::from(*len) != body.len() {
+        return Err("DER SEQUENCE length does not match".into());
+    }
+    let (r, rest) = integer(body, "r")?;
+    let (s, rest) = integer(rest, "s")?;
+    if !rest.is_empty() {
+        return Err("trailing bytes after s".into());
+    }
+    let mut raw = [0u8; 64];
+    raw[32 - r.len()..32].copy_from_slice(r);
+    raw[64 - s.len()..].copy_from_slice(s);
+    Ok(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use p256::ecdsa::signature::Verifier;
+
+    #[test]
+    fn der_to_raw_handles_short_and_padded_integers() {
+        // r = 0x01 (one byte), s = 0x80 followed by 31 bytes (needs a zero pad byte).
+        let mut s = vec![0x80];
+        s.extend([0x11; 31]);
+        let mut der = vec![0x30, 3 + 2 + 33, 0x02, 0x01, 0x01, 0x02, 33, 0x00];
+        der.extend(&s);
+        let raw = der_to_raw_p256(&der).unwrap();
+        assert_eq!(raw[..31], [0; 31]);
+        assert_eq!(raw[31], 1);
+        assert_eq!(raw[32..], s[..]);
+
+        // Both short: r = 0x7f00 (2 bytes), s = 0x05.
+        let raw = der_to_raw_p256(&[0x30, 7, 0x02, 2, 0x7f, 0x00, 0x02, 1, 0x05]).unwrap();
+        assert_eq!(&raw[30..32], &[0x7f, 0x00]);
+        assert_eq!(raw[63], 5);
+        assert!(raw[..30].iter().chain(&raw[32..63]).all(|b| *b == 0));
+    }
+
+    #[test]
+    fn der_to_raw_matches_an_independent_encoder() {
+        let key = p256::ecdsa::SigningKey::from_slice(&[0x21; 32]).unwrap();
+        for message in [&b"a"[..], b"b", b"c", b"d", b"e", b"f"] {
+            let signature: p256::ecdsa::Signature =
+                p256::ecdsa::signature::Signer::sign(&key, message);
+            let der = signature.to_der();
+            assert_eq!(
+                der_to_raw_p256(der.as_bytes()).unwrap()[..],
+                signature.to_bytes()[..]
+            );
+        }
+    }
+
+    #[test]
+    fn der_to_raw_rejects_malformed_input() {
+        assert!(der_to_raw_p256(&[]).is_err());
+        assert!(der_to_raw_p256(&[0x30, 3, 0x02, 1, 1]).is_err());
+        let mut long = vec![0x30, 38, 0x02, 34, 0x01];
+        long.extend([0x11; 33]);
+        long.extend([0x02, 1, 1]);
+        assert!(der_to_raw_p256(&long).is_err());
+    }
 
     fn jwk_of(key: &PrivateKey) -> serde_json::Value {
         let public = key.public_jwk();

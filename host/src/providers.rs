@@ -1,6 +1,7 @@
 //! The [`Provider`] trait that every backend implements, native or guest, and the
 //! types it speaks.
 
+pub mod aws_kms;
 pub mod db;
 pub mod http;
 pub mod pkcs11;

@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigError, Problem, ProviderConfig, WasmConfig};
 use crate::crypto::seal::MasterKey;
 use crate::gateway::{Gateway, Registered};
 use crate::providers::Provider;
+use crate::providers::aws_kms::AwsKmsProvider;
 use crate::providers::db::DbProvider;
 use crate::providers::http::HttpProvider;
 use crate::providers::pkcs11::Pkcs11Provider;
@@ -106,7 +107,6 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         .config
         .as_ref()
         .map_or_else(|| "kms.json".to_owned(), |p| p.display().to_string());
-    check_buildable(&config, &source_name)?;
 
     std::fs::create_dir_all(&options.data_dir).map_err(|e| {
         StartError::setup(
@@ -193,7 +193,7 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             },
             // Connects on first use: a wrong PIN or a missing token shows in health.
             ProviderConfig::Pkcs11(pkcs11) => Arc::new(Pkcs11Provider::new(entry.id, pkcs11)),
-            ProviderConfig::AwsKms(_) => unreachable!("check_buildable rejected unbuilt types"),
+            ProviderConfig::AwsKms(aws) => Arc::new(AwsKmsProvider::new(entry.id, aws).await),
         };
         providers.push(Registered {
             provider,
@@ -229,42 +229,6 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         },
         listen,
     })
-}
-
-/// Provider types whose backends are not part of this version stop the start,
-/// naming each entry.
-fn check_buildable(config: &Config, source_name: &str) -> Result<(), ConfigError> {
-    let problems: Vec<Problem> = config
-        .providers
-        .iter()
-        .enumerate()
-        .filter(|(_, entry)| {
-            !matches!(
-                entry.config,
-                ProviderConfig::Db(_)
-                    | ProviderConfig::Wasm(_)
-                    | ProviderConfig::Http(_)
-                    | ProviderConfig::Vault(_)
-                    | ProviderConfig::Pkcs11(_)
-            )
-        })
-        .map(|(i, entry)| Problem {
-            path: format!("providers[{i}]"),
-            message: format!(
-                "provider `{}`: type `{}` is not built yet in this version of kmsgw",
-                entry.id,
-                entry.config.kind().as_str()
-            ),
-        })
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigError::Invalid {
-            source_name: source_name.to_owned(),
-            problems,
-        })
-    }
 }
 
 /// The guest engine, sized for every `wasm` entry; `None` when there are none.

@@ -1,0 +1,273 @@
+//! The `aws-kms` provider: AWS KMS (or a stand-in at `endpoint`) through
+//! aws-sdk-kms. Keys are `ECC_NIST_P256` / `SIGN_VERIFY`, tagged with the kid, the
+//! provider id and `ManagedBy=kmsgw`. Sign uses `ECDSA_SHA_256`: `RAW` up to 4096
+//! bytes (the KMS limit), `DIGEST` of a host SHA-256 above; KMS answers DER, which
+//! becomes raw `r‖s`. Import is not possible for asymmetric KMS keys.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::config::timeout::TimeoutConfig;
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
+use p256::pkcs8::DecodePublicKey;
+use secrecy::ExposeSecret;
+
+use super::remote::{self, retrying};
+use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use crate::catalog::KeyRecord;
+use crate::config::AwsKmsConfig;
+use crate::crypto::{PrivateKey, PublicJwk, der_to_raw_p256};
+
+/// Largest message KMS signs as `RAW`.
+pub const RAW_LIMIT: usize = 4096;
+/// Pending window of a scheduled deletion (the minimum KMS allows).
+const DELETION_WINDOW_DAYS: i32 = 7;
+
+/// An AWS KMS region (or stand-in).
+pub struct AwsKmsProvider {
+    id: String,
+    client: Client,
+    capabilities: Capabilities,
+}
+
+fn sdk_error<E, R>(op: &str, e: SdkError<E, R>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match &e {
+        SdkError::TimeoutError(_) => ProviderError::Timeout,
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => ProviderError::Timeout,
+        SdkError::DispatchFailure(_) => ProviderError::Unavailable(format!(
+            "AWS KMS unreachable during {op}: {}",
+            DisplayErrorContext(&e)
+        )),
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            let detail = format!(
+                "{}: {}",
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or("")
+            );
+            // AWS error codes are stable identifiers of the API, not free text.
+            match err.code() {
+                Some("NotFoundException") => ProviderError::KeyNotFound(detail),
+                _ => ProviderError::Backend(format!("AWS KMS {op}: {detail}")),
+            }
+        }
+        _ => ProviderError::Backend(format!("AWS KMS {op}: {}", DisplayErrorContext(&e))),
+    }
+}
+
+fn tag(key: &str, value: &str) -> Result<Tag, ProviderError> {
+    Tag::builder()
+        .tag_key(key)
+        .tag_value(value)
+        .build()
+        .map_err(|e| ProviderError::Internal(e.to_string()))
+}
+
+impl AwsKmsProvider {
+    /// A provider named `id`: static credentials when both keys are given, else the
+    /// SDK's default credential chain.
+    pub async fn new(id: String, config: AwsKmsConfig) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(remote::DEFAULT_CONNECT_TIMEOUT)
+            .operation_attempt_timeout(remote::DEFAULT_TIMEOUT)
+            .build();
+        let region = Region::new(config.region.clone());
+        let mut builder = match (&config.access_key_id, &config.secret_access_key) {
+            (Some(key_id), Some(secret)) => aws_sdk_kms::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(region)
+                .credentials_provider(Credentials::new(
+                    key_id,
+                    secret.expose_secret(),
+                    None,
+                    None,
+                    "kms.json",
+                )),
+            _ => {
+                let shared = aws_config::defaults(BehaviorVersion::latest())
+                    .region(region)
+                    .load()
+                    .await;
+                aws_sdk_kms::config::Builder::from(&shared)
+            }
+        };
+        // Retries are ours to choose: only for calls that are safe to repeat.
+        builder = builder
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::disabled());
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+        }
+        AwsKmsProvider {
+            id,
+            client: Client::from_conf(builder.build()),
+            capabilities: Capabilities {
+                can_create: true,
+                can_import: false,
+                can_delete: true,
+                supported_algs: vec![Alg::ES256],
+                default_alg: Alg::ES256,
+            },
+        }
+    }
+
+    async fn public_jwk(&self, key_id: &str) -> Result<PublicJwk, ProviderError> {
+        let answer = retrying(|| async {
+            self.client
+                .get_public_key()
+                .key_id(key_id)
+                .send()
+                .await
+                .map_err(|e| sdk_error("GetPublicKey", e))
+        })
+        .await?;
+        let der = answer
+            .public_key()
+            .ok_or_else(|| ProviderError::Backend("AWS KMS returned no public key".into()))?;
+        let public = p256::PublicKey::from_public_key_der(der.as_ref())
+            .map_err(|_| ProviderError::Backend("AWS KMS key is not a P-256 key".into()))?;
+        PublicJwk::from_sec1(&public.to_sec1_bytes())
+            .map_err(|e| ProviderError::Backend(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Provider for AwsKmsProvider {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::AwsKms
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    async fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+        let created = self
+            .client
+            .create_key()
+            .key_spec(KeySpec::EccNistP256)
+            .key_usage(KeyUsageType::SignVerify)
+            .description(format!("kmsgw key {kid}"))
+            .tags(tag("kid", kid)?)
+            .tags(tag("ProviderId", &self.id)?)
+            .tags(tag("ManagedBy", "kmsgw")?)
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateKey", e))?;
+        let key_id = created
+            .key_metadata()
+            .map(|m| m.key_id().to_owned())
+            .ok_or_else(|| {
+                ProviderError::Backend("AWS KMS answered CreateKey without a key id".into())
+            })?;
+        match self.public_jwk(&key_id).await {
+            Ok(public_jwk) => Ok(KeyMaterial {
+                external_id: key_id,
+                public_jwk,
+                sealed_secret: None,
+            }),
+            Err(e) => {
+                let _ = self
+                    .client
+                    .schedule_key_deletion()
+                    .key_id(&key_id)
+                    .pending_window_in_days(DELETION_WINDOW_DAYS)
+                    .send()
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn import_key(
+        &self,
+        _kid: &str,
+        _key: &PrivateKey,
+        _alg: Alg,
+    ) -> Result<KeyMaterial, ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "provider `{}` cannot import keys: AWS KMS does not accept imported asymmetric (EC) key material; create the key in AWS KMS instead",
+            self.id
+        )))
+    }
+
+    async fn sign(
+        &self,
+        key: &KeyRecord,
+        message: &[u8],
+        _alg: Alg,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let (input, kind) = if message.len() <= RAW_LIMIT {
+            (message.to_vec(), MessageType::Raw)
+        } else {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+            (digest.as_ref().to_vec(), MessageType::Digest)
+        };
+        let answer = retrying(|| async {
+            self.client
+                .sign()
+                .key_id(&key.external_id)
+                .message(Blob::new(input.clone()))
+                .message_type(kind.clone())
+                .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+                .send()
+                .await
+                .map_err(|e| sdk_error("Sign", e))
+        })
+        .await?;
+        let der = answer.signature().ok_or_else(|| {
+            ProviderError::Backend("AWS KMS answered Sign without a signature".into())
+        })?;
+        der_to_raw_p256(der.as_ref())
+            .map(|raw| raw.to_vec())
+            .map_err(|e| {
+                ProviderError::Backend(format!("AWS KMS returned an unusable signature: {e}"))
+            })
+    }
+
+    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+        let result = self
+            .client
+            .schedule_key_deletion()
+            .key_id(&key.external_id)
+            .pending_window_in_days(DELETION_WINDOW_DAYS)
+            .send()
+            .await;
+        match result.map_err(|e| sdk_error("ScheduleKeyDeletion", e)) {
+            Ok(_) | Err(ProviderError::KeyNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn health(&self) -> Health {
+        let started = Instant::now();
+        let result = retrying(|| async {
+            self.client
+                .list_keys()
+                .limit(1)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| sdk_error("ListKeys", e))
+        })
+        .await;
+        Health {
+            ok: result.is_ok(),
+            latency: started.elapsed(),
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! The `aws-kms` provider against moto's KMS server, started through
+//! `tests/standins/moto_kms_digest.py` (moto with `MessageType=DIGEST` honoured,
+//! as real KMS does; see that file).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kmsgw_tests::*;
+use serde_json::{Value, json};
+
+/// A moto server on a loopback port, stopped when dropped.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    fn start(dir: &Path) -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("standins/moto_kms_digest.py");
+        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+        let child = Command::new("python3")
+            .arg(launcher)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("python3 with moto[server] (scripts/test installs it)");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, url }
+    }
+
+    /// One KMS API call in AWS's JSON protocol (moto does not check signatures).
+    async fn call(&self, action: &str, body: Value) -> Value {
+        let response = reqwest::Client::new()
+            .post(&self.url)
+            .header("X-Amz-Target", format!("TrentService.{action}"))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("Authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-central-1/kms/aws4_request, SignedHeaders=host, Signature=x")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_kms_signs_raw_and_digest_tags_keys_and_reports_outages() {
+    let site = Site::new(Db::Sqlite).await;
+    let moto = Moto::start(site.dir.path());
+    let gw = site.start_configured(&json!({"providers": [
+        {"id": "db", "type": "db"},
+        {"id": "aws", "type": "aws-kms", "region": "eu-central-1", "accessKeyId": "testing",
+         "secretAccessKey": "testing-secret", "endpoint": moto.url},
+    ]}));
+
+    let key = gw.create(json!({"kid": "aws-1", "provider": "aws"})).await;
+    // 100 bytes go RAW; 10 KB go as a host SHA-256 DIGEST.
+    for size in [100usize, 10_000] {
+        let message: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+        for _ in 0..4 {
+            let signature = gw.sign("aws-1", &message).await;
+            assert_verifies(&key["publicJwk"], &message, &signature);
+        }
+    }
+
+    // Tags: the kid, the provider id, ManagedBy=kmsgw.
+    let keys = moto.call("ListKeys", json!({})).await;
+    let mut tagged = None;
+    for entry in keys["Keys"].as_array().unwrap() {
+        let tags = moto
+            .call("ListResourceTags", json!({"KeyId": entry["KeyId"]}))
+            .await;
+        let tags: Vec<(String, String)> = tags["Tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["TagKey"].as_str().unwrap().to_owned(),
+                    t["TagValue"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if tags.contains(&("kid".into(), "aws-1".into())) {
+            tagged = Some(tags);
+        }
+    }
+    let tags = tagged.expect("a key tagged kid=aws-1");
+    assert!(
+        tags.contains(&("ProviderId".into(), "aws".into())),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&("ManagedBy".into(), "kmsgw".into())),
+        "{tags:?}"
+    );
+
+    let (private, _) = known_private_jwk();
+    let (status, body) = gw
+        .post(
+            "/keys/nope/import",
+            json!({"privateJwk": private, "provider": "aws"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+
+    let (_, health) = gw.get("/health/kms").await;
+    assert_eq!(health[1]["ok"], true, "{health}");
+
+    assert_eq!(gw.delete("/keys/aws-1").await.0, StatusCode::NO_CONTENT);
+    let (status, _) = gw.post("/keys/aws-1/sign", json!({"data": "eA=="})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!gw.log_text().contains("testing-secret"));
+
+    // moto stopped: sign is a 503, health not ok.
+    gw.create(json!({"kid": "aws-2", "provider": "aws"})).await;
+    drop(moto);
+    let started = Instant::now();
+    let (status, body) = gw.post("/keys/aws-2/sign", json!({"data": "eA=="})).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("backend_unavailable")),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let (_, health) = gw.get("/health/kms").await;
+    assert_eq!(health[1]["ok"], false, "{health}");
+}
