@@ -112,6 +112,17 @@ pub struct Health {
     pub error: Option<String>,
 }
 
+impl Health {
+    /// The health of a probe that started at `started` and ended with `result`.
+    pub fn of<E: fmt::Display>(started: std::time::Instant, result: Result<(), E>) -> Health {
+        Health {
+            ok: result.is_ok(),
+            latency: started.elapsed(),
+            error: result.err().map(|e| e.to_string()),
+        }
+    }
+}
+
 /// Why a provider operation failed. The API maps each variant to one status.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

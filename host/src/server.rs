@@ -145,60 +145,43 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     let mut providers = Vec::with_capacity(config.providers.len());
     let mut failures = Vec::new();
     for (i, entry) in config.providers.into_iter().enumerate() {
-        let provider: Arc<dyn Provider> = match entry.config {
-            ProviderConfig::Db(_) => {
-                Arc::new(DbProvider::new(entry.id, catalog.clone(), master.clone()))
-            }
+        fn shared(provider: impl Provider + 'static) -> Arc<dyn Provider> {
+            Arc::new(provider)
+        }
+        let path = format!("providers[{i}]");
+        let built: Result<Arc<dyn Provider>, String> = match entry.config {
+            ProviderConfig::Db(_) => Ok(shared(DbProvider::new(
+                entry.id,
+                catalog.clone(),
+                master.clone(),
+            ))),
             ProviderConfig::Wasm(wasm) => {
                 let runtime = runtime
                     .as_ref()
                     .expect("a runtime exists when a wasm provider does");
-                let options = wasm_options(
-                    entry.id,
-                    wasm,
-                    &base_dir,
-                    &format!("providers[{i}]"),
-                    &source_name,
-                )?;
-                match WasmProvider::start(runtime, options, catalog.clone(), master.clone()).await {
-                    Ok(provider) => Arc::new(provider),
-                    Err(e) => {
-                        failures.push(Problem {
-                            path: format!("providers[{i}]"),
-                            message: e.to_string(),
-                        });
-                        continue;
-                    }
-                }
+                let options = wasm_options(entry.id, wasm, &base_dir, &path, &source_name)?;
+                WasmProvider::start(runtime, options, catalog.clone(), master.clone())
+                    .await
+                    .map(shared)
+                    .map_err(|e| e.to_string())
             }
-            ProviderConfig::Http(http) => match HttpProvider::new(entry.id, http) {
-                Ok(provider) => Arc::new(provider),
-                Err(e) => {
-                    failures.push(Problem {
-                        path: format!("providers[{i}]"),
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            },
-            ProviderConfig::Vault(vault) => match VaultProvider::new(entry.id, vault) {
-                Ok(provider) => Arc::new(provider),
-                Err(e) => {
-                    failures.push(Problem {
-                        path: format!("providers[{i}]"),
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            },
+            ProviderConfig::Http(http) => HttpProvider::new(entry.id, http)
+                .map(shared)
+                .map_err(|e| e.to_string()),
+            ProviderConfig::Vault(vault) => VaultProvider::new(entry.id, vault)
+                .map(shared)
+                .map_err(|e| e.to_string()),
             // Connects on first use: a wrong PIN or a missing token shows in health.
-            ProviderConfig::Pkcs11(pkcs11) => Arc::new(Pkcs11Provider::new(entry.id, pkcs11)),
-            ProviderConfig::AwsKms(aws) => Arc::new(AwsKmsProvider::new(entry.id, aws).await),
+            ProviderConfig::Pkcs11(pkcs11) => Ok(shared(Pkcs11Provider::new(entry.id, pkcs11))),
+            ProviderConfig::AwsKms(aws) => Ok(shared(AwsKmsProvider::new(entry.id, aws).await)),
         };
-        providers.push(Registered {
-            provider,
-            description: entry.description,
-        });
+        match built {
+            Ok(provider) => providers.push(Registered {
+                provider,
+                description: entry.description,
+            }),
+            Err(message) => failures.push(Problem { path, message }),
+        }
     }
     if !failures.is_empty() {
         return Err(StartError::Config(ConfigError::Invalid {

@@ -264,10 +264,6 @@ impl Provider for AwsKmsProvider {
                 .map_err(|e| sdk_error("ListKeys", e))
         })
         .await;
-        Health {
-            ok: result.is_ok(),
-            latency: started.elapsed(),
-            error: result.err().map(|e| e.to_string()),
-        }
+        Health::of(started, result)
     }
 }

@@ -152,11 +152,7 @@ impl Provider for DbProvider {
     async fn health(&self) -> Health {
         let start = Instant::now();
         let result = self.catalog.ping().await;
-        Health {
-            ok: result.is_ok(),
-            latency: start.elapsed(),
-            error: result.err().map(|e| e.to_string()),
-        }
+        Health::of(start, result)
     }
 
     fn invalidate(&self, kid: &str) {

@@ -380,10 +380,6 @@ impl Provider for HttpProvider {
         let started = Instant::now();
         let url = format!("{}{}", self.base, self.health_path);
         let result = retrying(|| self.call(Method::GET, &url, None)).await;
-        Health {
-            ok: result.is_ok(),
-            latency: started.elapsed(),
-            error: result.err().map(|e| e.to_string()),
-        }
+        Health::of(started, result.map(|_| ()))
     }
 }

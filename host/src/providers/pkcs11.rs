@@ -435,11 +435,7 @@ impl Provider for Pkcs11Provider {
                     .map_err(|e| ck("session", e))
             })
             .await;
-        Health {
-            ok: result.is_ok(),
-            latency: started.elapsed(),
-            error: result.err().map(|e| e.to_string()),
-        }
+        Health::of(started, result)
     }
 
     fn invalidate_all(&self) {

@@ -409,11 +409,7 @@ impl Provider for VaultProvider {
             }
         })
         .await;
-        Health {
-            ok: result.is_ok(),
-            latency: started.elapsed(),
-            error: result.err().map(|e| e.to_string()),
-        }
+        Health::of(started, result)
     }
 }
 

@@ -383,10 +383,6 @@ impl Provider for WasmProvider {
         let result: Result<(), ProviderError> =
             async { guest_call!(self, "health", |exports, store| exports.call_health(store)) }
                 .await;
-        Health {
-            ok: result.is_ok(),
-            latency: started.elapsed(),
-            error: result.err().map(|e| e.to_string()),
-        }
+        Health::of(started, result)
     }
 }
