@@ -12,6 +12,10 @@ use base64::engine::general_purpose::STANDARD;
 use kmsgw_tests::*;
 use serde_json::{Value, json};
 
+/// These tests run one at a time: each starts gateways that compile components,
+/// and the deadline test must not compete with them for the CPU.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn wasm_entry(id: &str, component: &str, extra: Value) -> Value {
     let mut entry = json!({"id": id, "type": "wasm", "component": guest(component)});
     entry
@@ -31,6 +35,7 @@ async fn sign_data(gw: &Gateway, kid: &str, message: &[u8]) -> (StatusCode, Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_soft_signer_and_remote_http_keys_serve_through_one_api() {
+    let _serial = SERIAL.lock().await;
     // The remote KMS is a second kmsgw: it speaks the contract the guest consumes.
     let remote_site = Site::new(Db::Sqlite).await;
     let remote = remote_site.start();
@@ -125,6 +130,7 @@ fn adapter_check(component: &str, args: &[&str]) -> (Option<i32>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_gets_wrong() {
+    let _serial = SERIAL.lock().await;
     let (code, text) = adapter_check("soft_signer", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("PASS  import → sign → verify"), "{text}");
@@ -168,6 +174,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_guests_cost_one_request_and_never_the_gateway() {
+    let _serial = SERIAL.lock().await;
     let timeout_ms = 300;
     let site = Site::new(Db::Sqlite).await;
     let gw = Arc::new(site.start_configured(&json!({
@@ -295,6 +302,7 @@ async fn hostile_guests_cost_one_request_and_never_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_storage_is_sealed_and_survives_a_restart() {
+    let _serial = SERIAL.lock().await;
     let site = Site::new(Db::Sqlite).await;
     let config = json!({"providers": [{"id": "db", "type": "db"}, wasm_entry("soft", "soft_signer", json!({}))]});
     let gw = site.start_configured(&config);
@@ -325,6 +333,7 @@ async fn guest_storage_is_sealed_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_sha256_refuses_to_start_and_the_compiled_cache_is_reused() {
+    let _serial = SERIAL.lock().await;
     let site = Site::new(Db::Sqlite).await;
     let component = site.dir.path().join("guest.wasm");
     std::fs::copy(guest("soft_signer"), &component).unwrap();
