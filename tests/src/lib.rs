@@ -419,6 +419,21 @@ pub fn known_private_jwk() -> (Value, [u8; 32]) {
     (jwk, scalar)
 }
 
+/// Imports [`known_private_jwk`] as `kid` into `provider`, then signs and verifies
+/// with the imported public key.
+pub async fn import_known_key_and_verify(gw: &Gateway, kid: &str, provider: &str) {
+    let (private, _) = known_private_jwk();
+    let (status, body) = gw
+        .post(
+            &format!("/keys/{kid}/import"),
+            serde_json::json!({"privateJwk": private, "provider": provider}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let signature = gw.sign(kid, b"imported").await;
+    assert_verifies(&private, b"imported", &signature);
+}
+
 /// The files under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -82,18 +82,8 @@ async fn db_soft_signer_and_remote_http_keys_serve_through_one_api() {
     // The remote guest really went over HTTP: the remote service holds the key.
     assert_eq!(remote.get("/keys/remote-key").await.0, StatusCode::OK);
 
-    let (private, _) = known_private_jwk();
     for provider in ["soft", "remote"] {
-        let kid = format!("{provider}-imported");
-        let (status, body) = gw
-            .post(
-                &format!("/keys/{kid}/import"),
-                json!({"privateJwk": private, "provider": provider}),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let signature = gw.sign(&kid, b"imported").await;
-        assert_verifies(&private, b"imported", &signature);
+        import_known_key_and_verify(&gw, &format!("{provider}-imported"), provider).await;
     }
 
     for provider in ["soft", "remote"] {

@@ -27,17 +27,7 @@ async fn round_trip(gw: &Gateway, provider: &str) {
         let signature = gw.sign(&kid, message).await;
         assert_verifies(&key["publicJwk"], message, &signature);
     }
-    let (private, _) = known_private_jwk();
-    let imported = format!("{provider}-imported");
-    let (status, body) = gw
-        .post(
-            &format!("/keys/{imported}/import"),
-            json!({"privateJwk": private, "provider": provider}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let signature = gw.sign(&imported, b"imported").await;
-    assert_verifies(&private, b"imported", &signature);
+    import_known_key_and_verify(gw, &format!("{provider}-imported"), provider).await;
     assert_eq!(
         gw.delete(&format!("/keys/{kid}")).await.0,
         StatusCode::NO_CONTENT
