@@ -82,15 +82,15 @@ fn guest(c: &mut Criterion) {
         ];
         let gateway = Gateway::new(registered, "db".into(), catalog);
         gateway
-            .create_key(Some("on-db".into()), None, None)
+            .create_key(None, Some("on-db".into()), None, None)
             .await
             .unwrap();
         gateway
-            .create_key(Some("on-guest".into()), None, Some("soft"))
+            .create_key(None, Some("on-guest".into()), None, Some("soft"))
             .await
             .unwrap();
-        gateway.sign("on-db", b"warm", None).await.unwrap();
-        gateway.sign("on-guest", b"warm", None).await.unwrap();
+        gateway.sign(None, "on-db", b"warm", None).await.unwrap();
+        gateway.sign(None, "on-guest", b"warm", None).await.unwrap();
         (gateway, soft)
     });
     let message = [0x5au8; 100];
@@ -101,14 +101,14 @@ fn guest(c: &mut Criterion) {
     group.bench_function("sign_soft_signer_warm", |b| {
         b.iter(|| {
             runtime
-                .block_on(gateway.sign("on-guest", &message, None))
+                .block_on(gateway.sign(None, "on-guest", &message, None))
                 .unwrap()
         })
     });
     group.bench_function("sign_db_warm", |b| {
         b.iter(|| {
             runtime
-                .block_on(gateway.sign("on-db", &message, None))
+                .block_on(gateway.sign(None, "on-db", &message, None))
                 .unwrap()
         })
     });

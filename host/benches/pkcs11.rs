@@ -81,10 +81,13 @@ fn pkcs11(c: &mut Criterion) {
         ];
         let gateway = Gateway::new(registered, "hsm".into(), catalog);
         gateway
-            .create_key(Some("bench-key".into()), None, None)
+            .create_key(None, Some("bench-key".into()), None, None)
             .await
             .unwrap();
-        gateway.sign("bench-key", b"warm", None).await.unwrap();
+        gateway
+            .sign(None, "bench-key", b"warm", None)
+            .await
+            .unwrap();
         gateway
     });
 
@@ -93,7 +96,7 @@ fn pkcs11(c: &mut Criterion) {
     group.bench_function("gateway_sign", |b| {
         b.iter(|| {
             runtime
-                .block_on(gateway.sign("bench-key", &message, None))
+                .block_on(gateway.sign(None, "bench-key", &message, None))
                 .unwrap()
         })
     });

@@ -39,16 +39,16 @@ fn sign(c: &mut Criterion) {
         }];
         let gateway = Gateway::new(registered, "db".into(), catalog);
         gateway
-            .create_key(Some("bench".into()), None, None)
+            .create_key(None, Some("bench".into()), None, None)
             .await
             .unwrap();
-        gateway.sign("bench", &message, None).await.unwrap();
+        gateway.sign(None, "bench", &message, None).await.unwrap();
         gateway
     });
     group.bench_function("gateway_db_warm", |b| {
         b.iter(|| {
             runtime
-                .block_on(gateway.sign("bench", &message, None))
+                .block_on(gateway.sign(None, "bench", &message, None))
                 .unwrap()
         })
     });

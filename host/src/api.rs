@@ -1,23 +1,33 @@
 //! The REST API: the seed's remote-KMS contract (`POST /keys`, `POST /keys/{kid}/sign`,
 //! `DELETE /keys/{kid}`, `GET /health`, `POST /keys/{kid}/import`) and kmsgw's
-//! extensions (listing, JWKS, providers, provider health).
+//! extensions (listing, JWKS, providers, health, readiness, audit, metrics, OpenAPI).
+//!
+//! Every route but `/health`, `/ready` and `/openapi.json` needs an API key once
+//! kms.json configures any; each handler then checks the scope it needs.
 
 pub mod error;
 mod keys;
+mod openapi;
+mod ops;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::Uri;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Serialize;
+use axum::{Extension, Router};
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
+use crate::audit::Audit;
+use crate::auth::{ApiKeys, Principal};
+use crate::config::Scope;
 use crate::gateway::Gateway;
-use crate::providers::{Capabilities, ProviderKind};
+use crate::metrics::Metrics;
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 /// Default largest request body: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -27,23 +37,75 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub max_body_bytes: usize,
+    pub api_keys: Arc<ApiKeys>,
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// The state for `gateway`, with metrics registered for it.
+    pub fn new(
+        gateway: Arc<Gateway>,
+        max_body_bytes: usize,
+        api_keys: ApiKeys,
+        audit: Audit,
+    ) -> Self {
+        let metrics = Arc::new(Metrics::new(&gateway));
+        AppState {
+            gateway,
+            max_body_bytes,
+            api_keys: Arc::new(api_keys),
+            audit,
+            metrics,
+        }
+    }
+}
+
+/// The caller of a request that passed [`authenticate`].
+pub type Caller = Extension<Principal>;
+
+impl Principal {
+    /// `Ok` when this caller holds `scope`, else the 403 to answer.
+    ///
+    /// # Errors
+    /// [`ApiError::Forbidden`].
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.may(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
+    }
 }
 
 /// The whole API as a router; `main` serves it, tests call it directly.
 pub fn app(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    let protected = Router::new()
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{kid}", get(keys::get).delete(keys::delete))
         .route("/keys/{kid}/sign", post(keys::sign))
         .route("/keys/{kid}/import", post(keys::import))
         .route("/.well-known/jwks.json", get(keys::jwks))
-        .route("/providers", get(providers))
-        .route("/health", get(health))
-        .route("/health/kms", get(health_kms))
+        .route("/providers", get(ops::providers))
+        .route("/health/kms", get(ops::health_kms))
+        .route("/audit", get(ops::audit_page))
+        .route("/audit/verify", get(ops::audit_verify))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let public = Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/openapi.json", get(openapi::serve));
+    protected
+        .merge(public)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
@@ -53,79 +115,39 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Resolves the caller from `Authorization: Bearer …` (401 when that fails).
+async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let principal = state.api_keys.authenticate(header)?;
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
+/// Counts every answered request by method, route pattern and status.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state
+        .metrics
+        .count_request(method.as_str(), route, response.status());
+    response
+}
+
 async fn route_not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound(uri.path().to_owned())
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
-}
-
-#[derive(Serialize)]
-struct Liveness {
-    ok: bool,
-}
-
-/// `GET /health`: the contract's liveness probe.
-async fn health() -> Json<Liveness> {
-    Json(Liveness { ok: true })
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ProviderHealthLine {
-    provider_id: String,
-    #[serde(rename = "type")]
-    kind: ProviderKind,
-    ok: bool,
-    latency_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-/// `GET /health/kms`: every provider probed in parallel (EUDIPLO's shape).
-async fn health_kms(State(state): State<AppState>) -> Json<Vec<ProviderHealthLine>> {
-    let lines = state
-        .gateway
-        .health()
-        .await
-        .into_iter()
-        .map(|h| ProviderHealthLine {
-            provider_id: h.provider_id,
-            kind: h.kind,
-            ok: h.health.ok,
-            latency_ms: u64::try_from(h.health.latency.as_millis()).unwrap_or(u64::MAX),
-            error: h.health.error,
-        })
-        .collect();
-    Json(lines)
-}
-
-#[derive(Serialize)]
-struct ProviderInfo {
-    id: String,
-    #[serde(rename = "type")]
-    kind: ProviderKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<String>,
-    capabilities: Capabilities,
-}
-
-/// `GET /providers`: what each configured provider is and can do.
-async fn providers(State(state): State<AppState>) -> Json<Vec<ProviderInfo>> {
-    Json(
-        state
-            .gateway
-            .providers()
-            .iter()
-            .map(|r| ProviderInfo {
-                id: r.provider.id().to_owned(),
-                kind: r.provider.kind(),
-                description: r.description.clone(),
-                capabilities: r.provider.capabilities().clone(),
-            })
-            .collect(),
-    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
+use crate::audit::{Action, AuditRecord, Event};
 use crate::crypto::PublicJwk;
 use crate::providers::Alg;
 
@@ -18,12 +19,26 @@ pub const DELETE_CHANNEL: &str = "kmsgw_key_deleted";
 /// A key as the catalog knows it: public data only.
 #[derive(Clone, Debug)]
 pub struct KeyRecord {
+    /// The gateway-wide id: [`key_id`] of tenant and kid. Backends name keys by it.
+    pub id: String,
+    /// The kid its tenant knows it by.
     pub kid: String,
+    /// The tenant it belongs to; `None` outside tenants.
+    pub tenant: Option<String>,
     pub provider: String,
     pub external_id: String,
     pub alg: Alg,
     pub public_jwk: PublicJwk,
     pub created_at: SystemTime,
+}
+
+/// The gateway-wide id of `kid` in `tenant`: the kid itself outside tenants, else
+/// `<tenant>~<kid>` (tenant names never contain `~`).
+pub fn key_id(tenant: Option<&str>, kid: &str) -> String {
+    match tenant {
+        Some(tenant) => format!("{tenant}~{kid}"),
+        None => kid.to_owned(),
+    }
 }
 
 /// Which database the catalog is on.
@@ -110,10 +125,11 @@ impl Catalog {
         let jwk = serde_json::to_string(&record.public_jwk).expect("a JWK serialises");
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO keys (kid, provider, external_id, alg, public_jwk, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO keys (kid, tenant, provider, external_id, alg, public_jwk, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&record.kid)
+        .bind(&record.id)
+        .bind(record.tenant.as_deref().unwrap_or(""))
         .bind(&record.provider)
         .bind(&record.external_id)
         .bind(record.alg.as_str())
@@ -129,7 +145,7 @@ impl Catalog {
         };
         if let Some(sealed) = sealed {
             sqlx::query("INSERT INTO db_key_material (kid, sealed) VALUES ($1, $2)")
-                .bind(&record.kid)
+                .bind(&record.id)
                 .bind(STANDARD.encode(sealed))
                 .execute(&mut *tx)
                 .await?;
@@ -138,78 +154,80 @@ impl Catalog {
         Ok(())
     }
 
-    /// The record of `kid`, if any.
+    /// The record with gateway-wide id `id`, if any.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn get(&self, kid: &str) -> Result<Option<KeyRecord>, CatalogError> {
+    pub async fn get(&self, id: &str) -> Result<Option<KeyRecord>, CatalogError> {
         let row = sqlx::query(
-            "SELECT kid, provider, external_id, alg, public_jwk, created_at FROM keys WHERE kid = $1",
+            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at FROM keys WHERE kid = $1",
         )
-        .bind(kid)
+        .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| record_of(&r)).transpose()
     }
 
-    /// Up to `limit` records with kid greater than `after`, in kid order.
+    /// Up to `limit` records of `tenant` with kid greater than `after`, in kid order.
     ///
     /// # Errors
     /// Database failures.
     pub async fn list(
         &self,
+        tenant: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, CatalogError> {
         let rows = sqlx::query(
-            "SELECT kid, provider, external_id, alg, public_jwk, created_at FROM keys \
-             WHERE kid > $1 ORDER BY kid LIMIT $2",
+            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at FROM keys \
+             WHERE tenant = $1 AND kid > $2 ORDER BY kid LIMIT $3",
         )
-        .bind(after.unwrap_or(""))
+        .bind(tenant.unwrap_or(""))
+        .bind(key_id(tenant, after.unwrap_or("")))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(record_of).collect()
     }
 
-    /// The sealed material stored for `kid`, if any.
+    /// The sealed material stored for key `id`, if any.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn sealed_secret(&self, kid: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+    pub async fn sealed_secret(&self, id: &str) -> Result<Option<Vec<u8>>, CatalogError> {
         let row = sqlx::query("SELECT sealed FROM db_key_material WHERE kid = $1")
-            .bind(kid)
+            .bind(id)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| {
             let text: String = r.try_get("sealed")?;
             STANDARD
                 .decode(text)
-                .map_err(|_| CatalogError::Corrupt(kid.to_owned()))
+                .map_err(|_| CatalogError::Corrupt(id.to_owned()))
         })
         .transpose()
     }
 
-    /// Deletes `kid` and its material in one transaction and, on PostgreSQL,
+    /// Deletes key `id` and its material in one transaction and, on PostgreSQL,
     /// announces the deletion to other replicas at commit. Returns whether it existed.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn delete(&self, kid: &str) -> Result<bool, CatalogError> {
+    pub async fn delete(&self, id: &str) -> Result<bool, CatalogError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM db_key_material WHERE kid = $1")
-            .bind(kid)
+            .bind(id)
             .execute(&mut *tx)
             .await?;
         let deleted = sqlx::query("DELETE FROM keys WHERE kid = $1")
-            .bind(kid)
+            .bind(id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted > 0 && self.backend == Backend::Postgres {
             sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
                 .bind(DELETE_CHANNEL)
-                .bind(kid)
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -331,6 +349,146 @@ impl Catalog {
     }
 }
 
+/// Which audit records [`Catalog::audit_page`] returns.
+#[derive(Debug)]
+pub struct AuditFilter<'a> {
+    /// Records with a greater seq.
+    pub after: i64,
+    pub limit: u32,
+    /// Only this tenant's records (`Some(None)`: only those outside tenants); `None`: all.
+    pub tenant: Option<Option<&'a str>>,
+    pub kid: Option<&'a str>,
+    pub action: Option<Action>,
+}
+
+impl Default for AuditFilter<'_> {
+    fn default() -> Self {
+        AuditFilter {
+            after: 0,
+            limit: 100,
+            tenant: None,
+            kid: None,
+            action: None,
+        }
+    }
+}
+
+/// The columns of `audit_log`, in the order the queries below use.
+macro_rules! audit_columns {
+    () => {
+        "seq, time, api_key, tenant, action, kid, provider, outcome, message_sha256, prev_hash, hash"
+    };
+}
+/// The advisory lock replicas on PostgreSQL take to extend the audit chain.
+const AUDIT_LOCK: i64 = 0x6b6d_7367_7761_7564;
+
+/// The audit log's storage. Absent optional fields are stored as ''.
+impl Catalog {
+    /// Appends `events` after `head` (`None`: not known, read it; `Some(None)`:
+    /// the log is empty), in one transaction; returns the new head. On PostgreSQL
+    /// the head is always read under an advisory lock, as other replicas append too.
+    ///
+    /// # Errors
+    /// Database failures (nothing is written then).
+    pub async fn audit_append(
+        &self,
+        head: Option<Option<AuditRecord>>,
+        events: Vec<(i64, Event)>,
+    ) -> Result<AuditRecord, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let mut head = match (self.backend, head) {
+            (Backend::Sqlite, Some(head)) => head,
+            (backend, _) => {
+                if backend == Backend::Postgres {
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(AUDIT_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    audit_columns!(),
+                    " FROM audit_log ORDER BY seq DESC LIMIT 1"
+                ))
+                .fetch_optional(&mut *tx)
+                .await?;
+                row.map(|r| audit_record_of(&r)).transpose()?
+            }
+        };
+        for (time, event) in events {
+            let record = AuditRecord::chained(head.as_ref(), time, event);
+            sqlx::query(concat!(
+                "INSERT INTO audit_log (",
+                audit_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .bind(record.seq)
+            .bind(record.time)
+            .bind(record.api_key.as_deref().unwrap_or(""))
+            .bind(record.tenant.as_deref().unwrap_or(""))
+            .bind(&record.action)
+            .bind(record.kid.as_deref().unwrap_or(""))
+            .bind(record.provider.as_deref().unwrap_or(""))
+            .bind(&record.outcome)
+            .bind(record.message_sha256.as_deref().unwrap_or(""))
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .execute(&mut *tx)
+            .await?;
+            head = Some(record);
+        }
+        tx.commit().await?;
+        head.ok_or_else(|| CatalogError::Corrupt("audit batch".into()))
+    }
+
+    /// Audit records matching `filter`, by seq.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter<'_>,
+    ) -> Result<Vec<AuditRecord>, CatalogError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            audit_columns!(),
+            " FROM audit_log WHERE seq > $1 AND ($2 = '*' OR tenant = $2) \
+             AND ($3 = '' OR kid = $3) AND ($4 = '' OR action = $4) ORDER BY seq LIMIT $5"
+        ))
+        .bind(filter.after)
+        .bind(match filter.tenant {
+            None => "*",
+            Some(tenant) => tenant.unwrap_or(""),
+        })
+        .bind(filter.kid.unwrap_or(""))
+        .bind(filter.action.map_or("", Action::as_str))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_record_of).collect()
+    }
+}
+
+fn audit_record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, CatalogError> {
+    let text = |name: &str| -> Result<String, CatalogError> { Ok(row.try_get(name)?) };
+    let optional = |name: &str| -> Result<Option<String>, CatalogError> {
+        Ok(Some(text(name)?).filter(|v| !v.is_empty()))
+    };
+    Ok(AuditRecord {
+        seq: row.try_get("seq")?,
+        time: row.try_get("time")?,
+        api_key: optional("api_key")?,
+        tenant: optional("tenant")?,
+        action: text("action")?,
+        kid: optional("kid")?,
+        provider: optional("provider")?,
+        outcome: text("outcome")?,
+        message_sha256: optional("message_sha256")?,
+        prev_hash: text("prev_hash")?,
+        hash: text("hash")?,
+    })
+}
+
 fn millis(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -338,8 +496,19 @@ fn millis(time: SystemTime) -> i64 {
 }
 
 fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogError> {
-    let kid: String = row.try_get("kid")?;
-    let corrupt = || CatalogError::Corrupt(kid.clone());
+    let id: String = row.try_get("kid")?;
+    let tenant: String = row.try_get("tenant")?;
+    let corrupt = || CatalogError::Corrupt(id.clone());
+    let (kid, tenant) = if tenant.is_empty() {
+        (id.clone(), None)
+    } else {
+        let kid = id
+            .strip_prefix(tenant.as_str())
+            .and_then(|rest| rest.strip_prefix('~'))
+            .ok_or_else(corrupt)?
+            .to_owned();
+        (kid, Some(tenant))
+    };
     let alg: String = row.try_get("alg")?;
     let jwk: String = row.try_get("public_jwk")?;
     let created: i64 = row.try_get("created_at")?;
@@ -349,6 +518,8 @@ fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogError> {
         alg: Alg::parse(&alg).ok_or_else(corrupt)?,
         public_jwk: serde_json::from_str(&jwk).map_err(|_| corrupt())?,
         created_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(created).unwrap_or(0)),
+        id,
         kid,
+        tenant,
     })
 }

@@ -167,7 +167,7 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     if caps.can_create {
         let started = Instant::now();
         match gateway
-            .create_key(Some("adapter-check-generated".into()), None, None)
+            .create_key(None, Some("adapter-check-generated".into()), None, None)
             .await
         {
             Ok(record) => {
@@ -190,7 +190,9 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     }
 
     let missing = KeyRecord {
+        id: "adapter-check-missing".into(),
         kid: "adapter-check-missing".into(),
+        tenant: None,
         provider: "adapter-check".into(),
         external_id: "adapter-check-missing".into(),
         alg: Alg::ES256,
@@ -220,7 +222,7 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     let known = PrivateKey::from_scalar(&[0x42; 32]).expect("valid scalar");
     if caps.can_import {
         match gateway
-            .import_key("adapter-check-imported".into(), &known, None, None)
+            .import_key(None, "adapter-check-imported".into(), &known, None, None)
             .await
         {
             Ok(record) => {
@@ -256,9 +258,9 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     match (caps.can_delete, generated) {
         (true, Some(record)) => {
             let started = Instant::now();
-            let outcome = match gateway.delete_key(&record.kid).await {
+            let outcome = match gateway.delete_key(None, &record.kid).await {
                 Err(e) => Outcome::Fail(e.to_string()),
-                Ok(()) => match provider.sign(&record, b"x", Alg::ES256).await {
+                Ok(_) => match provider.sign(&record, b"x", Alg::ES256).await {
                     Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
                     Err(e) => {
                         Outcome::Fail(format!("after delete, sign must be not-found; got: {e}"))
@@ -293,7 +295,7 @@ async fn sign_and_verify(report: &mut Report, gateway: &Gateway, record: &KeyRec
     let mut total = Duration::ZERO;
     for message in MESSAGES {
         let started = Instant::now();
-        let result = gateway.sign(&record.kid, message, None).await;
+        let result = gateway.sign(None, &record.kid, message, None).await;
         total += started.elapsed();
         let failure = match result {
             Ok((signature, _)) => verify(&record.public_jwk, message, &signature).err(),

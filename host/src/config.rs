@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -30,6 +30,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// The `database` section.
     pub database: DatabaseConfig,
+    /// The `auth` section: API keys; none means loopback-only, unauthenticated.
+    pub auth: AuthConfig,
+    /// The `audit` section.
+    pub audit: AuditConfig,
 }
 
 /// One entry of `providers`.
@@ -214,6 +218,89 @@ pub struct DatabaseConfig {
     pub url: Option<SecretString>,
 }
 
+/// The optional `auth` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthConfig {
+    /// The API keys clients present as `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// One API key: an id for the audit log, the token (or its SHA-256), what it may
+/// do, and the tenant whose keys it works on (none: the keys outside every tenant).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiKeyConfig {
+    pub id: String,
+    pub token: Option<SecretString>,
+    /// Hex SHA-256 of the token, so kms.json need not hold the token itself.
+    pub token_sha256: Option<String>,
+    pub scopes: Vec<Scope>,
+    pub tenant: Option<String>,
+}
+
+/// What an API key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Scope {
+    /// `GET /keys`, `GET /keys/{kid}`, the JWKS, `GET /providers`.
+    #[serde(rename = "keys:read")]
+    KeysRead,
+    /// `POST /keys`.
+    #[serde(rename = "keys:create")]
+    KeysCreate,
+    /// `POST /keys/{kid}/import`.
+    #[serde(rename = "keys:import")]
+    KeysImport,
+    /// `DELETE /keys/{kid}`.
+    #[serde(rename = "keys:delete")]
+    KeysDelete,
+    /// `POST /keys/{kid}/sign`.
+    #[serde(rename = "sign")]
+    Sign,
+    /// Everything, including the audit log, provider health and metrics.
+    #[serde(rename = "admin")]
+    Admin,
+}
+
+/// The optional `audit` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// Whether operations are recorded at all (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How sign records are written (default `batched`).
+    #[serde(default)]
+    pub signs: SignAudit,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            signs: SignAudit::default(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How sign records reach the audit log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignAudit {
+    /// Answer at once; the record is committed with others within a few
+    /// milliseconds (a crash can lose the records of the last moments' signs).
+    #[default]
+    Batched,
+    /// Answer only after the record is committed (group commit: one transaction
+    /// for every sign waiting at that moment).
+    Durable,
+}
+
 /// One thing wrong with a configuration, at a JSON path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -276,6 +363,8 @@ impl Config {
             }],
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 
@@ -367,22 +456,21 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut providers = None;
     let mut server = ServerConfig::default();
     let mut database = DatabaseConfig::default();
+    let mut auth = AuthConfig::default();
+    let mut audit = AuditConfig::default();
     for (key, value) in map {
         match key.as_str() {
             "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
             "providers" => providers = Some(decode_providers(value, problems)),
             "server" => server = typed(value, &key, problems).unwrap_or_default(),
             "database" => database = typed(value, &key, problems).unwrap_or_default(),
-            "auth" => problem(
-                problems,
-                key,
-                "API-key authentication is not available in this version of kmsgw yet",
-            ),
+            "auth" => auth = typed(value, &key, problems).unwrap_or_default(),
+            "audit" => audit = typed(value, &key, problems).unwrap_or_default(),
             "$schema" => {}
             other => problem(
                 problems,
                 other,
-                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`",
+                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`, `auth`, `audit`",
             ),
         }
     }
@@ -408,12 +496,76 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
             format!("`{default_provider}` names no provider in `providers`"),
         );
     }
+    check_api_keys(&auth, problems);
     Some(Config {
         default_provider,
         providers,
         server,
         database,
+        auth,
+        audit,
     })
+}
+
+/// A tenant name: 1 to 64 letters, digits, `_` or `-` (never `~`, which joins a
+/// tenant to a kid inside the gateway).
+pub fn valid_tenant(tenant: &str) -> bool {
+    (1..=64).contains(&tenant.len())
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+}
+
+fn check_api_keys(auth: &AuthConfig, problems: &mut Vec<Problem>) {
+    let mut ids = HashSet::new();
+    for (i, key) in auth.api_keys.iter().enumerate() {
+        let path = format!("auth.apiKeys[{i}]");
+        if key.id.is_empty() || !ids.insert(key.id.as_str()) {
+            problem(
+                problems,
+                format!("{path}.id"),
+                format!("`{}` is empty or used twice", key.id),
+            );
+        }
+        match (&key.token, &key.token_sha256) {
+            (Some(token), None) if token.expose_secret().len() >= 16 => {}
+            (Some(_), None) => problem(
+                problems,
+                format!("{path}.token"),
+                "must be at least 16 characters (use a random token)",
+            ),
+            (None, Some(hash))
+                if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+            (None, Some(_)) => problem(
+                problems,
+                format!("{path}.tokenSha256"),
+                "must be 64 hex digits",
+            ),
+            _ => problem(
+                problems,
+                path.clone(),
+                "give exactly one of `token` and `tokenSha256`",
+            ),
+        }
+        if key.scopes.is_empty() {
+            problem(
+                problems,
+                format!("{path}.scopes"),
+                "give at least one scope",
+            );
+        }
+        if let Some(tenant) = &key.tenant
+            && !valid_tenant(tenant)
+        {
+            problem(
+                problems,
+                format!("{path}.tenant"),
+                format!(
+                    "`{tenant}` is not a valid tenant: use 1 to 64 letters, digits, `_` or `-`"
+                ),
+            );
+        }
+    }
 }
 
 fn decode_providers(value: Value, problems: &mut Vec<Problem>) -> Vec<ProviderEntry> {

@@ -55,7 +55,7 @@ fn decode_coordinate(name: &str, text: &str) -> Result<Zeroizing<[u8; 32]>, JwkE
 pub struct JwkError(String);
 
 /// The public half of a P-256 key as a JWK (RFC 7517/7518).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicJwk {
     pub kty: String,
     pub crv: String,

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
 
-use crate::catalog::{Catalog, CatalogError, KeyRecord};
+use crate::catalog::{Catalog, CatalogError, KeyRecord, key_id};
 use crate::crypto::PrivateKey;
 use crate::providers::{Alg, Health, Provider, ProviderError, ProviderKind};
 
@@ -44,6 +45,12 @@ pub struct Registered {
     pub description: Option<String>,
 }
 
+/// Sign latency buckets in seconds: 50 µs to 5 s.
+const SIGN_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
 /// One line of `GET /health/kms`.
 #[derive(Debug)]
 pub struct ProviderHealth {
@@ -58,10 +65,16 @@ pub struct Gateway {
     by_id: HashMap<String, usize>,
     default_provider: String,
     catalog: Catalog,
+    /// Sign latency per provider; `sign_timers[i]` belongs to `providers[i]`.
+    sign_seconds: HistogramVec,
+    sign_timers: Vec<Histogram>,
+    /// Records by gateway-wide key id.
     records: DashMap<String, Arc<KeyRecord>>,
     /// Bumped by every invalidation, so a record read from the database just before
     /// a deletion is not cached after it.
     invalidations: AtomicU64,
+    /// Whether `providers[i]` has passed a health probe since start.
+    initialised: Vec<AtomicBool>,
 }
 
 /// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
@@ -87,11 +100,28 @@ impl Gateway {
             by_id.contains_key(&default_provider),
             "default provider must be registered"
         );
+        let sign_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "kmsgw_sign_duration_seconds",
+                "Time to sign, per provider (successful signs)",
+            )
+            .buckets(SIGN_BUCKETS.to_vec()),
+            &["provider"],
+        )
+        .expect("a valid histogram");
+        let sign_timers = providers
+            .iter()
+            .map(|r| sign_seconds.with_label_values(&[r.provider.id()]))
+            .collect();
+        let initialised = providers.iter().map(|_| AtomicBool::new(false)).collect();
         Gateway {
+            initialised,
             providers,
             by_id,
             default_provider,
             catalog,
+            sign_seconds,
+            sign_timers,
             records: DashMap::new(),
             invalidations: AtomicU64::new(0),
         }
@@ -107,12 +137,21 @@ impl Gateway {
         &self.catalog
     }
 
-    fn provider(&self, id: Option<&str>) -> Result<&Arc<dyn Provider>, GatewayError> {
+    /// The sign latency histograms, for the metrics registry.
+    pub fn sign_seconds(&self) -> &HistogramVec {
+        &self.sign_seconds
+    }
+
+    fn index_of(&self, id: Option<&str>) -> Result<usize, GatewayError> {
         let id = id.unwrap_or(&self.default_provider);
         self.by_id
             .get(id)
-            .map(|&i| &self.providers[i].provider)
+            .copied()
             .ok_or_else(|| GatewayError::ProviderNotFound(id.to_owned()))
+    }
+
+    fn provider(&self, id: Option<&str>) -> Result<&Arc<dyn Provider>, GatewayError> {
+        self.index_of(id).map(|i| &self.providers[i].provider)
     }
 
     fn check_new_kid(kid: &str) -> Result<(), GatewayError> {
@@ -138,12 +177,13 @@ impl Gateway {
         }
     }
 
-    /// Creates a key in `provider` (default: the default provider).
+    /// Creates a key in `tenant` and `provider` (default: the default provider).
     ///
     /// # Errors
     /// Unknown provider, taken kid, unsupported alg, backend failures.
     pub async fn create_key(
         &self,
+        tenant: Option<&str>,
         kid: Option<String>,
         alg: Option<Alg>,
         provider: Option<&str>,
@@ -158,17 +198,20 @@ impl Gateway {
         let alg = Self::choose_alg(provider.as_ref(), alg)?;
         let kid = kid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         Self::check_new_kid(&kid)?;
-        self.ensure_free(&kid).await?;
-        let material = provider.generate_key(&kid, alg).await?;
-        self.commit(provider.as_ref(), kid, alg, material).await
+        let id = key_id(tenant, &kid);
+        self.ensure_free(&id, &kid).await?;
+        let material = provider.generate_key(&id, alg).await?;
+        self.commit(provider.as_ref(), tenant, kid, alg, material)
+            .await
     }
 
-    /// Imports `key` under `kid` into `provider` (default: the default provider).
+    /// Imports `key` under `kid` in `tenant` into `provider` (default: the default provider).
     ///
     /// # Errors
     /// Unknown provider, taken kid, a provider that cannot import, backend failures.
     pub async fn import_key(
         &self,
+        tenant: Option<&str>,
         kid: String,
         key: &PrivateKey,
         alg: Option<Alg>,
@@ -183,13 +226,15 @@ impl Gateway {
         }
         let alg = Self::choose_alg(provider.as_ref(), alg)?;
         Self::check_new_kid(&kid)?;
-        self.ensure_free(&kid).await?;
-        let material = provider.import_key(&kid, key, alg).await?;
-        self.commit(provider.as_ref(), kid, alg, material).await
+        let id = key_id(tenant, &kid);
+        self.ensure_free(&id, &kid).await?;
+        let material = provider.import_key(&id, key, alg).await?;
+        self.commit(provider.as_ref(), tenant, kid, alg, material)
+            .await
     }
 
-    async fn ensure_free(&self, kid: &str) -> Result<(), GatewayError> {
-        if self.catalog.get(kid).await?.is_some() {
+    async fn ensure_free(&self, id: &str, kid: &str) -> Result<(), GatewayError> {
+        if self.catalog.get(id).await?.is_some() {
             return Err(GatewayError::KeyExists(kid.to_owned()));
         }
         Ok(())
@@ -200,12 +245,15 @@ impl Gateway {
     async fn commit(
         &self,
         provider: &dyn Provider,
+        tenant: Option<&str>,
         kid: String,
         alg: Alg,
         material: crate::providers::KeyMaterial,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
         let record = KeyRecord {
             public_jwk: material.public_jwk.labelled(&kid, alg.as_str()),
+            id: key_id(tenant, &kid),
+            tenant: tenant.map(str::to_owned),
             kid,
             provider: provider.id().to_owned(),
             external_id: material.external_id,
@@ -219,7 +267,7 @@ impl Gateway {
         {
             // A backend that names keys by kid may hold the key of whichever request won
             // a race for that kid; only a backend-chosen name is surely ours to remove.
-            if record.external_id != record.kid {
+            if record.external_id != record.id {
                 self.discard_orphan(provider, &record).await;
             }
             return Err(match e {
@@ -237,41 +285,57 @@ impl Gateway {
         }
     }
 
-    /// The record of `kid`, from memory when possible.
+    /// The record of `kid` in `tenant`, from memory when possible.
     ///
     /// # Errors
     /// [`GatewayError::KeyNotFound`], catalog failures.
-    pub async fn key(&self, kid: &str) -> Result<Arc<KeyRecord>, GatewayError> {
-        if let Some(record) = self.records.get(kid) {
-            return Ok(Arc::clone(&record));
+    pub async fn key(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let record = match tenant {
+            None => self.record(kid).await?,
+            Some(_) => self.record(&key_id(tenant, kid)).await?,
+        };
+        // Outside tenants, a kid like `acme~k1` names that id, which may be a tenant's key.
+        match record {
+            Some(record) if record.tenant.as_deref() == tenant => Ok(record),
+            _ => Err(GatewayError::KeyNotFound(kid.to_owned())),
+        }
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, GatewayError> {
+        if let Some(record) = self.records.get(id) {
+            return Ok(Some(Arc::clone(&record)));
         }
         let seen = self.invalidations.load(Ordering::Acquire);
-        let record = self
-            .catalog
-            .get(kid)
-            .await?
-            .ok_or_else(|| GatewayError::KeyNotFound(kid.to_owned()))?;
+        let Some(record) = self.catalog.get(id).await? else {
+            return Ok(None);
+        };
         let record = Arc::new(record);
-        self.records.insert(kid.to_owned(), Arc::clone(&record));
+        self.records.insert(id.to_owned(), Arc::clone(&record));
         // An invalidation that raced with the read either sees the insert (and
         // removes it) or bumped the counter first (and we remove it here).
         if self.invalidations.load(Ordering::Acquire) != seen {
-            self.records.remove(kid);
+            self.records.remove(id);
         }
-        Ok(record)
+        Ok(Some(record))
     }
 
-    /// Signs `message` with `kid`; `alg`, when given, must be the key's algorithm.
+    /// Signs `message` with `kid` of `tenant`; `alg`, when given, must be the key's
+    /// algorithm. Returns the signature and the key's record.
     ///
     /// # Errors
     /// Unknown kid, algorithm mismatch, backend failures.
     pub async fn sign(
         &self,
+        tenant: Option<&str>,
         kid: &str,
         message: &[u8],
         alg: Option<Alg>,
-    ) -> Result<(Vec<u8>, Alg), GatewayError> {
-        let record = self.key(kid).await?;
+    ) -> Result<(Vec<u8>, Arc<KeyRecord>), GatewayError> {
+        let record = self.key(tenant, kid).await?;
         if let Some(alg) = alg
             && alg != record.alg
         {
@@ -280,35 +344,54 @@ impl Gateway {
                 record.alg
             )));
         }
-        let provider = self.provider_of(&record)?;
-        match provider.sign(&record, message, record.alg).await {
-            Ok(signature) => Ok((signature, record.alg)),
+        let index = self.index_of_record(&record)?;
+        let started = std::time::Instant::now();
+        match self.providers[index]
+            .provider
+            .sign(&record, message, record.alg)
+            .await
+        {
+            Ok(signature) => {
+                self.sign_timers[index].observe(started.elapsed().as_secs_f64());
+                Ok((signature, record))
+            }
             Err(ProviderError::KeyNotFound(_)) => {
                 // The backend lost it, or another replica deleted it: forget it here too.
-                self.invalidate(kid);
+                self.invalidate(&record.id);
                 Err(GatewayError::KeyNotFound(kid.to_owned()))
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    fn provider_of(&self, record: &KeyRecord) -> Result<&Arc<dyn Provider>, GatewayError> {
-        self.provider(Some(&record.provider))
+    fn index_of_record(&self, record: &KeyRecord) -> Result<usize, GatewayError> {
+        self.index_of(Some(&record.provider))
             .map_err(|_| GatewayError::ProviderGone {
                 kid: record.kid.clone(),
                 provider: record.provider.clone(),
             })
     }
 
-    /// Deletes `kid` from its backend, then from the catalog.
+    fn provider_of(&self, record: &KeyRecord) -> Result<&Arc<dyn Provider>, GatewayError> {
+        self.index_of_record(record)
+            .map(|i| &self.providers[i].provider)
+    }
+
+    /// Deletes `kid` of `tenant` from its backend, then from the catalog. Returns
+    /// the deleted key's record.
     ///
     /// # Errors
     /// Unknown kid, a provider that cannot delete, backend failures (the key stays).
-    pub async fn delete_key(&self, kid: &str) -> Result<(), GatewayError> {
+    pub async fn delete_key(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
         let record = self
             .catalog
-            .get(kid)
+            .get(&key_id(tenant, kid))
             .await?
+            .filter(|r| r.tenant.as_deref() == tenant)
             .ok_or_else(|| GatewayError::KeyNotFound(kid.to_owned()))?;
         let provider = self.provider_of(&record)?;
         if !provider.capabilities().can_delete {
@@ -318,54 +401,73 @@ impl Gateway {
             )));
         }
         provider.delete_key(&record).await?;
-        let existed = self.catalog.delete(kid).await?;
-        self.invalidate(kid);
+        let existed = self.catalog.delete(&record.id).await?;
+        self.invalidate(&record.id);
         if existed {
-            Ok(())
+            Ok(Arc::new(record))
         } else {
             Err(GatewayError::KeyNotFound(kid.to_owned()))
         }
     }
 
-    /// A page of key records after `cursor` (a kid), in kid order.
+    /// A page of `tenant`'s key records after `cursor` (a kid), in kid order.
     ///
     /// # Errors
     /// Catalog failures.
     pub async fn list(
         &self,
+        tenant: Option<&str>,
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, GatewayError> {
-        Ok(self.catalog.list(cursor, limit).await?)
+        Ok(self.catalog.list(tenant, cursor, limit).await?)
     }
 
     /// Probes every provider in parallel, each bounded by a timeout.
     pub async fn health(&self) -> Vec<ProviderHealth> {
-        let probes = self.providers.iter().map(|r| async move {
-            let provider = &r.provider;
-            let health = match tokio::time::timeout(HEALTH_TIMEOUT, provider.health()).await {
-                Ok(health) => health,
-                Err(_) => Health {
-                    ok: false,
-                    latency: HEALTH_TIMEOUT,
-                    error: Some(format!("no answer within {} s", HEALTH_TIMEOUT.as_secs())),
-                },
-            };
-            ProviderHealth {
-                provider_id: provider.id().to_owned(),
-                kind: provider.kind(),
-                health,
-            }
-        });
-        futures::future::join_all(probes).await
+        futures::future::join_all((0..self.providers.len()).map(|i| self.probe(i))).await
     }
 
-    /// Forgets everything cached about `kid` (deleted here or by another replica).
-    pub fn invalidate(&self, kid: &str) {
+    async fn probe(&self, index: usize) -> ProviderHealth {
+        let provider = &self.providers[index].provider;
+        let health = match tokio::time::timeout(HEALTH_TIMEOUT, provider.health()).await {
+            Ok(health) => health,
+            Err(_) => Health {
+                ok: false,
+                latency: HEALTH_TIMEOUT,
+                error: Some(format!("no answer within {} s", HEALTH_TIMEOUT.as_secs())),
+            },
+        };
+        if health.ok {
+            self.initialised[index].store(true, Ordering::Release);
+        }
+        ProviderHealth {
+            provider_id: provider.id().to_owned(),
+            kind: provider.kind(),
+            health,
+        }
+    }
+
+    /// The providers not yet initialised, with why: each provider counts as
+    /// initialised from its first successful health probe on (later outages show in
+    /// [`Gateway::health`], not here). Probes the others now.
+    pub async fn not_ready(&self) -> Vec<ProviderHealth> {
+        let waiting = (0..self.providers.len())
+            .filter(|&i| !self.initialised[i].load(Ordering::Acquire))
+            .map(|i| self.probe(i));
+        futures::future::join_all(waiting)
+            .await
+            .into_iter()
+            .filter(|h| !h.health.ok)
+            .collect()
+    }
+
+    /// Forgets everything cached about key `id` (deleted here or by another replica).
+    pub fn invalidate(&self, id: &str) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
-        self.records.remove(kid);
+        self.records.remove(id);
         for registered in &self.providers {
-            registered.provider.invalidate(kid);
+            registered.provider.invalidate(id);
         }
     }
 

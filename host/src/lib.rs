@@ -10,16 +10,23 @@
 //! - [`providers`]: the [`providers::Provider`] trait and the built-in backends.
 //! - [`gateway`]: the provider registry and key catalog together: resolves a kid to
 //!   its provider and caches what the hot path needs.
-//! - [`api`]: the axum router, request/response types and the one error → status map.
+//! - [`api`]: the axum router, request/response types, the one error → status map,
+//!   API-key checks and the OpenAPI document.
+//! - [`auth`]: API keys, scopes and tenants.
+//! - [`audit`]: the hash-chained audit log and its verification.
+//! - [`metrics`]: the Prometheus metrics of `/metrics`.
 //! - [`check`]: `kmsgw adapter check`, the conformance run for guest adapters.
 //! - [`server`]: start-up glue shared by the binary and the tests: settings, listening,
 //!   graceful shutdown.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod crypto;
 pub mod gateway;
+pub mod metrics;
 pub mod providers;
 pub mod server;

@@ -19,7 +19,7 @@ use crate::catalog::KeyRecord;
 use crate::crypto::{PrivateKey, PublicJwk};
 
 /// A signing algorithm the gateway knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 pub enum Alg {
     /// ECDSA on P-256 over SHA-256 of the message; signatures are raw `r‖s` (64 bytes).
     ES256,
@@ -49,7 +49,7 @@ impl fmt::Display for Alg {
 }
 
 /// The closed set of provider types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
     Db,
@@ -75,7 +75,7 @@ impl ProviderKind {
 }
 
 /// What a provider can do, as advertised by `GET /providers`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Capabilities {
     pub can_create: bool,
@@ -200,9 +200,24 @@ pub trait Provider: Send + Sync {
     /// Probes the backend.
     async fn health(&self) -> Health;
 
-    /// Drops anything cached for `kid` (another replica deleted it).
-    fn invalidate(&self, _kid: &str) {}
+    /// Drops anything cached for key `id` (another replica deleted it).
+    fn invalidate(&self, _id: &str) {}
 
     /// Drops everything cached (deletions may have been missed).
     fn invalidate_all(&self) {}
+
+    /// A guest's counters, for `/metrics`; `None` for native providers.
+    fn guest_stats(&self) -> Option<GuestStats> {
+        None
+    }
+}
+
+/// What a guest provider has been through, for operators.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestStats {
+    pub traps: u64,
+    pub timeouts: u64,
+    pub denied_egress: u64,
+    pub instances_in_use: usize,
+    pub instances: usize,
 }

@@ -13,6 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgListener;
 
 use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
+use crate::audit::Audit;
+use crate::auth::ApiKeys;
 use crate::catalog::{Backend, Catalog, DELETE_CHANNEL};
 use crate::config::{Config, ConfigError, Problem, ProviderConfig, WasmConfig};
 use crate::crypto::seal::MasterKey;
@@ -93,13 +95,14 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             "listen address `{listen_text}` is not IP:PORT (e.g. 127.0.0.1:8080)"
         ))
     })?;
-    if !listen.ip().is_loopback() {
+    let api_keys = ApiKeys::new(&config.auth);
+    if !listen.ip().is_loopback() && !api_keys.enabled() {
         if options.insecure_no_auth {
             tracing::warn!(%listen, "INSECURE: serving beyond loopback with no authentication (--insecure-no-auth); anyone who can reach this address can sign with every key");
         } else {
             return Err(StartError::Refused(format!(
                 "refusing to listen on {listen}: this gateway has no API keys, so it serves on loopback only; \
-                 listen on 127.0.0.1 or pass --insecure-no-auth to accept the risk"
+                 add `auth.apiKeys` to kms.json, listen on 127.0.0.1, or pass --insecure-no-auth to accept the risk"
             )));
         }
     }
@@ -197,19 +200,27 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     if catalog.backend() == Backend::Postgres {
         follow_deletions(&database_url, Arc::clone(&gateway)).await?;
     }
+    // The first readiness probe, so `/ready` turns 200 without waiting for a caller.
+    tokio::spawn({
+        let gateway = Arc::clone(&gateway);
+        async move { gateway.not_ready().await }
+    });
+    let audit = Audit::start(&config.audit, catalog.clone());
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         database = ?catalog.backend(),
         "gateway ready"
     );
     Ok(Prepared {
-        state: AppState {
+        state: AppState::new(
             gateway,
-            max_body_bytes: config
+            config
                 .server
                 .max_body_bytes
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-        },
+            api_keys,
+            audit,
+        ),
         listen,
     })
 }
@@ -388,10 +399,12 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| StartError::setup("listener", e))?;
     tracing::info!(addr = %local, "listening on http://{local}");
+    let audit = prepared.state.audit.clone();
     axum::serve(listener, app(prepared.state))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| StartError::setup("server", e))?;
+    audit.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,12 +3,17 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use utoipa::ToSchema;
+
 use super::AppState;
+use crate::audit::AuditError;
+use crate::auth::AuthError;
+use crate::config::Scope;
 use crate::gateway::GatewayError;
 use crate::providers::ProviderError;
 
@@ -25,11 +30,24 @@ pub enum ApiError {
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    #[error("this API key lacks the `{}` scope", scope_name(*.0))]
+    Forbidden(Scope),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
     Gateway(#[from] GatewayError),
 }
 
+fn scope_name(scope: Scope) -> String {
+    serde_json::to_value(scope)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// The JSON body of every error response.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, for a person.
     pub error: String,
@@ -46,6 +64,11 @@ impl ApiError {
         }
     }
 
+    /// The stable code a client gets for this error (also the audit log's outcome).
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         use GatewayError as G;
         use ProviderError as P;
@@ -56,6 +79,9 @@ impl ApiError {
             }
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ApiError::Gateway(e) => match e {
                 G::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
                 G::ProviderNotFound(_) => (StatusCode::NOT_FOUND, "provider_not_found"),
@@ -93,7 +119,13 @@ impl IntoResponse for ApiError {
             }
             self.to_string()
         };
-        (status, Json(ErrorBody { error, code })).into_response()
+        let mut response = (status, Json(ErrorBody { error, code })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }
 

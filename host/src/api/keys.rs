@@ -1,14 +1,20 @@
 //! Key routes: create, import, sign, delete, read, list, JWKS.
 
-use axum::Json;
+use aws_lc_rs::digest::{SHA256, digest};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::error::{ApiError, JsonBody};
+use super::openapi::ErrorResponses;
+use super::{AppState, Caller};
+use crate::audit::{Action, Event};
+use crate::auth::Principal;
 use crate::catalog::KeyRecord;
+use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
 use crate::providers::Alg;
 
@@ -17,47 +23,62 @@ const MAX_PAGE: u32 = 1000;
 /// Default page of `GET /keys`.
 const DEFAULT_PAGE: u32 = 100;
 
-#[derive(Deserialize)]
+/// `POST /keys`: every field optional.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
+    /// Generated (a UUID) when absent.
     kid: Option<String>,
+    /// Default: the provider's default algorithm.
     alg: Option<String>,
-    /// EUDIPLO calls this `kmsProvider`; both spellings work.
+    /// Default: `defaultProvider`. EUDIPLO calls this `kmsProvider`; both spellings work.
     #[serde(alias = "kmsProvider")]
     provider: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `POST /keys/{kid}/import`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ImportKeyRequest {
+    /// A private EC P-256 JWK (`kty`, `crv`, `x`, `y`, `d`).
+    #[schema(value_type = Object)]
     private_jwk: serde_json::Value,
     alg: Option<String>,
     #[serde(alias = "kmsProvider")]
     provider: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `POST /keys/{kid}/sign`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
+    /// The message, base64 (standard or url-safe, padded or not).
     data: String,
+    /// When given, must be the key's algorithm.
     alg: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// `GET /keys` query.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// The `nextCursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// A key's public record.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyResponse {
     kid: String,
     provider: String,
     alg: Alg,
     public_jwk: PublicJwk,
+    /// RFC 3339.
     created_at: String,
 }
 
@@ -73,21 +94,26 @@ impl From<&KeyRecord> for KeyResponse {
     }
 }
 
-#[derive(Serialize)]
+/// A signature.
+#[derive(Serialize, ToSchema)]
 pub struct SignResponse {
+    /// base64url (no padding) of the raw signature; for ES256, `r‖s` (64 bytes).
     signature: String,
     kid: String,
     alg: Alg,
 }
 
-#[derive(Serialize)]
+/// A page of keys.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyPage {
     keys: Vec<KeyResponse>,
+    /// The cursor of the next page; null on the last page.
     next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A JWK Set (RFC 7517).
+#[derive(Serialize, ToSchema)]
 pub struct Jwks {
     keys: Vec<PublicJwk>,
 }
@@ -108,80 +134,214 @@ fn parse_alg(alg: Option<&str>) -> Result<Option<Alg>, ApiError> {
     .transpose()
 }
 
-/// `POST /keys`
-pub async fn create(
-    State(state): State<AppState>,
-    JsonBody(req): JsonBody<CreateKeyRequest>,
-) -> Result<Json<KeyResponse>, ApiError> {
-    let alg = parse_alg(req.alg.as_deref())?;
-    let record = state
-        .gateway
-        .create_key(req.kid, alg, req.provider.as_deref())
+/// Appends the audit record of an operation on a key; `result` gives the outcome.
+async fn audit<T>(
+    state: &AppState,
+    principal: &Principal,
+    action: Action,
+    target: (Option<&str>, Option<&str>),
+    message_sha256: Option<String>,
+    result: &Result<T, ApiError>,
+) -> Result<(), ApiError> {
+    let (kid, provider) = target;
+    state
+        .audit
+        .record(Event {
+            api_key: principal.key_id.clone(),
+            tenant: principal.tenant.clone(),
+            action,
+            kid: kid.map(str::to_owned),
+            provider: provider.map(str::to_owned),
+            outcome: result
+                .as_ref()
+                .map_or_else(ApiError::code, |_| "ok")
+                .to_owned(),
+            message_sha256,
+        })
         .await?;
-    Ok(Json(KeyResponse::from(record.as_ref())))
+    Ok(())
 }
 
-/// `POST /keys/{kid}/import`
+/// Create a key.
+#[utoipa::path(post, path = "/keys", tag = "keys", request_body = CreateKeyRequest,
+    responses((status = 200, description = "The new key", body = KeyResponse), ErrorResponses),
+    security(("bearer" = ["keys:create"])))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+    JsonBody(req): JsonBody<CreateKeyRequest>,
+) -> Result<Json<KeyResponse>, ApiError> {
+    principal.require(Scope::KeysCreate)?;
+    let result = match parse_alg(req.alg.as_deref()) {
+        Ok(alg) => state
+            .gateway
+            .create_key(
+                principal.tenant.as_deref(),
+                req.kid.clone(),
+                alg,
+                req.provider.as_deref(),
+            )
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let target = match &result {
+        Ok(record) => (Some(record.kid.as_str()), Some(record.provider.as_str())),
+        Err(_) => (req.kid.as_deref(), req.provider.as_deref()),
+    };
+    audit(&state, &principal, Action::Create, target, None, &result).await?;
+    Ok(Json(KeyResponse::from(result?.as_ref())))
+}
+
+/// Import a private key under a kid.
+#[utoipa::path(post, path = "/keys/{kid}/import", tag = "keys", request_body = ImportKeyRequest,
+    params(("kid" = String, Path, description = "The kid to import under")),
+    responses((status = 200, description = "The imported key", body = KeyResponse), ErrorResponses),
+    security(("bearer" = ["keys:import"])))]
 pub async fn import(
     State(state): State<AppState>,
+    Extension(principal): Caller,
     Path(kid): Path<String>,
     JsonBody(req): JsonBody<ImportKeyRequest>,
 ) -> Result<Json<KeyResponse>, ApiError> {
-    let jwk_alg = req.private_jwk.get("alg").and_then(|a| a.as_str());
-    let alg = parse_alg(req.alg.as_deref().or(jwk_alg))?;
-    let key = PrivateKey::from_jwk(&req.private_jwk)
-        .map_err(|e| ApiError::bad_request("invalid_jwk", e.to_string()))?;
-    let record = state
-        .gateway
-        .import_key(kid, &key, alg, req.provider.as_deref())
-        .await?;
-    Ok(Json(KeyResponse::from(record.as_ref())))
+    principal.require(Scope::KeysImport)?;
+    let result = async {
+        let jwk_alg = req.private_jwk.get("alg").and_then(|a| a.as_str());
+        let alg = parse_alg(req.alg.as_deref().or(jwk_alg))?;
+        let key = PrivateKey::from_jwk(&req.private_jwk)
+            .map_err(|e| ApiError::bad_request("invalid_jwk", e.to_string()))?;
+        Ok(state
+            .gateway
+            .import_key(
+                principal.tenant.as_deref(),
+                kid.clone(),
+                &key,
+                alg,
+                req.provider.as_deref(),
+            )
+            .await?)
+    }
+    .await;
+    let provider = match &result {
+        Ok(record) => Some(record.provider.as_str()),
+        Err(_) => req.provider.as_deref(),
+    };
+    audit(
+        &state,
+        &principal,
+        Action::Import,
+        (Some(&kid), provider),
+        None,
+        &result,
+    )
+    .await?;
+    Ok(Json(KeyResponse::from(result?.as_ref())))
 }
 
-/// `POST /keys/{kid}/sign`
+/// Sign a message.
+#[utoipa::path(post, path = "/keys/{kid}/sign", tag = "keys", request_body = SignRequest,
+    params(("kid" = String, Path, description = "The key to sign with")),
+    responses((status = 200, description = "The signature", body = SignResponse), ErrorResponses),
+    security(("bearer" = ["sign"])))]
 pub async fn sign(
     State(state): State<AppState>,
+    Extension(principal): Caller,
     Path(kid): Path<String>,
     JsonBody(req): JsonBody<SignRequest>,
 ) -> Result<Json<SignResponse>, ApiError> {
-    let alg = parse_alg(req.alg.as_deref())?;
+    principal.require(Scope::Sign)?;
     let message = decode_base64(&req.data).map_err(|_| {
         ApiError::bad_request(
             "invalid_base64",
             "`data` is neither standard nor url-safe base64",
         )
-    })?;
-    let (signature, alg) = state.gateway.sign(&kid, &message, alg).await?;
+    });
+    let message_sha256 = match (&message, state.audit.enabled()) {
+        (Ok(message), true) => Some(hex::encode(digest(&SHA256, message))),
+        _ => None,
+    };
+    let result = async {
+        let alg = parse_alg(req.alg.as_deref())?;
+        let message = message?;
+        Ok(state
+            .gateway
+            .sign(principal.tenant.as_deref(), &kid, &message, alg)
+            .await?)
+    }
+    .await;
+    let provider = result.as_ref().ok().map(|(_, r)| r.provider.as_str());
+    audit(
+        &state,
+        &principal,
+        Action::Sign,
+        (Some(&kid), provider),
+        message_sha256,
+        &result,
+    )
+    .await?;
+    let (signature, record) = result?;
     Ok(Json(SignResponse {
         signature: base64url(&signature),
+        alg: record.alg,
         kid,
-        alg,
     }))
 }
 
-/// `DELETE /keys/{kid}`
+/// Delete a key.
+#[utoipa::path(delete, path = "/keys/{kid}", tag = "keys",
+    params(("kid" = String, Path, description = "The key to delete")),
+    responses((status = 204, description = "Deleted"), ErrorResponses),
+    security(("bearer" = ["keys:delete"])))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(principal): Caller,
     Path(kid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.gateway.delete_key(&kid).await?;
+    principal.require(Scope::KeysDelete)?;
+    let result = state
+        .gateway
+        .delete_key(principal.tenant.as_deref(), &kid)
+        .await
+        .map_err(ApiError::from);
+    let provider = result.as_ref().ok().map(|r| r.provider.as_str());
+    audit(
+        &state,
+        &principal,
+        Action::Delete,
+        (Some(&kid), provider),
+        None,
+        &result,
+    )
+    .await?;
+    result?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /keys/{kid}`
+/// Read one key's public record.
+#[utoipa::path(get, path = "/keys/{kid}", tag = "keys",
+    params(("kid" = String, Path, description = "The key")),
+    responses((status = 200, description = "The key", body = KeyResponse), ErrorResponses),
+    security(("bearer" = ["keys:read"])))]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(principal): Caller,
     Path(kid): Path<String>,
 ) -> Result<Json<KeyResponse>, ApiError> {
-    let record = state.gateway.key(&kid).await?;
+    principal.require(Scope::KeysRead)?;
+    let record = state.gateway.key(principal.tenant.as_deref(), &kid).await?;
     Ok(Json(KeyResponse::from(record.as_ref())))
 }
 
-/// `GET /keys?cursor=&limit=`: a page of keys in kid order; `nextCursor` is null on the last page.
+/// A page of keys in kid order; `nextCursor` is null on the last page.
+#[utoipa::path(get, path = "/keys", tag = "keys", params(ListQuery),
+    responses((status = 200, description = "A page of keys", body = KeyPage), ErrorResponses),
+    security(("bearer" = ["keys:read"])))]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(principal): Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<KeyPage>, ApiError> {
+    principal.require(Scope::KeysRead)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -190,7 +350,10 @@ pub async fn list(
             format!("`limit` must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let records = state.gateway.list(query.cursor.as_deref(), limit).await?;
+    let records = state
+        .gateway
+        .list(principal.tenant.as_deref(), query.cursor.as_deref(), limit)
+        .await?;
     let next_cursor = (records.len() == limit as usize)
         .then(|| records.last().map(|r| r.kid.clone()))
         .flatten();
@@ -200,12 +363,23 @@ pub async fn list(
     }))
 }
 
-/// `GET /.well-known/jwks.json`: the public JWKs of every live key.
-pub async fn jwks(State(state): State<AppState>) -> Result<Json<Jwks>, ApiError> {
+/// The public JWKs of every live key (of the caller's tenant).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+    responses((status = 200, description = "The JWK Set", body = Jwks), ErrorResponses),
+    security(("bearer" = ["keys:read"])))]
+pub async fn jwks(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+) -> Result<Json<Jwks>, ApiError> {
+    principal.require(Scope::KeysRead)?;
+    let tenant = principal.tenant.as_deref();
     let mut keys = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = state.gateway.list(cursor.as_deref(), MAX_PAGE).await?;
+        let page = state
+            .gateway
+            .list(tenant, cursor.as_deref(), MAX_PAGE)
+            .await?;
         let full = page.len() == MAX_PAGE as usize;
         cursor = page.last().map(|r| r.kid.clone());
         keys.extend(page.into_iter().map(|r| r.public_jwk));

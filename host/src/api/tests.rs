@@ -7,7 +7,10 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{AppState, app};
+use crate::audit::Audit;
+use crate::auth::ApiKeys;
 use crate::catalog::Catalog;
+use crate::config::{AuditConfig, AuthConfig};
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PublicJwk, decode_base64};
 use crate::gateway::{Gateway, Registered};
@@ -25,10 +28,13 @@ async fn state(dir: &tempfile::TempDir, max_body_bytes: usize) -> AppState {
         provider: Arc::new(db),
         description: None,
     }];
-    AppState {
-        gateway: Arc::new(Gateway::new(registered, "db".into(), catalog)),
+    let audit = Audit::start(&AuditConfig::default(), catalog.clone());
+    AppState::new(
+        Arc::new(Gateway::new(registered, "db".into(), catalog)),
         max_body_bytes,
-    }
+        ApiKeys::new(&AuthConfig::default()),
+        audit,
+    )
 }
 
 async fn call(state: &AppState, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {

@@ -69,16 +69,16 @@ impl DbProvider {
     async fn load_signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
         let sealed = self
             .catalog
-            .sealed_secret(&key.kid)
+            .sealed_secret(&key.id)
             .await
             .map_err(|e| ProviderError::Internal(e.to_string()))?
-            .ok_or_else(|| ProviderError::KeyNotFound(key.kid.clone()))?;
+            .ok_or_else(|| ProviderError::KeyNotFound(key.id.clone()))?;
         let scalar = self
             .master
-            .open(&aad(&key.kid), &sealed)
-            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.kid)))?;
+            .open(&aad(&key.id), &sealed)
+            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.id)))?;
         let private = PrivateKey::from_scalar(&scalar)
-            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.kid)))?;
+            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.id)))?;
         let public = private.public_jwk();
         let cached = Arc::new(CachedSigner {
             signer: private.signer(),
@@ -88,10 +88,10 @@ impl DbProvider {
         if !cached.matches(key) {
             return Err(ProviderError::Internal(format!(
                 "stored key `{}` does not match its public JWK",
-                key.kid
+                key.id
             )));
         }
-        self.signers.insert(key.kid.clone(), cached.clone());
+        self.signers.insert(key.id.clone(), cached.clone());
         Ok(cached)
     }
 }
@@ -133,7 +133,7 @@ impl Provider for DbProvider {
         // the same kid must never sign for the new one.
         let cached = self
             .signers
-            .get(&key.kid)
+            .get(&key.id)
             .map(|s| Arc::clone(&s))
             .filter(|s| s.matches(key));
         let signer = match cached {
@@ -145,7 +145,7 @@ impl Provider for DbProvider {
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
         // The material row goes with the catalog row, in the gateway's transaction.
-        self.signers.remove(&key.kid);
+        self.signers.remove(&key.id);
         Ok(())
     }
 
@@ -155,8 +155,8 @@ impl Provider for DbProvider {
         Health::of(start, result)
     }
 
-    fn invalidate(&self, kid: &str) {
-        self.signers.remove(kid);
+    fn invalidate(&self, id: &str) {
+        self.signers.remove(id);
     }
 
     fn invalidate_all(&self) {

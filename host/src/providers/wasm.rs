@@ -23,7 +23,9 @@ use self::bindings::kmsgw::adapter::types::{
 use self::host::{AllowedHost, GuestStorage, HostState};
 use self::pool::{Lease, Pool};
 use self::runtime::{LoadError, WasmRuntime};
-use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use super::{
+    Alg, Capabilities, GuestStats, Health, KeyMaterial, Provider, ProviderError, ProviderKind,
+};
 use crate::catalog::{Catalog, KeyRecord};
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk, base64url};
@@ -108,10 +110,10 @@ fn host_alg(alg: GuestAlg) -> Alg {
 
 /// Counters for operators: traps, timeouts, denied requests.
 #[derive(Default)]
-pub struct GuestCounters {
-    pub traps: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub denied_egress: Arc<AtomicU64>,
+struct GuestCounters {
+    traps: AtomicU64,
+    timeouts: AtomicU64,
+    denied_egress: Arc<AtomicU64>,
 }
 
 /// A guest adapter as a provider.
@@ -205,16 +207,6 @@ impl WasmProvider {
 
     fn pool_timeout(&self) -> Duration {
         self.pool.timeout()
-    }
-
-    /// Counters of traps, timeouts and denied requests.
-    pub fn counters(&self) -> &GuestCounters {
-        &self.counters
-    }
-
-    /// Instances lent out right now.
-    pub fn instances_in_use(&self) -> usize {
-        self.pool.in_use()
     }
 
     fn failure(&self, op: &str, failure: GuestFailure, stderr: Option<String>) -> ProviderError {
@@ -384,5 +376,15 @@ impl Provider for WasmProvider {
             async { guest_call!(self, "health", |exports, store| exports.call_health(store)) }
                 .await;
         Health::of(started, result)
+    }
+
+    fn guest_stats(&self) -> Option<GuestStats> {
+        Some(GuestStats {
+            traps: self.counters.traps.load(Ordering::Relaxed),
+            timeouts: self.counters.timeouts.load(Ordering::Relaxed),
+            denied_egress: self.counters.denied_egress.load(Ordering::Relaxed),
+            instances_in_use: self.pool.in_use(),
+            instances: self.pool.size(),
+        })
     }
 }

@@ -110,6 +110,11 @@ impl Pool {
         self.timeout
     }
 
+    /// Number of instances.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Number of instances currently lent out.
     pub fn in_use(&self) -> usize {
         self.size - self.permits.available_permits()

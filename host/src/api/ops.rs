@@ -1,0 +1,244 @@
+//! Operator routes: liveness, readiness, providers and their health, the audit
+//! log, metrics.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ApiError;
+use super::openapi::ErrorResponses;
+use super::{AppState, Caller};
+use crate::audit::{Action, AuditRecord, Verification};
+use crate::catalog::AuditFilter;
+use crate::config::Scope;
+use crate::providers::{Capabilities, ProviderKind};
+
+/// Liveness.
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    ok: bool,
+}
+
+/// The contract's liveness probe: the process is up.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = Liveness)))]
+pub async fn health() -> Json<Liveness> {
+    Json(Liveness { ok: true })
+}
+
+/// A provider that is not ready, and why.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiting {
+    provider_id: String,
+    error: String,
+}
+
+/// Readiness.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    ready: bool,
+    /// The providers that have not initialised yet.
+    waiting_for: Vec<Waiting>,
+}
+
+/// Ready once every provider has initialised (answered a health probe).
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "Every provider initialised", body = Readiness),
+              (status = 503, description = "Some provider has not", body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let waiting_for: Vec<_> = state
+        .gateway
+        .not_ready()
+        .await
+        .into_iter()
+        .map(|h| Waiting {
+            provider_id: h.provider_id,
+            error: h.health.error.unwrap_or_else(|| "not initialised".into()),
+        })
+        .collect();
+    let ready = waiting_for.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { ready, waiting_for }))
+}
+
+/// One provider's health.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderHealthLine {
+    provider_id: String,
+    #[serde(rename = "type")]
+    kind: ProviderKind,
+    ok: bool,
+    latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Every provider probed in parallel (EUDIPLO's shape).
+#[utoipa::path(get, path = "/health/kms", tag = "operations",
+    responses((status = 200, description = "One line per provider", body = [ProviderHealthLine]), ErrorResponses),
+    security(("bearer" = ["admin"])))]
+pub async fn health_kms(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+) -> Result<Json<Vec<ProviderHealthLine>>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let lines = state
+        .gateway
+        .health()
+        .await
+        .into_iter()
+        .map(|h| ProviderHealthLine {
+            provider_id: h.provider_id,
+            kind: h.kind,
+            ok: h.health.ok,
+            latency_ms: u64::try_from(h.health.latency.as_millis()).unwrap_or(u64::MAX),
+            error: h.health.error,
+        })
+        .collect();
+    Ok(Json(lines))
+}
+
+/// A configured provider.
+#[derive(Serialize, ToSchema)]
+pub struct ProviderInfo {
+    id: String,
+    #[serde(rename = "type")]
+    kind: ProviderKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    capabilities: Capabilities,
+}
+
+/// What each configured provider is and can do.
+#[utoipa::path(get, path = "/providers", tag = "operations",
+    responses((status = 200, description = "The providers", body = [ProviderInfo]), ErrorResponses),
+    security(("bearer" = ["keys:read"])))]
+pub async fn providers(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+) -> Result<Json<Vec<ProviderInfo>>, ApiError> {
+    principal.require(Scope::KeysRead)?;
+    Ok(Json(
+        state
+            .gateway
+            .providers()
+            .iter()
+            .map(|r| ProviderInfo {
+                id: r.provider.id().to_owned(),
+                kind: r.provider.kind(),
+                description: r.description.clone(),
+                capabilities: r.provider.capabilities().clone(),
+            })
+            .collect(),
+    ))
+}
+
+/// Metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain"), ErrorResponses),
+    security(("bearer" = ["admin"])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    principal.require(Scope::Admin)?;
+    let text = state.metrics.render(&state.gateway).await;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// `GET /audit` query.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Records after this seq (the `nextAfter` of the previous page).
+    #[param(minimum = 0)]
+    after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+    /// Only records of this kid.
+    kid: Option<String>,
+    /// Only records of this action: create, import, delete or sign.
+    action: Option<String>,
+}
+
+/// A page of audit records.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage {
+    records: Vec<AuditRecord>,
+    /// The `after` of the next page; null on the last page.
+    next_after: Option<i64>,
+}
+
+/// Audit records in chain order (a tenant's API key sees its tenant's records).
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "A page of records", body = AuditPage), ErrorResponses),
+    security(("bearer" = ["admin"])))]
+pub async fn audit_page(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<AuditPage>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) || query.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`limit` must be between 1 and 1000 and `after` at least 0",
+        ));
+    }
+    let action = match query.action.as_deref() {
+        None => None,
+        Some(name) => Some(Action::parse(name).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "`action` must be one of create, import, delete, sign",
+            )
+        })?),
+    };
+    let filter = AuditFilter {
+        after: query.after.unwrap_or(0),
+        limit,
+        tenant: principal.tenant.as_deref().map(Some),
+        kid: query.kid.as_deref(),
+        action,
+    };
+    let records = state.audit.page(&filter).await.map_err(storage)?;
+    let next_after = (records.len() == limit as usize)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
+    Ok(Json(AuditPage {
+        records,
+        next_after,
+    }))
+}
+
+/// Recomputes the whole hash chain.
+#[utoipa::path(get, path = "/audit/verify", tag = "audit",
+    responses((status = 200, description = "The verdict", body = Verification), ErrorResponses),
+    security(("bearer" = ["admin"])))]
+pub async fn audit_verify(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+) -> Result<Json<Verification>, ApiError> {
+    principal.require(Scope::Admin)?;
+    Ok(Json(state.audit.verify().await.map_err(storage)?))
+}
+
+fn storage(e: crate::catalog::CatalogError) -> ApiError {
+    ApiError::Gateway(e.into())
+}

@@ -1,0 +1,351 @@
+//! The audit log: every create, import, delete and sign becomes a record whose hash
+//! covers the previous record's hash, so changing, removing or reordering a stored
+//! record shows up in [`Audit::verify`].
+//!
+//! One writer task per gateway appends records in batches (group commit): whatever
+//! arrived while the previous batch was being written goes into the next
+//! transaction. Create, import and delete wait until their record is committed
+//! before they are answered. Signs wait too with `signs: "durable"`; with the
+//! default `"batched"` they are answered at once and their records follow within
+//! one commit, so a crash can lose the records of the signs answered in the last
+//! moments before it, never a record of an answered create, import or delete.
+//! On PostgreSQL, replicas take a transaction-scoped advisory lock to extend the
+//! chain, so it stays one line whatever the number of writers.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::digest::{SHA256, digest};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use utoipa::ToSchema;
+
+use crate::catalog::{AuditFilter, Catalog, CatalogError};
+use crate::config::{AuditConfig, SignAudit};
+
+/// The previous-hash of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Largest batch written in one transaction.
+const MAX_BATCH: usize = 1024;
+/// Records waiting for the writer before appends wait for room.
+const QUEUE: usize = 64 * 1024;
+
+/// What was done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Import,
+    Delete,
+    Sign,
+}
+
+impl Action {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Import => "import",
+            Action::Delete => "delete",
+            Action::Sign => "sign",
+        }
+    }
+
+    /// The action stored as `name`.
+    pub fn parse(name: &str) -> Option<Action> {
+        [Action::Create, Action::Import, Action::Delete, Action::Sign]
+            .into_iter()
+            .find(|a| a.as_str() == name)
+    }
+}
+
+/// One operation, as the API layer reports it.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub api_key: Option<String>,
+    pub tenant: Option<String>,
+    pub action: Action,
+    pub kid: Option<String>,
+    pub provider: Option<String>,
+    /// `ok`, or the error code the client got.
+    pub outcome: String,
+    /// Hex SHA-256 of the signed message (signs only).
+    pub message_sha256: Option<String>,
+}
+
+/// A stored record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// Position in the chain, from 1 without gaps.
+    pub seq: i64,
+    /// Milliseconds since the Unix epoch.
+    pub time: i64,
+    pub api_key: Option<String>,
+    pub tenant: Option<String>,
+    #[schema(value_type = String)]
+    pub action: String,
+    pub kid: Option<String>,
+    pub provider: Option<String>,
+    pub outcome: String,
+    pub message_sha256: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The hash this record must carry: SHA-256 over its previous hash and every field.
+    pub fn expected_hash(&self) -> String {
+        let canonical = serde_json::to_vec(&(
+            &self.prev_hash,
+            self.seq,
+            self.time,
+            &self.api_key,
+            &self.tenant,
+            &self.action,
+            &self.kid,
+            &self.provider,
+            &self.outcome,
+            &self.message_sha256,
+        ))
+        .expect("plain values serialise");
+        hex::encode(digest(&SHA256, &canonical))
+    }
+
+    /// The record following `head` (or the first one) for `event` at `time`.
+    pub fn chained(head: Option<&AuditRecord>, time: i64, event: Event) -> AuditRecord {
+        let mut record = AuditRecord {
+            seq: head.map_or(1, |h| h.seq + 1),
+            time,
+            api_key: event.api_key,
+            tenant: event.tenant,
+            action: event.action.as_str().to_owned(),
+            kid: event.kid,
+            provider: event.provider,
+            outcome: event.outcome,
+            message_sha256: event.message_sha256,
+            prev_hash: head.map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
+            hash: String::new(),
+        };
+        record.hash = record.expected_hash();
+        record
+    }
+}
+
+/// The answer of `GET /audit/verify`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    pub ok: bool,
+    /// Records checked.
+    pub checked: u64,
+    /// The first record that is not what the chain says it must be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_bad_seq: Option<i64>,
+}
+
+/// Why a record could not be written (the detail is logged, not shown to clients).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the operation was carried out but its audit record could not be written ({0}); see the gateway log"
+)]
+pub struct AuditError(&'static str);
+
+struct Job {
+    time: i64,
+    event: Option<Event>,
+    done: Option<oneshot::Sender<Result<(), ()>>>,
+}
+
+/// The audit log's handle: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Audit {
+    queue: Option<mpsc::Sender<Job>>,
+    signs: SignAudit,
+    catalog: Catalog,
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Audit {
+    /// Starts the writer task (when enabled).
+    pub fn start(config: &AuditConfig, catalog: Catalog) -> Audit {
+        let queue = config.enabled.then(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(write_batches(catalog.clone(), rx));
+            tx
+        });
+        Audit {
+            queue,
+            signs: config.signs,
+            catalog,
+        }
+    }
+
+    /// Whether records are written at all.
+    pub fn enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Records `event`; returns once it is committed, or at once for a batched sign.
+    ///
+    /// # Errors
+    /// [`AuditError`] when a record that must be durable could not be written.
+    pub async fn record(&self, event: Event) -> Result<(), AuditError> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        let wait = event.action != Action::Sign || self.signs == SignAudit::Durable;
+        let (done, committed) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let job = Job {
+            time: now_millis(),
+            event: Some(event),
+            done,
+        };
+        queue
+            .send(job)
+            .await
+            .map_err(|_| AuditError("the audit writer has stopped"))?;
+        match committed {
+            Some(rx) => match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(())) => Err(AuditError("the database refused it")),
+                Err(_) => Err(AuditError("the audit writer has stopped")),
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until everything recorded so far is committed (at shutdown).
+    pub async fn flush(&self) {
+        let Some(queue) = &self.queue else { return };
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            time: 0,
+            event: None,
+            done: Some(tx),
+        };
+        if queue.send(job).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A page of records matching `filter`, in chain order.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn page(&self, filter: &AuditFilter<'_>) -> Result<Vec<AuditRecord>, CatalogError> {
+        self.catalog.audit_page(filter).await
+    }
+
+    /// Recomputes the whole chain.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn verify(&self) -> Result<Verification, CatalogError> {
+        let mut previous: Option<AuditRecord> = None;
+        let mut checked = 0u64;
+        loop {
+            let filter = AuditFilter {
+                after: previous.as_ref().map_or(0, |r| r.seq),
+                limit: 1000,
+                ..AuditFilter::default()
+            };
+            let page = self.catalog.audit_page(&filter).await?;
+            if page.is_empty() {
+                return Ok(Verification {
+                    ok: true,
+                    checked,
+                    first_bad_seq: None,
+                });
+            }
+            for record in page {
+                let expected_seq = previous.as_ref().map_or(1, |p| p.seq + 1);
+                let expected_prev = previous.as_ref().map_or(GENESIS, |p| p.hash.as_str());
+                if record.seq != expected_seq
+                    || record.prev_hash != expected_prev
+                    || record.hash != record.expected_hash()
+                {
+                    return Ok(Verification {
+                        ok: false,
+                        checked,
+                        first_bad_seq: Some(expected_seq.min(record.seq)),
+                    });
+                }
+                checked += 1;
+                previous = Some(record);
+            }
+        }
+    }
+}
+
+/// The writer: takes whatever is queued (up to [`MAX_BATCH`]), appends it in one
+/// transaction, then tells the waiters.
+async fn write_batches(catalog: Catalog, mut rx: mpsc::Receiver<Job>) {
+    let mut head: Option<Option<AuditRecord>> = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (events, waiters): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|job| (job.event.map(|e| (job.time, e)), job.done))
+            .unzip();
+        let events: Vec<_> = events.into_iter().flatten().collect();
+        let result = if events.is_empty() {
+            Ok(())
+        } else {
+            match catalog.audit_append(head.take(), events).await {
+                Ok(new_head) => {
+                    head = Some(Some(new_head));
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit records could not be written");
+                    Err(())
+                }
+            }
+        };
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kid: &str) -> Event {
+        Event {
+            api_key: Some("ops".into()),
+            tenant: None,
+            action: Action::Sign,
+            kid: Some(kid.into()),
+            provider: Some("db".into()),
+            outcome: "ok".into(),
+            message_sha256: Some("ab".repeat(32)),
+        }
+    }
+
+    #[test]
+    fn each_hash_covers_the_previous_one_and_every_field() {
+        let first = AuditRecord::chained(None, 1, event("a"));
+        assert_eq!((first.seq, first.prev_hash.as_str()), (1, GENESIS));
+        let second = AuditRecord::chained(Some(&first), 2, event("a"));
+        assert_eq!(second.prev_hash, first.hash);
+        assert_eq!(second.hash, second.expected_hash());
+        let mut changed = second.clone();
+        changed.outcome = "key_not_found".into();
+        assert_ne!(changed.expected_hash(), second.hash);
+        let mut relinked = second.clone();
+        relinked.prev_hash = GENESIS.into();
+        assert_ne!(relinked.expected_hash(), second.hash);
+    }
+}

@@ -1,0 +1,108 @@
+//! `/metrics`: requests by route and status, sign latency per provider, provider
+//! health, and each guest's traps, timeouts, denied egress and busy instances, in
+//! the Prometheus text format.
+
+use axum::http::StatusCode;
+use prometheus::core::Collector;
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::gateway::Gateway;
+
+/// The gateway's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+}
+
+impl Metrics {
+    /// A registry holding the request counter and `gateway`'s sign histograms.
+    pub fn new(gateway: &Gateway) -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "kmsgw_http_requests_total",
+                "HTTP requests by route and status",
+            ),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(gateway.sign_seconds().clone()))
+            .expect("registered once");
+        Metrics { registry, requests }
+    }
+
+    /// Counts one answered request; `route` is the matched route pattern.
+    pub fn count_request(&self, method: &str, route: &str, status: StatusCode) {
+        self.requests
+            .with_label_values(&[method, route, status.as_str()])
+            .inc();
+    }
+
+    /// The text exposition: the registry, then provider health (probed now) and
+    /// guest counters.
+    pub async fn render(&self, gateway: &Gateway) -> String {
+        let health = IntGaugeVec::new(
+            Opts::new(
+                "kmsgw_provider_up",
+                "1 when the provider's health probe succeeds",
+            ),
+            &["provider", "type"],
+        )
+        .expect("valid metric");
+        for line in gateway.health().await {
+            health
+                .with_label_values(&[line.provider_id.as_str(), line.kind.as_str()])
+                .set(i64::from(line.health.ok));
+        }
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["provider"]).expect("valid metric")
+        };
+        let gauge = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["provider"]).expect("valid metric")
+        };
+        let traps = counter("kmsgw_guest_traps_total", "Guest calls that trapped");
+        let timeouts = counter(
+            "kmsgw_guest_timeouts_total",
+            "Guest calls that missed their deadline",
+        );
+        let denied = counter(
+            "kmsgw_guest_denied_egress_total",
+            "Outgoing requests refused to guests",
+        );
+        let in_use = gauge(
+            "kmsgw_guest_instances_in_use",
+            "Guest instances lent out now",
+        );
+        let size = gauge("kmsgw_guest_instances", "Guest instances in the pool");
+        for registered in gateway.providers() {
+            if let Some(stats) = registered.provider.guest_stats() {
+                let id = [registered.provider.id()];
+                let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+                traps.with_label_values(&id).inc_by(stats.traps);
+                timeouts.with_label_values(&id).inc_by(stats.timeouts);
+                denied.with_label_values(&id).inc_by(stats.denied_egress);
+                in_use
+                    .with_label_values(&id)
+                    .set(gauge(stats.instances_in_use));
+                size.with_label_values(&id).set(gauge(stats.instances));
+            }
+        }
+        let mut families = self.registry.gather();
+        families.extend(health.collect());
+        for collector in [&traps, &timeouts, &denied] {
+            families.extend(collector.collect());
+        }
+        for collector in [&in_use, &size] {
+            families.extend(collector.collect());
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("text encoding into memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
