@@ -99,6 +99,8 @@ impl Metrics {
         for collector in [&in_use, &size] {
             families.extend(collector.collect());
         }
+        // Families with no samples (no guests configured) are left out of the text.
+        families.retain(|family| !family.get_metric().is_empty());
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&families, &mut out)

@@ -117,6 +117,13 @@ impl Site {
         self.dir.path().join("data")
     }
 
+    /// The URL of this site's database (the SQLite file when not on PostgreSQL).
+    pub fn database(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir().join("kmsgw.db").display()))
+    }
+
     /// Starts a gateway on this site with no extra arguments.
     pub fn start(&self) -> Gateway {
         self.start_with(&[], &[])
@@ -160,6 +167,13 @@ impl Site {
 /// A guest component built by this crate's build script, e.g. `guest("soft_signer")`.
 pub fn guest(name: &str) -> PathBuf {
     Path::new(env!("KMSGW_GUESTS_DIR")).join(format!("{name}.wasm"))
+}
+
+/// The SHA-256 of `bytes`, in hex (through coreutils' `sha256sum`).
+pub fn sha256_of(bytes: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), bytes).expect("write temp file");
+    sha256_hex(file.path())
 }
 
 /// The SHA-256 of a file, in hex (through coreutils' `sha256sum`).
@@ -261,7 +275,48 @@ impl Gateway {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
+        self.raw_as(None, method, path, body).await
+    }
+
+    /// A request with `Authorization: Bearer <token>` (when given) and a JSON body.
+    pub async fn call(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.raw_as(
+            token,
+            method,
+            path,
+            body.map(|b| b.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// `GET path` as text (for `/metrics`), with an optional bearer token.
+    pub async fn text(&self, token: Option<&str>, path: &str) -> (StatusCode, String) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request reaches the gateway");
+        let status = response.status();
+        (status, response.text().await.expect("response body"))
+    }
+
+    async fn raw_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request
                 .header("content-type", "application/json")

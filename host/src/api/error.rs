@@ -35,6 +35,8 @@ pub enum ApiError {
     Forbidden(Scope),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("a request handler panicked")]
+    Panicked,
     #[error(transparent)]
     Gateway(#[from] GatewayError),
 }
@@ -82,6 +84,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            ApiError::Panicked => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
             ApiError::Gateway(e) => match e {
                 G::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
                 G::ProviderNotFound(_) => (StatusCode::NOT_FOUND, "provider_not_found"),

@@ -195,7 +195,7 @@ pub async fn create(
 
 /// Import a private key under a kid.
 #[utoipa::path(post, path = "/keys/{kid}/import", tag = "keys", request_body = ImportKeyRequest,
-    params(("kid" = String, Path, description = "The kid to import under")),
+    params(("kid" = String, Path, description = "The kid to import under", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
     responses((status = 200, description = "The imported key", body = KeyResponse), ErrorResponses),
     security(("bearer" = ["keys:import"])))]
 pub async fn import(
@@ -240,7 +240,7 @@ pub async fn import(
 
 /// Sign a message.
 #[utoipa::path(post, path = "/keys/{kid}/sign", tag = "keys", request_body = SignRequest,
-    params(("kid" = String, Path, description = "The key to sign with")),
+    params(("kid" = String, Path, description = "The key to sign with", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
     responses((status = 200, description = "The signature", body = SignResponse), ErrorResponses),
     security(("bearer" = ["sign"])))]
 pub async fn sign(
@@ -289,7 +289,7 @@ pub async fn sign(
 
 /// Delete a key.
 #[utoipa::path(delete, path = "/keys/{kid}", tag = "keys",
-    params(("kid" = String, Path, description = "The key to delete")),
+    params(("kid" = String, Path, description = "The key to delete", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
     responses((status = 204, description = "Deleted"), ErrorResponses),
     security(("bearer" = ["keys:delete"])))]
 pub async fn delete(
@@ -319,7 +319,7 @@ pub async fn delete(
 
 /// Read one key's public record.
 #[utoipa::path(get, path = "/keys/{kid}", tag = "keys",
-    params(("kid" = String, Path, description = "The key")),
+    params(("kid" = String, Path, description = "The key", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
     responses((status = 200, description = "The key", body = KeyResponse), ErrorResponses),
     security(("bearer" = ["keys:read"])))]
 pub async fn get(

@@ -13,7 +13,7 @@ use super::{keys, ops};
 pub enum ErrorResponses {
     /// Bad input: malformed JSON, a wrong type, bad base64, an invalid kid or JWK.
     #[response(status = 400)]
-    BadRequest(#[to_schema] ErrorBody),
+    BadRequest(ErrorBody),
     /// No API key, or one that is not valid.
     #[response(status = 401)]
     Unauthorized(ErrorBody),
@@ -67,6 +67,7 @@ impl Modify for BearerScheme {
         ops::providers, ops::health, ops::ready, ops::health_kms, ops::audit_page,
         ops::audit_verify, ops::metrics, serve,
     ),
+    components(schemas(ErrorBody)),
     modifiers(&BearerScheme),
 )]
 struct Document;
