@@ -295,6 +295,26 @@ impl Gateway {
         .await
     }
 
+    /// `POST path` that may fail to get an answer (the gateway may be gone).
+    ///
+    /// # Errors
+    /// When no complete answer arrives.
+    pub async fn try_post(
+        &self,
+        path: &str,
+        body: Value,
+    ) -> Result<(StatusCode, Value), reqwest::Error> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await?;
+        let status = response.status();
+        let json = response.json().await.unwrap_or(Value::Null);
+        Ok((status, json))
+    }
+
     /// `GET path` as text (for `/metrics`), with an optional bearer token.
     pub async fn text(&self, token: Option<&str>, path: &str) -> (StatusCode, String) {
         let mut request = self.client.get(format!("{}{path}", self.base));

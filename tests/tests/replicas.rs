@@ -66,3 +66,34 @@ async fn a_different_master_key_on_the_same_database_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("master key is not the one"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_extend_one_audit_chain() {
+    let mut site_a = Site::new(Db::Postgres).await;
+    site_a.master_key = Some(random_master_key());
+    let site_b = Site {
+        dir: tempfile::tempdir().unwrap(),
+        database_url: site_a.database_url.clone(),
+        master_key: site_a.master_key.clone(),
+    };
+    let (a, b) = (site_a.start(), site_b.start());
+    a.create(json!({"kid": "k"})).await;
+    let signs = (0..200).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        async move {
+            gw.sign("k", format!("{i}").as_bytes()).await;
+        }
+    });
+    futures::future::join_all(signs).await;
+    // Sign records are batched: wait until all 201 are in, then check the chain.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, verdict) = b.get("/audit/verify").await;
+        assert_eq!(verdict["ok"], true, "{verdict}");
+        if verdict["checked"] == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {verdict} after 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
