@@ -5,7 +5,9 @@
 //! id), so a race for one kid can never leave two keys under one name. Signing
 //! hashes on the host and uses `CKM_ECDSA` (SoftHSM2 has no `CKM_ECDSA_SHA256`).
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -92,13 +94,30 @@ fn unhex(text: &str) -> Result<Vec<u8>, ProviderError> {
         .map_err(|_| ProviderError::Internal(format!("external id `{text}` is not hex")))
 }
 
+/// The process's one initialised context per library. A PKCS#11 library has one
+/// state per process: finalising it (which dropping a `Pkcs11` does) would close the
+/// sessions of every provider on it, so contexts live as long as the process.
+fn library(path: &Path) -> Result<Pkcs11, ProviderError> {
+    static LIBRARIES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
+    let mut libraries = LIBRARIES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("library lock");
+    if let Some(pkcs11) = libraries.get(path) {
+        return Ok(pkcs11.clone());
+    }
+    let pkcs11 = Pkcs11::new(path).map_err(|e| ck("loading the library", e))?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(ck("C_Initialize", e)),
+    }
+    libraries.insert(path.to_owned(), pkcs11.clone());
+    Ok(pkcs11)
+}
+
 impl Token {
     fn connect(config: &Pkcs11Config) -> Result<Token, ProviderError> {
-        let pkcs11 = Pkcs11::new(&config.library).map_err(|e| ck("loading the library", e))?;
-        match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(ck("C_Initialize", e)),
-        }
+        let pkcs11 = library(&config.library)?;
         let slots = pkcs11
             .get_slots_with_initialized_token()
             .map_err(|e| ck("listing slots", e))?;
