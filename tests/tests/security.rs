@@ -592,3 +592,22 @@ async fn metrics_show_requests_sign_latency_and_guest_counters_moving() {
         ) >= 5.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_the_provider_that_has_not_initialised() {
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start_configured(&json!({"providers": [
+        {"id": "db", "type": "db"},
+        {"id": "remote", "type": "http", "baseUrl": "http://127.0.0.1:9", "connectTimeoutMs": 200},
+    ]}));
+    let (status, body) = gw.get("/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["ready"], false);
+    let waiting = body["waitingFor"].as_array().unwrap();
+    assert_eq!(waiting.len(), 1, "{body}");
+    assert_eq!(waiting[0]["providerId"], "remote");
+    assert!(!waiting[0]["error"].as_str().unwrap().is_empty());
+    // Liveness is unaffected, and the db provider serves meanwhile.
+    assert_eq!(gw.get("/health").await.0, StatusCode::OK);
+    gw.create(json!({"kid": "still-serving"})).await;
+}
