@@ -12,7 +12,7 @@
 //! On PostgreSQL, replicas take a transaction-scoped advisory lock to extend the
 //! chain, so it stays one line whatever the number of writers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use serde::Serialize;
@@ -26,6 +26,10 @@ use crate::config::{AuditConfig, SignAudit};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long batched sign records may wait for company before their commit.
+const LINGER: Duration = Duration::from_millis(5);
+/// Attempts to write one batch before its records are given up.
+const APPEND_ATTEMPTS: u64 = 3;
 /// Records waiting for the writer before appends wait for room.
 const QUEUE: usize = 64 * 1024;
 
@@ -112,17 +116,17 @@ impl AuditRecord {
     }
 
     /// The record following `head` (or the first one) for `event` at `time`.
-    pub fn chained(head: Option<&AuditRecord>, time: i64, event: Event) -> AuditRecord {
+    pub fn chained(head: Option<&AuditRecord>, time: i64, event: &Event) -> AuditRecord {
         let mut record = AuditRecord {
             seq: head.map_or(1, |h| h.seq + 1),
             time,
-            api_key: event.api_key,
-            tenant: event.tenant,
+            api_key: event.api_key.clone(),
+            tenant: event.tenant.clone(),
             action: event.action.as_str().to_owned(),
-            kid: event.kid,
-            provider: event.provider,
-            outcome: event.outcome,
-            message_sha256: event.message_sha256,
+            kid: event.kid.clone(),
+            provider: event.provider.clone(),
+            outcome: event.outcome.clone(),
+            message_sha256: event.message_sha256.clone(),
             prev_hash: head.map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
             hash: String::new(),
         };
@@ -293,6 +297,17 @@ async fn write_batches(catalog: Catalog, mut rx: mpsc::Receiver<Job>) {
     let mut head: Option<Option<AuditRecord>> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Nobody waiting (batched signs only): linger a moment so that one commit
+        // carries many records instead of one each.
+        if batch.iter().all(|job| job.done.is_none()) {
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
         let (events, waiters): (Vec<_>, Vec<_>) = batch
             .drain(..)
             .map(|job| (job.event.map(|e| (job.time, e)), job.done))
@@ -301,14 +316,23 @@ async fn write_batches(catalog: Catalog, mut rx: mpsc::Receiver<Job>) {
         let result = if events.is_empty() {
             Ok(())
         } else {
-            match catalog.audit_append(head.take(), events).await {
-                Ok(new_head) => {
-                    head = Some(Some(new_head));
-                    Ok(())
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit records could not be written");
-                    Err(())
+            let mut attempt = 1;
+            loop {
+                match catalog.audit_append(head.take(), &events).await {
+                    Ok(new_head) => {
+                        head = Some(Some(new_head));
+                        break Ok(());
+                    }
+                    Err(e) if attempt < APPEND_ATTEMPTS => {
+                        tracing::warn!(error = %e, attempt, "audit records not written yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, records = events.len(),
+                            "audit records could not be written and are lost");
+                        break Err(());
+                    }
                 }
             }
         };
@@ -334,11 +358,26 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn batches_of_many_records_extend_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let catalog = Catalog::connect(&url).await.unwrap();
+        let batch: Vec<_> = (0..150).map(|i| (i, event(&format!("k{i}")))).collect();
+        let head = catalog.audit_append(None, &batch[..100]).await.unwrap();
+        assert_eq!(head.seq, 100);
+        let head = catalog.audit_append(Some(Some(head)), &batch[100..]).await.unwrap();
+        assert_eq!(head.seq, 150);
+        let audit = Audit::start(&AuditConfig::default(), catalog);
+        let verdict = audit.verify().await.unwrap();
+        assert!(verdict.ok && verdict.checked == 150, "{verdict:?}");
+    }
+
     #[test]
     fn each_hash_covers_the_previous_one_and_every_field() {
-        let first = AuditRecord::chained(None, 1, event("a"));
+        let first = AuditRecord::chained(None, 1, &event("a"));
         assert_eq!((first.seq, first.prev_hash.as_str()), (1, GENESIS));
-        let second = AuditRecord::chained(Some(&first), 2, event("a"));
+        let second = AuditRecord::chained(Some(&first), 2, &event("a"));
         assert_eq!(second.prev_hash, first.hash);
         assert_eq!(second.hash, second.expected_hash());
         let mut changed = second.clone();

@@ -379,6 +379,9 @@ macro_rules! audit_columns {
         "seq, time, api_key, tenant, action, kid, provider, outcome, message_sha256, prev_hash, hash"
     };
 }
+/// Rows per audit INSERT statement (11 parameters each; far below both databases'
+/// parameter limits).
+const AUDIT_ROWS_PER_INSERT: usize = 64;
 /// The advisory lock replicas on PostgreSQL take to extend the audit chain.
 const AUDIT_LOCK: i64 = 0x6b6d_7367_7761_7564;
 
@@ -393,7 +396,7 @@ impl Catalog {
     pub async fn audit_append(
         &self,
         head: Option<Option<AuditRecord>>,
-        events: Vec<(i64, Event)>,
+        events: &[(i64, Event)],
     ) -> Result<AuditRecord, CatalogError> {
         let mut tx = self.pool.begin().await?;
         let mut head = match (self.backend, head) {
@@ -415,27 +418,45 @@ impl Catalog {
                 row.map(|r| audit_record_of(&r)).transpose()?
             }
         };
+        let mut records = Vec::with_capacity(events.len());
         for (time, event) in events {
-            let record = AuditRecord::chained(head.as_ref(), time, event);
-            sqlx::query(concat!(
+            let record = AuditRecord::chained(records.last().or(head.as_ref()), *time, event);
+            records.push(record);
+        }
+        // Several rows per statement: one round trip to the driver per chunk.
+        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut sql = String::from(concat!(
                 "INSERT INTO audit_log (",
                 audit_columns!(),
-                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            ))
-            .bind(record.seq)
-            .bind(record.time)
-            .bind(record.api_key.as_deref().unwrap_or(""))
-            .bind(record.tenant.as_deref().unwrap_or(""))
-            .bind(&record.action)
-            .bind(record.kid.as_deref().unwrap_or(""))
-            .bind(record.provider.as_deref().unwrap_or(""))
-            .bind(&record.outcome)
-            .bind(record.message_sha256.as_deref().unwrap_or(""))
-            .bind(&record.prev_hash)
-            .bind(&record.hash)
-            .execute(&mut *tx)
-            .await?;
-            head = Some(record);
+                ") VALUES "
+            ));
+            for row in 0..chunk.len() {
+                let first = row * 11 + 1;
+                let params: Vec<String> = (first..first + 11).map(|n| format!("${n}")).collect();
+                sql.push_str(if row == 0 { "(" } else { ", (" });
+                sql.push_str(&params.join(", "));
+                sql.push(')');
+            }
+            // The statement is built only from our own placeholders.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for record in chunk {
+                query = query
+                    .bind(record.seq)
+                    .bind(record.time)
+                    .bind(record.api_key.as_deref().unwrap_or(""))
+                    .bind(record.tenant.as_deref().unwrap_or(""))
+                    .bind(record.action.as_str())
+                    .bind(record.kid.as_deref().unwrap_or(""))
+                    .bind(record.provider.as_deref().unwrap_or(""))
+                    .bind(record.outcome.as_str())
+                    .bind(record.message_sha256.as_deref().unwrap_or(""))
+                    .bind(record.prev_hash.as_str())
+                    .bind(record.hash.as_str());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        if let Some(last) = records.pop() {
+            head = Some(last);
         }
         tx.commit().await?;
         head.ok_or_else(|| CatalogError::Corrupt("audit batch".into()))
