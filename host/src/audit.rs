@@ -366,7 +366,10 @@ mod tests {
         let batch: Vec<_> = (0..150).map(|i| (i, event(&format!("k{i}")))).collect();
         let head = catalog.audit_append(None, &batch[..100]).await.unwrap();
         assert_eq!(head.seq, 100);
-        let head = catalog.audit_append(Some(Some(head)), &batch[100..]).await.unwrap();
+        let head = catalog
+            .audit_append(Some(Some(head)), &batch[100..])
+            .await
+            .unwrap();
         assert_eq!(head.seq, 150);
         let audit = Audit::start(&AuditConfig::default(), catalog);
         let verdict = audit.verify().await.unwrap();

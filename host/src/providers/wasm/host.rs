@@ -2,15 +2,17 @@
 //! imports, WASI (clocks, random, io; no filesystem, environment or sockets), and
 //! outgoing HTTP filtered against the provider's `allowedHosts`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{
-    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+    Error as HttpError, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks,
+    WasiHttpView,
 };
 
 use super::bindings::kmsgw::adapter::{log, storage};
@@ -120,14 +122,65 @@ impl WasiHttpHooks for EgressFilter {
         }
         let _ = fut;
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            let response = send_pooled(request, options).await?;
             Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+                response,
+                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
             ))
         })
     }
+}
+
+/// The HTTP client all guests' allowed requests go through: connections are kept
+/// and reused (wasmtime's default opens a new one, and a new TLS session, per
+/// request), redirects are not followed (a redirect could leave `allowedHosts`),
+/// and no proxy from the environment is used.
+fn egress_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client with the built-in TLS roots")
+    })
+}
+
+/// Sends a guest's request on the pooled client. Bodies of requests to a KMS are
+/// small, so the request body is read whole first; the response streams.
+async fn send_pooled(
+    request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<http::Response<WasiBody>, HttpError> {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let mut outgoing = egress_client()
+        .request(parts.method, parts.uri.to_string())
+        .headers(parts.headers)
+        .body(body);
+    if let Some(options) = options {
+        if let Some(connect) = options.connect_timeout {
+            outgoing = outgoing.timeout(connect + options.first_byte_timeout.unwrap_or(connect));
+        } else if let Some(first_byte) = options.first_byte_timeout {
+            outgoing = outgoing.timeout(first_byte);
+        }
+    }
+    let response = outgoing.send().await.map_err(|e| {
+        if e.is_timeout() {
+            HttpError::ConnectionTimeout
+        } else if e.is_connect() {
+            HttpError::ConnectionRefused
+        } else {
+            HttpError::InternalError(Some(e.to_string()))
+        }
+    })?;
+    let response: http::Response<reqwest::Body> = response.into();
+    Ok(response.map(|body| {
+        body.map_err(|e| HttpError::InternalError(Some(e.to_string())))
+            .boxed_unsync()
+    }))
 }
 
 /// The guest's private key-value store: a namespace of the catalog, sealed.
