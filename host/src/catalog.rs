@@ -432,7 +432,14 @@ impl Catalog {
             ));
             for row in 0..chunk.len() {
                 let first = row * 11 + 1;
-                let params: Vec<String> = (first..first + 11).map(|n| format!("${n}")).collect();
+                // SQLite gets anonymous `?` placeholders: it resolves `$n` names one
+                // by one, which grows with the square of the parameter count.
+                let params: Vec<String> = (first..first + 11)
+                    .map(|n| match self.backend {
+                        Backend::Sqlite => "?".to_owned(),
+                        Backend::Postgres => format!("${n}"),
+                    })
+                    .collect();
                 sql.push_str(if row == 0 { "(" } else { ", (" });
                 sql.push_str(&params.join(", "));
                 sql.push(')');
