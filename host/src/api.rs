@@ -9,6 +9,7 @@ pub mod error;
 mod keys;
 mod openapi;
 mod ops;
+mod paging;
 
 use std::sync::Arc;
 

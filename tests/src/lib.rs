@@ -24,6 +24,22 @@ pub enum Db {
     Postgres,
 }
 
+/// Defines `sqlite::<test>` and `postgres::<test>` for each async `fn <test>(db: Db)`
+/// named, so one test body runs on both databases.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::Db::Postgres).await })*
+        }
+    };
+}
+
 /// The `kmsgw` binary built from this workspace (`KMSGW_BIN` overrides).
 pub fn kmsgw_bin() -> PathBuf {
     if let Ok(path) = std::env::var("KMSGW_BIN") {
@@ -115,6 +131,15 @@ impl Site {
     /// The data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// A second site on this site's database and master key (another replica).
+    pub fn replica(&self) -> Site {
+        Site {
+            dir: tempfile::tempdir().expect("temp dir"),
+            database_url: self.database_url.clone(),
+            master_key: self.master_key.clone(),
+        }
     }
 
     /// The URL of this site's database (the SQLite file when not on PostgreSQL).

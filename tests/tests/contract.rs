@@ -6,19 +6,6 @@ use kmsgw_tests::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Postgres).await })*
-        }
-    };
-}
-
 on_both_databases!(
     generate_sign_verify_import_delete,
     messages_from_empty_to_256_kib_sign_in_both_base64_forms,

@@ -9,19 +9,6 @@ use std::time::Duration;
 use kmsgw_tests::*;
 use serde_json::{Value, json};
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Db::Postgres).await })*
-        }
-    };
-}
-
 on_both_databases!(kill_9_during_creates_and_signs_loses_no_acknowledged_key);
 
 async fn kill_9_during_creates_and_signs_loses_no_acknowledged_key(db: Db) {

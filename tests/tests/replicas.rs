@@ -9,11 +9,7 @@ use serde_json::json;
 async fn two_replicas_share_keys_and_a_delete_reaches_the_other_within_a_second() {
     let mut site_a = Site::new(Db::Postgres).await;
     site_a.master_key = Some(random_master_key());
-    let site_b = Site {
-        dir: tempfile::tempdir().unwrap(),
-        database_url: site_a.database_url.clone(),
-        master_key: site_a.master_key.clone(),
-    };
+    let site_b = site_a.replica();
     let a = site_a.start();
     let b = site_b.start();
 
@@ -71,11 +67,7 @@ async fn a_different_master_key_on_the_same_database_refuses_to_start() {
 async fn replicas_extend_one_audit_chain() {
     let mut site_a = Site::new(Db::Postgres).await;
     site_a.master_key = Some(random_master_key());
-    let site_b = Site {
-        dir: tempfile::tempdir().unwrap(),
-        database_url: site_a.database_url.clone(),
-        master_key: site_a.master_key.clone(),
-    };
+    let site_b = site_a.replica();
     let (a, b) = (site_a.start(), site_b.start());
     a.create(json!({"kid": "k"})).await;
     let signs = (0..200).map(|i| {

@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, JsonBody};
 use super::openapi::ErrorResponses;
+use super::paging::{MAX_PAGE, page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::{Action, Event};
 use crate::auth::Principal;
@@ -17,11 +18,6 @@ use crate::catalog::KeyRecord;
 use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
 use crate::providers::Alg;
-
-/// Largest page of `GET /keys`.
-const MAX_PAGE: u32 = 1000;
-/// Default page of `GET /keys`.
-const DEFAULT_PAGE: u32 = 100;
 
 /// `POST /keys`: every field optional.
 #[derive(Deserialize, ToSchema)]
@@ -342,14 +338,8 @@ pub async fn list(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<KeyPage>, ApiError> {
     principal.require(Scope::KeysRead)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("`limit` must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let query = query_of(query)?;
+    let limit = page_limit(query.limit)?;
     let records = state
         .gateway
         .list(principal.tenant.as_deref(), query.cursor.as_deref(), limit)

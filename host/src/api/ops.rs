@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::ApiError;
 use super::openapi::ErrorResponses;
+use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::{Action, AuditRecord, Verification};
 use crate::catalog::AuditFilter;
@@ -193,12 +194,12 @@ pub async fn audit_page(
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     principal.require(Scope::Admin)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) || query.after.is_some_and(|a| a < 0) {
+    let query = query_of(query)?;
+    let limit = page_limit(query.limit)?;
+    if query.after.is_some_and(|a| a < 0) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            "`limit` must be between 1 and 1000 and `after` at least 0",
+            "`after` must be at least 0",
         ));
     }
     let action = match query.action.as_deref() {
