@@ -1,0 +1,14 @@
+//! The black-box tests, one binary: each module starts the built `kmsgw` binary
+//! against real backends. One binary links the dependencies once instead of once
+//! per file. (`pkcs11.rs` stays apart: it sets `SOFTHSM2_CONF` for its process.)
+
+mod aws_kms;
+mod config;
+mod contract;
+mod crash;
+mod guests;
+mod http;
+mod openapi;
+mod replicas;
+mod security;
+mod vault;
