@@ -27,7 +27,11 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
     }
+    // schemathesis keeps a cache of found failures in its working directory; a
+    // fresh one per run keeps runs independent and the checkout clean.
+    let workdir = tempfile::tempdir().unwrap();
     let output = Command::new("schemathesis")
+        .current_dir(workdir.path())
         .args([
             "run",
             &format!("{}/openapi.json", gw.base),
