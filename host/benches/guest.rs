@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kmsgw::catalog::Catalog;
@@ -14,6 +13,7 @@ use kmsgw::crypto::seal::MasterKey;
 use kmsgw::gateway::{Gateway, Registered};
 use kmsgw::providers::Provider;
 use kmsgw::providers::db::DbProvider;
+use kmsgw::providers::wasm::limits::GuestLimits;
 use kmsgw::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use kmsgw::providers::wasm::{WasmOptions, WasmProvider};
 
@@ -60,9 +60,10 @@ fn guest(c: &mut Criterion) {
             sha256: None,
             config: serde_json::Value::Null,
             allowed_hosts: Vec::new(),
-            memory_bytes: 64 << 20,
-            timeout: Duration::from_secs(2),
-            instances: 1,
+            limits: GuestLimits {
+                instances: 1,
+                ..GuestLimits::default()
+            },
         };
         let soft = Arc::new(
             WasmProvider::start(&engine, options, catalog.clone(), master.clone())

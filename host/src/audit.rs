@@ -40,6 +40,8 @@ pub enum Action {
     Create,
     Import,
     Delete,
+    /// A delete with `force=true`: the key left the catalog whatever its backend said.
+    ForceDelete,
     Sign,
 }
 
@@ -50,15 +52,22 @@ impl Action {
             Action::Create => "create",
             Action::Import => "import",
             Action::Delete => "delete",
+            Action::ForceDelete => "force-delete",
             Action::Sign => "sign",
         }
     }
 
     /// The action stored as `name`.
     pub fn parse(name: &str) -> Option<Action> {
-        [Action::Create, Action::Import, Action::Delete, Action::Sign]
-            .into_iter()
-            .find(|a| a.as_str() == name)
+        [
+            Action::Create,
+            Action::Import,
+            Action::Delete,
+            Action::ForceDelete,
+            Action::Sign,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == name)
     }
 }
 

@@ -294,25 +294,58 @@ impl Catalog {
         .transpose()
     }
 
-    /// Stores `value` under `key` in `provider`'s namespace, replacing any value.
+    /// Stores `value` under `key` in `provider`'s namespace, replacing any value,
+    /// unless that takes the namespace past `quota` (a write that does not grow
+    /// the namespace is always allowed).
     ///
     /// # Errors
-    /// Database failures.
+    /// [`GuestWriteError::Quota`] naming the quota; database failures.
     pub async fn guest_set(
         &self,
         provider: &str,
         key: &str,
         value: &[u8],
-    ) -> Result<(), CatalogError> {
+        quota: StorageQuota,
+    ) -> Result<(), GuestWriteError> {
+        let value = STANDARD.encode(value);
+        let size = (key.len() + value.len()) as i64;
+        let mut tx = self.pool.begin().await.map_err(CatalogError::from)?;
+        let (entries, bytes) = lock_usage(&mut tx, provider).await?;
+        let old: Option<i64> =
+            sqlx::query_scalar("SELECT size FROM guest_kv WHERE provider = $1 AND key = $2")
+                .bind(provider)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(CatalogError::from)?;
+        let new_entries = entries + i64::from(old.is_none());
+        let new_bytes = bytes - old.unwrap_or(0) + size;
+        let over = |used: i64, limit: u64| used > i64::try_from(limit).unwrap_or(i64::MAX);
+        if new_entries > entries && over(new_entries, quota.entries) {
+            return Err(GuestWriteError::Quota(format!(
+                "storage quota reached: {entries} of {} entries in use (limits.storageEntries)",
+                quota.entries
+            )));
+        }
+        if new_bytes > bytes && over(new_bytes, quota.bytes) {
+            return Err(GuestWriteError::Quota(format!(
+                "storage quota reached: {bytes} of {} bytes in use, this write needs {size} (limits.storageBytes)",
+                quota.bytes
+            )));
+        }
         sqlx::query(
-            "INSERT INTO guest_kv (provider, key, value) VALUES ($1, $2, $3) \
-             ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value",
+            "INSERT INTO guest_kv (provider, key, value, size) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value, size = excluded.size",
         )
         .bind(provider)
         .bind(key)
-        .bind(STANDARD.encode(value))
-        .execute(&self.pool)
-        .await?;
+        .bind(value)
+        .bind(size)
+        .execute(&mut *tx)
+        .await
+        .map_err(CatalogError::from)?;
+        set_usage(&mut tx, provider, new_entries, new_bytes).await?;
+        tx.commit().await.map_err(CatalogError::from)?;
         Ok(())
     }
 
@@ -321,12 +354,33 @@ impl Catalog {
     /// # Errors
     /// Database failures.
     pub async fn guest_delete(&self, provider: &str, key: &str) -> Result<bool, CatalogError> {
-        let done = sqlx::query("DELETE FROM guest_kv WHERE provider = $1 AND key = $2")
-            .bind(provider)
-            .bind(key)
-            .execute(&self.pool)
+        let mut tx = self.pool.begin().await?;
+        let (entries, bytes) = lock_usage(&mut tx, provider).await?;
+        let removed: Option<i64> = sqlx::query_scalar(
+            "DELETE FROM guest_kv WHERE provider = $1 AND key = $2 RETURNING size",
+        )
+        .bind(provider)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(size) = removed {
+            set_usage(&mut tx, provider, entries - 1, bytes - size).await?;
+        }
+        tx.commit().await?;
+        Ok(removed.is_some())
+    }
+
+    /// Entries and bytes each guest namespace holds, by provider id.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn guest_usage(&self) -> Result<Vec<(String, i64, i64)>, CatalogError> {
+        let rows = sqlx::query("SELECT provider, entries, bytes FROM guest_usage")
+            .fetch_all(&self.pool)
             .await?;
-        Ok(done.rows_affected() > 0)
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
     }
 
     /// The keys in `provider`'s namespace that start with `prefix`, ascending.
@@ -347,6 +401,61 @@ impl Catalog {
         .await?;
         rows.iter().map(|r| Ok(r.try_get("key")?)).collect()
     }
+}
+
+/// How much a guest provider may keep in its storage.
+#[derive(Clone, Copy, Debug)]
+pub struct StorageQuota {
+    /// Key plus sealed-value bytes over all entries.
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// Why a guest storage write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestWriteError {
+    /// The write would take the namespace past its quota; the message says which.
+    #[error("{0}")]
+    Quota(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// Locks `provider`'s usage row for this transaction (a row lock on PostgreSQL;
+/// SQLite has one writer) and returns its entries and bytes.
+async fn lock_usage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    provider: &str,
+) -> Result<(i64, i64), CatalogError> {
+    sqlx::query(
+        "INSERT INTO guest_usage (provider, entries, bytes) VALUES ($1, 0, 0) \
+         ON CONFLICT (provider) DO NOTHING",
+    )
+    .bind(provider)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query(
+        "UPDATE guest_usage SET entries = entries WHERE provider = $1 RETURNING entries, bytes",
+    )
+    .bind(provider)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+async fn set_usage(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    provider: &str,
+    entries: i64,
+    bytes: i64,
+) -> Result<(), CatalogError> {
+    sqlx::query("UPDATE guest_usage SET entries = $2, bytes = $3 WHERE provider = $1")
+        .bind(provider)
+        .bind(entries)
+        .bind(bytes)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Which audit records [`Catalog::audit_page`] returns.

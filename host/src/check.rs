@@ -14,6 +14,7 @@ use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk};
 use crate::gateway::{Gateway, GatewayError, Registered};
 use crate::providers::wasm::host::AllowedHost;
+use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use crate::providers::wasm::{WasmOptions, WasmProvider};
 use crate::providers::{Alg, Provider, ProviderError};
@@ -117,9 +118,12 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
         sha256: None,
         config: options.config.clone(),
         allowed_hosts: allowed,
-        memory_bytes: options.memory_bytes,
-        timeout: options.timeout,
-        instances: 1,
+        limits: GuestLimits {
+            memory_mb: options.memory_bytes as u64 >> 20,
+            timeout_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
+            instances: 1,
+            ..GuestLimits::default()
+        },
     };
 
     let started = Instant::now();

@@ -191,13 +191,22 @@ pub struct WasmConfig {
     pub limits: Option<WasmLimits>,
 }
 
-/// Per-guest resource limits.
-#[derive(Debug, Deserialize)]
+/// Per-guest resource limits; each absent field keeps its default
+/// (`providers::wasm::limits::GuestLimits`).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WasmLimits {
     pub memory_mb: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub instances: Option<u32>,
+    pub storage_bytes: Option<u64>,
+    pub storage_entries: Option<u64>,
+    pub log_line_bytes: Option<u64>,
+    pub log_lines_per_second: Option<u32>,
+    pub http_request_bytes: Option<u64>,
+    pub http_response_bytes: Option<u64>,
+    pub http_concurrent: Option<u32>,
+    pub resources: Option<u32>,
 }
 
 /// The optional `server` section; command-line flags and environment win over it.

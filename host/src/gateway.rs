@@ -39,6 +39,15 @@ pub enum GatewayError {
     Catalog(#[from] CatalogError),
 }
 
+/// A key retracted by a forced delete.
+#[derive(Debug)]
+pub struct Retraction {
+    /// The record as it was.
+    pub record: Arc<KeyRecord>,
+    /// Whether the backend deleted the key too; if not, why it may still hold it.
+    pub backend: Result<(), String>,
+}
+
 /// A configured provider and what `GET /providers` says about it.
 pub struct Registered {
     pub provider: Arc<dyn Provider>,
@@ -387,12 +396,7 @@ impl Gateway {
         tenant: Option<&str>,
         kid: &str,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
-        let record = self
-            .catalog
-            .get(&key_id(tenant, kid))
-            .await?
-            .filter(|r| r.tenant.as_deref() == tenant)
-            .ok_or_else(|| GatewayError::KeyNotFound(kid.to_owned()))?;
+        let record = self.stored_record(tenant, kid).await?;
         let provider = self.provider_of(&record)?;
         if !provider.capabilities().can_delete {
             return Err(GatewayError::Unsupported(format!(
@@ -401,6 +405,54 @@ impl Gateway {
             )));
         }
         provider.delete_key(&record).await?;
+        self.forget(kid, record).await
+    }
+
+    /// Retracts `kid` of `tenant` from the catalog (and so from the JWKS) whatever
+    /// its backend says: the backend is asked to delete the key when its provider is
+    /// configured and can, and the answer says why it may still hold it.
+    ///
+    /// # Errors
+    /// Unknown kid, catalog failures.
+    pub async fn retract_key(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+    ) -> Result<Retraction, GatewayError> {
+        let record = self.stored_record(tenant, kid).await?;
+        let backend = match self.provider_of(&record) {
+            Err(gone) => Err(gone.to_string()),
+            Ok(provider) if !provider.capabilities().can_delete => {
+                Err(format!("provider `{}` cannot delete keys", provider.id()))
+            }
+            Ok(provider) => match provider.delete_key(&record).await {
+                Ok(()) | Err(ProviderError::KeyNotFound(_)) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        if let Err(reason) = &backend {
+            tracing::warn!(kid = %record.kid, provider = %record.provider, external_id = %record.external_id,
+                %reason, "key retracted from the catalog; its backend may still hold it");
+        }
+        let record = self.forget(kid, record).await?;
+        Ok(Retraction { record, backend })
+    }
+
+    /// The catalog's record of `kid` in `tenant`, read from the database.
+    async fn stored_record(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+    ) -> Result<KeyRecord, GatewayError> {
+        self.catalog
+            .get(&key_id(tenant, kid))
+            .await?
+            .filter(|r| r.tenant.as_deref() == tenant)
+            .ok_or_else(|| GatewayError::KeyNotFound(kid.to_owned()))
+    }
+
+    /// Removes `record` from the catalog and every cache.
+    async fn forget(&self, kid: &str, record: KeyRecord) -> Result<Arc<KeyRecord>, GatewayError> {
         let existed = self.catalog.delete(&record.id).await?;
         self.invalidate(&record.id);
         if existed {

@@ -1,6 +1,6 @@
 //! `/metrics`: requests by route and status, sign latency per provider, provider
-//! health, and each guest's traps, timeouts, denied egress and busy instances, in
-//! the Prometheus text format.
+//! health, and each guest's traps, timeouts, denied egress, dropped log lines,
+//! recycled and busy instances and storage in use, in the Prometheus text format.
 
 use axum::http::StatusCode;
 use prometheus::core::Collector;
@@ -78,6 +78,29 @@ impl Metrics {
             "Guest instances lent out now",
         );
         let size = gauge("kmsgw_guest_instances", "Guest instances in the pool");
+        let dropped = counter(
+            "kmsgw_guest_log_lines_dropped_total",
+            "Guest log lines dropped over limits.logLinesPerSecond",
+        );
+        let recycled = counter(
+            "kmsgw_guest_instances_recycled_total",
+            "Guest instances replaced because a call left resources behind",
+        );
+        let storage_bytes = gauge(
+            "kmsgw_guest_storage_bytes",
+            "Bytes a guest holds in its storage (key + sealed value)",
+        );
+        let storage_entries = gauge(
+            "kmsgw_guest_storage_entries",
+            "Entries a guest holds in its storage",
+        );
+        let usage = match gateway.catalog().guest_usage().await {
+            Ok(usage) => usage,
+            Err(e) => {
+                tracing::warn!(error = %e, "guest storage usage could not be read for /metrics");
+                Vec::new()
+            }
+        };
         for registered in gateway.providers() {
             if let Some(stats) = registered.provider.guest_stats() {
                 let id = [registered.provider.id()];
@@ -85,6 +108,16 @@ impl Metrics {
                 traps.with_label_values(&id).inc_by(stats.traps);
                 timeouts.with_label_values(&id).inc_by(stats.timeouts);
                 denied.with_label_values(&id).inc_by(stats.denied_egress);
+                dropped
+                    .with_label_values(&id)
+                    .inc_by(stats.log_lines_dropped);
+                recycled.with_label_values(&id).inc_by(stats.recycled);
+                let (entries, bytes) = usage
+                    .iter()
+                    .find(|(provider, _, _)| provider == id[0])
+                    .map_or((0, 0), |(_, entries, bytes)| (*entries, *bytes));
+                storage_entries.with_label_values(&id).set(entries);
+                storage_bytes.with_label_values(&id).set(bytes);
                 in_use
                     .with_label_values(&id)
                     .set(gauge(stats.instances_in_use));
@@ -93,10 +126,10 @@ impl Metrics {
         }
         let mut families = self.registry.gather();
         families.extend(health.collect());
-        for collector in [&traps, &timeouts, &denied] {
+        for collector in [&traps, &timeouts, &denied, &dropped, &recycled] {
             families.extend(collector.collect());
         }
-        for collector in [&in_use, &size] {
+        for collector in [&in_use, &size, &storage_bytes, &storage_entries] {
             families.extend(collector.collect());
         }
         // Families with no samples (no guests configured) are left out of the text.

@@ -210,6 +210,11 @@ pub trait Provider: Send + Sync {
     fn guest_stats(&self) -> Option<GuestStats> {
         None
     }
+
+    /// The limits a guest runs under, for `GET /providers`; `None` for native providers.
+    fn guest_limits(&self) -> Option<&wasm::limits::GuestLimits> {
+        None
+    }
 }
 
 /// What a guest provider has been through, for operators.
@@ -218,6 +223,9 @@ pub struct GuestStats {
     pub traps: u64,
     pub timeouts: u64,
     pub denied_egress: u64,
+    pub log_lines_dropped: u64,
+    /// Instances dropped after a call because the call left resources behind.
+    pub recycled: u64,
     pub instances_in_use: usize,
     pub instances: usize,
 }

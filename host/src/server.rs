@@ -26,8 +26,9 @@ use crate::providers::http::HttpProvider;
 use crate::providers::pkcs11::Pkcs11Provider;
 use crate::providers::vault::VaultProvider;
 use crate::providers::wasm::host::AllowedHost;
+use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
-use crate::providers::wasm::{DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, WasmOptions, WasmProvider};
+use crate::providers::wasm::{WasmOptions, WasmProvider};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -227,11 +228,14 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
 
 /// The guest engine, sized for every `wasm` entry; `None` when there are none.
 fn wasm_runtime(config: &Config, data_dir: &Path) -> Result<Option<WasmRuntime>, StartError> {
-    let limits: Vec<_> = config
+    // Invalid limits are reported with their entry by `wasm_options`; defaults size the engine meanwhile.
+    let limits: Vec<GuestLimits> = config
         .providers
         .iter()
         .filter_map(|p| match &p.config {
-            ProviderConfig::Wasm(w) => Some((instances_of(w), memory_of(w))),
+            ProviderConfig::Wasm(w) => {
+                Some(GuestLimits::resolve(w.limits.as_ref()).unwrap_or_default())
+            }
             _ => None,
         })
         .collect();
@@ -243,36 +247,17 @@ fn wasm_runtime(config: &Config, data_dir: &Path) -> Result<Option<WasmRuntime>,
         // spare slots cover warm-up overlapping a replacement.
         instances: limits
             .iter()
-            .map(|(n, _)| u32::try_from(*n).unwrap_or(u32::MAX))
-            .sum::<u32>()
-            + 4,
-        max_memory_bytes: limits.iter().map(|(_, m)| *m).max().unwrap_or(0),
+            .map(|l| u32::try_from(l.instances).unwrap_or(u32::MAX))
+            .fold(4u32, u32::saturating_add),
+        max_memory_bytes: limits
+            .iter()
+            .map(GuestLimits::memory_bytes)
+            .max()
+            .unwrap_or(0),
     };
     WasmRuntime::new(sizing, Some(data_dir.join("wasm-cache")))
         .map(Some)
         .map_err(|e| StartError::setup("cannot start the WebAssembly engine", format!("{e:#}")))
-}
-
-fn instances_of(config: &WasmConfig) -> usize {
-    config
-        .limits
-        .as_ref()
-        .and_then(|l| l.instances)
-        .map_or_else(
-            || std::thread::available_parallelism().map_or(2, |n| n.get()),
-            |n| n as usize,
-        )
-}
-
-fn memory_of(config: &WasmConfig) -> usize {
-    let mb = config
-        .limits
-        .as_ref()
-        .and_then(|l| l.memory_mb)
-        .unwrap_or(DEFAULT_MEMORY_MB);
-    usize::try_from(mb)
-        .unwrap_or(usize::MAX / 2)
-        .saturating_mul(1 << 20)
 }
 
 /// Turns a `wasm` entry into run options; a relative component path is taken
@@ -300,19 +285,14 @@ fn wasm_options(
                 .ok()
         })
         .collect();
-    let limits = config.limits.as_ref();
-    let timeout_ms = limits
-        .and_then(|l| l.timeout_ms)
-        .unwrap_or(u64::try_from(DEFAULT_TIMEOUT.as_millis()).unwrap_or(u64::MAX));
-    if timeout_ms == 0
-        || limits.and_then(|l| l.instances) == Some(0)
-        || limits.and_then(|l| l.memory_mb) == Some(0)
-    {
-        problems.push(Problem {
-            path: format!("{path}.limits"),
-            message: "memoryMb, timeoutMs and instances must be greater than zero".into(),
-        });
-    }
+    let limits = GuestLimits::resolve(config.limits.as_ref())
+        .map_err(|message| {
+            problems.push(Problem {
+                path: format!("{path}.limits"),
+                message,
+            })
+        })
+        .unwrap_or_default();
     if !problems.is_empty() {
         return Err(ConfigError::Invalid {
             source_name: source_name.to_owned(),
@@ -320,14 +300,12 @@ fn wasm_options(
         });
     }
     Ok(WasmOptions {
-        instances: instances_of(&config),
-        memory_bytes: memory_of(&config),
         id,
         component: base_dir.join(&config.component),
         sha256: config.sha256,
         config: config.config.unwrap_or(serde_json::Value::Null),
         allowed_hosts,
-        timeout: Duration::from_millis(timeout_ms),
+        limits,
     })
 }
 

@@ -412,13 +412,20 @@ impl Gateway {
 
     /// Signs `message` with `kid` and returns the base64url signature, asserting 200.
     pub async fn sign(&self, kid: &str, message: &[u8]) -> String {
+        self.sign_with(&self.client, kid, message).await
+    }
+
+    /// [`Gateway::sign`] through `client`.
+    pub async fn sign_with(&self, client: &reqwest::Client, kid: &str, message: &[u8]) -> String {
         let data = base64::engine::general_purpose::STANDARD.encode(message);
-        let (status, json) = self
-            .post(
-                &format!("/keys/{kid}/sign"),
-                serde_json::json!({ "data": data }),
-            )
-            .await;
+        let response = client
+            .post(format!("{}/keys/{kid}/sign", self.base))
+            .json(&serde_json::json!({ "data": data }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("sign with `{kid}` got no answer: {e}"));
+        let status = response.status();
+        let json: Value = response.json().await.expect("a JSON answer");
         assert_eq!(status, StatusCode::OK, "{json}");
         json["signature"].as_str().expect("signature").to_owned()
     }
@@ -581,4 +588,112 @@ pub fn assert_scalar_absent(files: &[PathBuf], scalar: &[u8; 32]) {
 /// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Guest tests run one at a time: each starts gateways that compile components, and
+/// the deadline and resource tests must not compete with each other for the CPU.
+pub static GUEST_SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A `kB` figure from `/proc/<pid>/status`, e.g. `VmRSS` or `VmHWM` (the peak).
+pub fn proc_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of kB")
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Signs with one key in a loop until stopped, verifying every signature and
+/// recording each answer's latency: shows that a provider keeps serving while
+/// something else is under attack.
+pub struct SignWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Duration>>,
+}
+
+impl SignWatcher {
+    /// Starts signing with `kid` (public key `jwk`) through `gw` every `pause`, on
+    /// the harness's kept-alive connections.
+    pub fn start(gw: std::sync::Arc<Gateway>, kid: &str, jwk: Value, pause: Duration) -> Self {
+        Self::spawn(gw, kid, jwk, pause, None)
+    }
+
+    /// Like [`SignWatcher::start`], but each sign opens a new connection (and
+    /// fails after 5 s without an answer).
+    pub fn start_on_new_connections(
+        gw: std::sync::Arc<Gateway>,
+        kid: &str,
+        jwk: Value,
+        pause: Duration,
+    ) -> Self {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a client");
+        Self::spawn(gw, kid, jwk, pause, Some(client))
+    }
+
+    fn spawn(
+        gw: std::sync::Arc<Gateway>,
+        kid: &str,
+        jwk: Value,
+        pause: Duration,
+        client: Option<reqwest::Client>,
+    ) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (stop, kid) = (stop.clone(), kid.to_owned());
+            async move {
+                let mut latencies = Vec::new();
+                // At least one sign, and one after the stop: "before, during and after".
+                loop {
+                    let started = Instant::now();
+                    let signature = match &client {
+                        None => gw.sign(&kid, b"still here").await,
+                        Some(client) => gw.sign_with(client, &kid, b"still here").await,
+                    };
+                    latencies.push(started.elapsed());
+                    assert_verifies(&jwk, b"still here", &signature);
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break latencies;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        });
+        SignWatcher { stop, task }
+    }
+
+    /// Stops and returns the sorted latencies of every answered, verified sign.
+    ///
+    /// # Panics
+    /// When a sign failed or did not verify.
+    pub async fn finish(self) -> Vec<Duration> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut latencies = self
+            .task
+            .await
+            .expect("every sign was answered and verified");
+        latencies.sort();
+        latencies
+    }
+}
+
+/// The value at quantile `q` (0..=1) of sorted `values`.
+pub fn quantile(values: &[Duration], q: f64) -> Duration {
+    assert!(!values.is_empty(), "no values");
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values[index]
 }

@@ -8,10 +8,23 @@
 //! | `trap` | panics, which traps (the host must replace the instance) |
 //! | `egress:URL` | fetches URL (the host must deny hosts outside `allowedHosts`) |
 //! | `snoop:KEY` | looks for storage KEY (exactly and as a prefix), lists every stored key, and reports what it saw |
+//! | `store:N` | writes N values of 64 KiB into its storage (the host's quota must stop it) |
+//! | `log:N:SIZE` | logs N lines of SIZE bytes that start with a forged gateway line |
+//! | `error:N` | fails with an N-byte error message |
+//! | `bigsig:N` | returns an N-byte "signature" |
+//! | `upload:MIB:URL` | POSTs a MIB MiB body to URL |
+//! | `download:URL` | GETs URL and reads the whole body |
+//! | `hoard:N` | keeps N header sets of 100 KiB alive across calls |
+//! | `fanout:N:URL` | starts N requests to URL and never waits for them |
+//!
+//! Keys whose kid starts with `bigid` get a 4 MiB external id, `bigjwk` a 4 MiB public
+//! JWK, and `sticky` cannot be deleted (the backend refuses).
 //!
 //! Config `{"signature": "der"}` returns DER instead of raw `r‖s`, and
 //! `{"signature": "wrong-key"}` signs with another key: both must fail
 //! `kmsgw adapter check`.
+
+mod hoard;
 
 use kmsgw_guest_sdk::http::Request;
 use kmsgw_guest_sdk::{Adapter, Alg, Error, KeyMaterial, export_adapter, jwk, storage};
@@ -54,9 +67,18 @@ impl Adapter for Hostile {
         let key = SigningKey::from_slice(&bytes)
             .map_err(|_| Error::Internal("bad random scalar".into()))?;
         storage::set(&format!("key/{kid}"), &key.to_bytes())?;
+        let mut public_jwk = jwk::p256_public_jwk(&key.verifying_key().to_sec1_bytes())?;
+        let mut external_id = kid.to_owned();
+        let huge = 4 << 20;
+        if kid.starts_with("bigid") {
+            external_id.push_str(&"i".repeat(huge));
+        }
+        if kid.starts_with("bigjwk") {
+            public_jwk.insert_str(1, &format!("\"pad\":\"{}\",", "j".repeat(huge)));
+        }
         Ok(KeyMaterial {
-            external_id: kid.to_owned(),
-            public_jwk: jwk::p256_public_jwk(&key.verifying_key().to_sec1_bytes())?,
+            external_id,
+            public_jwk,
         })
     }
 
@@ -95,6 +117,12 @@ impl Adapter for Hostile {
                 listed.len()
             )));
         }
+        if let Some(report) = attack(text) {
+            return Err(report);
+        }
+        if let Some(size) = text.strip_prefix("bigsig:") {
+            return Ok(vec![0x51; number(size)]);
+        }
         let key = key_for(external_id)?;
         let signature: Signature = if self.mode == Mode::WrongKey {
             SigningKey::from_slice(&[7u8; 32])
@@ -110,9 +138,32 @@ impl Adapter for Hostile {
     }
 
     fn delete_key(&self, external_id: &str) -> Result<(), Error> {
+        if external_id.starts_with("sticky") {
+            return Err(Error::Denied("this backend never deletes keys".into()));
+        }
         storage::delete(&format!("key/{external_id}"))?;
         Ok(())
     }
+}
+
+fn number(text: &str) -> usize {
+    text.parse().unwrap_or(0)
+}
+
+/// Runs the attack `text` names, if it names one; returns its report.
+fn attack(text: &str) -> Option<Error> {
+    let (name, rest) = text.split_once(':')?;
+    let (first, second) = rest.split_once(':').unwrap_or((rest, ""));
+    Some(match name {
+        "store" => hoard::store(number(rest)),
+        "log" => hoard::log(number(first), number(second)),
+        "error" => Error::Internal("E".repeat(number(rest))),
+        "upload" => hoard::upload(second, number(first)),
+        "download" => hoard::download(rest),
+        "hoard" => hoard::hoard(number(rest)),
+        "fanout" => hoard::fan_out(second, number(first)),
+        _ => return None,
+    })
 }
 
 export_adapter!(Hostile);

@@ -4,6 +4,7 @@ use aws_lc_rs::digest::{SHA256, digest};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -17,6 +18,7 @@ use crate::auth::Principal;
 use crate::catalog::KeyRecord;
 use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
+use crate::gateway::Retraction;
 use crate::providers::Alg;
 
 /// `POST /keys`: every field optional.
@@ -283,17 +285,44 @@ pub async fn sign(
     }))
 }
 
-/// Delete a key.
+/// `DELETE /keys/{kid}` query.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteQuery {
+    /// Retract the key from the catalog and JWKS even when its backend refuses the
+    /// delete or its provider is no longer configured.
+    force: Option<bool>,
+}
+
+/// What a forced delete did.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedDelete {
+    kid: String,
+    provider: String,
+    /// Whether the backend deleted the key as well.
+    backend_deleted: bool,
+    /// When the backend did not delete it: what may remain there, and why.
+    may_remain: Option<String>,
+}
+
+/// Delete a key (204), or with `force=true` retract it whatever its backend says (200).
 #[utoipa::path(delete, path = "/keys/{kid}", tag = "keys",
-    params(("kid" = String, Path, description = "The key to delete", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
-    responses((status = 204, description = "Deleted"), ErrorResponses),
+    params(("kid" = String, Path, description = "The key to delete", pattern = r"^[A-Za-z0-9._:~-]{1,128}$"), DeleteQuery),
+    responses((status = 204, description = "Deleted"),
+        (status = 200, description = "Retracted (force=true)", body = ForcedDelete), ErrorResponses),
     security(("bearer" = ["keys:delete"])))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(principal): Caller,
     Path(kid): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     principal.require(Scope::KeysDelete)?;
+    if query_of(query)?.force == Some(true) {
+        return force_delete(&state, &principal, kid).await;
+    }
     let result = state
         .gateway
         .delete_key(principal.tenant.as_deref(), &kid)
@@ -310,7 +339,43 @@ pub async fn delete(
     )
     .await?;
     result?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn force_delete(
+    state: &AppState,
+    principal: &Principal,
+    kid: String,
+) -> Result<Response, ApiError> {
+    let result = state
+        .gateway
+        .retract_key(principal.tenant.as_deref(), &kid)
+        .await
+        .map_err(ApiError::from);
+    let provider = result.as_ref().ok().map(|r| r.record.provider.as_str());
+    audit(
+        state,
+        principal,
+        Action::ForceDelete,
+        (Some(&kid), provider),
+        None,
+        &result,
+    )
+    .await?;
+    let Retraction { record, backend } = result?;
+    let may_remain = backend.err().map(|reason| {
+        format!(
+            "provider `{}` may still hold the key (its id there: `{}`): {reason}",
+            record.provider, record.external_id
+        )
+    });
+    Ok(Json(ForcedDelete {
+        backend_deleted: may_remain.is_none(),
+        may_remain,
+        provider: record.provider.clone(),
+        kid,
+    })
+    .into_response())
 }
 
 /// Read one key's public record.

@@ -16,6 +16,7 @@ use super::{AppState, Caller};
 use crate::audit::{Action, AuditRecord, Verification};
 use crate::catalog::AuditFilter;
 use crate::config::Scope;
+use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::{Capabilities, ProviderKind};
 
 /// Liveness.
@@ -119,6 +120,9 @@ pub struct ProviderInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<String>,
     capabilities: Capabilities,
+    /// What a guest may make the host hold (guests only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<GuestLimits>,
 }
 
 /// What each configured provider is and can do.
@@ -140,6 +144,7 @@ pub async fn providers(
                 kind: r.provider.kind(),
                 description: r.description.clone(),
                 capabilities: r.provider.capabilities().clone(),
+                limits: r.provider.guest_limits().cloned(),
             })
             .collect(),
     ))

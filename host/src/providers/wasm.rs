@@ -5,13 +5,14 @@
 
 pub mod bindings;
 pub mod host;
+pub mod limits;
 pub mod pool;
 pub mod runtime;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
@@ -20,7 +21,11 @@ use zeroize::Zeroizing;
 use self::bindings::kmsgw::adapter::types::{
     Alg as GuestAlg, Error as GuestError, KeyMaterial as GuestKeyMaterial,
 };
-use self::host::{AllowedHost, GuestStorage, HostState};
+use self::host::{AllowedHost, GuestShared};
+use self::limits::{
+    GuestLimits, MAX_EXTERNAL_ID_BYTES, MAX_GUEST_TEXT_BYTES, MAX_PUBLIC_JWK_BYTES,
+    MAX_SIGNATURE_BYTES, sanitize,
+};
 use self::pool::{Lease, Pool};
 use self::runtime::{LoadError, WasmRuntime};
 use super::{
@@ -30,11 +35,6 @@ use crate::catalog::{Catalog, KeyRecord};
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk, base64url};
 
-/// Default per-call deadline.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
-/// Default memory cap per instance.
-pub const DEFAULT_MEMORY_MB: u64 = 64;
-
 /// How to run one guest provider.
 pub struct WasmOptions {
     pub id: String,
@@ -42,9 +42,7 @@ pub struct WasmOptions {
     pub sha256: Option<String>,
     pub config: serde_json::Value,
     pub allowed_hosts: Vec<AllowedHost>,
-    pub memory_bytes: usize,
-    pub timeout: Duration,
-    pub instances: usize,
+    pub limits: GuestLimits,
 }
 
 /// Why a guest call did not produce an answer.
@@ -83,15 +81,18 @@ pub(crate) fn guest_call_outcome<T>(
     }
 }
 
+/// A guest's error becomes the provider error of its kind, its text cut and
+/// escaped before it reaches a client or the log.
 impl From<GuestError> for ProviderError {
     fn from(e: GuestError) -> Self {
+        let text = |m: String| sanitize(&m, MAX_GUEST_TEXT_BYTES);
         match e {
-            GuestError::NotFound(m) => ProviderError::KeyNotFound(m),
-            GuestError::Unsupported(m) => ProviderError::Unsupported(m),
-            GuestError::InvalidInput(m) => ProviderError::InvalidInput(m),
-            GuestError::Denied(m) => ProviderError::Backend(format!("denied: {m}")),
-            GuestError::Unavailable(m) => ProviderError::Unavailable(m),
-            GuestError::Internal(m) => ProviderError::Backend(m),
+            GuestError::NotFound(m) => ProviderError::KeyNotFound(text(m)),
+            GuestError::Unsupported(m) => ProviderError::Unsupported(text(m)),
+            GuestError::InvalidInput(m) => ProviderError::InvalidInput(text(m)),
+            GuestError::Denied(m) => ProviderError::Backend(format!("denied: {}", text(m))),
+            GuestError::Unavailable(m) => ProviderError::Unavailable(text(m)),
+            GuestError::Internal(m) => ProviderError::Backend(text(m)),
         }
     }
 }
@@ -108,20 +109,12 @@ fn host_alg(alg: GuestAlg) -> Alg {
     }
 }
 
-/// Counters for operators: traps, timeouts, denied requests.
-#[derive(Default)]
-struct GuestCounters {
-    traps: AtomicU64,
-    timeouts: AtomicU64,
-    denied_egress: Arc<AtomicU64>,
-}
-
 /// A guest adapter as a provider.
 pub struct WasmProvider {
     id: String,
     capabilities: Capabilities,
     pool: Pool,
-    counters: GuestCounters,
+    shared: Arc<GuestShared>,
 }
 
 /// Runs a call on a leased instance under the pool's deadline and settles it.
@@ -155,25 +148,18 @@ impl WasmProvider {
         master: Arc<MasterKey>,
     ) -> Result<Self, WasmStartError> {
         let pre = runtime.load(&options.component, options.sha256.as_deref())?;
-        let counters = GuestCounters::default();
-        let storage = GuestStorage {
-            provider_id: Arc::from(options.id.as_str()),
+        let shared = Arc::new(GuestShared::new(
+            &options.id,
+            options.limits,
+            options.allowed_hosts,
             catalog,
             master,
-        };
-        let allowed: Arc<[AllowedHost]> = options.allowed_hosts.into();
-        let denied = counters.denied_egress.clone();
-        let memory = options.memory_bytes;
-        let make_state = Box::new(move || {
-            HostState::new(storage.clone(), allowed.clone(), denied.clone(), memory)
-        });
+        ));
         let pool = Pool::new(
             runtime.engine().clone(),
             pre,
-            make_state,
+            Arc::clone(&shared),
             options.config.to_string(),
-            options.instances.max(1),
-            options.timeout,
         );
         let init_error = |reason: String| WasmStartError::Init {
             id: options.id.clone(),
@@ -182,7 +168,7 @@ impl WasmProvider {
         let caps = pool
             .warm_up()
             .await
-            .map_err(|e| init_error(e.to_string()))?;
+            .map_err(|e| init_error(sanitize(&e.to_string(), MAX_GUEST_TEXT_BYTES)))?;
         let capabilities = Capabilities {
             can_create: caps.can_create,
             can_import: caps.can_import,
@@ -201,34 +187,40 @@ impl WasmProvider {
             id: options.id,
             capabilities,
             pool,
-            counters,
+            shared,
         })
     }
 
-    fn pool_timeout(&self) -> Duration {
-        self.pool.timeout()
+    fn pool_timeout(&self) -> std::time::Duration {
+        self.shared.limits.timeout()
     }
 
     fn failure(&self, op: &str, failure: GuestFailure, stderr: Option<String>) -> ProviderError {
         match failure {
             GuestFailure::Guest(e) => e.into(),
             GuestFailure::Trap(detail) => {
-                self.counters.traps.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(provider = %self.id, op, trap = %detail, stderr = stderr.unwrap_or_default(),
+                self.shared.counters.traps.fetch_add(1, Ordering::Relaxed);
+                let stderr = sanitize(&stderr.unwrap_or_default(), 4 * MAX_GUEST_TEXT_BYTES);
+                tracing::error!(provider = %self.id, op, trap = %sanitize(&detail, 4 * MAX_GUEST_TEXT_BYTES), stderr,
                     "guest trapped; its instance is replaced");
                 ProviderError::Backend(format!("guest `{}` crashed during {op}", self.id))
             }
             GuestFailure::Timeout => {
-                self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .timeouts
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(provider = %self.id, op, "guest missed its deadline; its instance is replaced");
                 ProviderError::Timeout
             }
             GuestFailure::Busy(n) => {
                 ProviderError::Unavailable(format!("all {n} instances of `{}` are busy", self.id))
             }
-            GuestFailure::Init(reason) => {
-                ProviderError::Unavailable(format!("guest `{}`: {reason}", self.id))
-            }
+            GuestFailure::Init(reason) => ProviderError::Unavailable(format!(
+                "guest `{}`: {}",
+                self.id,
+                sanitize(&reason, MAX_GUEST_TEXT_BYTES)
+            )),
         }
     }
 
@@ -257,6 +249,16 @@ impl WasmProvider {
     }
 
     fn material(&self, material: GuestKeyMaterial) -> Result<KeyMaterial, ProviderError> {
+        self.bounded(
+            "external id",
+            material.external_id.len(),
+            MAX_EXTERNAL_ID_BYTES,
+        )?;
+        self.bounded(
+            "public JWK",
+            material.public_jwk.len(),
+            MAX_PUBLIC_JWK_BYTES,
+        )?;
         let jwk: PublicJwk = serde_json::from_str(&material.public_jwk).map_err(|e| {
             ProviderError::Backend(format!(
                 "guest returned a public JWK that is not a JWK: {e}"
@@ -272,6 +274,20 @@ impl WasmProvider {
             public_jwk,
             sealed_secret: None,
         })
+    }
+}
+
+impl WasmProvider {
+    /// Refuses an answer larger than the host keeps (502 with a short message).
+    fn bounded(&self, what: &str, len: usize, max: usize) -> Result<(), ProviderError> {
+        if len <= max {
+            return Ok(());
+        }
+        tracing::error!(provider = %self.id, what, len, max, "guest returned an oversized answer");
+        Err(ProviderError::Backend(format!(
+            "guest `{}` returned a {len}-byte {what}; the gateway accepts at most {max} bytes",
+            self.id
+        )))
     }
 }
 
@@ -334,6 +350,7 @@ impl Provider for WasmProvider {
             message,
             guest_alg(alg)
         ))?;
+        self.bounded("signature", signature.len(), MAX_SIGNATURE_BYTES)?;
         // A buggy or malicious guest must not hand a client a bad signature.
         let point = key
             .public_jwk
@@ -379,12 +396,19 @@ impl Provider for WasmProvider {
     }
 
     fn guest_stats(&self) -> Option<GuestStats> {
+        let counters = &self.shared.counters;
         Some(GuestStats {
-            traps: self.counters.traps.load(Ordering::Relaxed),
-            timeouts: self.counters.timeouts.load(Ordering::Relaxed),
-            denied_egress: self.counters.denied_egress.load(Ordering::Relaxed),
+            traps: counters.traps.load(Ordering::Relaxed),
+            timeouts: counters.timeouts.load(Ordering::Relaxed),
+            denied_egress: counters.denied_egress.load(Ordering::Relaxed),
+            log_lines_dropped: counters.log_lines_dropped.load(Ordering::Relaxed),
+            recycled: counters.recycled.load(Ordering::Relaxed),
             instances_in_use: self.pool.in_use(),
             instances: self.pool.size(),
         })
+    }
+
+    fn guest_limits(&self) -> Option<&GuestLimits> {
+        Some(&self.shared.limits)
     }
 }

@@ -4,7 +4,6 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -12,11 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use kmsgw_tests::*;
 use serde_json::{Value, json};
 
-/// These tests run one at a time: each starts gateways that compile components,
-/// and the deadline test must not compete with them for the CPU.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn wasm_entry(id: &str, component: &str, extra: Value) -> Value {
+pub(crate) fn wasm_entry(id: &str, component: &str, extra: Value) -> Value {
     let mut entry = json!({"id": id, "type": "wasm", "component": guest(component)});
     entry
         .as_object_mut()
@@ -25,7 +20,7 @@ fn wasm_entry(id: &str, component: &str, extra: Value) -> Value {
     entry
 }
 
-async fn sign_data(gw: &Gateway, kid: &str, message: &[u8]) -> (StatusCode, Value) {
+pub(crate) async fn sign_data(gw: &Gateway, kid: &str, message: &[u8]) -> (StatusCode, Value) {
     gw.post(
         &format!("/keys/{kid}/sign"),
         json!({"data": STANDARD.encode(message)}),
@@ -35,7 +30,7 @@ async fn sign_data(gw: &Gateway, kid: &str, message: &[u8]) -> (StatusCode, Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_soft_signer_and_remote_http_keys_serve_through_one_api() {
-    let _serial = SERIAL.lock().await;
+    let _serial = GUEST_SERIAL.lock().await;
     // The remote KMS is a second kmsgw: it speaks the contract the guest consumes.
     let remote_site = Site::new(Db::Sqlite).await;
     let remote = remote_site.start();
@@ -120,7 +115,7 @@ fn adapter_check(component: &str, args: &[&str]) -> (Option<i32>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_gets_wrong() {
-    let _serial = SERIAL.lock().await;
+    let _serial = GUEST_SERIAL.lock().await;
     let (code, text) = adapter_check("soft_signer", &[]);
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("PASS  import → sign → verify"), "{text}");
@@ -156,15 +151,9 @@ async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_ge
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_guests_cost_one_request_and_never_the_gateway() {
-    let _serial = SERIAL.lock().await;
+    let _serial = GUEST_SERIAL.lock().await;
     let timeout_ms = 300;
     let site = Site::new(Db::Sqlite).await;
     let gw = Arc::new(site.start_configured(&json!({
@@ -182,24 +171,12 @@ async fn hostile_guests_cost_one_request_and_never_the_gateway() {
         .await;
 
     // The healthy provider keeps answering during and after every attack.
-    let stop = Arc::new(AtomicBool::new(false));
-    let healthy_signs = Arc::new(AtomicUsize::new(0));
-    let watcher = {
-        let (gw, stop, count, jwk) = (
-            gw.clone(),
-            stop.clone(),
-            healthy_signs.clone(),
-            healthy["publicJwk"].clone(),
-        );
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let signature = gw.sign("healthy", b"still here").await;
-                assert_verifies(&jwk, b"still here", &signature);
-                count.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-    };
+    let watcher = SignWatcher::start(
+        gw.clone(),
+        "healthy",
+        healthy["publicJwk"].clone(),
+        Duration::from_millis(10),
+    );
 
     // An infinite loop: 504 within the deadline plus 100 ms.
     let started = Instant::now();
@@ -222,7 +199,7 @@ async fn hostile_guests_cost_one_request_and_never_the_gateway() {
         (StatusCode::BAD_GATEWAY, Some("backend_error")),
         "{body}"
     );
-    let rss = rss_kib(gw.pid());
+    let rss = proc_kib(gw.pid(), "VmRSS");
     assert!(rss < 400 * 1024, "gateway RSS grew to {rss} KiB");
     assert!(
         gw.log_text().contains("memory allocation"),
@@ -278,11 +255,7 @@ async fn hostile_guests_cost_one_request_and_never_the_gateway() {
         "{body}"
     );
 
-    stop.store(true, Ordering::Relaxed);
-    watcher
-        .await
-        .expect("healthy provider answered every request");
-    assert!(healthy_signs.load(Ordering::Relaxed) >= 5);
+    assert!(watcher.finish().await.len() >= 5);
     let (_, health) = gw.get("/health/kms").await;
     assert!(
         health.as_array().unwrap().iter().all(|h| h["ok"] == true),
@@ -292,7 +265,7 @@ async fn hostile_guests_cost_one_request_and_never_the_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_storage_is_sealed_and_survives_a_restart() {
-    let _serial = SERIAL.lock().await;
+    let _serial = GUEST_SERIAL.lock().await;
     let site = Site::new(Db::Sqlite).await;
     let config = json!({"providers": [{"id": "db", "type": "db"}, wasm_entry("soft", "soft_signer", json!({}))]});
     let gw = site.start_configured(&config);
@@ -323,7 +296,7 @@ async fn guest_storage_is_sealed_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_sha256_refuses_to_start_and_the_compiled_cache_is_reused() {
-    let _serial = SERIAL.lock().await;
+    let _serial = GUEST_SERIAL.lock().await;
     let site = Site::new(Db::Sqlite).await;
     let component = site.dir.path().join("guest.wasm");
     std::fs::copy(guest("soft_signer"), &component).unwrap();

@@ -4,6 +4,7 @@
 
 mod aws_kms;
 mod config;
+mod containment;
 mod contract;
 mod crash;
 mod guests;

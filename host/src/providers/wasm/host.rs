@@ -1,11 +1,19 @@
 //! What the host grants a guest instance: its store state, the `storage` and `log`
 //! imports, WASI (clocks, random, io; no filesystem, environment or sockets), and
-//! outgoing HTTP filtered against the provider's `allowedHosts`.
+//! outgoing HTTP filtered against the provider's `allowedHosts`. Everything a guest
+//! can make the host hold here is bounded by the provider's [`GuestLimits`]:
+//! storage by a quota, the log by line length and rate, outgoing HTTP by body sizes
+//! and requests in flight, and wasi resources by the instance's table size.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -16,7 +24,8 @@ use wasmtime_wasi_http::{
 };
 
 use super::bindings::kmsgw::adapter::{log, storage};
-use crate::catalog::Catalog;
+use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
+use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
 use crate::crypto::seal::MasterKey;
 
 /// Largest guest storage key, in bytes.
@@ -75,11 +84,100 @@ impl AllowedHost {
     }
 }
 
-/// Decides which outgoing requests a guest may make; everything else is denied.
+/// Counters of one guest provider, for `/metrics`.
+#[derive(Default)]
+pub struct GuestCounters {
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub denied_egress: AtomicU64,
+    pub log_lines_dropped: AtomicU64,
+    /// Instances dropped after a call because they held resources the call left behind.
+    pub recycled: AtomicU64,
+}
+
+/// What every instance of one guest provider shares: its identity, limits,
+/// storage, log budget, egress allow-list and counters.
+pub struct GuestShared {
+    pub provider_id: Arc<str>,
+    pub limits: GuestLimits,
+    pub allowed: Vec<AllowedHost>,
+    pub catalog: Catalog,
+    pub master: Arc<MasterKey>,
+    pub counters: GuestCounters,
+    log_budget: Mutex<LogBudget>,
+}
+
+impl GuestShared {
+    /// The shared state of provider `provider_id`.
+    pub fn new(
+        provider_id: &str,
+        limits: GuestLimits,
+        allowed: Vec<AllowedHost>,
+        catalog: Catalog,
+        master: Arc<MasterKey>,
+    ) -> Self {
+        let per_second = f64::from(limits.log_lines_per_second);
+        GuestShared {
+            provider_id: Arc::from(provider_id),
+            allowed,
+            catalog,
+            master,
+            counters: GuestCounters::default(),
+            log_budget: Mutex::new(LogBudget {
+                tokens: per_second,
+                refilled: Instant::now(),
+                dropped: 0,
+            }),
+            limits,
+        }
+    }
+
+    fn aad(&self, key: &str) -> String {
+        format!("kmsgw:guest:{}:{key}", self.provider_id)
+    }
+
+    fn quota(&self) -> StorageQuota {
+        StorageQuota {
+            bytes: self.limits.storage_bytes,
+            entries: self.limits.storage_entries,
+        }
+    }
+
+    /// Takes one line from the log budget (a token bucket holding one second of
+    /// lines). `None`: over the rate, drop the line. `Some(n)`: log it, after a note
+    /// that `n` lines were dropped since the last one logged.
+    fn admit_log_line(&self) -> Option<u64> {
+        let per_second = f64::from(self.limits.log_lines_per_second);
+        let mut budget = self.log_budget.lock().expect("log budget lock");
+        let now = Instant::now();
+        let earned = now.duration_since(budget.refilled).as_secs_f64() * per_second;
+        budget.tokens = (budget.tokens + earned).min(per_second);
+        budget.refilled = now;
+        if budget.tokens < 1.0 {
+            budget.dropped += 1;
+            self.counters
+                .log_lines_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        budget.tokens -= 1.0;
+        Some(std::mem::take(&mut budget.dropped))
+    }
+}
+
+/// A provider's log rate: tokens, when they were last refilled, lines dropped since
+/// the last line logged.
+struct LogBudget {
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+/// Decides which outgoing requests a guest may make, and bounds what they hold.
 pub struct EgressFilter {
-    provider_id: Arc<str>,
-    allowed: Arc<[AllowedHost]>,
-    denied: Arc<AtomicU64>,
+    shared: Arc<GuestShared>,
+    /// One permit per request in flight from this instance.
+    in_flight: Arc<Semaphore>,
 }
 
 impl EgressFilter {
@@ -90,51 +188,66 @@ impl EgressFilter {
             .port_u16()
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
         let host = host.to_ascii_lowercase();
-        self.allowed.iter().any(|a| a.matches(scheme, &host, port))
+        self.shared
+            .allowed
+            .iter()
+            .any(|a| a.matches(scheme, &host, port))
     }
 }
+
+type SendResult = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<(), HttpError>> + Send>,
+)>;
 
 impl WasiHttpHooks for EgressFilter {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
-        fut: Box<
-            dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send,
-        >,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<WasiBody>,
-                    Box<
-                        dyn Future<
-                                Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>,
-                            > + Send,
-                    >,
-                )>,
-            > + Send,
-    > {
-        if !self.allows(request.uri()) {
-            self.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(provider = %self.provider_id, uri = %request.uri(),
-                "guest HTTP request denied: destination not in allowedHosts");
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
+        fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<(), HttpError>> + Send>,
+    ) -> Box<dyn Future<Output = SendResult> + Send> {
         let _ = fut;
+        let provider = &self.shared.provider_id;
+        if !self.allows(request.uri()) {
+            self.shared
+                .counters
+                .denied_egress
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(provider = %provider, uri = %request.uri(),
+                "guest HTTP request denied: destination not in allowedHosts");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            let limit = self.shared.limits.http_concurrent;
+            return Box::new(async move {
+                Err(HttpError::InternalError(Some(format!(
+                    "kmsgw: at most {limit} outgoing requests in flight per instance (limits.httpConcurrent)"
+                ))))
+            });
+        };
+        let bounds = (
+            self.shared.limits.http_request_bytes,
+            self.shared.limits.http_response_bytes,
+        );
         Box::new(async move {
-            let response = send_pooled(request, options).await?;
+            let response = send_pooled(request, options, bounds, permit).await?;
             Ok((
                 response,
                 Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
             ))
         })
     }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK_BYTES
+    }
 }
 
 /// The HTTP client all guests' allowed requests go through: connections are kept
 /// and reused (wasmtime's default opens a new one, and a new TLS session, per
 /// request), redirects are not followed (a redirect could leave `allowedHosts`),
-/// and no proxy from the environment is used.
+/// no proxy from the environment is used, and few idle connections are kept.
 fn egress_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
@@ -142,20 +255,37 @@ fn egress_client() -> &'static reqwest::Client {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(16)
             .build()
             .expect("an HTTP client with the built-in TLS roots")
     })
 }
 
-/// Sends a guest's request on the pooled client. Bodies of requests to a KMS are
-/// small, so the request body is read whole first; the response streams.
+/// Sends a guest's request on the pooled client. The request body is read whole
+/// first, up to `request_bytes`; the response streams, up to `response_bytes`, and
+/// holds `permit` (a slot of the instance's requests in flight) until it is dropped.
 async fn send_pooled(
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
+    (request_bytes, response_bytes): (u64, u64),
+    permit: OwnedSemaphorePermit,
 ) -> Result<http::Response<WasiBody>, HttpError> {
     use http_body_util::BodyExt;
     let (parts, body) = request.into_parts();
-    let body = body.collect().await?.to_bytes();
+    let too_big = HttpError::HttpRequestBodySize(Some(request_bytes));
+    if body.size_hint().lower() > request_bytes {
+        return Err(too_big);
+    }
+    let limit = usize::try_from(request_bytes).unwrap_or(usize::MAX);
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            return Err(match e.downcast::<HttpError>() {
+                Ok(inner) => *inner,
+                Err(_) => too_big,
+            });
+        }
+    };
     let mut outgoing = egress_client()
         .request(parts.method, parts.uri.to_string())
         .headers(parts.headers)
@@ -176,24 +306,67 @@ async fn send_pooled(
             HttpError::InternalError(Some(e.to_string()))
         }
     })?;
+    if response
+        .content_length()
+        .is_some_and(|n| n > response_bytes)
+    {
+        return Err(HttpError::HttpResponseBodySize(response.content_length()));
+    }
     let response: http::Response<reqwest::Body> = response.into();
     Ok(response.map(|body| {
-        body.map_err(|e| HttpError::InternalError(Some(e.to_string())))
-            .boxed_unsync()
+        use http_body_util::BodyExt;
+        BoundedBody {
+            inner: body,
+            left: response_bytes,
+            limit: response_bytes,
+            _permit: permit,
+        }
+        .boxed_unsync()
     }))
 }
 
-/// The guest's private key-value store: a namespace of the catalog, sealed.
-#[derive(Clone)]
-pub struct GuestStorage {
-    pub provider_id: Arc<str>,
-    pub catalog: Catalog,
-    pub master: Arc<MasterKey>,
+/// A response body cut off with an error after `limit` bytes; it holds its
+/// request's slot until the guest drops it.
+struct BoundedBody {
+    inner: reqwest::Body,
+    left: u64,
+    limit: u64,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl GuestStorage {
-    fn aad(&self, key: &str) -> String {
-        format!("kmsgw:guest:{}:{key}", self.provider_id)
+impl Body for BoundedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => {
+                return Poll::Ready(Some(Err(HttpError::InternalError(Some(e.to_string())))));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let size = data.len() as u64;
+            if size > self.left {
+                self.left = 0;
+                return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(self.limit)))));
+            }
+            self.left -= size;
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -203,40 +376,43 @@ pub struct HostState {
     http: WasiHttpCtx,
     table: ResourceTable,
     egress: EgressFilter,
-    storage: GuestStorage,
+    shared: Arc<GuestShared>,
     pub limits: StoreLimits,
     pub stderr: MemoryOutputPipe,
 }
 
 impl HostState {
-    /// State for a new instance of the provider that `storage` belongs to.
-    pub fn new(
-        storage: GuestStorage,
-        allowed: Arc<[AllowedHost]>,
-        denied: Arc<AtomicU64>,
-        memory_bytes: usize,
-    ) -> Self {
+    /// State for a new instance of the provider `shared` belongs to.
+    pub fn new(shared: Arc<GuestShared>) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         // No arguments, environment, preopened directories or stdin: an empty WASI.
         let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HEADER_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(shared.limits.resources);
         HostState {
             wasi,
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             egress: EgressFilter {
-                provider_id: storage.provider_id.clone(),
-                allowed,
-                denied,
+                shared: Arc::clone(&shared),
+                in_flight: Arc::new(Semaphore::new(shared.limits.http_concurrent)),
             },
-            storage,
             limits: wasmtime::StoreLimitsBuilder::new()
-                .memory_size(memory_bytes)
+                .memory_size(shared.limits.memory_bytes())
                 .instances(64)
                 .tables(64)
                 .memories(16)
                 .build(),
+            shared,
             stderr,
         }
+    }
+
+    /// How many wasi resources (streams, requests, header sets, …) the guest holds.
+    pub fn resources_held(&mut self) -> usize {
+        self.table.iter_mut().count()
     }
 }
 
@@ -261,7 +437,7 @@ impl WasiHttpView for HostState {
 
 impl storage::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        let s = &self.storage;
+        let s = &self.shared;
         let sealed = s
             .catalog
             .guest_get(&s.provider_id, &key)
@@ -287,19 +463,27 @@ impl storage::Host for HostState {
         if value.len() > MAX_STORAGE_VALUE {
             return Err(format!("values are at most {MAX_STORAGE_VALUE} bytes"));
         }
-        let s = &self.storage;
+        let s = &self.shared;
         let sealed = s.master.seal(&s.aad(&key), &value);
-        s.catalog
-            .guest_set(&s.provider_id, &key, &sealed)
+        match s
+            .catalog
+            .guest_set(&s.provider_id, &key, &sealed, s.quota())
             .await
-            .map_err(|e| {
+        {
+            Ok(()) => Ok(()),
+            Err(GuestWriteError::Quota(reason)) => {
+                tracing::warn!(provider = %s.provider_id, %reason, "guest storage write refused");
+                Err(reason)
+            }
+            Err(GuestWriteError::Catalog(e)) => {
                 tracing::warn!(provider = %s.provider_id, error = %e, "guest storage write failed");
-                "storage is unavailable".to_owned()
-            })
+                Err("storage is unavailable".to_owned())
+            }
+        }
     }
 
     async fn delete(&mut self, key: String) -> Result<bool, String> {
-        let s = &self.storage;
+        let s = &self.shared;
         s.catalog.guest_delete(&s.provider_id, &key).await.map_err(|e| {
             tracing::warn!(provider = %s.provider_id, error = %e, "guest storage delete failed");
             "storage is unavailable".to_owned()
@@ -307,7 +491,7 @@ impl storage::Host for HostState {
     }
 
     async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, String> {
-        let s = &self.storage;
+        let s = &self.shared;
         s.catalog
             .guest_list(&s.provider_id, &prefix)
             .await
@@ -320,7 +504,19 @@ impl storage::Host for HostState {
 
 impl log::Host for HostState {
     async fn log(&mut self, level: log::Level, message: String) {
-        let provider = &*self.storage.provider_id;
+        let shared = &self.shared;
+        let provider = &*shared.provider_id;
+        let Some(dropped) = shared.admit_log_line() else {
+            return;
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                provider,
+                dropped,
+                "guest log lines dropped: the guest logged more than limits.logLinesPerSecond"
+            );
+        }
+        let message = sanitize(&message, shared.limits.log_line_bytes);
         match level {
             log::Level::Trace => tracing::trace!(provider, "guest: {message}"),
             log::Level::Debug => tracing::debug!(provider, "guest: {message}"),

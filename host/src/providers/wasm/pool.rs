@@ -1,9 +1,12 @@
 //! Warm guest instances of one provider. Each instance is instantiated and `init`ed
 //! once, then reused; concurrent calls use different instances and wait (bounded)
 //! when all are busy. An instance that trapped or timed out is dropped, and a
-//! fresh one is made when next needed.
+//! fresh one is made when next needed. So is an instance that holds more wasi
+//! resources after a call than after its `init`: nothing a call started (a pending
+//! request, a stream, a header set) outlives that call.
 
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -11,20 +14,22 @@ use wasmtime::{Engine, Store};
 
 use super::bindings::kmsgw::adapter::types::Capabilities as GuestCapabilities;
 use super::bindings::{Provider as Bindings, ProviderPre};
-use super::host::HostState;
+use super::host::{GuestShared, HostState};
 use super::{GuestFailure, guest_call_outcome};
 
-/// A live guest instance: its store and its exports.
+/// A live guest instance: its store, its exports, and how many wasi resources it
+/// held once initialised.
 pub struct Instance {
     pub store: Store<HostState>,
     pub bindings: Bindings,
+    resources_at_rest: usize,
 }
 
 /// The instances of one provider.
 pub struct Pool {
     engine: Engine,
     pre: ProviderPre<HostState>,
-    make_state: Box<dyn Fn() -> HostState + Send + Sync>,
+    shared: Arc<GuestShared>,
     config_json: String,
     idle: Mutex<Vec<Instance>>,
     permits: Semaphore,
@@ -48,9 +53,21 @@ impl Lease<'_> {
             .expect("a lease holds its instance until released")
     }
 
-    /// Returns the instance to the pool for reuse.
+    /// Returns the instance to the pool for reuse, unless the call left wasi
+    /// resources behind: then the instance is dropped with them.
     pub fn release(mut self) {
-        if let Some(instance) = self.instance.take() {
+        if let Some(mut instance) = self.instance.take() {
+            let held = instance.store.data_mut().resources_held();
+            if held > instance.resources_at_rest {
+                self.pool
+                    .shared
+                    .counters
+                    .recycled
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(provider = %self.pool.shared.provider_id, held,
+                    "guest call left resources behind; its instance is replaced");
+                return;
+            }
             self.pool.idle.lock().expect("pool lock").push(instance);
         }
     }
@@ -69,19 +86,20 @@ impl Lease<'_> {
 }
 
 impl Pool {
-    /// A pool of `size` instances of `pre`, each given `config_json` at init.
+    /// A pool of instances of `pre` (as many as `shared.limits` says), each given
+    /// `config_json` at init.
     pub fn new(
         engine: Engine,
         pre: ProviderPre<HostState>,
-        make_state: Box<dyn Fn() -> HostState + Send + Sync>,
+        shared: Arc<GuestShared>,
         config_json: String,
-        size: usize,
-        timeout: Duration,
     ) -> Self {
+        let size = shared.limits.instances.max(1);
+        let timeout = shared.limits.timeout();
         Pool {
             engine,
             pre,
-            make_state,
+            shared,
             config_json,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Semaphore::new(size),
@@ -105,11 +123,6 @@ impl Pool {
         capabilities.ok_or(GuestFailure::Init("the pool has no instances".into()))
     }
 
-    /// The deadline of every call.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Number of instances.
     pub fn size(&self) -> usize {
         self.size
@@ -121,7 +134,7 @@ impl Pool {
     }
 
     async fn create(&self) -> Result<(Instance, GuestCapabilities), GuestFailure> {
-        let mut store = Store::new(&self.engine, (self.make_state)());
+        let mut store = Store::new(&self.engine, HostState::new(Arc::clone(&self.shared)));
         store.limiter(|state| &mut state.limits);
         // Yield to the async runtime on every epoch tick, so the caller's deadline
         // can stop a guest that never returns.
@@ -145,7 +158,15 @@ impl Pool {
             GuestFailure::Guest(e) => GuestFailure::Init(format!("init refused the config: {e:?}")),
             other => other,
         })?;
-        Ok((Instance { store, bindings }, capabilities))
+        let resources_at_rest = store.data_mut().resources_held();
+        Ok((
+            Instance {
+                store,
+                bindings,
+                resources_at_rest,
+            },
+            capabilities,
+        ))
     }
 
     /// Lends an instance, waiting up to the call timeout when all are busy.
