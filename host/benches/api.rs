@@ -36,7 +36,7 @@ async fn state(dir: &tempfile::TempDir, audit: bool) -> AppState {
     }];
     let gateway = Arc::new(Gateway::new(registered, "db".into(), catalog.clone()));
     gateway
-        .create_key(None, Some("bench".into()), None, None)
+        .create_key(None, Some("bench".into()), None, None, None)
         .await
         .unwrap();
     let config = AuditConfig {

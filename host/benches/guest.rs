@@ -83,11 +83,11 @@ fn guest(c: &mut Criterion) {
         ];
         let gateway = Gateway::new(registered, "db".into(), catalog);
         gateway
-            .create_key(None, Some("on-db".into()), None, None)
+            .create_key(None, Some("on-db".into()), None, None, None)
             .await
             .unwrap();
         gateway
-            .create_key(None, Some("on-guest".into()), None, Some("soft"))
+            .create_key(None, Some("on-guest".into()), None, None, Some("soft"))
             .await
             .unwrap();
         gateway.sign(None, "on-db", b"warm", None).await.unwrap();

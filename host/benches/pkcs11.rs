@@ -81,7 +81,7 @@ fn pkcs11(c: &mut Criterion) {
         ];
         let gateway = Gateway::new(registered, "hsm".into(), catalog);
         gateway
-            .create_key(None, Some("bench-key".into()), None, None)
+            .create_key(None, Some("bench-key".into()), None, None, None)
             .await
             .unwrap();
         gateway

@@ -1,5 +1,7 @@
-//! In-process sign throughput: the bare ES256 signer, and a warm `db` key signed
-//! through the gateway (record and decrypted key cached; no database round trip).
+//! In-process sign throughput: the bare signer of every algorithm, the check the
+//! gateway makes of every non-`db` signature (verification against the public
+//! JWK), and a warm `db` key signed through the gateway (record and decrypted key
+//! cached; no database round trip).
 //!
 //! `cargo bench -p kmsgw --bench sign`
 
@@ -7,18 +9,29 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsgw::catalog::Catalog;
-use kmsgw::crypto::PrivateKey;
 use kmsgw::crypto::seal::MasterKey;
+use kmsgw::crypto::{Alg, PrivateKey};
 use kmsgw::gateway::{Gateway, Registered};
 use kmsgw::providers::db::DbProvider;
 
 fn sign(c: &mut Criterion) {
     let message = [0x5au8; 100];
+    let mut group = c.benchmark_group("alg");
+    group.throughput(Throughput::Elements(1));
+    for &alg in Alg::ALL {
+        let key = PrivateKey::generate(alg, None).unwrap();
+        let signer = key.signer(alg).unwrap();
+        group.bench_function(format!("{alg}/sign"), |b| b.iter(|| signer.sign(&message)));
+        let signature = signer.sign(&message);
+        let public = key.public_jwk().clone();
+        group.bench_function(format!("{alg}/verify"), |b| {
+            b.iter(|| assert!(public.verify(alg, &message, &signature)))
+        });
+    }
+    group.finish();
+
     let mut group = c.benchmark_group("es256");
     group.throughput(Throughput::Elements(1));
-
-    let signer = PrivateKey::generate().signer();
-    group.bench_function("signer", |b| b.iter(|| signer.sign(&message)));
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -39,7 +52,7 @@ fn sign(c: &mut Criterion) {
         }];
         let gateway = Gateway::new(registered, "db".into(), catalog);
         gateway
-            .create_key(None, Some("bench".into()), None, None)
+            .create_key(None, Some("bench".into()), None, None, None)
             .await
             .unwrap();
         gateway.sign(None, "bench", &message, None).await.unwrap();

@@ -87,6 +87,7 @@ pub fn app(state: AppState) -> Router {
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{kid}", get(keys::get).delete(keys::delete))
         .route("/keys/{kid}/sign", post(keys::sign))
+        .route("/keys/{kid}/verify", post(keys::verify))
         .route("/keys/{kid}/import", post(keys::import))
         .route("/.well-known/jwks.json", get(keys::jwks))
         .route("/providers", get(ops::providers))

@@ -7,8 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use p256::ecdsa::signature::Verifier;
-
 use crate::catalog::{Catalog, KeyRecord};
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk};
@@ -17,7 +15,7 @@ use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use crate::providers::wasm::{WasmOptions, WasmProvider};
-use crate::providers::{Alg, Provider, ProviderError};
+use crate::providers::{Alg, KeySpec, Provider, ProviderError};
 
 /// What to check and how to run it.
 pub struct CheckOptions {
@@ -72,13 +70,12 @@ impl Report {
     }
 }
 
-fn verify(jwk: &PublicJwk, message: &[u8], signature: &[u8]) -> Result<(), String> {
-    let point = jwk.to_sec1().map_err(|e| e.to_string())?;
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|e| e.to_string())?;
-    let signature =
-        p256::ecdsa::Signature::from_slice(signature).map_err(|e| format!("not raw r‖s: {e}"))?;
-    key.verify(message, &signature)
-        .map_err(|_| "signature does not verify".to_owned())
+fn verify(jwk: &PublicJwk, alg: Alg, message: &[u8], signature: &[u8]) -> Result<(), String> {
+    if jwk.verify(alg, message, signature) {
+        Ok(())
+    } else {
+        Err("signature does not verify".to_owned())
+    }
 }
 
 const MESSAGES: [&[u8]; 3] = [b"", b"kmsgw adapter check", &[0xa5; 10_000]];
@@ -168,28 +165,74 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     );
 
     let mut generated = None;
-    if caps.can_create {
-        let started = Instant::now();
-        match gateway
-            .create_key(None, Some("adapter-check-generated".into()), None, None)
-            .await
-        {
-            Ok(record) => {
-                report.line(
-                    "generate-key",
-                    Some(started.elapsed()),
-                    Outcome::Pass(String::new()),
-                );
-                sign_and_verify(&mut report, &gateway, &record, "sign → verify").await;
-                generated = Some(record);
-            }
-            Err(e) => report.line(
-                "generate-key",
+    for &alg in Alg::ALL {
+        if !caps.supports(alg) {
+            // The gateway never asks for it; a guest asked anyway must refuse.
+            let started = Instant::now();
+            let outcome = match provider
+                .generate_key("adapter-check-unadvertised", KeySpec::of(alg))
+                .await
+            {
+                Err(ProviderError::Unsupported(_) | ProviderError::InvalidInput(_)) => {
+                    Outcome::Pass("not advertised, and refused".into())
+                }
+                Err(e) => Outcome::Fail(format!(
+                    "not advertised, so it must answer unsupported; got: {e}"
+                )),
+                Ok(_) => Outcome::Fail("not advertised, yet it created a key".into()),
+            };
+            report.line(
+                &format!("{alg}: unadvertised → refused"),
                 Some(started.elapsed()),
-                Outcome::Fail(e.to_string()),
-            ),
+                outcome,
+            );
+            continue;
         }
-    } else {
+        if caps.can_create {
+            let started = Instant::now();
+            let kid = format!("adapter-check-{}", alg.as_str().to_ascii_lowercase());
+            match gateway
+                .create_key(None, Some(kid), Some(alg), None, None)
+                .await
+            {
+                Ok(record) => {
+                    report.line(
+                        &format!("generate-key ({alg})"),
+                        Some(started.elapsed()),
+                        Outcome::Pass(String::new()),
+                    );
+                    let name = format!("generate → sign → verify ({alg})");
+                    sign_and_verify(&mut report, &gateway, &record, &name).await;
+                    generated.get_or_insert(record);
+                }
+                Err(e) => report.line(
+                    &format!("generate-key ({alg})"),
+                    Some(started.elapsed()),
+                    Outcome::Fail(e.to_string()),
+                ),
+            }
+        }
+        if caps.can_import {
+            let started = Instant::now();
+            let kid = format!(
+                "adapter-check-{}-imported",
+                alg.as_str().to_ascii_lowercase()
+            );
+            let known = PrivateKey::generate(alg, None)?;
+            match gateway.import_key(None, kid, &known, Some(alg), None).await {
+                Ok(record) => {
+                    let name = format!("import → sign → verify ({alg})");
+                    sign_and_verify(&mut report, &gateway, &record, &name).await;
+                }
+                Err(e) => report.line(
+                    &format!("import-key ({alg})"),
+                    Some(started.elapsed()),
+                    Outcome::Fail(e.to_string()),
+                ),
+            }
+        }
+    }
+    if !caps.can_create {
         report.line("generate-key", None, Outcome::Skip("not advertised".into()));
     }
 
@@ -199,14 +242,14 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
         tenant: None,
         provider: "adapter-check".into(),
         external_id: "adapter-check-missing".into(),
-        alg: Alg::ES256,
-        public_jwk: PrivateKey::from_scalar(&[3; 32])
-            .expect("valid scalar")
-            .public_jwk(),
+        alg: caps.default_alg,
+        public_jwk: PrivateKey::generate(caps.default_alg, None)?
+            .public_jwk()
+            .clone(),
         created_at: SystemTime::now(),
     };
     let started = Instant::now();
-    let outcome = match provider.sign(&missing, b"x", Alg::ES256).await {
+    let outcome = match provider.sign(&missing, b"x", caps.default_alg).await {
         Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
         Err(e) => Outcome::Fail(format!("expected not-found, got: {e}")),
         Ok(_) => Outcome::Fail("signed with a key that does not exist".into()),
@@ -216,36 +259,12 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
         Some(started.elapsed()),
         outcome,
     );
-    report.line(
-        "unsupported algorithm",
-        None,
-        Outcome::Skip("kmsgw:adapter@0.1.0 defines only ES256; the gateway refuses other algorithms before the guest".into()),
-    );
 
-    let started = Instant::now();
-    let known = PrivateKey::from_scalar(&[0x42; 32]).expect("valid scalar");
-    if caps.can_import {
-        match gateway
-            .import_key(None, "adapter-check-imported".into(), &known, None, None)
-            .await
-        {
-            Ok(record) => {
-                report.line(
-                    "import-key",
-                    Some(started.elapsed()),
-                    Outcome::Pass(String::new()),
-                );
-                sign_and_verify(&mut report, &gateway, &record, "import → sign → verify").await;
-            }
-            Err(e) => report.line(
-                "import-key",
-                Some(started.elapsed()),
-                Outcome::Fail(e.to_string()),
-            ),
-        }
-    } else {
+    if !caps.can_import {
+        let started = Instant::now();
+        let known = PrivateKey::generate(caps.default_alg, None)?;
         let outcome = match provider
-            .import_key("adapter-check-imported", &known, Alg::ES256)
+            .import_key("adapter-check-imported", &known, caps.default_alg)
             .await
         {
             Err(ProviderError::Unsupported(_)) => {
@@ -264,7 +283,7 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
             let started = Instant::now();
             let outcome = match gateway.delete_key(None, &record.kid).await {
                 Err(e) => Outcome::Fail(e.to_string()),
-                Ok(_) => match provider.sign(&record, b"x", Alg::ES256).await {
+                Ok(_) => match provider.sign(&record, b"x", record.alg).await {
                     Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
                     Err(e) => {
                         Outcome::Fail(format!("after delete, sign must be not-found; got: {e}"))
@@ -302,7 +321,7 @@ async fn sign_and_verify(report: &mut Report, gateway: &Gateway, record: &KeyRec
         let result = gateway.sign(None, &record.kid, message, None).await;
         total += started.elapsed();
         let failure = match result {
-            Ok((signature, _)) => verify(&record.public_jwk, message, &signature).err(),
+            Ok((signature, _)) => verify(&record.public_jwk, record.alg, message, &signature).err(),
             Err(GatewayError::Provider(e)) => Some(e.to_string()),
             Err(e) => Some(e.to_string()),
         };

@@ -132,6 +132,9 @@ pub struct HttpConfig {
     pub health_path: Option<String>,
     #[serde(default)]
     pub can_import: bool,
+    /// The algorithms the remote service signs with (default: ES256 only, the
+    /// seed contract's); the first is the default for new keys.
+    pub algs: Option<Vec<crate::crypto::Alg>>,
     /// Connect timeout in milliseconds (default 2000).
     pub connect_timeout_ms: Option<u64>,
     /// Whole-request timeout in milliseconds (default 10000).

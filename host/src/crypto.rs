@@ -1,16 +1,25 @@
-//! Key formats and the host signer: P-256 JWKs (public and private), the base64
-//! forms the API accepts, and an ES256 signer backed by aws-lc-rs.
+//! The key model and the host's cryptography: the JOSE algorithms, public JWKs of
+//! every key type (EC P-256/384/521, OKP Ed25519, RSA) and their verification,
+//! private keys from JWKs or generated, signers backed by aws-lc-rs, and the base64
+//! forms the API accepts.
 
+pub mod der;
+mod private;
 pub mod seal;
 
-use aws_lc_rs::encoding::AsBigEndian;
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use std::fmt;
+
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ECDSA_P521_SHA512_FIXED, ED25519,
+    RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, RsaPublicKeyComponents,
+    UnparsedPublicKey,
+};
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::{DecodePaddingMode, general_purpose};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
+
+pub use self::private::{PrivateKey, Signer};
 
 const INDIFFERENT: GeneralPurposeConfig =
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
@@ -34,33 +43,152 @@ pub fn base64url(bytes: &[u8]) -> String {
     general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn decode_coordinate(name: &str, text: &str) -> Result<Zeroizing<[u8; 32]>, JwkError> {
-    let bytes = Zeroizing::new(
-        URL_SAFE_ANY_PAD
-            .decode(text)
-            .map_err(|_| JwkError(format!("`{name}` is not base64url")))?,
-    );
-    let array: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-        JwkError(format!(
-            "`{name}` must be 32 bytes for P-256, got {}",
-            bytes.len()
-        ))
-    })?;
-    Ok(Zeroizing::new(array))
+/// A JOSE signing algorithm the gateway knows (RFC 7518, RFC 8037).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum Alg {
+    /// ECDSA on P-256 with SHA-256; raw `r‖s`, 64 bytes.
+    ES256,
+    /// ECDSA on P-384 with SHA-384; raw `r‖s`, 96 bytes.
+    ES384,
+    /// ECDSA on P-521 with SHA-512; raw `r‖s`, 132 bytes.
+    ES512,
+    /// Ed25519; 64 bytes.
+    EdDSA,
+    /// RSASSA-PKCS1-v1_5 with SHA-256; modulus-sized.
+    RS256,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt; modulus-sized.
+    PS256,
 }
+
+impl Alg {
+    /// Every algorithm the gateway knows.
+    pub const ALL: &'static [Alg] = &[
+        Alg::ES256,
+        Alg::ES384,
+        Alg::ES512,
+        Alg::EdDSA,
+        Alg::RS256,
+        Alg::PS256,
+    ];
+
+    /// The JOSE name of the algorithm.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::ES512 => "ES512",
+            Alg::EdDSA => "EdDSA",
+            Alg::RS256 => "RS256",
+            Alg::PS256 => "PS256",
+        }
+    }
+
+    /// Parses a JOSE algorithm name; `None` when the gateway does not know it.
+    pub fn parse(name: &str) -> Option<Alg> {
+        Alg::ALL.iter().copied().find(|a| a.as_str() == name)
+    }
+
+    /// The kind of key the algorithm signs with.
+    pub fn key_kind(self) -> KeyKind {
+        match self {
+            Alg::ES256 => KeyKind::Ec(Curve::P256),
+            Alg::ES384 => KeyKind::Ec(Curve::P384),
+            Alg::ES512 => KeyKind::Ec(Curve::P521),
+            Alg::EdDSA => KeyKind::Ed25519,
+            Alg::RS256 | Alg::PS256 => KeyKind::Rsa,
+        }
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A NIST curve for ECDSA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Curve {
+    P256,
+    P384,
+    P521,
+}
+
+impl Curve {
+    /// The JWK `crv` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Curve::P256 => "P-256",
+            Curve::P384 => "P-384",
+            Curve::P521 => "P-521",
+        }
+    }
+
+    /// Bytes of one coordinate, and of each half of a raw signature.
+    pub fn size(self) -> usize {
+        match self {
+            Curve::P256 => 32,
+            Curve::P384 => 48,
+            Curve::P521 => 66,
+        }
+    }
+
+    /// The DER contents of the curve's OID.
+    pub fn oid(self) -> &'static [u8] {
+        match self {
+            Curve::P256 => der::P256_OID,
+            Curve::P384 => der::P384_OID,
+            Curve::P521 => der::P521_OID,
+        }
+    }
+
+    /// The ECDSA algorithm on this curve.
+    pub fn alg(self) -> Alg {
+        match self {
+            Curve::P256 => Alg::ES256,
+            Curve::P384 => Alg::ES384,
+            Curve::P521 => Alg::ES512,
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Curve> {
+        [Curve::P256, Curve::P384, Curve::P521]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+}
+
+/// The kind of key an algorithm needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Ec(Curve),
+    Ed25519,
+    Rsa,
+}
+
+/// RSA moduli kmsgw accepts, in bits.
+pub const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 
 /// A JWK that cannot be used, with the reason for a person.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct JwkError(String);
+pub struct JwkError(pub(crate) String);
 
-/// The public half of a P-256 key as a JWK (RFC 7517/7518).
+/// A public key as a JWK (RFC 7517/7518/8037): `EC` (`crv`, `x`, `y`), `OKP`
+/// (`crv: Ed25519`, `x`) or `RSA` (`n`, `e`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicJwk {
     pub kty: String,
-    pub crv: String,
-    pub x: String,
-    pub y: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crv: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,45 +197,234 @@ pub struct PublicJwk {
     pub use_: Option<String>,
 }
 
+fn decode_part(name: &str, text: Option<&str>) -> Result<Vec<u8>, JwkError> {
+    let text = text.ok_or_else(|| JwkError(format!("the JWK has no `{name}`")))?;
+    URL_SAFE_ANY_PAD
+        .decode(text)
+        .map_err(|_| JwkError(format!("`{name}` is not base64url")))
+}
+
+fn strip_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
 impl PublicJwk {
-    /// The JWK of an uncompressed SEC1 point (`04 ‖ x ‖ y`).
-    ///
-    /// # Errors
-    /// When the bytes are not a point on P-256.
-    pub fn from_sec1(point: &[u8]) -> Result<Self, JwkError> {
-        let key = p256::PublicKey::from_sec1_bytes(point)
-            .map_err(|_| JwkError("not a point on P-256".into()))?;
-        // P-256 public keys serialise uncompressed: 04 ‖ x ‖ y.
-        let encoded = key.to_sec1_bytes();
-        if encoded.len() != 65 {
-            return Err(JwkError("not a point on P-256".into()));
-        }
-        Ok(PublicJwk {
-            kty: "EC".into(),
-            crv: "P-256".into(),
-            x: base64url(&encoded[1..33]),
-            y: base64url(&encoded[33..]),
+    fn bare(kty: &str, crv: Option<&str>) -> PublicJwk {
+        PublicJwk {
+            kty: kty.into(),
+            crv: crv.map(str::to_owned),
+            x: None,
+            y: None,
+            n: None,
+            e: None,
             kid: None,
             alg: None,
             use_: None,
+        }
+    }
+
+    /// The JWK of an uncompressed SEC1 point (`04 ‖ x ‖ y`) on `curve`.
+    ///
+    /// # Errors
+    /// When the bytes are not a point on the curve.
+    pub fn ec(curve: Curve, point: &[u8]) -> Result<Self, JwkError> {
+        let size = curve.size();
+        if point.len() != 1 + 2 * size || point[0] != 4 {
+            return Err(JwkError(format!(
+                "not an uncompressed {} point",
+                curve.name()
+            )));
+        }
+        let jwk = PublicJwk {
+            x: Some(base64url(&point[1..=size])),
+            y: Some(base64url(&point[1 + size..])),
+            ..Self::bare("EC", Some(curve.name()))
+        };
+        jwk.check(curve.alg())?;
+        Ok(jwk)
+    }
+
+    /// The JWK of a 32-byte Ed25519 public key.
+    ///
+    /// # Errors
+    /// When it is not 32 bytes.
+    pub fn ed25519(public: &[u8]) -> Result<Self, JwkError> {
+        if public.len() != 32 {
+            return Err(JwkError("an Ed25519 public key is 32 bytes".into()));
+        }
+        Ok(PublicJwk {
+            x: Some(base64url(public)),
+            ..Self::bare("OKP", Some("Ed25519"))
         })
     }
 
-    /// The uncompressed SEC1 point of this JWK.
+    /// The JWK of an RSA public key (big-endian modulus and exponent).
     ///
     /// # Errors
-    /// When the JWK is not a valid P-256 public key.
-    pub fn to_sec1(&self) -> Result<[u8; 65], JwkError> {
-        if self.kty != "EC" || self.crv != "P-256" {
-            return Err(JwkError("not a P-256 EC key".into()));
+    /// When the modulus is not 2048 to 4096 bits or the exponent is not odd.
+    pub fn rsa(n: &[u8], e: &[u8]) -> Result<Self, JwkError> {
+        let jwk = PublicJwk {
+            n: Some(base64url(strip_zeros(n))),
+            e: Some(base64url(strip_zeros(e))),
+            ..Self::bare("RSA", None)
+        };
+        jwk.check(Alg::RS256)?;
+        Ok(jwk)
+    }
+
+    /// The JWK of a DER SubjectPublicKeyInfo.
+    ///
+    /// # Errors
+    /// When it is not one, or holds an unknown curve or key type.
+    pub fn from_spki(spki: &[u8]) -> Result<Self, JwkError> {
+        match der::spki(spki).map_err(JwkError)? {
+            der::SpkiKey::Ec { curve_oid, point } => {
+                let curve = [Curve::P256, Curve::P384, Curve::P521]
+                    .into_iter()
+                    .find(|c| c.oid() == curve_oid)
+                    .ok_or_else(|| JwkError("the EC key is not on P-256, P-384 or P-521".into()))?;
+                Self::ec(curve, point)
+            }
+            der::SpkiKey::Ed25519(key) => Self::ed25519(key),
+            der::SpkiKey::Rsa { n, e } => Self::rsa(n, e),
         }
-        let mut point = [0u8; 65];
-        point[0] = 4;
-        point[1..33].copy_from_slice(decode_coordinate("x", &self.x)?.as_slice());
-        point[33..].copy_from_slice(decode_coordinate("y", &self.y)?.as_slice());
-        p256::PublicKey::from_sec1_bytes(&point)
-            .map_err(|_| JwkError("the point (x, y) is not on the P-256 curve".into()))?;
-        Ok(point)
+    }
+
+    /// The kind of key this JWK holds.
+    ///
+    /// # Errors
+    /// When `kty`/`crv` name no key kind kmsgw knows.
+    pub fn kind(&self) -> Result<KeyKind, JwkError> {
+        match (self.kty.as_str(), self.crv.as_deref()) {
+            ("EC", Some(crv)) => Curve::from_name(crv)
+                .map(KeyKind::Ec)
+                .ok_or_else(|| JwkError(format!("curve `{crv}` is not P-256, P-384 or P-521"))),
+            ("OKP", Some("Ed25519")) => Ok(KeyKind::Ed25519),
+            ("RSA", _) => Ok(KeyKind::Rsa),
+            (kty, crv) => Err(JwkError(format!(
+                "key type `{kty}`{} is not supported (EC, OKP Ed25519 or RSA)",
+                crv.map(|c| format!(" `{c}`")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// The public key bytes aws-lc-rs verifies with: the SEC1 point for EC, the
+    /// 32 bytes for Ed25519, and `(n, e)` for RSA.
+    fn parts(&self) -> Result<(Vec<u8>, Vec<u8>), JwkError> {
+        match self.kind()? {
+            KeyKind::Ec(curve) => {
+                let (x, y) = (
+                    decode_part("x", self.x.as_deref())?,
+                    decode_part("y", self.y.as_deref())?,
+                );
+                if x.len() != curve.size() || y.len() != curve.size() {
+                    return Err(JwkError(format!(
+                        "`x` and `y` must be {} bytes for {}",
+                        curve.size(),
+                        curve.name()
+                    )));
+                }
+                let mut point = Vec::with_capacity(1 + 2 * curve.size());
+                point.push(4);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                Ok((point, Vec::new()))
+            }
+            KeyKind::Ed25519 => {
+                let x = decode_part("x", self.x.as_deref())?;
+                if x.len() != 32 {
+                    return Err(JwkError("`x` must be 32 bytes for Ed25519".into()));
+                }
+                Ok((x, Vec::new()))
+            }
+            KeyKind::Rsa => {
+                let n = decode_part("n", self.n.as_deref())?;
+                let e = decode_part("e", self.e.as_deref())?;
+                let bits = strip_zeros(&n).len() * 8;
+                if !RSA_BITS.contains(&bits) {
+                    return Err(JwkError(format!(
+                        "an RSA modulus of about {bits} bits is not supported (2048 to 4096)"
+                    )));
+                }
+                if e.last().is_none_or(|b| b % 2 == 0) {
+                    return Err(JwkError("the RSA exponent `e` must be odd".into()));
+                }
+                Ok((n, e))
+            }
+        }
+    }
+
+    /// Checks that this is a usable public key for `alg`: the right key type and
+    /// curve, well-formed, and (for EC) a point on the curve.
+    ///
+    /// # Errors
+    /// A [`JwkError`] naming what is wrong.
+    pub fn check(&self, alg: Alg) -> Result<(), JwkError> {
+        let kind = self.kind()?;
+        if kind != alg.key_kind() {
+            return Err(JwkError(format!(
+                "a {} key cannot be used for {alg}",
+                self.describe()
+            )));
+        }
+        let (key, _) = self.parts()?;
+        if let KeyKind::Ec(curve) = kind {
+            aws_lc_rs::signature::ParsedPublicKey::new(verification(alg), &key).map_err(|_| {
+                JwkError(format!(
+                    "the point (x, y) is not on the {} curve",
+                    curve.name()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether `signature` is a valid `alg` signature of `message` by this key.
+    pub fn verify(&self, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
+        let Ok((key, exponent)) = self.parts() else {
+            return false;
+        };
+        if self.kind().ok() != Some(alg.key_kind()) {
+            return false;
+        }
+        match alg.key_kind() {
+            KeyKind::Rsa => RsaPublicKeyComponents {
+                n: &key[..],
+                e: &exponent[..],
+            }
+            .verify(rsa_params(alg), message, signature)
+            .is_ok(),
+            _ => UnparsedPublicKey::new(verification(alg), &key)
+                .verify(message, signature)
+                .is_ok(),
+        }
+    }
+
+    /// The length of every `alg` signature by this key: fixed for ECDSA and
+    /// EdDSA, the modulus length for RSA; `None` when the JWK is unusable.
+    pub fn signature_len(&self, alg: Alg) -> Option<usize> {
+        match alg.key_kind() {
+            KeyKind::Ec(curve) => Some(2 * curve.size()),
+            KeyKind::Ed25519 => Some(64),
+            KeyKind::Rsa => self.parts().ok().map(|(n, _)| strip_zeros(&n).len()),
+        }
+    }
+
+    /// Whether `other` is the same public key (labels aside).
+    pub fn same_key(&self, other: &PublicJwk) -> bool {
+        (&self.kty, &self.crv, &self.x, &self.y, &self.n, &self.e)
+            == (
+                &other.kty, &other.crv, &other.x, &other.y, &other.n, &other.e,
+            )
+    }
+
+    /// `EC P-384`, `OKP Ed25519`, `RSA`: for messages.
+    pub fn describe(&self) -> String {
+        match &self.crv {
+            Some(crv) => format!("{} {crv}", self.kty),
+            None => self.kty.clone(),
+        }
     }
 
     /// The same key labelled with `kid` and `alg`, as published.
@@ -119,312 +436,73 @@ impl PublicJwk {
             ..self.clone()
         }
     }
-}
 
-/// A validated P-256 private key: the scalar (zeroized on drop) and its public point.
-pub struct PrivateKey {
-    scalar: Zeroizing<[u8; 32]>,
-    public: [u8; 65],
-}
-
-impl std::fmt::Debug for PrivateKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrivateKey")
-            .field("public_x", &base64url(&self.public[1..33]))
-            .finish_non_exhaustive()
-    }
-}
-
-/// The fields of a private JWK that matter; others (`kid`, `use`, …) are ignored.
-#[derive(Deserialize)]
-struct PrivateJwkFields {
-    kty: Option<String>,
-    crv: Option<String>,
-    x: Option<String>,
-    y: Option<String>,
-    d: Option<String>,
-}
-
-impl PrivateKey {
-    /// Validates a private JWK: EC on P-256, with `d`, and with `x`/`y` (when given)
-    /// on the curve and belonging to `d`.
-    ///
-    /// # Errors
-    /// A [`JwkError`] naming what is wrong.
-    pub fn from_jwk(jwk: &serde_json::Value) -> Result<Self, JwkError> {
-        let fields = PrivateJwkFields::deserialize(jwk)
-            .map_err(|e| JwkError(format!("privateJwk is not a JWK object: {e}")))?;
-        match fields.kty.as_deref() {
-            Some("EC") => {}
-            Some(other) => {
-                return Err(JwkError(format!(
-                    "key type `{other}` is not supported; only EC keys on P-256 are"
-                )));
-            }
-            None => return Err(JwkError("privateJwk has no `kty`".into())),
+    /// The key without labels, as a backend returns it.
+    pub fn unlabelled(&self) -> PublicJwk {
+        PublicJwk {
+            kid: None,
+            alg: None,
+            use_: None,
+            ..self.clone()
         }
-        match fields.crv.as_deref() {
-            Some("P-256") => {}
-            Some(other) => {
-                return Err(JwkError(format!(
-                    "curve `{other}` is not supported; only P-256 is"
-                )));
-            }
-            None => return Err(JwkError("privateJwk has no `crv`".into())),
-        }
-        let Some(d) = fields.d.as_deref() else {
-            return Err(JwkError(
-                "privateJwk has no private part `d` (a public JWK cannot be imported)".into(),
-            ));
-        };
-        let scalar = decode_coordinate("d", d)?;
-        let secret = p256::SecretKey::from_slice(scalar.as_slice())
-            .map_err(|_| JwkError("`d` is not a valid P-256 private scalar".into()))?;
-        let derived = PublicJwk::from_sec1(&secret.public_key().to_sec1_bytes())?;
-        match (fields.x, fields.y) {
-            (Some(x), Some(y)) => {
-                let given = PublicJwk {
-                    x,
-                    y,
-                    ..derived.clone()
-                };
-                given.to_sec1()?;
-                if given.x != derived.x || given.y != derived.y {
-                    return Err(JwkError(
-                        "`x`/`y` do not belong to the private key `d`".into(),
-                    ));
-                }
-            }
-            (None, None) => {}
-            _ => return Err(JwkError("privateJwk has only one of `x` and `y`".into())),
-        }
-        let public = derived.to_sec1()?;
-        Ok(PrivateKey { scalar, public })
-    }
-
-    /// Builds a key from its raw scalar, deriving the public point.
-    ///
-    /// # Errors
-    /// When the bytes are not a valid P-256 scalar.
-    pub fn from_scalar(bytes: &[u8]) -> Result<Self, JwkError> {
-        let secret = p256::SecretKey::from_slice(bytes)
-            .map_err(|_| JwkError("not a valid P-256 private scalar".into()))?;
-        let mut scalar = Zeroizing::new([0u8; 32]);
-        scalar.copy_from_slice(bytes);
-        let public: [u8; 65] = secret
-            .public_key()
-            .to_sec1_bytes()
-            .as_ref()
-            .try_into()
-            .map_err(|_| JwkError("unexpected public point encoding".into()))?;
-        Ok(PrivateKey { scalar, public })
-    }
-
-    /// Generates a fresh key.
-    pub fn generate() -> Self {
-        let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
-            .expect("aws-lc-rs P-256 key generation does not fail");
-        let bin = pair
-            .private_key()
-            .as_be_bytes()
-            .expect("a generated P-256 key has a scalar");
-        let mut scalar = Zeroizing::new([0u8; 32]);
-        scalar.copy_from_slice(bin.as_ref());
-        let mut public = [0u8; 65];
-        public.copy_from_slice(pair.public_key().as_ref());
-        PrivateKey { scalar, public }
-    }
-
-    /// The raw 32-byte scalar.
-    pub fn scalar(&self) -> &[u8; 32] {
-        &self.scalar
-    }
-
-    /// The uncompressed public point.
-    pub fn public_point(&self) -> &[u8; 65] {
-        &self.public
-    }
-
-    /// The public half as a JWK.
-    pub fn public_jwk(&self) -> PublicJwk {
-        PublicJwk::from_sec1(&self.public).expect("a valid key has a valid public point")
-    }
-
-    /// An ES256 signer for this key.
-    pub fn signer(&self) -> Es256Signer {
-        let pair = EcdsaKeyPair::from_private_key_and_public_key(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            self.scalar.as_slice(),
-            &self.public,
-        )
-        .expect("a validated P-256 key loads into aws-lc-rs");
-        Es256Signer { pair }
     }
 }
 
-/// Signs with ES256 on the host. The key lives in aws-lc, which wipes it when freed.
-pub struct Es256Signer {
-    pair: EcdsaKeyPair,
-}
-
-impl Es256Signer {
-    /// SHA-256 of `message`, signed; returns the 64-byte raw `r‖s`.
-    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        // SystemRandom is a zero-sized handle onto aws-lc's DRBG.
-        let signature = self
-            .pair
-            .sign(&SystemRandom::new(), message)
-            .expect("ECDSA signing with a loaded key does not fail");
-        signature.as_ref().to_vec()
+/// The aws-lc-rs verification algorithm of an EC or Ed25519 `alg`.
+fn verification(alg: Alg) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
+    match alg {
+        Alg::ES256 => &ECDSA_P256_SHA256_FIXED,
+        Alg::ES384 => &ECDSA_P384_SHA384_FIXED,
+        Alg::ES512 => &ECDSA_P521_SHA512_FIXED,
+        Alg::EdDSA => &ED25519,
+        Alg::RS256 => &RSA_PKCS1_2048_8192_SHA256,
+        Alg::PS256 => &RSA_PSS_2048_8192_SHA256,
     }
 }
 
-/// Converts a DER ECDSA signature (`SEQUENCE { INTEGER r, INTEGER s }`, what AWS
-/// KMS returns) to the 64-byte raw `r‖s` of JOSE, left-padding short integers.
+fn rsa_params(alg: Alg) -> &'static aws_lc_rs::signature::RsaParameters {
+    match alg {
+        Alg::PS256 => &RSA_PSS_2048_8192_SHA256,
+        _ => &RSA_PKCS1_2048_8192_SHA256,
+    }
+}
+
+/// Converts a DER ECDSA signature to the raw `r‖s` of JOSE for `alg`.
 ///
 /// # Errors
-/// A message when the input is not such a DER structure or a value exceeds 32 bytes.
-pub fn der_to_raw_p256(der: &[u8]) -> Result<[u8; 64], String> {
-    fn integer<'a>(input: &'a [u8], name: &str) -> Result<(&'a [u8], &'a [u8]), String> {
-        let [0x02, len, rest @ ..] = input else {
-            return Err(format!("{name} is not a DER INTEGER"));
-        };
-        let len = usize::from(*len);
-        if len == 0 || len > 33 || rest.len() < len {
-            return Err(format!("{name} has a bad length"));
-        }
-        let (value, rest) = rest.split_at(len);
-        // A leading zero only marks a positive number whose top bit is set.
-        let value = match value {
-            [0, tail @ ..] if !tail.is_empty() => tail,
-            v => v,
-        };
-        if value.len() > 32 {
-            return Err(format!("{name} is longer than 32 bytes"));
-        }
-        Ok((value, rest))
+/// When `alg` is not ECDSA or the DER is malformed.
+pub fn ecdsa_der_to_raw(alg: Alg, der_signature: &[u8]) -> Result<Vec<u8>, String> {
+    match alg.key_kind() {
+        KeyKind::Ec(curve) => der::ecdsa_der_to_raw(der_signature, curve.size()),
+        _ => Err(format!("{alg} signatures are not DER")),
     }
-    let [0x30, len, body @ ..] = der else {
-        return Err("not a DER SEQUENCE".into());
-    };
-    if usize::from(*len) != body.len() {
-        return Err("DER SEQUENCE length does not match".into());
-    }
-    let (r, rest) = integer(body, "r")?;
-    let (s, rest) = integer(rest, "s")?;
-    if !rest.is_empty() {
-        return Err("trailing bytes after s".into());
-    }
-    let mut raw = [0u8; 64];
-    raw[32 - r.len()..32].copy_from_slice(r);
-    raw[64 - s.len()..].copy_from_slice(s);
-    Ok(raw)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use p256::ecdsa::signature::Verifier;
 
     #[test]
-    fn der_to_raw_handles_short_and_padded_integers() {
-        // r = 0x01 (one byte), s = 0x80 followed by 31 bytes (needs a zero pad byte).
-        let mut s = vec![0x80];
-        s.extend([0x11; 31]);
-        let mut der = vec![0x30, 3 + 2 + 33, 0x02, 0x01, 0x01, 0x02, 33, 0x00];
-        der.extend(&s);
-        let raw = der_to_raw_p256(&der).unwrap();
-        assert_eq!(raw[..31], [0; 31]);
-        assert_eq!(raw[31], 1);
-        assert_eq!(raw[32..], s[..]);
-
-        // Both short: r = 0x7f00 (2 bytes), s = 0x05.
-        let raw = der_to_raw_p256(&[0x30, 7, 0x02, 2, 0x7f, 0x00, 0x02, 1, 0x05]).unwrap();
-        assert_eq!(&raw[30..32], &[0x7f, 0x00]);
-        assert_eq!(raw[63], 5);
-        assert!(raw[..30].iter().chain(&raw[32..63]).all(|b| *b == 0));
-    }
-
-    #[test]
-    fn der_to_raw_matches_an_independent_encoder() {
-        let key = p256::ecdsa::SigningKey::from_slice(&[0x21; 32]).unwrap();
-        for message in [&b"a"[..], b"b", b"c", b"d", b"e", b"f"] {
-            let signature: p256::ecdsa::Signature =
-                p256::ecdsa::signature::Signer::sign(&key, message);
-            let der = signature.to_der();
-            assert_eq!(
-                der_to_raw_p256(der.as_bytes()).unwrap()[..],
-                signature.to_bytes()[..]
-            );
-        }
-    }
-
-    #[test]
-    fn der_to_raw_rejects_malformed_input() {
-        assert!(der_to_raw_p256(&[]).is_err());
-        assert!(der_to_raw_p256(&[0x30, 3, 0x02, 1, 1]).is_err());
-        let mut long = vec![0x30, 38, 0x02, 34, 0x01];
-        long.extend([0x11; 33]);
-        long.extend([0x02, 1, 1]);
-        assert!(der_to_raw_p256(&long).is_err());
-    }
-
-    fn jwk_of(key: &PrivateKey) -> serde_json::Value {
-        let public = key.public_jwk();
-        serde_json::json!({
-            "kty": "EC", "crv": "P-256", "x": public.x, "y": public.y,
-            "d": base64url(key.scalar()),
-        })
-    }
-
-    #[test]
-    fn signature_verifies_with_an_independent_implementation() {
-        let key = PrivateKey::generate();
-        let signature = key.signer().sign(b"hello");
-        assert_eq!(signature.len(), 64);
-        let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(key.public_point()).unwrap();
-        let signature = p256::ecdsa::Signature::from_slice(&signature).unwrap();
-        verifying.verify(b"hello", &signature).unwrap();
-        assert!(verifying.verify(b"hellO", &signature).is_err());
-    }
-
-    #[test]
-    fn private_jwk_round_trips() {
-        let key = PrivateKey::generate();
-        let parsed = PrivateKey::from_jwk(&jwk_of(&key)).unwrap();
-        assert_eq!(parsed.public_point(), key.public_point());
-    }
-
-    #[test]
-    fn private_jwk_rejects_public_only_wrong_curve_and_mismatched_points() {
-        let key = PrivateKey::generate();
-        let mut jwk = jwk_of(&key);
-        jwk.as_object_mut().unwrap().remove("d");
-        assert!(PrivateKey::from_jwk(&jwk).unwrap_err().0.contains("`d`"));
-
-        let mut jwk = jwk_of(&key);
-        jwk["crv"] = "P-384".into();
-        assert!(PrivateKey::from_jwk(&jwk).unwrap_err().0.contains("P-384"));
-
-        let other = PrivateKey::generate().public_jwk();
-        let mut jwk = jwk_of(&key);
-        jwk["x"] = other.x.into();
-        jwk["y"] = other.y.into();
+    fn public_jwks_check_their_algorithm_and_their_point() {
+        let key = PrivateKey::generate(Alg::ES384, None).unwrap();
+        let jwk = key.public_jwk().clone();
+        assert!(jwk.check(Alg::ES384).is_ok());
+        assert!(jwk.check(Alg::ES256).unwrap_err().0.contains("EC P-384"));
+        let mut off_curve = jwk.clone();
+        off_curve.y = off_curve.x.clone();
         assert!(
-            PrivateKey::from_jwk(&jwk)
+            off_curve
+                .check(Alg::ES384)
                 .unwrap_err()
                 .0
-                .contains("do not belong")
+                .contains("not on the P-384")
         );
-
-        let mut jwk = jwk_of(&key);
-        jwk["y"] = jwk["x"].clone();
-        assert!(
-            PrivateKey::from_jwk(&jwk)
-                .unwrap_err()
-                .0
-                .contains("not on the P-256")
-        );
+        let rsa = PublicJwk {
+            n: Some(base64url(&[0xc1; 128])),
+            e: Some("AQAB".into()),
+            ..PublicJwk::bare("RSA", None)
+        };
+        assert!(rsa.check(Alg::RS256).unwrap_err().0.contains("1024 bits"));
     }
 
     #[test]

@@ -12,8 +12,8 @@ use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
 
 use crate::catalog::{Catalog, CatalogError, KeyRecord, key_id};
-use crate::crypto::PrivateKey;
-use crate::providers::{Alg, Health, Provider, ProviderError, ProviderKind};
+use crate::crypto::{KeyKind, PrivateKey};
+use crate::providers::{Alg, Health, KeySpec, Provider, ProviderError, ProviderKind};
 
 /// How long a health probe may take before it is reported as failed.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,8 +29,14 @@ pub enum GatewayError {
     KeyExists(String),
     #[error("{0}")]
     InvalidInput(String),
+    /// An imported key that is unusable or does not fit the requested algorithm.
+    #[error("{0}")]
+    InvalidJwk(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A known algorithm the chosen provider cannot do.
+    #[error("provider `{provider}` does not support {alg}")]
+    UnsupportedAlg { provider: String, alg: Alg },
     #[error("key `{kid}` belongs to provider `{provider}`, which is not configured")]
     ProviderGone { kid: String, provider: String },
     #[error(transparent)]
@@ -179,22 +185,24 @@ impl Gateway {
         if caps.supports(alg) {
             Ok(alg)
         } else {
-            Err(GatewayError::Unsupported(format!(
-                "provider `{}` does not support {alg}",
-                provider.id()
-            )))
+            Err(GatewayError::UnsupportedAlg {
+                provider: provider.id().to_owned(),
+                alg,
+            })
         }
     }
 
-    /// Creates a key in `tenant` and `provider` (default: the default provider).
+    /// Creates a key in `tenant` and `provider` (default: the default provider);
+    /// `rsa_bits` only for RSA algorithms (default 2048).
     ///
     /// # Errors
-    /// Unknown provider, taken kid, unsupported alg, backend failures.
+    /// Unknown provider, taken kid, unsupported alg or size, backend failures.
     pub async fn create_key(
         &self,
         tenant: Option<&str>,
         kid: Option<String>,
         alg: Option<Alg>,
+        rsa_bits: Option<u32>,
         provider: Option<&str>,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
         let provider = self.provider(provider)?;
@@ -205,19 +213,39 @@ impl Gateway {
             )));
         }
         let alg = Self::choose_alg(provider.as_ref(), alg)?;
+        let rsa_bits = match (alg.key_kind(), rsa_bits) {
+            (KeyKind::Rsa, None) => 2048,
+            (KeyKind::Rsa, Some(bits @ (2048 | 3072 | 4096))) => bits,
+            (KeyKind::Rsa, Some(bits)) => {
+                return Err(GatewayError::InvalidInput(format!(
+                    "keySize {bits} is not supported; use 2048, 3072 or 4096"
+                )));
+            }
+            (_, Some(_)) => {
+                return Err(GatewayError::InvalidInput(format!(
+                    "keySize applies to RSA keys only, not to {alg}"
+                )));
+            }
+            (_, None) => 0,
+        };
         let kid = kid.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         Self::check_new_kid(&kid)?;
         let id = key_id(tenant, &kid);
         self.ensure_free(&id, &kid).await?;
-        let material = provider.generate_key(&id, alg).await?;
+        let material = provider
+            .generate_key(&id, KeySpec { alg, rsa_bits })
+            .await?;
         self.commit(provider.as_ref(), tenant, kid, alg, material)
             .await
     }
 
-    /// Imports `key` under `kid` in `tenant` into `provider` (default: the default provider).
+    /// Imports `key` under `kid` in `tenant` into `provider` (default: the default
+    /// provider). Without `alg`, the key's kind decides: ES256/384/512 by curve,
+    /// EdDSA, or RS256 for RSA.
     ///
     /// # Errors
-    /// Unknown provider, taken kid, a provider that cannot import, backend failures.
+    /// Unknown provider, taken kid, an `alg` that does not fit the key, a provider
+    /// that cannot import, backend failures.
     pub async fn import_key(
         &self,
         tenant: Option<&str>,
@@ -233,11 +261,34 @@ impl Gateway {
                 provider.id()
             )));
         }
-        let alg = Self::choose_alg(provider.as_ref(), alg)?;
+        let alg = match alg {
+            Some(alg) if alg.key_kind() != key.kind() => {
+                return Err(GatewayError::InvalidJwk(format!(
+                    "a {} key cannot be used for {alg}",
+                    key.public_jwk().describe()
+                )));
+            }
+            Some(alg) => alg,
+            None => match key.kind() {
+                KeyKind::Ec(curve) => curve.alg(),
+                KeyKind::Ed25519 => Alg::EdDSA,
+                KeyKind::Rsa => Alg::RS256,
+            },
+        };
+        let alg = Self::choose_alg(provider.as_ref(), Some(alg))?;
         Self::check_new_kid(&kid)?;
         let id = key_id(tenant, &kid);
         self.ensure_free(&id, &kid).await?;
         let material = provider.import_key(&id, key, alg).await?;
+        if !material.public_jwk.same_key(key.public_jwk()) {
+            let (record, _) = Self::record_of(provider.as_ref(), tenant, kid, alg, material);
+            self.discard_orphan(provider.as_ref(), &record).await;
+            return Err(ProviderError::Backend(format!(
+                "provider `{}` returned a public key that is not the imported key's",
+                provider.id()
+            ))
+            .into());
+        }
         self.commit(provider.as_ref(), tenant, kid, alg, material)
             .await
     }
@@ -249,16 +300,13 @@ impl Gateway {
         Ok(())
     }
 
-    /// Records a key the backend now holds; if that fails, removes it from the
-    /// backend again so nothing is left half-written.
-    async fn commit(
-        &self,
+    fn record_of(
         provider: &dyn Provider,
         tenant: Option<&str>,
         kid: String,
         alg: Alg,
         material: crate::providers::KeyMaterial,
-    ) -> Result<Arc<KeyRecord>, GatewayError> {
+    ) -> (KeyRecord, Option<Vec<u8>>) {
         let record = KeyRecord {
             public_jwk: material.public_jwk.labelled(&kid, alg.as_str()),
             id: key_id(tenant, &kid),
@@ -269,11 +317,30 @@ impl Gateway {
             alg,
             created_at: SystemTime::now(),
         };
-        if let Err(e) = self
-            .catalog
-            .insert(&record, material.sealed_secret.as_deref())
-            .await
-        {
+        (record, material.sealed_secret)
+    }
+
+    /// Records a key the backend now holds; if its public key is unusable or the
+    /// record cannot be written, removes it from the backend again so nothing is
+    /// left half-written.
+    async fn commit(
+        &self,
+        provider: &dyn Provider,
+        tenant: Option<&str>,
+        kid: String,
+        alg: Alg,
+        material: crate::providers::KeyMaterial,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let (record, sealed) = Self::record_of(provider, tenant, kid, alg, material);
+        if let Err(e) = record.public_jwk.check(alg) {
+            self.discard_orphan(provider, &record).await;
+            return Err(ProviderError::Backend(format!(
+                "provider `{}` returned an unusable public key for {alg}: {e}",
+                provider.id()
+            ))
+            .into());
+        }
+        if let Err(e) = self.catalog.insert(&record, sealed.as_deref()).await {
             // A backend that names keys by kid may hold the key of whichever request won
             // a race for that kid; only a backend-chosen name is surely ours to remove.
             if record.external_id != record.id {
@@ -287,6 +354,7 @@ impl Gateway {
         Ok(Arc::new(record))
     }
 
+    /// Removes a key the backend made but the catalog will not hold.
     async fn discard_orphan(&self, provider: &dyn Provider, record: &KeyRecord) {
         if let Err(e) = provider.delete_key(record).await {
             tracing::warn!(kid = %record.kid, provider = provider.id(), error = %e,
@@ -354,13 +422,47 @@ impl Gateway {
             )));
         }
         let index = self.index_of_record(&record)?;
+        let provider = &self.providers[index].provider;
         let started = std::time::Instant::now();
-        match self.providers[index]
-            .provider
-            .sign(&record, message, record.alg)
-            .await
-        {
+        match provider.sign(&record, message, record.alg).await {
             Ok(signature) => {
+                // A backend that lies, or a wrong conversion of its answer, must
+                // never hand a client a bad signature. `db` signs here, in-process.
+                if provider.kind() != ProviderKind::Db
+                    && let Some(expected) = record.public_jwk.signature_len(record.alg)
+                    && signature.len() != expected
+                {
+                    tracing::error!(
+                        provider = provider.id(),
+                        kid,
+                        len = signature.len(),
+                        expected,
+                        "backend signature has the wrong length"
+                    );
+                    return Err(ProviderError::Backend(format!(
+                        "provider `{}` returned a {}-byte signature; {} signatures of this key are {expected} bytes{}",
+                        provider.id(),
+                        signature.len(),
+                        record.alg,
+                        if matches!(record.alg.key_kind(), KeyKind::Ec(_)) { " (raw r‖s, not DER)" } else { "" }
+                    ))
+                    .into());
+                }
+                if provider.kind() != ProviderKind::Db
+                    && !record.public_jwk.verify(record.alg, message, &signature)
+                {
+                    tracing::error!(
+                        provider = provider.id(),
+                        kid,
+                        len = signature.len(),
+                        "backend signature does not verify against the key's public JWK"
+                    );
+                    return Err(ProviderError::Backend(format!(
+                        "provider `{}` returned a signature that does not verify against the key's public JWK",
+                        provider.id()
+                    ))
+                    .into());
+                }
                 self.sign_timers[index].observe(started.elapsed().as_secs_f64());
                 Ok((signature, record))
             }

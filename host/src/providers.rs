@@ -12,39 +12,29 @@ pub mod wasm;
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::crypto::Alg;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::catalog::KeyRecord;
 use crate::crypto::{PrivateKey, PublicJwk};
 
-/// A signing algorithm the gateway knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
-pub enum Alg {
-    /// ECDSA on P-256 over SHA-256 of the message; signatures are raw `r‖s` (64 bytes).
-    ES256,
+/// What kind of key to create: its algorithm and, for RSA, its modulus size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySpec {
+    pub alg: Alg,
+    /// Modulus bits of an RSA key (2048, 3072 or 4096); ignored for other algorithms.
+    pub rsa_bits: u32,
 }
 
-impl Alg {
-    /// Every algorithm the gateway knows, for error messages.
-    pub const ALL: &'static [Alg] = &[Alg::ES256];
-
-    /// The JOSE name of the algorithm.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Alg::ES256 => "ES256",
+impl KeySpec {
+    /// `alg` with the default RSA size (2048 bits).
+    pub fn of(alg: Alg) -> KeySpec {
+        KeySpec {
+            alg,
+            rsa_bits: 2048,
         }
-    }
-
-    /// Parses a JOSE algorithm name; `None` when the gateway does not know it.
-    pub fn parse(name: &str) -> Option<Alg> {
-        Alg::ALL.iter().copied().find(|a| a.as_str() == name)
-    }
-}
-
-impl fmt::Display for Alg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -162,12 +152,12 @@ pub trait Provider: Send + Sync {
     /// What the provider can do.
     fn capabilities(&self) -> &Capabilities;
 
-    /// Creates a new key named `kid`.
+    /// Creates a new key named `kid` as `spec` says.
     ///
     /// # Errors
-    /// [`ProviderError::Unsupported`] when the provider cannot create keys or `alg`,
-    /// and backend failures.
-    async fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, ProviderError>;
+    /// [`ProviderError::Unsupported`] when the provider cannot create keys or this
+    /// algorithm, and backend failures.
+    async fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, ProviderError>;
 
     /// Stores an existing private key under `kid`.
     ///
@@ -180,7 +170,9 @@ pub trait Provider: Send + Sync {
         alg: Alg,
     ) -> Result<KeyMaterial, ProviderError>;
 
-    /// Signs `message` with the key; for ES256 the result is the 64-byte raw `r‖s`.
+    /// Signs `message` with the key; the result is the JOSE form of the signature
+    /// (raw `r‖s` for ECDSA). Signatures of every provider but `db` are verified by
+    /// the gateway before a client sees them.
     ///
     /// # Errors
     /// [`ProviderError::KeyNotFound`] when the backend lost the key, and backend failures.

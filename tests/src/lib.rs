@@ -475,32 +475,124 @@ impl Drop for Gateway {
     }
 }
 
-/// Verifies a base64url raw `r‖s` ES256 signature of `message` against a public JWK.
+/// Verifies a JOSE signature with RustCrypto (`p256`, `p384`, `p521`,
+/// `ed25519-dalek`, `rsa`), independently of the gateway's aws-lc. The algorithm is
+/// the JWK's `alg`, else the one its key type implies (RS256 for RSA).
 pub fn verify(jwk: &Value, message: &[u8], signature_b64url: &str) -> Result<(), String> {
-    if jwk["kty"] != "EC" || jwk["crv"] != "P-256" {
-        return Err(format!("not a P-256 JWK: {jwk}"));
-    }
-    let coord = |name: &str| -> Result<Vec<u8>, String> {
+    let part = |name: &str| -> Result<Vec<u8>, String> {
         let text = jwk[name].as_str().ok_or(format!("JWK without {name}"))?;
         URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|e| format!("{name}: {e}"))
     };
-    let mut point = vec![4u8];
-    point.extend(coord("x")?);
-    point.extend(coord("y")?);
-    let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|e| e.to_string())?;
     let raw = URL_SAFE_NO_PAD
         .decode(signature_b64url)
         .map_err(|e| format!("signature is not unpadded base64url: {e}"))?;
-    if raw.len() != 64 {
-        return Err(format!(
-            "signature is {} bytes, not raw r‖s (64)",
-            raw.len()
-        ));
+    let point = || -> Result<Vec<u8>, String> { Ok([vec![4u8], part("x")?, part("y")?].concat()) };
+    let alg = match (
+        jwk["alg"].as_str(),
+        jwk["kty"].as_str(),
+        jwk["crv"].as_str(),
+    ) {
+        (Some(alg), _, _) => alg,
+        (None, Some("EC"), Some("P-256")) => "ES256",
+        (None, Some("EC"), Some("P-384")) => "ES384",
+        (None, Some("EC"), Some("P-521")) => "ES512",
+        (None, Some("OKP"), Some("Ed25519")) => "EdDSA",
+        (None, Some("RSA"), _) => "RS256",
+        _ => return Err(format!("unknown key type: {jwk}")),
+    };
+    let bad = |e: &dyn std::fmt::Display| e.to_string();
+    match alg {
+        "ES256" => {
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point()?).map_err(|e| bad(&e))?;
+            let signature = p256::ecdsa::Signature::from_slice(&raw)
+                .map_err(|e| format!("not a raw r‖s of 64 bytes ({}): {e}", raw.len()))?;
+            key.verify(message, &signature).map_err(|e| bad(&e))
+        }
+        "ES384" => {
+            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point()?).map_err(|e| bad(&e))?;
+            let signature = p384::ecdsa::Signature::from_slice(&raw)
+                .map_err(|e| format!("not a raw r‖s of 96 bytes ({}): {e}", raw.len()))?;
+            key.verify(message, &signature).map_err(|e| bad(&e))
+        }
+        "ES512" => {
+            let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(&point()?).map_err(|e| bad(&e))?;
+            let signature = p521::ecdsa::Signature::from_slice(&raw)
+                .map_err(|e| format!("not a raw r‖s of 132 bytes ({}): {e}", raw.len()))?;
+            key.verify(message, &signature).map_err(|e| bad(&e))
+        }
+        "EdDSA" => {
+            let x: [u8; 32] = part("x")?.try_into().map_err(|_| "x is not 32 bytes")?;
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|e| bad(&e))?;
+            let signature = ed25519_dalek::Signature::from_slice(&raw).map_err(|e| bad(&e))?;
+            key.verify_strict(message, &signature).map_err(|e| bad(&e))
+        }
+        "RS256" | "PS256" => {
+            let n = part("n")?;
+            let bits = (n.len() * 8) as u32;
+            let number = |bytes: &[u8]| {
+                rsa::BoxedUint::from_be_slice(bytes, bits).map_err(|e| format!("{e:?}"))
+            };
+            let public =
+                rsa::PublicKey::new(number(&n)?, number(&part("e")?)?).map_err(|e| bad(&e))?;
+            let signature =
+                rsa::pkcs1v15::Signature::try_from(raw.as_slice()).map_err(|e| bad(&e))?;
+            if alg == "RS256" {
+                rsa::pkcs1v15::VerifyingKey::<rsa::sha2::Sha256>::new(public)
+                    .verify(message, &signature)
+                    .map_err(|e| bad(&e))
+            } else {
+                let signature =
+                    rsa::pss::Signature::try_from(raw.as_slice()).map_err(|e| bad(&e))?;
+                rsa::pss::VerifyingKey::<rsa::sha2::Sha256>::new(public)
+                    .verify(message, &signature)
+                    .map_err(|e| bad(&e))
+            }
+        }
+        other => Err(format!("unknown alg {other}")),
     }
-    let signature = p256::ecdsa::Signature::from_slice(&raw).map_err(|e| e.to_string())?;
-    key.verify(message, &signature).map_err(|e| e.to_string())
+}
+
+/// A private JWK for `alg` made outside kmsgw (Python `cryptography`, i.e.
+/// OpenSSL); RSA keys are 2048 bits.
+pub fn external_private_jwk(alg: &str) -> Value {
+    const SCRIPT: &str = r#"
+import base64, json, sys
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives import serialization
+def b64(n, size=None):
+    if isinstance(n, int):
+        size = size or (n.bit_length() + 7) // 8
+        n = n.to_bytes(size, "big")
+    return base64.urlsafe_b64encode(n).rstrip(b"=").decode()
+alg = sys.argv[1]
+if alg in ("ES256", "ES384", "ES512"):
+    curve, size, name = {"ES256": (ec.SECP256R1(), 32, "P-256"), "ES384": (ec.SECP384R1(), 48, "P-384"), "ES512": (ec.SECP521R1(), 66, "P-521")}[alg]
+    key = ec.generate_private_key(curve)
+    pub = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": name, "x": b64(pub.x, size), "y": b64(pub.y, size), "d": b64(key.private_numbers().private_value, size)}
+elif alg == "EdDSA":
+    key = ed25519.Ed25519PrivateKey.generate()
+    d = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    x = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(x), "d": b64(d)}
+else:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    p = key.private_numbers()
+    jwk = {"kty": "RSA", "n": b64(p.public_numbers.n), "e": b64(p.public_numbers.e), "d": b64(p.d), "p": b64(p.p), "q": b64(p.q), "dp": b64(p.dmp1), "dq": b64(p.dmq1), "qi": b64(p.iqmp)}
+print(json.dumps(jwk))
+"#;
+    let output = Command::new("python3")
+        .args(["-c", SCRIPT, alg])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "python cryptography failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("a JWK")
 }
 
 /// Asserts that the signature verifies.
@@ -696,4 +788,121 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
     assert!(!values.is_empty(), "no values");
     let index = ((values.len() - 1) as f64 * q).round() as usize;
     values[index]
+}
+
+/// Every JOSE algorithm kmsgw knows.
+pub const ALGS: [&str; 6] = ["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"];
+
+/// Messages every algorithm test signs: empty, one byte, 5000 bytes.
+pub const ALG_MESSAGES: [&[u8]; 3] = [b"", b"x", &[0x5c; 5000]];
+
+/// The algorithms `provider` advertises in `GET /providers`.
+pub async fn supported_algs(gw: &Gateway, provider: &str) -> Vec<String> {
+    let (_, providers) = gw.get("/providers").await;
+    let entry = providers
+        .as_array()
+        .expect("a provider list")
+        .iter()
+        .find(|p| p["id"] == provider)
+        .unwrap_or_else(|| panic!("no provider {provider}: {providers}"));
+    entry["capabilities"]["supportedAlgs"]
+        .as_array()
+        .expect("supportedAlgs")
+        .iter()
+        .map(|a| a.as_str().expect("an alg name").to_owned())
+        .collect()
+}
+
+/// Signs each of [`ALG_MESSAGES`] with `kid` (public key `jwk`, algorithm `alg`)
+/// and checks each signature with an independent implementation and with
+/// `POST /keys/{kid}/verify`, which must also refuse it for another message.
+pub async fn sign_all_and_verify(gw: &Gateway, kid: &str, jwk: &Value, alg: &str) {
+    assert_eq!(jwk["alg"], alg, "{jwk}");
+    for message in ALG_MESSAGES {
+        let signature = gw.sign(kid, message).await;
+        if let Err(e) = verify(jwk, message, &signature) {
+            panic!(
+                "{alg} signature of a {}-byte message by {kid}: {e}",
+                message.len()
+            );
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(message);
+        let (status, answer) = gw
+            .post(
+                &format!("/keys/{kid}/verify"),
+                serde_json::json!({"data": b64, "signature": signature}),
+            )
+            .await;
+        assert_eq!(
+            (status, &answer["valid"]),
+            (StatusCode::OK, &Value::Bool(true)),
+            "{answer}"
+        );
+        let (_, answer) = gw
+            .post(
+                &format!("/keys/{kid}/verify"),
+                serde_json::json!({"data": "b3RoZXI=", "signature": signature}),
+            )
+            .await;
+        assert_eq!(
+            answer["valid"], false,
+            "{kid}: a signature verified for another message"
+        );
+    }
+}
+
+/// For every algorithm: when `provider` advertises it, a generated key (and, with
+/// `import`, a key made outside kmsgw) signs [`ALG_MESSAGES`], verified; when it
+/// does not, creating one is 405 `unsupported_alg` naming the provider. Returns
+/// the algorithms that worked, which must be exactly the advertised ones.
+pub async fn alg_matrix(gw: &Gateway, provider: &str, import: bool) -> Vec<String> {
+    let advertised = supported_algs(gw, provider).await;
+    let mut worked = Vec::new();
+    for alg in ALGS {
+        let kid = format!("{provider}-{}", alg.to_ascii_lowercase());
+        let (status, key) = gw
+            .post(
+                "/keys",
+                serde_json::json!({"kid": kid, "alg": alg, "provider": provider}),
+            )
+            .await;
+        if !advertised.iter().any(|a| a == alg) {
+            assert_eq!(
+                (status, key["code"].as_str()),
+                (StatusCode::METHOD_NOT_ALLOWED, Some("unsupported_alg")),
+                "{key}"
+            );
+            assert!(key["error"].as_str().unwrap().contains(provider), "{key}");
+            continue;
+        }
+        assert_eq!(status, StatusCode::OK, "{provider} {alg}: {key}");
+        assert_eq!(key["alg"], alg);
+        sign_all_and_verify(gw, &kid, &key["publicJwk"], alg).await;
+        if import {
+            let private = external_private_jwk(alg);
+            let kid = format!("{kid}-imported");
+            let (status, key) = gw
+                .post(
+                    &format!("/keys/{kid}/import"),
+                    serde_json::json!({"privateJwk": private, "alg": alg, "provider": provider}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{provider} {alg} import: {key}");
+            for member in ["x", "y", "n", "e"] {
+                assert_eq!(key["publicJwk"][member], private[member], "{member}");
+            }
+            sign_all_and_verify(gw, &kid, &key["publicJwk"], alg).await;
+        }
+        worked.push(alg.to_owned());
+    }
+    println!("{provider}: advertises {advertised:?}, signs {worked:?}");
+    let mut sorted = advertised.clone();
+    sorted.sort();
+    let mut signed = worked.clone();
+    signed.sort();
+    assert_eq!(
+        signed, sorted,
+        "{provider}: what works is what it advertises"
+    );
+    worked
 }

@@ -128,6 +128,12 @@ fn pkcs11_generates_imports_signs_and_deletes_on_softhsm2() {
         let signature = gw.sign("hsm-imported", b"imported").await;
         assert_verifies(&private, b"imported", &signature);
 
+        // Every algorithm, generated on the token and imported into it.
+        alg_matrix(&gw, "hsm", true).await;
+        let signature = gw.sign("hsm-es512", &[7u8; 100_000]).await;
+        let (_, key) = gw.get("/keys/hsm-es512").await;
+        assert_verifies(&key["publicJwk"], &[7u8; 100_000], &signature);
+
         // A wrong PIN: that provider is not ok, with the reason; the rest serves.
         let (_, health) = gw.get("/health/kms").await;
         let line = |id: &str| health.as_array().unwrap().iter().find(|h| h["providerId"] == id).unwrap().clone();

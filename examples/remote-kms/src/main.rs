@@ -1,7 +1,10 @@
 //! A reference remote-KMS service: the server side of the HTTP contract that the
-//! `http` provider (and the `remote-http` guest) consume. ES256 keys with
-//! RustCrypto's p256, persisted in a JSON file (mode 0600) in the data directory;
-//! optional bearer-token auth; optional TLS with required client certificates (mTLS).
+//! `http` provider (and the `remote-http` guest) consume. Keys of every JOSE
+//! algorithm kmsgw knows (ES256/384/512, EdDSA, RS256, PS256; `alg` and, for RSA,
+//! `keySize` on create), made with kmsgw's crypto module, persisted as PKCS#8 in a
+//! JSON file (mode 0600) in the data directory; optional bearer-token auth;
+//! optional TLS with required client certificates (mTLS). `--corrupt-signatures`
+//! flips a bit in every signature: a lying backend, for tests.
 //!
 //! ```text
 //! remote-kms --listen 127.0.0.1:3001 --data-dir ./remote-kms-data [--token T]
@@ -24,8 +27,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::Parser;
-use p256::ecdsa::signature::Signer;
-use p256::ecdsa::{Signature, SigningKey};
+use kmsgw::crypto::{Alg, KeyKind, PrivateKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -50,11 +52,29 @@ struct Args {
     /// Require client certificates issued by this CA (PEM): mutual TLS.
     #[arg(long, requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// Return signatures with one bit flipped (a lying backend, for tests).
+    #[arg(long)]
+    corrupt_signatures: bool,
+}
+
+/// A key and the algorithm it signs with.
+struct Key {
+    alg: Alg,
+    private: PrivateKey,
 }
 
 struct Store {
     path: PathBuf,
-    keys: Mutex<BTreeMap<String, SigningKey>>,
+    keys: Mutex<BTreeMap<String, Key>>,
+}
+
+/// A stored key: its algorithm and PKCS#8 (base64url); a bare string is a P-256
+/// scalar from the ES256-only version of this service.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(untagged)]
+enum Saved {
+    Key { alg: Alg, pkcs8: String },
+    LegacyP256(String),
 }
 
 impl Store {
@@ -63,9 +83,14 @@ impl Store {
         let path = dir.join("keys.json");
         let mut keys = BTreeMap::new();
         if path.exists() {
-            let saved: BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(&path)?)?;
-            for (kid, d) in saved {
-                keys.insert(kid, SigningKey::from_slice(&URL_SAFE_NO_PAD.decode(d)?)?);
+            let saved: BTreeMap<String, Saved> = serde_json::from_slice(&std::fs::read(&path)?)?;
+            for (kid, entry) in saved {
+                let (alg, der) = match entry {
+                    Saved::Key { alg, pkcs8 } => (alg, URL_SAFE_NO_PAD.decode(pkcs8)?),
+                    Saved::LegacyP256(d) => (Alg::ES256, URL_SAFE_NO_PAD.decode(d)?),
+                };
+                let private = PrivateKey::from_pkcs8(alg.key_kind(), &der)?;
+                keys.insert(kid, Key { alg, private });
             }
         }
         Ok(Store {
@@ -74,10 +99,19 @@ impl Store {
         })
     }
 
-    fn save(&self, keys: &BTreeMap<String, SigningKey>) -> std::io::Result<()> {
-        let saved: BTreeMap<&String, String> = keys
+    fn save(&self, keys: &BTreeMap<String, Key>) -> std::io::Result<()> {
+        let saved: BTreeMap<&String, Saved> = keys
             .iter()
-            .map(|(kid, key)| (kid, URL_SAFE_NO_PAD.encode(key.to_bytes())))
+            .map(|(kid, key)| {
+                let pkcs8 = URL_SAFE_NO_PAD.encode(key.private.pkcs8());
+                (
+                    kid,
+                    Saved::Key {
+                        alg: key.alg,
+                        pkcs8,
+                    },
+                )
+            })
             .collect();
         let partial = self.path.with_extension("partial");
         let mut file = std::fs::OpenOptions::new()
@@ -95,46 +129,27 @@ impl Store {
 struct App {
     store: Store,
     token: Option<String>,
+    corrupt: bool,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-fn public_jwk(key: &SigningKey) -> Value {
-    let point = key.verifying_key().to_sec1_bytes();
-    json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})
-}
-
-fn random_key() -> std::io::Result<SigningKey> {
-    use std::io::Read;
-    let mut urandom = std::fs::File::open("/dev/urandom")?;
-    loop {
-        let mut bytes = [0u8; 32];
-        urandom.read_exact(&mut bytes)?;
-        if let Ok(key) = SigningKey::from_slice(&bytes) {
-            return Ok(key);
-        }
-    }
-}
-
-/// The error answer for an algorithm other than ES256, if it is one.
-fn alg_error(alg: Option<&str>) -> Option<Response> {
+/// The algorithm a request names (ES256 when it names none); the error names it.
+fn requested_alg(alg: Option<&str>) -> Result<Alg, String> {
     match alg {
-        None | Some("ES256") => None,
-        Some(other) => Some(error(
-            StatusCode::BAD_REQUEST,
-            format!("unsupported alg {other}"),
-        )),
+        None => Ok(Alg::ES256),
+        Some(name) => Alg::parse(name).ok_or_else(|| format!("unsupported alg {name}")),
     }
 }
 
-fn insert(app: &App, kid: String, key: SigningKey) -> Response {
+fn insert(app: &App, kid: String, key: Key) -> Response {
     let mut keys = app.store.keys.lock().expect("store lock");
     if keys.contains_key(&kid) {
         return error(StatusCode::CONFLICT, format!("key {kid} exists"));
     }
-    let jwk = public_jwk(&key);
+    let jwk = key.private.public_jwk().clone();
     keys.insert(kid, key);
     if let Err(e) = app.store.save(&keys) {
         return error(
@@ -146,21 +161,21 @@ fn insert(app: &App, kid: String, key: SigningKey) -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct GenerateBody {
     kid: String,
     alg: Option<String>,
+    key_size: Option<usize>,
 }
 
 async fn generate(State(app): State<Arc<App>>, Json(body): Json<GenerateBody>) -> Response {
-    if let Some(response) = alg_error(body.alg.as_deref()) {
-        return response;
-    }
-    match random_key() {
-        Ok(key) => insert(&app, body.kid, key),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("no randomness: {e}"),
-        ),
+    let alg = match requested_alg(body.alg.as_deref()) {
+        Ok(alg) => alg,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    match PrivateKey::generate(alg, body.key_size) {
+        Ok(private) => insert(&app, body.kid, Key { alg, private }),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 
@@ -176,20 +191,28 @@ async fn import(
     Path(kid): Path<String>,
     Json(body): Json<ImportBody>,
 ) -> Response {
-    if let Some(response) = alg_error(body.alg.as_deref()) {
-        return response;
-    }
-    let key = body.private_jwk["d"]
-        .as_str()
-        .and_then(|d| URL_SAFE_NO_PAD.decode(d).ok())
-        .and_then(|d| SigningKey::from_slice(&d).ok());
-    match key {
-        Some(key) if public_jwk(&key)["x"] == body.private_jwk["x"] => insert(&app, kid, key),
-        _ => error(
+    let private = match PrivateKey::from_jwk(&body.private_jwk) {
+        Ok(private) => private,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("privateJwk: {e}")),
+    };
+    let alg = match body.alg.as_deref() {
+        Some(_) => match requested_alg(body.alg.as_deref()) {
+            Ok(alg) => alg,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
+        None => match private.kind() {
+            KeyKind::Ec(curve) => curve.alg(),
+            KeyKind::Ed25519 => Alg::EdDSA,
+            KeyKind::Rsa => Alg::RS256,
+        },
+    };
+    if alg.key_kind() != private.kind() {
+        return error(
             StatusCode::BAD_REQUEST,
-            "privateJwk is not a P-256 private key",
-        ),
+            format!("privateJwk is not a {alg} key"),
+        );
     }
+    insert(&app, kid, Key { alg, private })
 }
 
 #[derive(Deserialize)]
@@ -203,9 +226,6 @@ async fn sign(
     Path(kid): Path<String>,
     Json(body): Json<SignBody>,
 ) -> Response {
-    if let Some(response) = alg_error(body.alg.as_deref()) {
-        return response;
-    }
     let Ok(data) = STANDARD
         .decode(&body.data)
         .or_else(|_| URL_SAFE_NO_PAD.decode(&body.data))
@@ -216,8 +236,22 @@ async fn sign(
     let Some(key) = keys.get(&kid) else {
         return error(StatusCode::NOT_FOUND, format!("no key {kid}"));
     };
-    let signature: Signature = key.sign(&data);
-    Json(json!({"signature": URL_SAFE_NO_PAD.encode(signature.to_bytes())})).into_response()
+    if let Some(alg) = body.alg.as_deref()
+        && alg != key.alg.as_str()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("key {kid} signs {}, not {alg}", key.alg),
+        );
+    }
+    let mut signature = match key.private.signer(key.alg) {
+        Ok(signer) => signer.sign(&data),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if app.corrupt {
+        signature[0] ^= 1;
+    }
+    Json(json!({"signature": URL_SAFE_NO_PAD.encode(signature)})).into_response()
 }
 
 async fn remove(State(app): State<Arc<App>>, Path(kid): Path<String>) -> Response {
@@ -300,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Arc::new(App {
         store: Store::open(&args.data_dir)?,
         token: args.token.clone(),
+        corrupt: args.corrupt_signatures,
     });
     let tls = tls_config(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -27,7 +27,7 @@
 mod hoard;
 
 use kmsgw_guest_sdk::http::Request;
-use kmsgw_guest_sdk::{Adapter, Alg, Error, KeyMaterial, export_adapter, jwk, storage};
+use kmsgw_guest_sdk::{Adapter, Alg, Error, KeyMaterial, KeySpec, export_adapter, jwk, storage};
 use p256::ecdsa::{Signature, SigningKey, signature::Signer};
 
 #[derive(PartialEq)]
@@ -62,7 +62,7 @@ impl Adapter for Hostile {
         Ok(Hostile { mode })
     }
 
-    fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, Error> {
+    fn generate_key(&self, kid: &str, _spec: KeySpec) -> Result<KeyMaterial, Error> {
         let bytes = kmsgw_guest_sdk::bindings::wasi::random::random::get_random_bytes(32);
         let key = SigningKey::from_slice(&bytes)
             .map_err(|_| Error::Internal("bad random scalar".into()))?;

@@ -1,11 +1,13 @@
 //! `remote-http`: the remote-KMS HTTP contract (`POST {keysPath}`,
 //! `POST {keysPath}/{kid}/sign`, `DELETE {keysPath}/{kid}`, `GET {healthPath}`,
 //! optional `POST {keysPath}/{kid}/import`) spoken from inside a guest over
-//! `wasi:http`. Config: `{baseUrl, apiKey?, keysPath?, healthPath?, canImport?}`.
+//! `wasi:http`. Config: `{baseUrl, apiKey?, keysPath?, healthPath?, canImport?,
+//! algs?}`; `algs` lists the JOSE algorithms the remote service signs (default
+//! `["ES256"]`, the first being the default).
 
 use kmsgw_guest_sdk::http::{Request, Response};
 use kmsgw_guest_sdk::{
-    Adapter, Alg, Capabilities, Error, KeyMaterial, base64std, base64url, export_adapter,
+    Adapter, Alg, Capabilities, Error, KeyMaterial, KeySpec, base64std, base64url, export_adapter,
     serde_json,
 };
 use serde::Deserialize;
@@ -22,7 +24,22 @@ struct Config {
     health_path: String,
     #[serde(default)]
     can_import: bool,
+    #[serde(default = "default_algs")]
+    algs: Vec<String>,
 }
+
+fn default_algs() -> Vec<String> {
+    vec!["ES256".into()]
+}
+
+const ALGS: [Alg; 6] = [
+    Alg::Es256,
+    Alg::Es384,
+    Alg::Es512,
+    Alg::Eddsa,
+    Alg::Rs256,
+    Alg::Ps256,
+];
 
 fn default_keys_path() -> String {
     "/keys".into()
@@ -34,15 +51,22 @@ fn default_health_path() -> String {
 
 struct RemoteHttp {
     config: Config,
-}
-
-fn alg_name(alg: Alg) -> &'static str {
-    match alg {
-        Alg::Es256 => "ES256",
-    }
+    algs: Vec<Alg>,
 }
 
 impl RemoteHttp {
+    /// Refuses an algorithm the config does not list.
+    fn check_alg(&self, alg: Alg) -> Result<(), Error> {
+        if self.algs.contains(&alg) {
+            Ok(())
+        } else {
+            Err(Error::Unsupported(format!(
+                "{} is not in this guest's configured algs",
+                alg.name()
+            )))
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.config.base_url.trim_end_matches('/'))
     }
@@ -85,7 +109,19 @@ impl Adapter for RemoteHttp {
     fn init(config: Value) -> Result<Self, Error> {
         let config: Config = serde_json::from_value(config)
             .map_err(|e| Error::InvalidInput(format!("config: {e}")))?;
-        Ok(RemoteHttp { config })
+        let algs = config
+            .algs
+            .iter()
+            .map(|name| {
+                ALGS.into_iter()
+                    .find(|a| a.name() == name)
+                    .ok_or_else(|| Error::InvalidInput(format!("config: unknown alg `{name}`")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if algs.is_empty() {
+            return Err(Error::InvalidInput("config: algs is empty".into()));
+        }
+        Ok(RemoteHttp { config, algs })
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -93,18 +129,23 @@ impl Adapter for RemoteHttp {
             can_create: true,
             can_import: self.config.can_import,
             can_delete: true,
-            algs: vec![Alg::Es256],
-            default_alg: Alg::Es256,
+            default_alg: self.algs[0],
+            algs: self.algs.clone(),
         }
     }
 
-    fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, Error> {
-        let request = Request::post(self.url(&self.config.keys_path))
-            .json(&json!({"kid": kid, "alg": alg_name(alg)}));
+    fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, Error> {
+        self.check_alg(spec.alg)?;
+        let mut body = json!({"kid": kid, "alg": spec.alg.name()});
+        if spec.rsa_bits > 0 {
+            body["keySize"] = spec.rsa_bits.into();
+        }
+        let request = Request::post(self.url(&self.config.keys_path)).json(&body);
         Self::key_material(kid, &self.send(request)?)
     }
 
     fn import_key(&self, kid: &str, private_jwk: &Value, alg: Alg) -> Result<KeyMaterial, Error> {
+        self.check_alg(alg)?;
         if !self.config.can_import {
             return Err(Error::Unsupported(
                 "import is disabled; set canImport: true in the guest config".into(),
@@ -112,15 +153,16 @@ impl Adapter for RemoteHttp {
         }
         let path = format!("{}/{kid}/import", self.config.keys_path);
         let request = Request::post(self.url(&path))
-            .json(&json!({"privateJwk": private_jwk, "alg": alg_name(alg)}));
+            .json(&json!({"privateJwk": private_jwk, "alg": alg.name()}));
         Self::key_material(kid, &self.send(request)?)
     }
 
     fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
+        self.check_alg(alg)?;
         let path = format!("{}/{external_id}/sign", self.config.keys_path);
         let data = base64std::encode(message);
         let request =
-            Request::post(self.url(&path)).json(&json!({"data": data, "alg": alg_name(alg)}));
+            Request::post(self.url(&path)).json(&json!({"data": data, "alg": alg.name()}));
         let body: Value = self.send(request)?.json()?;
         let signature = body["signature"]
             .as_str()

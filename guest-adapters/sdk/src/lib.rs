@@ -6,14 +6,14 @@
 //! adapter needs is re-exported here:
 //! - [`storage`]: the provider's private key-value store (sealed by the host),
 //! - [`http`]: a small blocking HTTP client over `wasi:http` (only `allowedHosts` reachable),
-//! - [`jwk`], [`base64url`] and [`base64std`]: P-256 JWK and base64 helpers,
+//! - [`jwk`], [`base64url`] and [`base64std`]: JWK (EC, OKP, RSA) and base64 helpers,
 //! - [`log`]: lines in the gateway's log.
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "kmsgw:adapter/provider@0.1.0",
+        world: "kmsgw:adapter/provider@0.2.0",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_provider",
@@ -26,7 +26,21 @@ pub mod jwk;
 pub mod log;
 pub mod storage;
 
-pub use bindings::kmsgw::adapter::types::{Alg, Capabilities, Error, KeyMaterial};
+pub use bindings::kmsgw::adapter::types::{Alg, Capabilities, Error, KeyMaterial, KeySpec};
+
+impl Alg {
+    /// The JOSE name of the algorithm (`ES256`, `EdDSA`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::Es256 => "ES256",
+            Alg::Es384 => "ES384",
+            Alg::Es512 => "ES512",
+            Alg::Eddsa => "EdDSA",
+            Alg::Rs256 => "RS256",
+            Alg::Ps256 => "PS256",
+        }
+    }
+}
 pub use serde_json;
 
 /// Encodes and decodes unpadded base64url, the JOSE form.
@@ -81,12 +95,13 @@ pub trait Adapter: Sized + 'static {
         }
     }
 
-    /// Creates a key named `kid`. Default: unsupported.
+    /// Creates a key named `kid` as `spec` says (its algorithm and, for RSA, its
+    /// modulus size). Default: unsupported.
     ///
     /// # Errors
     /// Any [`Error`]; the host maps it to an HTTP status.
-    fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, Error> {
-        let _ = (kid, alg);
+    fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, Error> {
+        let _ = (kid, spec);
         Err(Error::Unsupported("this adapter cannot create keys".into()))
     }
 
@@ -104,7 +119,9 @@ pub trait Adapter: Sized + 'static {
         Err(Error::Unsupported("this adapter cannot import keys".into()))
     }
 
-    /// Signs `message` with the key `external_id`; for ES256, returns raw `r‖s` (64 bytes).
+    /// Signs `message` with the key `external_id` and returns the JOSE form of the
+    /// signature: raw `r‖s` for ECDSA, 64 bytes for EdDSA, modulus-sized for RSA.
+    /// The host verifies it before a client sees it.
     ///
     /// # Errors
     /// [`Error::NotFound`] for an unknown key, any other [`Error`] otherwise.
@@ -171,8 +188,8 @@ macro_rules! export_adapter {
             fn init(config: String) -> Result<$crate::Capabilities, $crate::Error> {
                 $crate::__private::init::<$adapter>(config)
             }
-            fn generate_key(kid: String, alg: $crate::Alg) -> Result<$crate::KeyMaterial, $crate::Error> {
-                $crate::__private::with::<$adapter, _>(|a| $crate::Adapter::generate_key(a, &kid, alg))
+            fn generate_key(kid: String, spec: $crate::KeySpec) -> Result<$crate::KeyMaterial, $crate::Error> {
+                $crate::__private::with::<$adapter, _>(|a| $crate::Adapter::generate_key(a, &kid, spec))
             }
             fn import_key(
                 kid: String,

@@ -1,43 +1,42 @@
-//! `soft-signer`: ES256 keys generated and used inside the guest with RustCrypto's
-//! `p256`, kept in the provider's sealed storage. Supports import.
+//! `soft-signer`: keys generated and used inside the guest with RustCrypto (`p256`,
+//! `p384`, `p521`, `ed25519-dalek`, `rsa`), kept in the provider's sealed storage.
+//! Signs every algorithm of the contract: ES256, ES384, ES512, EdDSA, RS256 and
+//! PS256. Supports import. RSA key generation searches for primes inside the
+//! guest: give the provider a `timeoutMs` of several seconds if it creates RSA keys.
 //!
 //! Each key's external id is its kid plus a random suffix, so a kid that is
 //! deleted and created again names a different stored key; that makes it safe for
 //! every instance to keep the keys it has used in memory (the host never asks for
 //! a deleted key again).
 
+mod keys;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use kmsgw_guest_sdk::bindings::wasi::random::random::get_random_bytes;
 use kmsgw_guest_sdk::{
-    Adapter, Alg, Capabilities, Error, KeyMaterial, base64url, export_adapter, jwk, storage,
+    Adapter, Alg, Capabilities, Error, KeyMaterial, KeySpec, base64url, export_adapter, storage,
 };
-use p256::ecdsa::{Signature, SigningKey, signature::Signer};
+
+use keys::SoftKey;
 
 struct SoftSigner {
-    /// Keys used by this instance, by external id; p256 wipes them when dropped.
-    keys: RefCell<HashMap<String, SigningKey>>,
+    /// Keys used by this instance, by external id; RustCrypto wipes them when dropped.
+    keys: RefCell<HashMap<String, SoftKey>>,
 }
 
 fn storage_key(external_id: &str) -> String {
     format!("key/{external_id}")
 }
 
-fn store(kid: &str, key: &SigningKey) -> Result<KeyMaterial, Error> {
+fn store(kid: &str, key: &SoftKey) -> Result<KeyMaterial, Error> {
     let external_id = format!("{kid}.{}", base64url::encode(&get_random_bytes(9)));
-    storage::set(&storage_key(&external_id), &key.to_bytes())?;
+    storage::set(&storage_key(&external_id), &key.to_stored()?)?;
     Ok(KeyMaterial {
-        public_jwk: jwk::p256_public_jwk(&key.verifying_key().to_sec1_bytes())?,
+        public_jwk: key.public_jwk()?,
         external_id,
     })
-}
-
-fn random_key() -> Result<SigningKey, Error> {
-    // Rejection sampling: almost every 32 random bytes are a valid scalar.
-    (0..16)
-        .find_map(|_| SigningKey::from_slice(&get_random_bytes(32)).ok())
-        .ok_or_else(|| Error::Internal("no valid scalar from the random source".into()))
 }
 
 impl Adapter for SoftSigner {
@@ -52,38 +51,32 @@ impl Adapter for SoftSigner {
             can_create: true,
             can_import: true,
             can_delete: true,
-            algs: vec![Alg::Es256],
+            algs: keys::ALGS.to_vec(),
             default_alg: Alg::Es256,
         }
     }
 
-    fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, Error> {
-        store(kid, &random_key()?)
+    fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, Error> {
+        store(kid, &SoftKey::generate(spec)?)
     }
 
     fn import_key(
         &self,
         kid: &str,
         private_jwk: &serde_json::Value,
-        _alg: Alg,
+        alg: Alg,
     ) -> Result<KeyMaterial, Error> {
-        let scalar = jwk::p256_private_scalar(private_jwk)?;
-        let key = SigningKey::from_slice(&scalar)
-            .map_err(|_| Error::InvalidInput("`d` is not a valid P-256 scalar".into()))?;
-        store(kid, &key)
+        store(kid, &SoftKey::from_jwk(private_jwk, alg)?)
     }
 
-    fn sign(&self, external_id: &str, message: &[u8], _alg: Alg) -> Result<Vec<u8>, Error> {
+    fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
         let mut keys = self.keys.borrow_mut();
         if !keys.contains_key(external_id) {
             let bytes = storage::get(&storage_key(external_id))?
                 .ok_or_else(|| Error::NotFound(format!("no key `{external_id}`")))?;
-            let key = SigningKey::from_slice(&bytes)
-                .map_err(|_| Error::Internal("stored key is damaged".into()))?;
-            keys.insert(external_id.to_owned(), key);
+            keys.insert(external_id.to_owned(), SoftKey::from_stored(&bytes)?);
         }
-        let signature: Signature = keys[external_id].sign(message);
-        Ok(signature.to_bytes().to_vec())
+        keys[external_id].sign(message, alg)
     }
 
     fn delete_key(&self, external_id: &str) -> Result<(), Error> {

@@ -90,7 +90,9 @@ impl ApiError {
                 G::ProviderNotFound(_) => (StatusCode::NOT_FOUND, "provider_not_found"),
                 G::KeyExists(_) => (StatusCode::CONFLICT, "key_exists"),
                 G::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+                G::InvalidJwk(_) => (StatusCode::BAD_REQUEST, "invalid_jwk"),
                 G::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_operation"),
+                G::UnsupportedAlg { .. } => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_alg"),
                 G::ProviderGone { .. } => {
                     (StatusCode::SERVICE_UNAVAILABLE, "provider_not_configured")
                 }

@@ -27,8 +27,12 @@ use crate::providers::Alg;
 pub struct CreateKeyRequest {
     /// Generated (a UUID) when absent.
     kid: Option<String>,
-    /// Default: the provider's default algorithm.
+    /// `ES256`, `ES384`, `ES512`, `EdDSA`, `RS256` or `PS256`; default: the
+    /// provider's default algorithm (ES256).
     alg: Option<String>,
+    /// RSA modulus bits: 2048 (default), 3072 or 4096; RSA algorithms only.
+    #[serde(rename = "keySize")]
+    key_size: Option<u32>,
     /// Default: `defaultProvider`. EUDIPLO calls this `kmsProvider`; both spellings work.
     #[serde(alias = "kmsProvider")]
     provider: Option<String>,
@@ -38,7 +42,8 @@ pub struct CreateKeyRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ImportKeyRequest {
-    /// A private EC P-256 JWK (`kty`, `crv`, `x`, `y`, `d`).
+    /// A private JWK: `EC` (P-256/384/521: `crv`, `x`, `y`, `d`), `OKP` (Ed25519:
+    /// `crv`, `x`, `d`) or `RSA` (`n`, `e`, `d`, `p`, `q`, `dp`, `dq`, `qi`).
     #[schema(value_type = Object)]
     private_jwk: serde_json::Value,
     alg: Option<String>,
@@ -92,10 +97,27 @@ impl From<&KeyRecord> for KeyResponse {
     }
 }
 
+/// `POST /keys/{kid}/verify`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The message, base64 (standard or url-safe, padded or not).
+    data: String,
+    /// The signature, base64url (or standard base64), in its JOSE form.
+    signature: String,
+}
+
+/// Whether a signature is valid.
+#[derive(Serialize, ToSchema)]
+pub struct VerifyResponse {
+    valid: bool,
+}
+
 /// A signature.
 #[derive(Serialize, ToSchema)]
 pub struct SignResponse {
-    /// base64url (no padding) of the raw signature; for ES256, `r‖s` (64 bytes).
+    /// base64url (no padding) of the signature in its JOSE form: raw `r‖s` for
+    /// ECDSA (64, 96 or 132 bytes), 64 bytes for EdDSA, modulus-sized for RSA.
     signature: String,
     kid: String,
     alg: Alg,
@@ -177,6 +199,7 @@ pub async fn create(
                 principal.tenant.as_deref(),
                 req.kid.clone(),
                 alg,
+                req.key_size,
                 req.provider.as_deref(),
             )
             .await
@@ -282,6 +305,32 @@ pub async fn sign(
         signature: base64url(&signature),
         alg: record.alg,
         kid,
+    }))
+}
+
+/// Verify a signature against a key's public key.
+#[utoipa::path(post, path = "/keys/{kid}/verify", tag = "keys", request_body = VerifyRequest,
+    params(("kid" = String, Path, description = "The key whose public key checks the signature", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
+    responses((status = 200, description = "Whether the signature is valid", body = VerifyResponse), ErrorResponses),
+    security(("bearer" = ["keys:read"])))]
+pub async fn verify(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+    Path(kid): Path<String>,
+    JsonBody(req): JsonBody<VerifyRequest>,
+) -> Result<Json<VerifyResponse>, ApiError> {
+    principal.require(Scope::KeysRead)?;
+    let invalid = |field: &str| {
+        ApiError::bad_request(
+            "invalid_base64",
+            format!("`{field}` is neither standard nor url-safe base64"),
+        )
+    };
+    let message = decode_base64(&req.data).map_err(|_| invalid("data"))?;
+    let signature = decode_base64(&req.signature).map_err(|_| invalid("signature"))?;
+    let record = state.gateway.key(principal.tenant.as_deref(), &kid).await?;
+    Ok(Json(VerifyResponse {
+        valid: record.public_jwk.verify(record.alg, &message, &signature),
     }))
 }
 

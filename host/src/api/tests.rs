@@ -61,7 +61,13 @@ async fn create_then_sign_returns_a_raw_signature_that_verifies() {
     let (status, signed) = call(&state, "POST", "/keys/k/sign", r#"{"data": "aGk="}"#).await;
     assert_eq!(status, StatusCode::OK, "{signed}");
     let jwk: PublicJwk = serde_json::from_value(key["publicJwk"].clone()).unwrap();
-    let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(&jwk.to_sec1().unwrap()).unwrap();
+    let point = [
+        &[4u8][..],
+        &decode_base64(jwk.x.as_deref().unwrap()).unwrap(),
+        &decode_base64(jwk.y.as_deref().unwrap()).unwrap(),
+    ]
+    .concat();
+    let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
     let raw = decode_base64(signed["signature"].as_str().unwrap()).unwrap();
     let signature = p256::ecdsa::Signature::from_slice(&raw).unwrap();
     verifying.verify(b"hi", &signature).unwrap();

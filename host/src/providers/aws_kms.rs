@@ -1,8 +1,10 @@
 //! The `aws-kms` provider: AWS KMS (or a stand-in at `endpoint`) through
-//! aws-sdk-kms. Keys are `ECC_NIST_P256` / `SIGN_VERIFY`, tagged with the kid, the
-//! provider id and `ManagedBy=kmsgw`. Sign uses `ECDSA_SHA_256`: `RAW` up to 4096
-//! bytes (the KMS limit), `DIGEST` of a host SHA-256 above; KMS answers DER, which
-//! becomes raw `r‖s`. Import is not possible for asymmetric KMS keys.
+//! aws-sdk-kms. Keys are `ECC_NIST_P256/P384/P521` or `RSA_2048/3072/4096`,
+//! `SIGN_VERIFY`, tagged with the kid, the provider id and `ManagedBy=kmsgw`. Sign
+//! sends the message `RAW` when it is 1 to 4096 bytes (the KMS limits) and a host
+//! digest (`DIGEST`) otherwise; KMS answers ECDSA in DER, which becomes raw `r‖s`. Import is
+//! not possible for asymmetric KMS keys; Ed25519 is left out (not every KMS, and
+//! not the stand-in, has it).
 
 use std::time::Instant;
 
@@ -13,15 +15,18 @@ use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag};
-use p256::pkcs8::DecodePublicKey;
+use aws_sdk_kms::types::{
+    KeySpec as AwsKeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec, Tag,
+};
 use secrecy::ExposeSecret;
 
 use super::remote::{self, retrying};
-use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use super::{
+    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+};
 use crate::catalog::KeyRecord;
 use crate::config::AwsKmsConfig;
-use crate::crypto::{PrivateKey, PublicJwk, der_to_raw_p256};
+use crate::crypto::{KeyKind, PrivateKey, PublicJwk, ecdsa_der_to_raw};
 
 /// Largest message KMS signs as `RAW`.
 pub const RAW_LIMIT: usize = 4096;
@@ -114,7 +119,7 @@ impl AwsKmsProvider {
                 can_create: true,
                 can_import: false,
                 can_delete: true,
-                supported_algs: vec![Alg::ES256],
+                supported_algs: vec![Alg::ES256, Alg::ES384, Alg::ES512, Alg::RS256, Alg::PS256],
                 default_alg: Alg::ES256,
             },
         }
@@ -133,10 +138,38 @@ impl AwsKmsProvider {
         let der = answer
             .public_key()
             .ok_or_else(|| ProviderError::Backend("AWS KMS returned no public key".into()))?;
-        let public = p256::PublicKey::from_public_key_der(der.as_ref())
-            .map_err(|_| ProviderError::Backend("AWS KMS key is not a P-256 key".into()))?;
-        PublicJwk::from_sec1(&public.to_sec1_bytes())
-            .map_err(|e| ProviderError::Backend(e.to_string()))
+        PublicJwk::from_spki(der.as_ref()).map_err(|e| {
+            ProviderError::Backend(format!("AWS KMS returned an unusable public key: {e}"))
+        })
+    }
+}
+
+/// The KMS key spec of a new key.
+fn key_spec(spec: KeySpec) -> Result<AwsKeySpec, ProviderError> {
+    Ok(match (spec.alg, spec.rsa_bits) {
+        (Alg::ES256, _) => AwsKeySpec::EccNistP256,
+        (Alg::ES384, _) => AwsKeySpec::EccNistP384,
+        (Alg::ES512, _) => AwsKeySpec::EccNistP521,
+        (Alg::RS256 | Alg::PS256, 3072) => AwsKeySpec::Rsa3072,
+        (Alg::RS256 | Alg::PS256, 4096) => AwsKeySpec::Rsa4096,
+        (Alg::RS256 | Alg::PS256, _) => AwsKeySpec::Rsa2048,
+        (Alg::EdDSA, _) => {
+            return Err(ProviderError::Unsupported(
+                "aws-kms does not support EdDSA".into(),
+            ));
+        }
+    })
+}
+
+/// The KMS signing algorithm of `alg`, and the digest a `DIGEST` message needs.
+fn signing(alg: Alg) -> (SigningAlgorithmSpec, &'static aws_lc_rs::digest::Algorithm) {
+    use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
+    match alg {
+        Alg::ES384 => (SigningAlgorithmSpec::EcdsaSha384, &SHA384),
+        Alg::ES512 => (SigningAlgorithmSpec::EcdsaSha512, &SHA512),
+        Alg::RS256 => (SigningAlgorithmSpec::RsassaPkcs1V15Sha256, &SHA256),
+        Alg::PS256 => (SigningAlgorithmSpec::RsassaPssSha256, &SHA256),
+        Alg::ES256 | Alg::EdDSA => (SigningAlgorithmSpec::EcdsaSha256, &SHA256),
     }
 }
 
@@ -154,11 +187,11 @@ impl Provider for AwsKmsProvider {
         &self.capabilities
     }
 
-    async fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+    async fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, ProviderError> {
         let created = self
             .client
             .create_key()
-            .key_spec(KeySpec::EccNistP256)
+            .key_spec(key_spec(spec)?)
             .key_usage(KeyUsageType::SignVerify)
             .description(format!("kmsgw key {kid}"))
             .tags(tag("kid", kid)?)
@@ -199,7 +232,7 @@ impl Provider for AwsKmsProvider {
         _alg: Alg,
     ) -> Result<KeyMaterial, ProviderError> {
         Err(ProviderError::Unsupported(format!(
-            "provider `{}` cannot import keys: AWS KMS does not accept imported asymmetric (EC) key material; create the key in AWS KMS instead",
+            "provider `{}` cannot import keys: AWS KMS does not accept imported asymmetric key material; create the key in AWS KMS instead",
             self.id
         )))
     }
@@ -208,12 +241,14 @@ impl Provider for AwsKmsProvider {
         &self,
         key: &KeyRecord,
         message: &[u8],
-        _alg: Alg,
+        alg: Alg,
     ) -> Result<Vec<u8>, ProviderError> {
-        let (input, kind) = if message.len() <= RAW_LIMIT {
+        let (algorithm, hash) = signing(alg);
+        // KMS takes 1 to 4096 bytes RAW; anything else goes as its digest.
+        let (input, kind) = if (1..=RAW_LIMIT).contains(&message.len()) {
             (message.to_vec(), MessageType::Raw)
         } else {
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+            let digest = aws_lc_rs::digest::digest(hash, message);
             (digest.as_ref().to_vec(), MessageType::Digest)
         };
         let answer = retrying(|| async {
@@ -222,7 +257,7 @@ impl Provider for AwsKmsProvider {
                 .key_id(&key.external_id)
                 .message(Blob::new(input.clone()))
                 .message_type(kind.clone())
-                .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+                .signing_algorithm(algorithm.clone())
                 .send()
                 .await
                 .map_err(|e| sdk_error("Sign", e))
@@ -231,11 +266,12 @@ impl Provider for AwsKmsProvider {
         let der = answer.signature().ok_or_else(|| {
             ProviderError::Backend("AWS KMS answered Sign without a signature".into())
         })?;
-        der_to_raw_p256(der.as_ref())
-            .map(|raw| raw.to_vec())
-            .map_err(|e| {
-                ProviderError::Backend(format!("AWS KMS returned an unusable signature: {e}"))
-            })
+        if alg.key_kind() == KeyKind::Rsa {
+            return Ok(der.as_ref().to_vec());
+        }
+        ecdsa_der_to_raw(alg, der.as_ref()).map_err(|e| {
+            ProviderError::Backend(format!("AWS KMS returned an unusable signature: {e}"))
+        })
     }
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {

@@ -1,5 +1,6 @@
-//! The `db` provider: P-256 keys generated on the host, sealed under the master key
-//! in the gateway database, and held decrypted in memory after their first use.
+//! The `db` provider: keys of every algorithm generated on the host (aws-lc-rs),
+//! sealed (PKCS#8) under the master key in the gateway database, and held
+//! decrypted in memory after their first use.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,10 +8,12 @@ use std::time::Instant;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use super::{
+    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+};
 use crate::catalog::{Catalog, KeyRecord};
 use crate::crypto::seal::MasterKey;
-use crate::crypto::{Es256Signer, PrivateKey};
+use crate::crypto::{PrivateKey, PublicJwk, Signer};
 
 /// Keys sealed in the gateway's own database.
 pub struct DbProvider {
@@ -22,16 +25,15 @@ pub struct DbProvider {
     signers: DashMap<String, Arc<CachedSigner>>,
 }
 
-/// A decrypted key and its public JWK coordinates, to check it against the record.
+/// A decrypted key and its public JWK, to check it against the record.
 struct CachedSigner {
-    signer: Es256Signer,
-    x: String,
-    y: String,
+    signer: Signer,
+    public: PublicJwk,
 }
 
 impl CachedSigner {
     fn matches(&self, key: &KeyRecord) -> bool {
-        self.x == key.public_jwk.x && self.y == key.public_jwk.y
+        self.public.same_key(&key.public_jwk)
     }
 }
 
@@ -51,7 +53,7 @@ impl DbProvider {
                 can_create: true,
                 can_import: true,
                 can_delete: true,
-                supported_algs: vec![Alg::ES256],
+                supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
             },
             signers: DashMap::new(),
@@ -61,8 +63,8 @@ impl DbProvider {
     fn material(&self, kid: &str, key: &PrivateKey) -> KeyMaterial {
         KeyMaterial {
             external_id: kid.to_owned(),
-            public_jwk: key.public_jwk(),
-            sealed_secret: Some(self.master.seal(&aad(kid), key.scalar())),
+            public_jwk: key.public_jwk().clone(),
+            sealed_secret: Some(self.master.seal(&aad(kid), key.pkcs8())),
         }
     }
 
@@ -73,17 +75,17 @@ impl DbProvider {
             .await
             .map_err(|e| ProviderError::Internal(e.to_string()))?
             .ok_or_else(|| ProviderError::KeyNotFound(key.id.clone()))?;
-        let scalar = self
+        let damaged =
+            |e: &dyn std::fmt::Display| ProviderError::Internal(format!("key `{}`: {e}", key.id));
+        let pkcs8 = self
             .master
             .open(&aad(&key.id), &sealed)
-            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.id)))?;
-        let private = PrivateKey::from_scalar(&scalar)
-            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.id)))?;
-        let public = private.public_jwk();
+            .map_err(|e| damaged(&e))?;
+        let private =
+            PrivateKey::from_pkcs8(key.alg.key_kind(), &pkcs8).map_err(|e| damaged(&e))?;
         let cached = Arc::new(CachedSigner {
-            signer: private.signer(),
-            x: public.x,
-            y: public.y,
+            signer: private.signer(key.alg).map_err(|e| damaged(&e))?,
+            public: private.public_jwk().clone(),
         });
         if !cached.matches(key) {
             return Err(ProviderError::Internal(format!(
@@ -110,8 +112,15 @@ impl Provider for DbProvider {
         &self.capabilities
     }
 
-    async fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
-        Ok(self.material(kid, &PrivateKey::generate()))
+    async fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, ProviderError> {
+        // RSA generation takes tens to hundreds of milliseconds: off the async workers.
+        let key = tokio::task::spawn_blocking(move || {
+            PrivateKey::generate(spec.alg, Some(spec.rsa_bits as usize))
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(e.to_string()))?
+        .map_err(|e| ProviderError::InvalidInput(e.to_string()))?;
+        Ok(self.material(kid, &key))
     }
 
     async fn import_key(

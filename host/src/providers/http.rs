@@ -15,10 +15,12 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::remote::{self, backend_message, retrying, transport_error};
-use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use super::{
+    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+};
 use crate::catalog::KeyRecord;
 use crate::config::{HttpAuth, HttpConfig};
-use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
+use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
 
 /// An OAuth2 token is refreshed this long before it expires.
 const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(30);
@@ -133,12 +135,18 @@ impl HttpProvider {
             keys_path: config.keys_path.unwrap_or_else(|| "/keys".into()),
             health_path: config.health_path.unwrap_or_else(|| "/health".into()),
             auth,
-            capabilities: Capabilities {
-                can_create: true,
-                can_import: config.can_import,
-                can_delete: true,
-                supported_algs: vec![Alg::ES256],
-                default_alg: Alg::ES256,
+            capabilities: {
+                let algs = config
+                    .algs
+                    .filter(|algs| !algs.is_empty())
+                    .unwrap_or_else(|| vec![Alg::ES256]);
+                Capabilities {
+                    can_create: true,
+                    can_import: config.can_import,
+                    can_delete: true,
+                    default_alg: algs[0],
+                    supported_algs: algs,
+                }
             },
         })
     }
@@ -272,10 +280,8 @@ impl HttpProvider {
                 "remote KMS answered without a usable publicJwk: {e}"
             ))
         })?;
-        let point = answer.public_jwk.to_sec1().map_err(|e| {
-            ProviderError::Backend(format!("remote KMS returned an unusable public key: {e}"))
-        })?;
-        PublicJwk::from_sec1(&point).map_err(|e| ProviderError::Backend(e.to_string()))
+        // The gateway checks the key against the algorithm when it records it.
+        Ok(answer.public_jwk.unlabelled())
     }
 }
 
@@ -293,11 +299,13 @@ impl Provider for HttpProvider {
         &self.capabilities
     }
 
-    async fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, ProviderError> {
+    async fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, ProviderError> {
         let url = format!("{}{}", self.base, self.keys_path);
-        let body = self
-            .call(Method::POST, &url, Some(&json!({"kid": kid, "alg": alg})))
-            .await?;
+        let mut request = json!({"kid": kid, "alg": spec.alg});
+        if spec.alg.key_kind() == KeyKind::Rsa {
+            request["keySize"] = spec.rsa_bits.into();
+        }
+        let body = self.call(Method::POST, &url, Some(&request)).await?;
         Ok(KeyMaterial {
             external_id: kid.to_owned(),
             public_jwk: Self::public_jwk(&body)?,
@@ -317,20 +325,17 @@ impl Provider for HttpProvider {
                 self.id
             )));
         }
-        let public = key.public_jwk();
-        let request = json!({
-            "privateJwk": {"kty": "EC", "crv": "P-256", "x": public.x, "y": public.y, "d": base64url(key.scalar())},
-            "alg": alg,
-        });
+        let private_jwk: serde_json::Value = key
+            .private_jwk()
+            .map_err(|e| ProviderError::Internal(e.to_string()))
+            .and_then(|jwk| {
+                serde_json::from_str(jwk).map_err(|e| ProviderError::Internal(e.to_string()))
+            })?;
+        let request = json!({"privateJwk": private_jwk, "alg": alg});
         let body = self
             .call(Method::POST, &self.key_url(kid, "/import"), Some(&request))
             .await?;
         let returned = Self::public_jwk(&body)?;
-        if returned.x != public.x || returned.y != public.y {
-            return Err(ProviderError::Backend(
-                "remote KMS returned a public key that is not the imported key's".into(),
-            ));
-        }
         Ok(KeyMaterial {
             external_id: kid.to_owned(),
             public_jwk: returned,
@@ -354,16 +359,9 @@ impl Provider for HttpProvider {
         let answer: SignAnswer = serde_json::from_slice(&body).map_err(|e| {
             ProviderError::Backend(format!("remote KMS answered without a signature: {e}"))
         })?;
-        let signature = decode_base64(&answer.signature).map_err(|_| {
+        decode_base64(&answer.signature).map_err(|_| {
             ProviderError::Backend("remote KMS returned a signature that is not base64url".into())
-        })?;
-        if signature.len() != 64 {
-            return Err(ProviderError::Backend(format!(
-                "remote KMS returned a {}-byte signature; ES256 needs the 64-byte raw r‖s",
-                signature.len()
-            )));
-        }
-        Ok(signature)
+        })
     }
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {

@@ -1,9 +1,12 @@
 //! The `pkcs11` provider: an HSM (or SoftHSM2) through its PKCS#11 library, via
 //! cryptoki. Every PKCS#11 call runs on the blocking pool, bounded by the number
-//! of open sessions; sessions log in once and are reused. Keys are P-256 token
-//! objects labelled with the kid and identified by a random `CKA_ID` (the external
-//! id), so a race for one kid can never leave two keys under one name. Signing
-//! hashes on the host and uses `CKM_ECDSA` (SoftHSM2 has no `CKM_ECDSA_SHA256`).
+//! of open sessions; sessions log in once and are reused. Keys (EC P-256/384/521,
+//! Ed25519, RSA) are token objects labelled with the kid and identified by a random
+//! `CKA_ID` (the external id), so a race for one kid can never leave two keys under
+//! one name. Signing hashes on the host where the mechanism takes a digest:
+//! `CKM_ECDSA` (SoftHSM2 has no `CKM_ECDSA_SHA256`), `CKM_RSA_PKCS` over a
+//! SHA-256 DigestInfo, `CKM_RSA_PKCS_PSS` over a SHA-256 digest; `CKM_EDDSA` signs
+//! the message itself.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
@@ -22,13 +27,20 @@ use dashmap::DashMap;
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
-use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use super::{
+    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+};
 use crate::catalog::KeyRecord;
 use crate::config::{Pkcs11Config, Pkcs11Slot};
-use crate::crypto::{PrivateKey, PublicJwk};
+use crate::crypto::{Curve, KeyKind, PrivateKey, PublicJwk};
 
-/// DER of the P-256 curve OID (1.2.840.10045.3.1.7), as `CKA_EC_PARAMS` wants it.
-const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER of id-Ed25519 (1.3.101.112), the `CKA_EC_PARAMS` of Ed25519 keys.
+const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+/// DER prefix of a SHA-256 DigestInfo, which `CKM_RSA_PKCS` signs (RFC 8017 §9.2).
+const SHA256_DIGEST_INFO: [u8; 19] = [
+    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0x04, 0x20,
+];
 /// Default number of sessions.
 const DEFAULT_SESSIONS: u32 = 4;
 
@@ -66,20 +78,98 @@ fn ck(context: &str, e: CkError) -> ProviderError {
     }
 }
 
-/// `CKA_EC_POINT` is a DER OCTET STRING around the uncompressed point.
-fn point_of(ec_point: &[u8]) -> Result<[u8; 65], ProviderError> {
-    let point = match ec_point {
-        [0x04, 65, rest @ ..] if rest.len() == 65 => rest,
-        raw if raw.len() == 65 => raw,
-        _ => {
-            return Err(ProviderError::Backend(
-                "token returned an unexpected CKA_EC_POINT".into(),
-            ));
-        }
+/// `CKA_EC_PARAMS` of a curve: the DER of its OID.
+fn ec_params(curve: Curve) -> Vec<u8> {
+    let oid = curve.oid();
+    let mut params = vec![0x06, u8::try_from(oid.len()).expect("short OID")];
+    params.extend_from_slice(oid);
+    params
+}
+
+/// A DER OCTET STRING around `bytes`, as `CKA_EC_POINT` holds a point.
+fn octet_string(bytes: &[u8]) -> Vec<u8> {
+    let mut der = vec![0x04];
+    match bytes.len() {
+        n if n < 0x80 => der.push(n as u8),
+        n => der.extend([0x81, n as u8]),
+    }
+    der.extend_from_slice(bytes);
+    der
+}
+
+/// The key inside `CKA_EC_POINT`: a DER OCTET STRING (what the standard says), or
+/// the raw bytes (what some tokens return), `len` bytes long.
+fn unwrap_point(ec_point: &[u8], len: usize) -> Result<&[u8], ProviderError> {
+    let inner = match ec_point {
+        [0x04, 0x81, n, rest @ ..] if usize::from(*n) == rest.len() => rest,
+        [0x04, n, rest @ ..] if usize::from(*n) == rest.len() => rest,
+        raw => raw,
     };
-    point
-        .try_into()
-        .map_err(|_| ProviderError::Backend("bad EC point".into()))
+    if inner.len() == len {
+        Ok(inner)
+    } else {
+        Err(ProviderError::Backend(
+            "token returned an unexpected CKA_EC_POINT".into(),
+        ))
+    }
+}
+
+/// The public JWK of the public key object `handle`, of `kind`.
+fn read_public(
+    session: &Session,
+    handle: ObjectHandle,
+    kind: KeyKind,
+) -> Result<PublicJwk, ProviderError> {
+    let wanted: &[AttributeType] = match kind {
+        KeyKind::Rsa => &[AttributeType::Modulus, AttributeType::PublicExponent],
+        _ => &[AttributeType::EcPoint],
+    };
+    let attributes = session
+        .get_attributes(handle, wanted)
+        .map_err(|e| ck("reading the public key", e))?;
+    let unusable = |e: crate::crypto::JwkError| ProviderError::Backend(format!("token key: {e}"));
+    match (kind, attributes.as_slice()) {
+        (KeyKind::Ec(curve), [Attribute::EcPoint(point)]) => {
+            PublicJwk::ec(curve, unwrap_point(point, 1 + 2 * curve.size())?).map_err(unusable)
+        }
+        (KeyKind::Ed25519, [Attribute::EcPoint(point)]) => {
+            PublicJwk::ed25519(unwrap_point(point, 32)?).map_err(unusable)
+        }
+        (KeyKind::Rsa, [Attribute::Modulus(n), Attribute::PublicExponent(e)]) => {
+            PublicJwk::rsa(n, e).map_err(unusable)
+        }
+        _ => Err(ProviderError::Backend(
+            "token did not return the public key's attributes".into(),
+        )),
+    }
+}
+
+/// The `C_Sign` mechanism of `alg`.
+fn mechanism(alg: Alg) -> Mechanism<'static> {
+    match alg {
+        Alg::ES256 | Alg::ES384 | Alg::ES512 => Mechanism::Ecdsa,
+        Alg::EdDSA => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+        Alg::RS256 => Mechanism::RsaPkcs,
+        Alg::PS256 => Mechanism::RsaPkcsPss(PkcsPssParams {
+            hash_alg: MechanismType::SHA256,
+            mgf: PkcsMgfType::MGF1_SHA256,
+            s_len: 32.into(),
+        }),
+    }
+}
+
+/// What `C_Sign` signs for `alg`: the hash (ECDSA, PSS), the SHA-256 DigestInfo
+/// (PKCS#1 v1.5) or the message itself (EdDSA).
+fn sign_input(alg: Alg, message: &[u8]) -> Vec<u8> {
+    use aws_lc_rs::digest::{SHA256, SHA384, SHA512, digest};
+    match alg {
+        // SoftHSM2 does not check the digest length: each gets exactly its hash.
+        Alg::ES256 | Alg::PS256 => digest(&SHA256, message).as_ref().to_vec(),
+        Alg::ES384 => digest(&SHA384, message).as_ref().to_vec(),
+        Alg::ES512 => digest(&SHA512, message).as_ref().to_vec(),
+        Alg::EdDSA => message.to_vec(),
+        Alg::RS256 => [&SHA256_DIGEST_INFO[..], digest(&SHA256, message).as_ref()].concat(),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -198,7 +288,7 @@ impl Pkcs11Provider {
                 can_create: writable,
                 can_import: writable,
                 can_delete: writable,
-                supported_algs: vec![Alg::ES256],
+                supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
             },
             token: Mutex::new(None),
@@ -306,39 +396,44 @@ impl Provider for Pkcs11Provider {
         &self.capabilities
     }
 
-    async fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+    async fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, ProviderError> {
         self.writable()?;
         let id = random_id();
         let (kid_owned, id_owned) = (kid.to_owned(), id.clone());
-        let point = self
+        let kind = spec.alg.key_kind();
+        let public_jwk = self
             .run(move |session| {
-                // The curve goes in the public template only: the private key takes it
-                // from the pair (SoftHSM2 refuses it there as read-only).
+                // Domain parameters go in the public template only: the private key
+                // takes them from the pair (SoftHSM2 refuses them there as read-only).
                 let mut public = common(&kid_owned, &id_owned);
-                public.extend([
-                    Attribute::EcParams(P256_PARAMS.to_vec()),
-                    Attribute::Private(false),
-                    Attribute::Verify(true),
-                ]);
+                public.extend([Attribute::Private(false), Attribute::Verify(true)]);
+                let mechanism = match kind {
+                    KeyKind::Ec(curve) => {
+                        public.push(Attribute::EcParams(ec_params(curve)));
+                        Mechanism::EccKeyPairGen
+                    }
+                    KeyKind::Ed25519 => {
+                        public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
+                        Mechanism::EccEdwardsKeyPairGen
+                    }
+                    KeyKind::Rsa => {
+                        public.extend([
+                            Attribute::ModulusBits(u64::from(spec.rsa_bits).into()),
+                            Attribute::PublicExponent(vec![1, 0, 1]),
+                        ]);
+                        Mechanism::RsaPkcsKeyPairGen
+                    }
+                };
                 let private = private_template(&kid_owned, &id_owned);
                 let (public, _) = session
-                    .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                    .generate_key_pair(&mechanism, &public, &private)
                     .map_err(|e| ck("generating the key pair", e))?;
-                let attributes = session
-                    .get_attributes(public, &[AttributeType::EcPoint])
-                    .map_err(|e| ck("reading the public key", e))?;
-                match attributes.first() {
-                    Some(Attribute::EcPoint(point)) => point_of(point),
-                    _ => Err(ProviderError::Backend(
-                        "token returned no CKA_EC_POINT".into(),
-                    )),
-                }
+                read_public(session, public, kind)
             })
             .await?;
         Ok(KeyMaterial {
             external_id: hex(&id),
-            public_jwk: PublicJwk::from_sec1(&point)
-                .map_err(|e| ProviderError::Backend(e.to_string()))?,
+            public_jwk,
             sealed_secret: None,
         })
     }
@@ -351,24 +446,63 @@ impl Provider for Pkcs11Provider {
     ) -> Result<KeyMaterial, ProviderError> {
         self.writable()?;
         let id = random_id();
+        let internal = |e: crate::crypto::JwkError| ProviderError::Internal(e.to_string());
+        let part = |name: &str| key.jwk_part(name).map(|v| v.to_vec()).map_err(internal);
         let mut private = private_template(kid, &id);
-        private.extend([
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::EcParams(P256_PARAMS.to_vec()),
-            Attribute::Value(key.scalar().to_vec()),
-        ]);
         let mut public = common(kid, &id);
-        let mut ec_point = vec![0x04, 65];
-        ec_point.extend_from_slice(key.public_point());
         public.extend([
             Attribute::Class(ObjectClass::PUBLIC_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::EcParams(P256_PARAMS.to_vec()),
             Attribute::Private(false),
             Attribute::Verify(true),
-            Attribute::EcPoint(ec_point),
         ]);
+        private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
+        match key.kind() {
+            KeyKind::Ec(curve) => {
+                let mut point = vec![4];
+                point.extend(part("x")?);
+                point.extend(part("y")?);
+                private.extend([
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::EcParams(ec_params(curve)),
+                    Attribute::Value(part("d")?),
+                ]);
+                public.extend([
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::EcParams(ec_params(curve)),
+                    Attribute::EcPoint(octet_string(&point)),
+                ]);
+            }
+            KeyKind::Ed25519 => {
+                private.extend([
+                    Attribute::KeyType(KeyType::EC_EDWARDS),
+                    Attribute::EcParams(ED25519_PARAMS.to_vec()),
+                    Attribute::Value(part("d")?),
+                ]);
+                public.extend([
+                    Attribute::KeyType(KeyType::EC_EDWARDS),
+                    Attribute::EcParams(ED25519_PARAMS.to_vec()),
+                    Attribute::EcPoint(octet_string(&part("x")?)),
+                ]);
+            }
+            KeyKind::Rsa => {
+                private.extend([
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::Modulus(part("n")?),
+                    Attribute::PublicExponent(part("e")?),
+                    Attribute::PrivateExponent(part("d")?),
+                    Attribute::Prime1(part("p")?),
+                    Attribute::Prime2(part("q")?),
+                    Attribute::Exponent1(part("dp")?),
+                    Attribute::Exponent2(part("dq")?),
+                    Attribute::Coefficient(part("qi")?),
+                ]);
+                public.extend([
+                    Attribute::KeyType(KeyType::RSA),
+                    Attribute::Modulus(part("n")?),
+                    Attribute::PublicExponent(part("e")?),
+                ]);
+            }
+        }
         self.run(move |session| {
             let private = session.create_object(&private).map_err(|e| match e {
                 CkError::Pkcs11(
@@ -390,7 +524,7 @@ impl Provider for Pkcs11Provider {
         .await?;
         Ok(KeyMaterial {
             external_id: hex(&id),
-            public_jwk: key.public_jwk(),
+            public_jwk: key.public_jwk().clone(),
             sealed_secret: None,
         })
     }
@@ -399,25 +533,19 @@ impl Provider for Pkcs11Provider {
         &self,
         key: &KeyRecord,
         message: &[u8],
-        _alg: Alg,
+        alg: Alg,
     ) -> Result<Vec<u8>, ProviderError> {
         let handle = self.private_handle(&key.external_id).await?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
-        // SoftHSM2 does not check the digest length; CKM_ECDSA must get exactly 32 bytes.
-        let digest: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let input = sign_input(alg, message);
         let signature = self
             .run(move |session| {
                 session
-                    .sign(&Mechanism::Ecdsa, handle, &digest)
+                    .sign(&mechanism(alg), handle, &input)
                     .map_err(|e| ck("signing", e))
             })
             .await;
         match signature {
-            Ok(signature) if signature.len() == 64 => Ok(signature),
-            Ok(other) => Err(ProviderError::Backend(format!(
-                "token returned a {}-byte signature",
-                other.len()
-            ))),
+            Ok(signature) => Ok(signature),
             Err(e) => {
                 // A stale handle (object gone, token reinitialised): look it up next time.
                 self.handles.remove(&key.external_id);

@@ -1,6 +1,8 @@
 //! The `vault` provider: HashiCorp Vault (or OpenBao) Transit. Keys are
-//! `ecdsa-p256`, not exportable; signatures come back in JWS form (raw `r‖s`);
-//! messages above [`PREHASH_ABOVE`] are hashed here and sent with `prehashed`.
+//! `ecdsa-p256/p384/p521`, `ed25519` or `rsa-2048/3072/4096`, not exportable;
+//! ECDSA signatures come back in JWS form (raw `r‖s`), RSA-PSS uses a salt as long
+//! as the hash; messages above [`PREHASH_ABOVE`] are hashed here and sent with
+//! `prehashed` (not Ed25519, which signs the message itself).
 //! Import uses Transit's BYOK flow: the PKCS#8 key wrapped with an ephemeral
 //! AES-256 key (KWP), that key wrapped with RSA-OAEP-SHA256 under the mount's
 //! wrapping key.
@@ -13,17 +15,18 @@ use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrapPadded};
 use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use p256::pkcs8::{DecodePublicKey, EncodePrivateKey};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::remote::{self, backend_message, retrying, transport_error};
-use super::{Alg, Capabilities, Health, KeyMaterial, Provider, ProviderError, ProviderKind};
+use super::{
+    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+};
 use crate::catalog::KeyRecord;
 use crate::config::VaultConfig;
-use crate::crypto::{PrivateKey, PublicJwk, decode_base64};
+use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
 
 /// Messages longer than this are hashed on the host and signed as a digest.
 pub const PREHASH_ABOVE: usize = 32 * 1024;
@@ -62,6 +65,27 @@ pub fn key_name(kid: &str) -> String {
     }
 }
 
+/// The Transit key type of a key for `alg` (RSA: of `rsa_bits`).
+fn key_type(alg: Alg, rsa_bits: u32) -> String {
+    match alg {
+        Alg::ES256 => "ecdsa-p256".into(),
+        Alg::ES384 => "ecdsa-p384".into(),
+        Alg::ES512 => "ecdsa-p521".into(),
+        Alg::EdDSA => "ed25519".into(),
+        Alg::RS256 | Alg::PS256 => format!("rsa-{rsa_bits}"),
+    }
+}
+
+/// Transit's name for the hash of `alg`, and the digest for `prehashed` input.
+fn hash(alg: Alg) -> (&'static str, &'static aws_lc_rs::digest::Algorithm) {
+    use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
+    match alg {
+        Alg::ES384 => ("sha2-384", &SHA384),
+        Alg::ES512 | Alg::EdDSA => ("sha2-512", &SHA512),
+        Alg::ES256 | Alg::RS256 | Alg::PS256 => ("sha2-256", &SHA256),
+    }
+}
+
 fn pem_body(pem: &str) -> Result<Vec<u8>, ProviderError> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     STANDARD
@@ -91,7 +115,7 @@ impl VaultProvider {
                 can_create: true,
                 can_import: true,
                 can_delete: true,
-                supported_algs: vec![Alg::ES256],
+                supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
             },
         })
@@ -221,21 +245,33 @@ impl VaultProvider {
             .as_u64()
             .unwrap_or(1)
             .to_string();
-        let pem = key["data"]["keys"][&latest]["public_key"]
+        let public = key["data"]["keys"][&latest]["public_key"]
             .as_str()
             .ok_or_else(|| {
                 ProviderError::Backend(format!("Vault key `{name}` has no public key"))
             })?;
-        let public = p256::PublicKey::from_public_key_pem(pem).map_err(|_| {
-            ProviderError::Backend(format!("Vault key `{name}` is not a P-256 key"))
-        })?;
-        PublicJwk::from_sec1(&public.to_sec1_bytes())
-            .map_err(|e| ProviderError::Backend(e.to_string()))
+        let unusable = |e: &dyn std::fmt::Display| {
+            ProviderError::Backend(format!(
+                "Vault key `{name}` has an unusable public key: {e}"
+            ))
+        };
+        // ECDSA and RSA keys come as PEM; an Ed25519 key as the base64 of its 32 bytes.
+        if public.starts_with("-----BEGIN") {
+            PublicJwk::from_spki(&pem_body(public)?).map_err(|e| unusable(&e))
+        } else {
+            let raw = decode_base64(public).map_err(|e| unusable(&e))?;
+            PublicJwk::ed25519(&raw).map_err(|e| unusable(&e))
+        }
     }
 
-    async fn sign_once(&self, name: &str, input: &Value) -> Result<Vec<u8>, ProviderError> {
+    async fn sign_once(
+        &self,
+        name: &str,
+        hash: &str,
+        input: &Value,
+    ) -> Result<Vec<u8>, ProviderError> {
         let answer = match self
-            .key_op(Method::POST, &format!("sign/{name}/sha2-256"), Some(input))
+            .key_op(Method::POST, &format!("sign/{name}/{hash}"), Some(input))
             .await?
         {
             Ok(answer) => answer,
@@ -248,17 +284,10 @@ impl VaultProvider {
         let text = answer["data"]["signature"]
             .as_str()
             .ok_or_else(|| ProviderError::Backend("Vault answered without a signature".into()))?;
-        // "vault:v<version>:<base64url r‖s>"
+        // "vault:v<version>:<base64>": base64url raw r‖s for ECDSA (jws), else standard.
         let encoded = text.rsplit(':').next().unwrap_or_default();
-        let signature = decode_base64(encoded)
-            .map_err(|_| ProviderError::Backend("Vault returned a malformed signature".into()))?;
-        if signature.len() != 64 {
-            return Err(ProviderError::Backend(format!(
-                "Vault returned a {}-byte signature, not raw r‖s",
-                signature.len()
-            )));
-        }
-        Ok(signature)
+        decode_base64(encoded)
+            .map_err(|_| ProviderError::Backend("Vault returned a malformed signature".into()))
     }
 }
 
@@ -276,9 +305,9 @@ impl Provider for VaultProvider {
         &self.capabilities
     }
 
-    async fn generate_key(&self, kid: &str, _alg: Alg) -> Result<KeyMaterial, ProviderError> {
+    async fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, ProviderError> {
         let name = key_name(kid);
-        let body = json!({"type": "ecdsa-p256", "exportable": false});
+        let body = json!({"type": key_type(spec.alg, spec.rsa_bits), "exportable": false});
         self.key_op(Method::POST, &format!("keys/{name}"), Some(&body))
             .await?
             .map_err(|r| self.refused(r))?;
@@ -293,9 +322,15 @@ impl Provider for VaultProvider {
         &self,
         kid: &str,
         key: &PrivateKey,
-        _alg: Alg,
+        alg: Alg,
     ) -> Result<KeyMaterial, ProviderError> {
         let name = key_name(kid);
+        let rsa_bits = key
+            .public_jwk()
+            .n
+            .as_deref()
+            .and_then(|n| decode_base64(n).ok())
+            .map_or(0, |n| n.len() * 8);
         let wrapping = self
             .key_op(Method::GET, "wrapping_key", None)
             .await?
@@ -307,11 +342,7 @@ impl Provider for VaultProvider {
         let rsa = PublicEncryptingKey::from_der(&pem_body(pem)?).map_err(not_rsa)?;
         let rsa = OaepPublicEncryptingKey::new(rsa)
             .map_err(|_| ProviderError::Backend("unusable wrapping key".into()))?;
-        let secret = p256::SecretKey::from_slice(key.scalar())
-            .map_err(|e| ProviderError::Internal(e.to_string()))?;
-        let pkcs8 = secret
-            .to_pkcs8_der()
-            .map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let pkcs8 = key.pkcs8();
 
         let mut ephemeral = Zeroizing::new([0u8; 32]);
         aws_lc_rs::rand::fill(ephemeral.as_mut_slice())
@@ -328,20 +359,20 @@ impl Provider for VaultProvider {
             .to_vec();
         let kek = AesKek::new(&AES_256, ephemeral.as_slice())
             .map_err(|_| ProviderError::Internal("bad AES key".into()))?;
-        let mut wrapped_key = vec![0u8; pkcs8.as_bytes().len() + 16];
+        let mut wrapped_key = vec![0u8; pkcs8.len() + 16];
         let wrapped_key = kek
-            .wrap_with_padding(pkcs8.as_bytes(), &mut wrapped_key)
+            .wrap_with_padding(pkcs8, &mut wrapped_key)
             .map_err(|_| ProviderError::Internal("AES key wrap failed".into()))?
             .to_vec();
         let ciphertext = STANDARD.encode([wrapped_aes, wrapped_key].concat());
-        let body = json!({"ciphertext": ciphertext, "type": "ecdsa-p256", "hash_function": "SHA256", "exportable": false});
+        let key_type = key_type(alg, u32::try_from(rsa_bits).unwrap_or(0));
+        let body = json!({"ciphertext": ciphertext, "type": key_type, "hash_function": "SHA256", "exportable": false});
         self.key_op(Method::POST, &format!("keys/{name}/import"), Some(&body))
             .await?
             .map_err(|r| self.refused(r))?;
 
         let public_jwk = self.public_jwk(&name).await?;
-        let expected = key.public_jwk();
-        if public_jwk.x != expected.x || public_jwk.y != expected.y {
+        if !public_jwk.same_key(key.public_jwk()) {
             return Err(ProviderError::Backend(format!(
                 "Vault key `{name}` already exists with another key"
             )));
@@ -357,15 +388,26 @@ impl Provider for VaultProvider {
         &self,
         key: &KeyRecord,
         message: &[u8],
-        _alg: Alg,
+        alg: Alg,
     ) -> Result<Vec<u8>, ProviderError> {
-        let input = if message.len() > PREHASH_ABOVE {
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
-            json!({"input": STANDARD.encode(digest.as_ref()), "prehashed": true, "marshaling_algorithm": "jws"})
+        let (hash_name, digest) = hash(alg);
+        let mut input = if message.len() > PREHASH_ABOVE && alg != Alg::EdDSA {
+            let digest = aws_lc_rs::digest::digest(digest, message);
+            json!({"input": STANDARD.encode(digest.as_ref()), "prehashed": true})
         } else {
-            json!({"input": STANDARD.encode(message), "marshaling_algorithm": "jws"})
+            json!({"input": STANDARD.encode(message)})
         };
-        retrying(|| self.sign_once(&key.external_id, &input)).await
+        match alg.key_kind() {
+            KeyKind::Ec(_) => input["marshaling_algorithm"] = "jws".into(),
+            KeyKind::Rsa => {
+                input["signature_algorithm"] =
+                    if alg == Alg::PS256 { "pss" } else { "pkcs1v15" }.into();
+                // The JOSE PS256 salt is as long as the hash; Transit's default is the longest.
+                input["salt_length"] = "hash".into();
+            }
+            KeyKind::Ed25519 => {}
+        }
+        retrying(|| self.sign_once(&key.external_id, hash_name, &input)).await
     }
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {

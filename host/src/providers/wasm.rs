@@ -8,6 +8,7 @@ pub mod host;
 pub mod limits;
 pub mod pool;
 pub mod runtime;
+pub mod versions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,11 +16,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
-use zeroize::Zeroizing;
 
 use self::bindings::kmsgw::adapter::types::{
-    Alg as GuestAlg, Error as GuestError, KeyMaterial as GuestKeyMaterial,
+    Alg as GuestAlg, Error as GuestError, KeyMaterial as GuestKeyMaterial, KeySpec as GuestKeySpec,
 };
 use self::host::{AllowedHost, GuestShared};
 use self::limits::{
@@ -29,11 +28,12 @@ use self::limits::{
 use self::pool::{Lease, Pool};
 use self::runtime::{LoadError, WasmRuntime};
 use super::{
-    Alg, Capabilities, GuestStats, Health, KeyMaterial, Provider, ProviderError, ProviderKind,
+    Alg, Capabilities, GuestStats, Health, KeyMaterial, KeySpec, Provider, ProviderError,
+    ProviderKind,
 };
 use crate::catalog::{Catalog, KeyRecord};
 use crate::crypto::seal::MasterKey;
-use crate::crypto::{PrivateKey, PublicJwk, base64url};
+use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
 
 /// How to run one guest provider.
 pub struct WasmOptions {
@@ -100,12 +100,22 @@ impl From<GuestError> for ProviderError {
 fn guest_alg(alg: Alg) -> GuestAlg {
     match alg {
         Alg::ES256 => GuestAlg::Es256,
+        Alg::ES384 => GuestAlg::Es384,
+        Alg::ES512 => GuestAlg::Es512,
+        Alg::EdDSA => GuestAlg::Eddsa,
+        Alg::RS256 => GuestAlg::Rs256,
+        Alg::PS256 => GuestAlg::Ps256,
     }
 }
 
 fn host_alg(alg: GuestAlg) -> Alg {
     match alg {
         GuestAlg::Es256 => Alg::ES256,
+        GuestAlg::Es384 => Alg::ES384,
+        GuestAlg::Es512 => Alg::ES512,
+        GuestAlg::Eddsa => Alg::EdDSA,
+        GuestAlg::Rs256 => Alg::RS256,
+        GuestAlg::Ps256 => Alg::PS256,
     }
 }
 
@@ -128,7 +138,7 @@ macro_rules! guest_call {
         let outcome = {
             let instance = lease.instance();
             let $store = &mut instance.store;
-            let $exports = instance.bindings.kmsgw_adapter_adapter();
+            let $exports = &instance.guest;
             tokio::time::timeout($self.pool_timeout(), $call).await
         };
         $self.settle($op, lease, outcome)
@@ -261,17 +271,14 @@ impl WasmProvider {
         )?;
         let jwk: PublicJwk = serde_json::from_str(&material.public_jwk).map_err(|e| {
             ProviderError::Backend(format!(
-                "guest returned a public JWK that is not a JWK: {e}"
+                "guest `{}` returned a public JWK that is not a JWK: {e}",
+                self.id
             ))
         })?;
-        let point = jwk.to_sec1().map_err(|e| {
-            ProviderError::Backend(format!("guest returned an unusable public JWK: {e}"))
-        })?;
-        let public_jwk =
-            PublicJwk::from_sec1(&point).map_err(|e| ProviderError::Backend(e.to_string()))?;
+        // The gateway checks the key against the algorithm when it records it.
         Ok(KeyMaterial {
             external_id: material.external_id,
-            public_jwk,
+            public_jwk: jwk.unlabelled(),
             sealed_secret: None,
         })
     }
@@ -305,9 +312,17 @@ impl Provider for WasmProvider {
         &self.capabilities
     }
 
-    async fn generate_key(&self, kid: &str, alg: Alg) -> Result<KeyMaterial, ProviderError> {
-        let material = guest_call!(self, "generate-key", |exports, store| exports
-            .call_generate_key(store, kid, guest_alg(alg)))?;
+    async fn generate_key(&self, kid: &str, spec: KeySpec) -> Result<KeyMaterial, ProviderError> {
+        let spec = GuestKeySpec {
+            alg: guest_alg(spec.alg),
+            rsa_bits: if spec.alg.key_kind() == KeyKind::Rsa {
+                spec.rsa_bits
+            } else {
+                0
+            },
+        };
+        let material = guest_call!(self, "generate-key", |guest, store| guest
+            .generate_key(store, kid, spec))?;
         self.material(material)
     }
 
@@ -317,24 +332,16 @@ impl Provider for WasmProvider {
         key: &PrivateKey,
         alg: Alg,
     ) -> Result<KeyMaterial, ProviderError> {
-        let public = key.public_jwk();
-        let jwk = Zeroizing::new(
-            serde_json::json!({
-                "kty": "EC", "crv": "P-256", "x": public.x, "y": public.y,
-                "d": base64url(key.scalar()),
-            })
-            .to_string(),
-        );
-        let material = guest_call!(self, "import-key", |exports, store| exports
-            .call_import_key(store, kid, &jwk, guest_alg(alg)))?;
-        let material = self.material(material)?;
-        if material.public_jwk.x != public.x || material.public_jwk.y != public.y {
-            return Err(ProviderError::Backend(format!(
-                "guest `{}` returned a public key that is not the imported key's",
-                self.id
-            )));
-        }
-        Ok(material)
+        let jwk = key
+            .private_jwk()
+            .map_err(|e| ProviderError::Internal(e.to_string()))?;
+        let material = guest_call!(self, "import-key", |guest, store| guest.import_key(
+            store,
+            kid,
+            jwk,
+            guest_alg(alg)
+        ))?;
+        self.material(material)
     }
 
     async fn sign(
@@ -344,43 +351,21 @@ impl Provider for WasmProvider {
         alg: Alg,
     ) -> Result<Vec<u8>, ProviderError> {
         let started = Instant::now();
-        let signature = guest_call!(self, "sign", |exports, store| exports.call_sign(
+        let signature = guest_call!(self, "sign", |guest, store| guest.sign(
             store,
             &key.external_id,
             message,
             guest_alg(alg)
         ))?;
+        // The gateway verifies the signature before a client sees it.
         self.bounded("signature", signature.len(), MAX_SIGNATURE_BYTES)?;
-        // A buggy or malicious guest must not hand a client a bad signature.
-        let point = key
-            .public_jwk
-            .to_sec1()
-            .map_err(|e| ProviderError::Internal(format!("key `{}`: {e}", key.kid)))?;
-        if signature.len() != 64 {
-            tracing::error!(provider = %self.id, kid = %key.kid, len = signature.len(), "guest returned a malformed signature");
-            return Err(ProviderError::Backend(format!(
-                "guest `{}` returned a {}-byte signature; ES256 needs the 64-byte raw r‖s (not DER)",
-                self.id,
-                signature.len()
-            )));
-        }
-        if UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point[..])
-            .verify(message, &signature)
-            .is_err()
-        {
-            tracing::error!(provider = %self.id, kid = %key.kid, "guest signature does not verify");
-            return Err(ProviderError::Backend(format!(
-                "guest `{}` returned a signature that does not verify against the key's public JWK",
-                self.id
-            )));
-        }
         tracing::debug!(provider = %self.id, elapsed_us = started.elapsed().as_micros() as u64, "guest signed");
         Ok(signature)
     }
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
-        match guest_call!(self, "delete-key", |exports, store| exports
-            .call_delete_key(store, &key.external_id))
+        match guest_call!(self, "delete-key", |guest, store| guest
+            .delete_key(store, &key.external_id))
         {
             Ok(()) | Err(ProviderError::KeyNotFound(_)) => Ok(()),
             Err(e) => Err(e),
@@ -390,8 +375,7 @@ impl Provider for WasmProvider {
     async fn health(&self) -> Health {
         let started = Instant::now();
         let result: Result<(), ProviderError> =
-            async { guest_call!(self, "health", |exports, store| exports.call_health(store)) }
-                .await;
+            async { guest_call!(self, "health", |guest, store| guest.health(store)) }.await;
         Health::of(started, result)
     }
 

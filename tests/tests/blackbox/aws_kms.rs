@@ -146,3 +146,39 @@ async fn aws_kms_signs_raw_and_digest_tags_keys_and_reports_outages() {
     let (_, health) = gw.get("/health/kms").await;
     assert_eq!(health[1]["ok"], false, "{health}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_kms_signs_every_key_spec_it_advertises() {
+    let site = Site::new(Db::Sqlite).await;
+    let moto = Moto::start(site.dir.path());
+    let gw = site.start_configured(&json!({"providers": [
+        {"id": "db", "type": "db"},
+        {"id": "aws", "type": "aws-kms", "region": "eu-central-1", "accessKeyId": "testing",
+         "secretAccessKey": "testing-secret", "endpoint": moto.url},
+    ]}));
+    // AWS KMS takes no imported asymmetric keys; moto has no Ed25519.
+    let worked = alg_matrix(&gw, "aws", false).await;
+    assert!(!worked.iter().any(|a| a == "EdDSA"));
+    // Above 4096 bytes the host sends a DIGEST of the algorithm's hash.
+    let big: Vec<u8> = (0..10_000).map(|i| (i % 253) as u8).collect();
+    for alg in &worked {
+        let kid = format!("aws-{}", alg.to_ascii_lowercase());
+        let (_, key) = gw.get(&format!("/keys/{kid}")).await;
+        let signature = gw.sign(&kid, &big).await;
+        assert_verifies(&key["publicJwk"], &big, &signature);
+    }
+    let (status, body) = gw
+        .post(
+            "/keys/aws-x/import",
+            json!({"privateJwk": external_private_jwk("ES256"), "provider": "aws"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            Some("unsupported_operation")
+        ),
+        "{body}"
+    );
+}

@@ -116,11 +116,22 @@ fn adapter_check(component: &str, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_gets_wrong() {
     let _serial = GUEST_SERIAL.lock().await;
+    // soft-signer advertises every algorithm: each is generated, imported and signed.
     let (code, text) = adapter_check("soft_signer", &[]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("PASS  import → sign → verify"), "{text}");
-    assert!(text.contains("all 9 checks passed"), "{text}");
+    for alg in ALGS {
+        assert!(
+            text.contains(&format!("PASS  generate → sign → verify ({alg})")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("PASS  import → sign → verify ({alg})")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("all 23 checks passed"), "{text}");
 
+    // remote-http advertises what its config lists, and refuses the rest.
     let remote_site = Site::new(Db::Sqlite).await;
     let remote = remote_site.start();
     let config = json!({"baseUrl": remote.base}).to_string();
@@ -129,7 +140,24 @@ async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_ge
         &["--config", &config, "--allow-host", remote.authority()],
     );
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("PASS  sign → verify"), "{text}");
+    assert!(
+        text.contains("PASS  generate → sign → verify (ES256)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PASS  PS256: unadvertised → refused"),
+        "{text}"
+    );
+    let all = json!({"baseUrl": remote.base, "algs": ALGS}).to_string();
+    let (code, text) = adapter_check(
+        "remote_http",
+        &["--config", &all, "--allow-host", remote.authority()],
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("PASS  generate → sign → verify (EdDSA)"),
+        "{text}"
+    );
 
     // Without the destination allowed, the remote guest cannot reach its backend.
     let (code, text) = adapter_check("remote_http", &["--config", &config]);
@@ -139,14 +167,14 @@ async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_ge
     let (code, text) = adapter_check("hostile", &["--config", r#"{"signature": "der"}"#]);
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("FAIL  sign → verify") && text.contains("not DER"),
+        text.contains("FAIL  generate → sign → verify (ES256)") && text.contains("not DER"),
         "{text}"
     );
 
     let (code, text) = adapter_check("hostile", &["--config", r#"{"signature": "wrong-key"}"#]);
     assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("FAIL  sign → verify") && text.contains("does not verify"),
+        text.contains("FAIL  generate → sign → verify (ES256)") && text.contains("does not verify"),
         "{text}"
     );
 }
@@ -336,4 +364,28 @@ async fn a_stale_sha256_refuses_to_start_and_the_compiled_cache_is_reused() {
         "{stderr}"
     );
     assert!(stderr.contains("providers[1]"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_1_guest_and_a_0_2_guest_serve_side_by_side() {
+    let _serial = GUEST_SERIAL.lock().await;
+    let frozen = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/guests/soft_signer-0.1.0.wasm");
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start_configured(&json!({
+        "defaultProvider": "db",
+        "providers": [
+            {"id": "db", "type": "db"},
+            {"id": "old", "type": "wasm", "component": frozen, "limits": {"instances": 1}},
+            wasm_entry("new", "soft_signer", json!({"limits": {"instances": 1}})),
+        ]
+    }));
+    let log = gw.log_text();
+    assert!(
+        log.contains("wit=\"0.1.0\"") && log.contains("wit=\"0.2.0\""),
+        "{log}"
+    );
+    assert_eq!(supported_algs(&gw, "old").await, ["ES256"]);
+    assert_eq!(alg_matrix(&gw, "old", true).await, ["ES256"]);
+    assert_eq!(alg_matrix(&gw, "new", true).await, ALGS);
 }

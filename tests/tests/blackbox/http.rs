@@ -258,3 +258,25 @@ async fn a_silent_backend_is_a_504_within_the_timeout_and_garbage_is_a_502() {
     assert_eq!(gw.get("/keys/g").await.0, StatusCode::NOT_FOUND);
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_passes_every_alg_to_the_reference_remote_kms() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = start_remote_kms(dir.path(), &[]);
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start_configured(&json!({
+        "defaultProvider": "db",
+        "providers": [
+            {"id": "db", "type": "db"},
+            http_entry("remote", &remote.base, json!({"canImport": true, "algs": ALGS})),
+        ]
+    }));
+    alg_matrix(&gw, "remote", true).await;
+    let key = gw
+        .create(
+            json!({"kid": "remote-4096", "alg": "RS256", "keySize": 4096, "provider": "remote"}),
+        )
+        .await;
+    let signature = gw.sign("remote-4096", b"4096").await;
+    assert_verifies(&key["publicJwk"], b"4096", &signature);
+}

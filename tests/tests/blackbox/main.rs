@@ -2,6 +2,7 @@
 //! against real backends. One binary links the dependencies once instead of once
 //! per file. (`pkcs11.rs` stays apart: it sets `SOFTHSM2_CONF` for its process.)
 
+mod algorithms;
 mod aws_kms;
 mod config;
 mod containment;

@@ -134,3 +134,31 @@ async fn vault_signs_imports_deletes_and_survives_the_backend_going_away() {
     let signature = gw.sign("after-restart", b"recovered").await;
     assert_verifies(&fresh["publicJwk"], b"recovered", &signature);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_signs_every_transit_key_type_generated_and_imported() {
+    let site = Site::new(Db::Sqlite).await;
+    let port = free_port();
+    let _bao = OpenBao::start(port, site.dir.path());
+    let gw = site.start_configured(&json!({"providers": [
+        {"id": "db", "type": "db"},
+        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
+    ]}));
+    alg_matrix(&gw, "vault", true).await;
+    // Above 32 KiB the host hashes and sends `prehashed` (not for Ed25519).
+    let big: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
+    for alg in ALGS {
+        let kid = format!("vault-{}", alg.to_ascii_lowercase());
+        let (_, key) = gw.get(&format!("/keys/{kid}")).await;
+        let signature = gw.sign(&kid, &big).await;
+        assert_verifies(&key["publicJwk"], &big, &signature);
+    }
+    let key = gw
+        .create(
+            json!({"kid": "vault-rsa-3072", "alg": "PS256", "keySize": 3072, "provider": "vault"}),
+        )
+        .await;
+    let signature = gw.sign("vault-rsa-3072", b"3072").await;
+    assert_eq!(signature.len(), 512, "a 384-byte signature in base64url");
+    assert_verifies(&key["publicJwk"], b"3072", &signature);
+}

@@ -1,14 +1,37 @@
-//! Host bindings generated from `wit/` (world `kmsgw:adapter/provider`).
+//! Host bindings generated from the WIT packages guests are built against: the
+//! current `kmsgw:adapter@0.2.0` (`wit/`, re-exported here) and the frozen 0.1.0
+//! (`wit/frozen/0.1.0/`). `versions` converts 0.1.0 calls and answers.
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "kmsgw:adapter/provider",
-    imports: { default: async },
-    exports: { default: async },
-    with: {
-        "wasi:io": wasmtime_wasi::p2::bindings::io,
-        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-        "wasi:random": wasmtime_wasi::p2::bindings::random,
-        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-    },
-});
+pub use self::v0_2::*;
+
+/// `kmsgw:adapter@0.2.0`.
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "kmsgw:adapter/provider",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
+    });
+}
+
+/// `kmsgw:adapter@0.1.0`, frozen: ES256 only.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/frozen/0.1.0",
+        world: "kmsgw:adapter/provider",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:random": wasmtime_wasi::p2::bindings::random,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
+    });
+}

@@ -23,7 +23,6 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
-use super::bindings::kmsgw::adapter::{log, storage};
 use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
 use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
 use crate::crypto::seal::MasterKey;
@@ -435,8 +434,11 @@ impl WasiHttpView for HostState {
     }
 }
 
-impl storage::Host for HostState {
-    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+/// The `storage` and `log` imports, once for every WIT version (the traits each
+/// version's bindings generate delegate here; see `versions`).
+impl HostState {
+    /// `storage.get`.
+    pub async fn storage_get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         let s = &self.shared;
         let sealed = s
             .catalog
@@ -456,7 +458,8 @@ impl storage::Host for HostState {
             .transpose()
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+    /// `storage.set`.
+    pub async fn storage_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
         if key.len() > MAX_STORAGE_KEY {
             return Err(format!("keys are at most {MAX_STORAGE_KEY} bytes"));
         }
@@ -482,7 +485,8 @@ impl storage::Host for HostState {
         }
     }
 
-    async fn delete(&mut self, key: String) -> Result<bool, String> {
+    /// `storage.delete`.
+    pub async fn storage_delete(&mut self, key: String) -> Result<bool, String> {
         let s = &self.shared;
         s.catalog.guest_delete(&s.provider_id, &key).await.map_err(|e| {
             tracing::warn!(provider = %s.provider_id, error = %e, "guest storage delete failed");
@@ -490,7 +494,8 @@ impl storage::Host for HostState {
         })
     }
 
-    async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, String> {
+    /// `storage.list-keys`.
+    pub async fn storage_list(&mut self, prefix: String) -> Result<Vec<String>, String> {
         let s = &self.shared;
         s.catalog
             .guest_list(&s.provider_id, &prefix)
@@ -502,8 +507,19 @@ impl storage::Host for HostState {
     }
 }
 
-impl log::Host for HostState {
-    async fn log(&mut self, level: log::Level, message: String) {
+/// A guest log line's severity, whatever the WIT version.
+#[derive(Clone, Copy, Debug)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl HostState {
+    /// `log.log`: rate-limited, cut and escaped.
+    pub fn log_line(&mut self, level: LogLevel, message: &str) {
         let shared = &self.shared;
         let provider = &*shared.provider_id;
         let Some(dropped) = shared.admit_log_line() else {
@@ -516,13 +532,13 @@ impl log::Host for HostState {
                 "guest log lines dropped: the guest logged more than limits.logLinesPerSecond"
             );
         }
-        let message = sanitize(&message, shared.limits.log_line_bytes);
+        let message = sanitize(message, shared.limits.log_line_bytes);
         match level {
-            log::Level::Trace => tracing::trace!(provider, "guest: {message}"),
-            log::Level::Debug => tracing::debug!(provider, "guest: {message}"),
-            log::Level::Info => tracing::info!(provider, "guest: {message}"),
-            log::Level::Warn => tracing::warn!(provider, "guest: {message}"),
-            log::Level::Error => tracing::error!(provider, "guest: {message}"),
+            LogLevel::Trace => tracing::trace!(provider, "guest: {message}"),
+            LogLevel::Debug => tracing::debug!(provider, "guest: {message}"),
+            LogLevel::Info => tracing::info!(provider, "guest: {message}"),
+            LogLevel::Warn => tracing::warn!(provider, "guest: {message}"),
+            LogLevel::Error => tracing::error!(provider, "guest: {message}"),
         }
     }
 }

@@ -13,22 +13,22 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::{Engine, Store};
 
 use super::bindings::kmsgw::adapter::types::Capabilities as GuestCapabilities;
-use super::bindings::{Provider as Bindings, ProviderPre};
 use super::host::{GuestShared, HostState};
+use super::versions::{Guest, GuestPre};
 use super::{GuestFailure, guest_call_outcome};
 
 /// A live guest instance: its store, its exports, and how many wasi resources it
 /// held once initialised.
 pub struct Instance {
     pub store: Store<HostState>,
-    pub bindings: Bindings,
+    pub guest: Guest,
     resources_at_rest: usize,
 }
 
 /// The instances of one provider.
 pub struct Pool {
     engine: Engine,
-    pre: ProviderPre<HostState>,
+    pre: GuestPre,
     shared: Arc<GuestShared>,
     config_json: String,
     idle: Mutex<Vec<Instance>>,
@@ -90,7 +90,7 @@ impl Pool {
     /// `config_json` at init.
     pub fn new(
         engine: Engine,
-        pre: ProviderPre<HostState>,
+        pre: GuestPre,
         shared: Arc<GuestShared>,
         config_json: String,
     ) -> Self {
@@ -140,20 +140,15 @@ impl Pool {
         // can stop a guest that never returns.
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
-        let bindings = match tokio::time::timeout(
-            self.timeout,
-            self.pre.instantiate_async(&mut store),
-        )
-        .await
+        let guest = match tokio::time::timeout(self.timeout, self.pre.instantiate_async(&mut store))
+            .await
         {
-            Ok(Ok(bindings)) => bindings,
+            Ok(Ok(guest)) => guest,
             Ok(Err(e)) => return Err(GuestFailure::Init(format!("instantiation failed: {e:#}"))),
             Err(_) => return Err(GuestFailure::Timeout),
         };
-        let call = bindings
-            .kmsgw_adapter_adapter()
-            .call_init(&mut store, &self.config_json);
-        let outcome = tokio::time::timeout(self.timeout, call).await;
+        let outcome =
+            tokio::time::timeout(self.timeout, guest.init(&mut store, &self.config_json)).await;
         let capabilities = guest_call_outcome(outcome).map_err(|failure| match failure {
             GuestFailure::Guest(e) => GuestFailure::Init(format!("init refused the config: {e:?}")),
             other => other,
@@ -162,7 +157,7 @@ impl Pool {
         Ok((
             Instance {
                 store,
-                bindings,
+                guest,
                 resources_at_rest,
             },
             capabilities,

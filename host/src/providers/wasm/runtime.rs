@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use wasmtime_wasi::WasiView;
@@ -14,9 +14,8 @@ use wasmtime_wasi::cli::{WasiCli, WasiCliView};
 use wasmtime_wasi::p2::bindings::{cli, random};
 use wasmtime_wasi::random::WasiRandom;
 
-use super::bindings::ProviderPre;
-use super::bindings::kmsgw::adapter::{log, storage};
 use super::host::HostState;
+use super::versions::{GuestPre, WitVersion, add_host_imports};
 
 /// How often the epoch advances; a guest deadline is checked this often.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -43,6 +42,10 @@ pub enum LoadError {
     Refused { path: String, imports: String },
     #[error("component {path} cannot be linked: {reason}")]
     Link { path: String, reason: String },
+    #[error(
+        "component {path} does not export kmsgw:adapter/adapter at a version this gateway runs (0.1.0 or 0.2.0); it exports: {exports}"
+    )]
+    Version { path: String, exports: String },
 }
 
 /// Interfaces a guest may import (by prefix; any version the linker satisfies).
@@ -117,8 +120,7 @@ impl WasmRuntime {
             s.ctx().ctx.random()
         })?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        storage::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
-        log::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        add_host_imports(&mut linker)?;
         Ok(WasmRuntime {
             engine,
             linker: Arc::new(linker),
@@ -136,11 +138,7 @@ impl WasmRuntime {
     ///
     /// # Errors
     /// [`LoadError`] naming the file and the reason.
-    pub fn load(
-        &self,
-        path: &Path,
-        sha256: Option<&str>,
-    ) -> Result<ProviderPre<HostState>, LoadError> {
+    pub fn load(&self, path: &Path, sha256: Option<&str>) -> Result<GuestPre, LoadError> {
         let shown = path.display().to_string();
         let started = Instant::now();
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
@@ -175,15 +173,27 @@ impl WasmRuntime {
                 imports: refused.join(", "),
             });
         }
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let version = exports
+            .iter()
+            .find_map(|name| WitVersion::of_export(name))
+            .ok_or_else(|| LoadError::Version {
+                path: shown.clone(),
+                exports: exports.join(", "),
+            })?;
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(ProviderPre::new)
+            .and_then(|pre| GuestPre::new(version, pre))
             .map_err(|e| LoadError::Link {
                 path: shown.clone(),
                 reason: format!("{e:#}"),
             })?;
-        tracing::info!(component = %shown, sha256 = %digest, cache, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "guest component loaded");
+        tracing::info!(component = %shown, sha256 = %digest, wit = version.as_str(), cache, elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "guest component loaded");
         Ok(pre)
     }
 
