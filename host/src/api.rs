@@ -96,11 +96,18 @@ pub fn app(state: AppState) -> Router {
         .route("/audit/verify", get(ops::audit_verify))
         .route("/metrics", get(ops::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    let public = Router::new()
+    // Probes need no credential, but one that is presented must be valid: a client's
+    // health check then reveals its own wrong or expired token.
+    let probes = Router::new()
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
-        .route("/openapi.json", get(openapi::serve));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            check_presented_credential,
+        ));
+    let public = Router::new().route("/openapi.json", get(openapi::serve));
     protected
+        .merge(probes)
         .merge(public)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -134,6 +141,19 @@ async fn authenticate(
         .map(|v| v.as_bytes());
     let principal = state.api_keys.authenticate(header)?;
     request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}
+
+/// Lets a request without `Authorization` through, and one with it only when it
+/// holds a valid API key (401 otherwise; any header passes when no keys are set).
+async fn check_presented_credential(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(header) = request.headers().get(header::AUTHORIZATION) {
+        state.api_keys.authenticate(Some(header.as_bytes()))?;
+    }
     Ok(next.run(request).await)
 }
 

@@ -32,6 +32,13 @@ pub struct KeyRecord {
     pub created_at: SystemTime,
 }
 
+/// How often a key has signed and when it last did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    pub sign_count: u64,
+    pub last_used_at: Option<SystemTime>,
+}
+
 /// The gateway-wide id of `kid` in `tenant`: the kid itself outside tenants, else
 /// `<tenant>~<kid>` (tenant names never contain `~`).
 pub fn key_id(tenant: Option<&str>, kid: &str) -> String {
@@ -168,7 +175,9 @@ impl Catalog {
         row.map(|r| record_of(&r)).transpose()
     }
 
-    /// Up to `limit` records of `tenant` with kid greater than `after`, in kid order.
+    /// Up to `limit` records of `tenant` with kid greater than `after`, in kid order,
+    /// with their usage; with `unused_since`, only keys that have not signed since
+    /// then (and existed before then).
     ///
     /// # Errors
     /// Database failures.
@@ -177,17 +186,68 @@ impl Catalog {
         tenant: Option<&str>,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<KeyRecord>, CatalogError> {
+        unused_since: Option<SystemTime>,
+    ) -> Result<Vec<(KeyRecord, KeyUsage)>, CatalogError> {
         let rows = sqlx::query(
-            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at FROM keys \
-             WHERE tenant = $1 AND kid > $2 ORDER BY kid LIMIT $3",
+            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at, sign_count, last_used_at \
+             FROM keys WHERE tenant = $1 AND kid > $2 \
+             AND ($3 < 0 OR COALESCE(last_used_at, created_at) <= $3) ORDER BY kid LIMIT $4",
         )
         .bind(tenant.unwrap_or(""))
         .bind(key_id(tenant, after.unwrap_or("")))
+        .bind(unused_since.map_or(-1, millis))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(record_of).collect()
+        rows.iter()
+            .map(|row| Ok((record_of(row)?, usage_of(row)?)))
+            .collect()
+    }
+
+    /// How often and when key `id` last signed, as written to the database.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn usage(&self, id: &str) -> Result<KeyUsage, CatalogError> {
+        let row = sqlx::query("SELECT sign_count, last_used_at FROM keys WHERE kid = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map_or(Ok(KeyUsage::default()), |row| usage_of(&row))
+    }
+
+    /// Adds counted signs: per key id, the count and the time of the latest.
+    ///
+    /// # Errors
+    /// Database failures (nothing of the batch is written then).
+    pub async fn add_usage(&self, batch: &[(String, u64, SystemTime)]) -> Result<(), CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, count, last) in batch {
+            sqlx::query(
+                "UPDATE keys SET sign_count = sign_count + $2, \
+                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 THEN $3 ELSE last_used_at END \
+                 WHERE kid = $1",
+            )
+            .bind(id)
+            .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+            .bind(millis(*last))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// How many keys have never signed.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn never_used(&self) -> Result<i64, CatalogError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM keys WHERE sign_count = 0")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// The sealed material stored for key `id`, if any.
@@ -630,6 +690,16 @@ fn millis(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+fn usage_of(row: &sqlx::any::AnyRow) -> Result<KeyUsage, CatalogError> {
+    let count: i64 = row.try_get("sign_count")?;
+    let last: Option<i64> = row.try_get("last_used_at")?;
+    Ok(KeyUsage {
+        sign_count: u64::try_from(count).unwrap_or(0),
+        last_used_at: last
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+    })
 }
 
 fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogError> {

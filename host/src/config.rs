@@ -34,6 +34,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The `audit` section.
     pub audit: AuditConfig,
+    /// The `usage` section: key usage tracking.
+    pub usage: UsageConfig,
 }
 
 /// One entry of `providers`.
@@ -296,6 +298,32 @@ impl Default for AuditConfig {
     }
 }
 
+/// The optional `usage` section: counting signs per key (`signCount`, `lastUsedAt`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UsageConfig {
+    /// Whether signs are counted (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// How often counts are written to the database, in ms (default 5000); a
+    /// crash loses at most this much of the count.
+    #[serde(default = "default_usage_flush_ms")]
+    pub flush_ms: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            enabled: true,
+            flush_ms: default_usage_flush_ms(),
+        }
+    }
+}
+
+fn default_usage_flush_ms() -> u64 {
+    5000
+}
+
 fn yes() -> bool {
     true
 }
@@ -377,6 +405,7 @@ impl Config {
             database: DatabaseConfig::default(),
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
+            usage: UsageConfig::default(),
         }
     }
 
@@ -470,6 +499,7 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut database = DatabaseConfig::default();
     let mut auth = AuthConfig::default();
     let mut audit = AuditConfig::default();
+    let mut usage = UsageConfig::default();
     for (key, value) in map {
         match key.as_str() {
             "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
@@ -478,11 +508,12 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
             "database" => database = typed(value, &key, problems).unwrap_or_default(),
             "auth" => auth = typed(value, &key, problems).unwrap_or_default(),
             "audit" => audit = typed(value, &key, problems).unwrap_or_default(),
+            "usage" => usage = typed(value, &key, problems).unwrap_or_default(),
             "$schema" => {}
             other => problem(
                 problems,
                 other,
-                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`, `auth`, `audit`",
+                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`, `auth`, `audit`, `usage`",
             ),
         }
     }
@@ -509,6 +540,9 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
         );
     }
     check_api_keys(&auth, problems);
+    if usage.flush_ms == 0 {
+        problem(problems, "usage.flushMs", "must be greater than zero");
+    }
     Some(Config {
         default_provider,
         providers,
@@ -516,6 +550,7 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
         database,
         auth,
         audit,
+        usage,
     })
 }
 

@@ -11,9 +11,10 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
 
-use crate::catalog::{Catalog, CatalogError, KeyRecord, key_id};
+use crate::catalog::{Catalog, CatalogError, KeyRecord, KeyUsage, key_id};
 use crate::crypto::{KeyKind, PrivateKey};
 use crate::providers::{Alg, Health, KeySpec, Provider, ProviderError, ProviderKind};
+use crate::usage::Usage;
 
 /// How long a health probe may take before it is reported as failed.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,6 +91,8 @@ pub struct Gateway {
     invalidations: AtomicU64,
     /// Whether `providers[i]` has passed a health probe since start.
     initialised: Vec<AtomicBool>,
+    /// Signs counted per key.
+    usage: Arc<Usage>,
 }
 
 /// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
@@ -130,6 +133,7 @@ impl Gateway {
             .collect();
         let initialised = providers.iter().map(|_| AtomicBool::new(false)).collect();
         Gateway {
+            usage: Arc::new(Usage::new(catalog.clone(), true)),
             initialised,
             providers,
             by_id,
@@ -140,6 +144,17 @@ impl Gateway {
             records: DashMap::new(),
             invalidations: AtomicU64::new(0),
         }
+    }
+
+    /// The same gateway counting key usage with `usage`.
+    pub fn with_usage(mut self, usage: Arc<Usage>) -> Self {
+        self.usage = usage;
+        self
+    }
+
+    /// The key usage counters.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
     }
 
     /// The configured providers, in configuration order.
@@ -464,6 +479,7 @@ impl Gateway {
                     .into());
                 }
                 self.sign_timers[index].observe(started.elapsed().as_secs_f64());
+                self.usage.record(&record.id);
                 Ok((signature, record))
             }
             Err(ProviderError::KeyNotFound(_)) => {
@@ -564,7 +580,9 @@ impl Gateway {
         }
     }
 
-    /// A page of `tenant`'s key records after `cursor` (a kid), in kid order.
+    /// A page of `tenant`'s key records after `cursor` (a kid), in kid order, with
+    /// their usage (this replica's counts flushed first); with `unused_since`, only
+    /// keys that have not signed since then.
     ///
     /// # Errors
     /// Catalog failures.
@@ -573,8 +591,13 @@ impl Gateway {
         tenant: Option<&str>,
         cursor: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<KeyRecord>, GatewayError> {
-        Ok(self.catalog.list(tenant, cursor, limit).await?)
+        unused_since: Option<SystemTime>,
+    ) -> Result<Vec<(KeyRecord, KeyUsage)>, GatewayError> {
+        self.usage.flush().await?;
+        Ok(self
+            .catalog
+            .list(tenant, cursor, limit, unused_since)
+            .await?)
     }
 
     /// Probes every provider in parallel, each bounded by a timeout.

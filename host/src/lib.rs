@@ -30,3 +30,4 @@ pub mod gateway;
 pub mod metrics;
 pub mod providers;
 pub mod server;
+pub mod usage;

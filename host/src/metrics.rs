@@ -124,8 +124,27 @@ impl Metrics {
                 size.with_label_values(&id).set(gauge(stats.instances));
             }
         }
+        let never_used = IntGaugeVec::new(
+            Opts::new(
+                "kmsgw_keys_never_used",
+                "Keys that have not signed once since they were created",
+            ),
+            &[],
+        )
+        .expect("valid metric");
+        let counted = match gateway.usage().flush().await {
+            Ok(()) => gateway.catalog().never_used().await,
+            Err(e) => Err(e),
+        };
+        match counted {
+            Ok(n) => never_used.with_label_values::<&str>(&[]).set(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "keys never used could not be counted for /metrics")
+            }
+        }
         let mut families = self.registry.gather();
         families.extend(health.collect());
+        families.extend(never_used.collect());
         for collector in [&traps, &timeouts, &denied, &dropped, &recycled] {
             families.extend(collector.collect());
         }

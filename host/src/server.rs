@@ -29,6 +29,7 @@ use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use crate::providers::wasm::{WasmOptions, WasmProvider};
+use crate::usage::Usage;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -193,11 +194,11 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             problems: failures,
         }));
     }
-    let gateway = Arc::new(Gateway::new(
-        providers,
-        config.default_provider,
-        catalog.clone(),
-    ));
+    let usage = Arc::new(Usage::new(catalog.clone(), config.usage.enabled));
+    usage.spawn_flusher(Duration::from_millis(config.usage.flush_ms));
+    let gateway = Arc::new(
+        Gateway::new(providers, config.default_provider, catalog.clone()).with_usage(usage),
+    );
     if catalog.backend() == Backend::Postgres {
         follow_deletions(&database_url, Arc::clone(&gateway)).await?;
     }
@@ -378,11 +379,15 @@ pub async fn serve(
         .map_err(|e| StartError::setup("listener", e))?;
     tracing::info!(addr = %local, "listening on http://{local}");
     let audit = prepared.state.audit.clone();
+    let usage = Arc::clone(prepared.state.gateway.usage());
     axum::serve(listener, app(prepared.state))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| StartError::setup("server", e))?;
     audit.flush().await;
+    if let Err(e) = usage.flush().await {
+        tracing::warn!(error = %e, "key usage of the last flush interval could not be written");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,15 +32,6 @@ fn default_algs() -> Vec<String> {
     vec!["ES256".into()]
 }
 
-const ALGS: [Alg; 6] = [
-    Alg::Es256,
-    Alg::Es384,
-    Alg::Es512,
-    Alg::Eddsa,
-    Alg::Rs256,
-    Alg::Ps256,
-];
-
 fn default_keys_path() -> String {
     "/keys".into()
 }
@@ -113,7 +104,8 @@ impl Adapter for RemoteHttp {
             .algs
             .iter()
             .map(|name| {
-                ALGS.into_iter()
+                Alg::ALL
+                    .into_iter()
                     .find(|a| a.name() == name)
                     .ok_or_else(|| Error::InvalidInput(format!("config: unknown alg `{name}`")))
             })

@@ -29,6 +29,16 @@ pub mod storage;
 pub use bindings::kmsgw::adapter::types::{Alg, Capabilities, Error, KeyMaterial, KeySpec};
 
 impl Alg {
+    /// Every algorithm of the contract.
+    pub const ALL: [Alg; 6] = [
+        Alg::Es256,
+        Alg::Es384,
+        Alg::Es512,
+        Alg::Eddsa,
+        Alg::Rs256,
+        Alg::Ps256,
+    ];
+
     /// The JOSE name of the algorithm (`ES256`, `EdDSA`, …).
     pub fn name(self) -> &'static str {
         match self {

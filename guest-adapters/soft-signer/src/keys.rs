@@ -9,16 +9,6 @@ use rsa::traits::PublicKeyParts;
 use rsa::{BoxedUint, PrivateKey};
 use serde_json::Value;
 
-/// Every algorithm `soft-signer` signs with.
-pub const ALGS: [Alg; 6] = [
-    Alg::Es256,
-    Alg::Es384,
-    Alg::Es512,
-    Alg::Eddsa,
-    Alg::Rs256,
-    Alg::Ps256,
-];
-
 /// A private key inside the guest.
 pub enum SoftKey {
     P256(p256::ecdsa::SigningKey),

@@ -51,7 +51,7 @@ impl Adapter for SoftSigner {
             can_create: true,
             can_import: true,
             can_delete: true,
-            algs: keys::ALGS.to_vec(),
+            algs: Alg::ALL.to_vec(),
             default_alg: Alg::Es256,
         }
     }

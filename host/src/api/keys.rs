@@ -15,11 +15,12 @@ use super::paging::{MAX_PAGE, page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::{Action, Event};
 use crate::auth::Principal;
-use crate::catalog::KeyRecord;
+use crate::catalog::{KeyRecord, KeyUsage};
 use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
-use crate::gateway::Retraction;
+use crate::gateway::{GatewayError, Retraction};
 use crate::providers::Alg;
+use std::time::SystemTime;
 
 /// `POST /keys`: every field optional.
 #[derive(Deserialize, ToSchema)]
@@ -71,6 +72,11 @@ pub struct ListQuery {
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Only keys that have not signed for this long (`30s`, `12h`, `30d`) and
+    /// existed before then: candidates for retirement.
+    #[serde(rename = "unusedFor")]
+    #[param(rename = "unusedFor")]
+    unused_for: Option<String>,
 }
 
 /// A key's public record.
@@ -83,17 +89,31 @@ pub struct KeyResponse {
     public_jwk: PublicJwk,
     /// RFC 3339.
     created_at: String,
+    /// Signs so far (this replica's count is current; others' within their flush interval).
+    sign_count: u64,
+    /// RFC 3339 time of the latest sign; null when the key never signed.
+    last_used_at: Option<String>,
 }
 
-impl From<&KeyRecord> for KeyResponse {
-    fn from(record: &KeyRecord) -> Self {
+impl KeyResponse {
+    fn new(record: &KeyRecord, usage: KeyUsage) -> Self {
         KeyResponse {
             kid: record.kid.clone(),
             provider: record.provider.clone(),
             alg: record.alg,
             public_jwk: record.public_jwk.clone(),
             created_at: humantime::format_rfc3339_millis(record.created_at).to_string(),
+            sign_count: usage.sign_count,
+            last_used_at: usage
+                .last_used_at
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
         }
+    }
+}
+
+impl From<&KeyRecord> for KeyResponse {
+    fn from(record: &KeyRecord) -> Self {
+        Self::new(record, KeyUsage::default())
     }
 }
 
@@ -439,7 +459,13 @@ pub async fn get(
 ) -> Result<Json<KeyResponse>, ApiError> {
     principal.require(Scope::KeysRead)?;
     let record = state.gateway.key(principal.tenant.as_deref(), &kid).await?;
-    Ok(Json(KeyResponse::from(record.as_ref())))
+    let usage = state
+        .gateway
+        .usage()
+        .of(&record.id)
+        .await
+        .map_err(GatewayError::from)?;
+    Ok(Json(KeyResponse::new(&record, usage)))
 }
 
 /// A page of keys in kid order; `nextCursor` is null on the last page.
@@ -454,15 +480,38 @@ pub async fn list(
     principal.require(Scope::KeysRead)?;
     let query = query_of(query)?;
     let limit = page_limit(query.limit)?;
+    let unused_since = query
+        .unused_for
+        .as_deref()
+        .map(|text| {
+            humantime::parse_duration(text)
+                .ok()
+                .and_then(|d| SystemTime::now().checked_sub(d))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("unusedFor `{text}` is not a duration like 30s, 12h or 30d"),
+                    )
+                })
+        })
+        .transpose()?;
     let records = state
         .gateway
-        .list(principal.tenant.as_deref(), query.cursor.as_deref(), limit)
+        .list(
+            principal.tenant.as_deref(),
+            query.cursor.as_deref(),
+            limit,
+            unused_since,
+        )
         .await?;
     let next_cursor = (records.len() == limit as usize)
-        .then(|| records.last().map(|r| r.kid.clone()))
+        .then(|| records.last().map(|(r, _)| r.kid.clone()))
         .flatten();
     Ok(Json(KeyPage {
-        keys: records.iter().map(KeyResponse::from).collect(),
+        keys: records
+            .iter()
+            .map(|(record, usage)| KeyResponse::new(record, *usage))
+            .collect(),
         next_cursor,
     }))
 }
@@ -482,11 +531,11 @@ pub async fn jwks(
     loop {
         let page = state
             .gateway
-            .list(tenant, cursor.as_deref(), MAX_PAGE)
+            .list(tenant, cursor.as_deref(), MAX_PAGE, None)
             .await?;
         let full = page.len() == MAX_PAGE as usize;
-        cursor = page.last().map(|r| r.kid.clone());
-        keys.extend(page.into_iter().map(|r| r.public_jwk));
+        cursor = page.last().map(|(r, _)| r.kid.clone());
+        keys.extend(page.into_iter().map(|(r, _)| r.public_jwk));
         if !full {
             break;
         }

@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::openapi::ErrorResponses;
 use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
@@ -27,7 +27,8 @@ pub struct Liveness {
 
 /// The contract's liveness probe: the process is up.
 #[utoipa::path(get, path = "/health", tag = "operations",
-    responses((status = 200, description = "Alive", body = Liveness)))]
+    responses((status = 200, description = "Alive", body = Liveness),
+              (status = 401, description = "An `Authorization` header that holds no valid API key", body = ErrorBody)))]
 pub async fn health() -> Json<Liveness> {
     Json(Liveness { ok: true })
 }
@@ -52,6 +53,7 @@ pub struct Readiness {
 /// Ready once every provider has initialised (answered a health probe).
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, description = "Every provider initialised", body = Readiness),
+              (status = 401, description = "An `Authorization` header that holds no valid API key", body = ErrorBody),
               (status = 503, description = "Some provider has not", body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let waiting_for: Vec<_> = state

@@ -41,6 +41,15 @@ impl Moto {
         Moto { child, url }
     }
 
+    /// A gateway on `site` with a `db` provider and this server as provider `aws`.
+    fn gateway(&self, site: &Site) -> Gateway {
+        site.start_configured(&json!({"providers": [
+            {"id": "db", "type": "db"},
+            {"id": "aws", "type": "aws-kms", "region": "eu-central-1", "accessKeyId": "testing",
+             "secretAccessKey": "testing-secret", "endpoint": self.url},
+        ]}))
+    }
+
     /// One KMS API call in AWS's JSON protocol (moto does not check signatures).
     async fn call(&self, action: &str, body: Value) -> Value {
         let response = reqwest::Client::new()
@@ -67,11 +76,7 @@ impl Drop for Moto {
 async fn aws_kms_signs_raw_and_digest_tags_keys_and_reports_outages() {
     let site = Site::new(Db::Sqlite).await;
     let moto = Moto::start(site.dir.path());
-    let gw = site.start_configured(&json!({"providers": [
-        {"id": "db", "type": "db"},
-        {"id": "aws", "type": "aws-kms", "region": "eu-central-1", "accessKeyId": "testing",
-         "secretAccessKey": "testing-secret", "endpoint": moto.url},
-    ]}));
+    let gw = moto.gateway(&site);
 
     let key = gw.create(json!({"kid": "aws-1", "provider": "aws"})).await;
     // 100 bytes go RAW; 10 KB go as a host SHA-256 DIGEST.
@@ -151,11 +156,7 @@ async fn aws_kms_signs_raw_and_digest_tags_keys_and_reports_outages() {
 async fn aws_kms_signs_every_key_spec_it_advertises() {
     let site = Site::new(Db::Sqlite).await;
     let moto = Moto::start(site.dir.path());
-    let gw = site.start_configured(&json!({"providers": [
-        {"id": "db", "type": "db"},
-        {"id": "aws", "type": "aws-kms", "region": "eu-central-1", "accessKeyId": "testing",
-         "secretAccessKey": "testing-secret", "endpoint": moto.url},
-    ]}));
+    let gw = moto.gateway(&site);
     // AWS KMS takes no imported asymmetric keys; moto has no Ed25519.
     let worked = alg_matrix(&gw, "aws", false).await;
     assert!(!worked.iter().any(|a| a == "EdDSA"));

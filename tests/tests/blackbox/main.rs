@@ -13,4 +13,5 @@ mod http;
 mod openapi;
 mod replicas;
 mod security;
+mod usage;
 mod vault;

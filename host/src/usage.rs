@@ -1,0 +1,120 @@
+//! Key usage: how often each key signed and when it last did, for finding keys
+//! nobody uses. A sign only bumps two atomics of its key in memory; a background
+//! task adds the counts to the catalog every `usage.flushMs` (and at shutdown), so
+//! the hot path never writes to the database and replicas' counts add up. A crash
+//! loses at most one flush interval of counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+
+use crate::catalog::{Catalog, CatalogError, KeyUsage};
+
+/// Signs counted since the last flush, for one key.
+#[derive(Default)]
+struct Pending {
+    count: AtomicU64,
+    /// Milliseconds since the epoch of the latest.
+    last_ms: AtomicU64,
+}
+
+/// The usage counters of this gateway process.
+pub struct Usage {
+    catalog: Catalog,
+    pending: DashMap<String, Pending>,
+    enabled: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Usage {
+    /// Counters writing to `catalog`; with `enabled` false, nothing is counted.
+    pub fn new(catalog: Catalog, enabled: bool) -> Self {
+        Usage {
+            catalog,
+            pending: DashMap::new(),
+            enabled,
+        }
+    }
+
+    /// Counts one sign by key `id`.
+    pub fn record(&self, id: &str) {
+        if !self.enabled {
+            return;
+        }
+        let now = now_ms();
+        if let Some(pending) = self.pending.get(id) {
+            pending.count.fetch_add(1, Ordering::Relaxed);
+            pending.last_ms.fetch_max(now, Ordering::Relaxed);
+            return;
+        }
+        let entry = self.pending.entry(id.to_owned()).or_default();
+        entry.count.fetch_add(1, Ordering::Relaxed);
+        entry.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Adds what was counted since the last flush to the catalog. Counts of a
+    /// failed write are put back for the next flush.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn flush(&self) -> Result<(), CatalogError> {
+        let batch: Vec<(String, u64, SystemTime)> = self
+            .pending
+            .iter()
+            .filter_map(|entry| {
+                let count = entry.count.swap(0, Ordering::Relaxed);
+                let last =
+                    UNIX_EPOCH + Duration::from_millis(entry.last_ms.load(Ordering::Relaxed));
+                (count > 0).then(|| (entry.key().clone(), count, last))
+            })
+            .collect();
+        // Keys with nothing new leave the map (a sign racing with this re-adds its key).
+        self.pending
+            .retain(|_, pending| pending.count.load(Ordering::Relaxed) > 0);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.catalog.add_usage(&batch).await {
+            for (id, count, _) in batch {
+                let entry = self.pending.entry(id).or_default();
+                entry.count.fetch_add(count, Ordering::Relaxed);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Flushes every `interval` until the process ends.
+    pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
+        if !self.enabled {
+            return;
+        }
+        let usage = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = usage.flush().await {
+                    tracing::warn!(error = %e, "key usage could not be written; retrying at the next flush");
+                }
+            }
+        });
+    }
+
+    /// The usage of key `id` as this replica knows it: flushed, then read.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn of(&self, id: &str) -> Result<KeyUsage, CatalogError> {
+        self.flush().await?;
+        self.catalog.usage(id).await
+    }
+}
