@@ -16,7 +16,7 @@ use kmsgw::catalog::Catalog;
 use kmsgw::config::{AuditConfig, AuthConfig};
 use kmsgw::crypto::seal::MasterKey;
 use kmsgw::crypto::{base64url, decode_base64};
-use kmsgw::gateway::{Gateway, Registered};
+use kmsgw::gateway::{Gateway, NewKey, Registered};
 use kmsgw::providers::db::DbProvider;
 use tower::ServiceExt;
 
@@ -36,7 +36,13 @@ async fn state(dir: &tempfile::TempDir, audit: bool) -> AppState {
     }];
     let gateway = Arc::new(Gateway::new(registered, "db".into(), catalog.clone()));
     gateway
-        .create_key(None, Some("bench".into()), None, None, None)
+        .create_key(
+            None,
+            NewKey {
+                kid: Some("bench".into()),
+                ..NewKey::default()
+            },
+        )
         .await
         .unwrap();
     let config = AuditConfig {

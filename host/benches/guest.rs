@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kmsgw::catalog::Catalog;
 use kmsgw::crypto::seal::MasterKey;
-use kmsgw::gateway::{Gateway, Registered};
+use kmsgw::gateway::{Gateway, NewKey, Registered};
 use kmsgw::providers::Provider;
 use kmsgw::providers::db::DbProvider;
 use kmsgw::providers::wasm::limits::GuestLimits;
@@ -83,11 +83,24 @@ fn guest(c: &mut Criterion) {
         ];
         let gateway = Gateway::new(registered, "db".into(), catalog);
         gateway
-            .create_key(None, Some("on-db".into()), None, None, None)
+            .create_key(
+                None,
+                NewKey {
+                    kid: Some("on-db".into()),
+                    ..NewKey::default()
+                },
+            )
             .await
             .unwrap();
         gateway
-            .create_key(None, Some("on-guest".into()), None, None, Some("soft"))
+            .create_key(
+                None,
+                NewKey {
+                    kid: Some("on-guest".into()),
+                    provider: Some("soft".into()),
+                    ..NewKey::default()
+                },
+            )
             .await
             .unwrap();
         gateway.sign(None, "on-db", b"warm", None).await.unwrap();

@@ -15,7 +15,7 @@ use cryptoki::session::UserType;
 use kmsgw::catalog::Catalog;
 use kmsgw::config::{Pkcs11Config, Pkcs11Slot};
 use kmsgw::crypto::seal::MasterKey;
-use kmsgw::gateway::{Gateway, Registered};
+use kmsgw::gateway::{Gateway, NewKey, Registered};
 use kmsgw::providers::db::DbProvider;
 use kmsgw::providers::pkcs11::Pkcs11Provider;
 
@@ -81,7 +81,13 @@ fn pkcs11(c: &mut Criterion) {
         ];
         let gateway = Gateway::new(registered, "hsm".into(), catalog);
         gateway
-            .create_key(None, Some("bench-key".into()), None, None, None)
+            .create_key(
+                None,
+                NewKey {
+                    kid: Some("bench-key".into()),
+                    ..NewKey::default()
+                },
+            )
             .await
             .unwrap();
         gateway

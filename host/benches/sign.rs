@@ -11,7 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsgw::catalog::Catalog;
 use kmsgw::crypto::seal::MasterKey;
 use kmsgw::crypto::{Alg, PrivateKey};
-use kmsgw::gateway::{Gateway, Registered};
+use kmsgw::gateway::{Gateway, NewKey, Registered};
 use kmsgw::providers::db::DbProvider;
 
 fn sign(c: &mut Criterion) {
@@ -52,7 +52,13 @@ fn sign(c: &mut Criterion) {
         }];
         let gateway = Gateway::new(registered, "db".into(), catalog);
         gateway
-            .create_key(None, Some("bench".into()), None, None, None)
+            .create_key(
+                None,
+                NewKey {
+                    kid: Some("bench".into()),
+                    ..NewKey::default()
+                },
+            )
             .await
             .unwrap();
         gateway.sign(None, "bench", &message, None).await.unwrap();

@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
@@ -88,6 +88,8 @@ pub fn app(state: AppState) -> Router {
         .route("/keys/{kid}", get(keys::get).delete(keys::delete))
         .route("/keys/{kid}/sign", post(keys::sign))
         .route("/keys/{kid}/verify", post(keys::verify))
+        .route("/keys/{kid}/rotate", post(keys::rotate))
+        .route("/keys/{kid}/rotation", put(keys::set_rotation))
         .route("/keys/{kid}/import", post(keys::import))
         .route("/.well-known/jwks.json", get(keys::jwks))
         .route("/providers", get(ops::providers))

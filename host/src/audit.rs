@@ -43,6 +43,8 @@ pub enum Action {
     /// A delete with `force=true`: the key left the catalog whatever its backend said.
     ForceDelete,
     Sign,
+    /// A new version of a key became current (by an API key or the scheduler).
+    Rotate,
 }
 
 impl Action {
@@ -53,6 +55,7 @@ impl Action {
             Action::Import => "import",
             Action::Delete => "delete",
             Action::ForceDelete => "force-delete",
+            Action::Rotate => "rotate",
             Action::Sign => "sign",
         }
     }
@@ -65,6 +68,7 @@ impl Action {
             Action::Delete,
             Action::ForceDelete,
             Action::Sign,
+            Action::Rotate,
         ]
         .into_iter()
         .find(|a| a.as_str() == name)

@@ -13,7 +13,8 @@ use crate::audit::{Action, AuditRecord, Event};
 use crate::crypto::PublicJwk;
 use crate::providers::Alg;
 
-/// The PostgreSQL channel on which deletions are announced to other replicas.
+/// The PostgreSQL channel on which deletions and rotations are announced to other
+/// replicas (they forget what they cached about the key).
 pub const DELETE_CHANNEL: &str = "kmsgw_key_deleted";
 
 /// A key as the catalog knows it: public data only.
@@ -28,8 +29,86 @@ pub struct KeyRecord {
     pub provider: String,
     pub external_id: String,
     pub alg: Alg,
+    /// The public JWK of `version`, labelled with its [`KeyRecord::jwk_kid`].
     pub public_jwk: PublicJwk,
     pub created_at: SystemTime,
+    /// The version this record describes (1, 2, …); the catalog's `keys` row holds
+    /// the current one.
+    pub version: u32,
+}
+
+impl KeyRecord {
+    /// The id backends know this version by: the key id for version 1, else
+    /// `<key id>@v<version>` (`@` never occurs in a kid).
+    pub fn backend_id(&self) -> String {
+        version_id(&self.id, self.version)
+    }
+
+    /// The `kid` a JWS header names this version by: the kid for version 1, else
+    /// `<kid>@v<version>`.
+    pub fn jwk_kid(&self) -> String {
+        version_id(&self.kid, self.version)
+    }
+}
+
+/// `name` for version 1, else `<name>@v<version>`.
+pub fn version_id(name: &str, version: u32) -> String {
+    if version <= 1 {
+        name.to_owned()
+    } else {
+        format!("{name}@v{version}")
+    }
+}
+
+/// The lifecycle state of a key version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    /// The current version: signs, published.
+    Active,
+    /// A previous version, still published until its grace period ends.
+    Grace,
+    /// No longer published; its material is destroyed in the backend.
+    Retired,
+}
+
+impl VersionState {
+    fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Active => "active",
+            VersionState::Grace => "grace",
+            VersionState::Retired => "retired",
+        }
+    }
+
+    fn parse(text: &str) -> Option<VersionState> {
+        [
+            VersionState::Active,
+            VersionState::Grace,
+            VersionState::Retired,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// One version of a key.
+#[derive(Clone, Debug)]
+pub struct KeyVersion {
+    pub version: u32,
+    pub state: VersionState,
+    pub external_id: String,
+    pub public_jwk: PublicJwk,
+    pub created_at: SystemTime,
+    pub grace_until: Option<SystemTime>,
+    pub retired_at: Option<SystemTime>,
+}
+
+/// When a key rotates by itself, and how long a replaced version stays published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RotationPolicy {
+    pub every: Option<Duration>,
+    pub grace: Option<Duration>,
 }
 
 /// How often a key has signed and when it last did.
@@ -128,12 +207,13 @@ impl Catalog {
         &self,
         record: &KeyRecord,
         sealed: Option<&[u8]>,
+        policy: RotationPolicy,
     ) -> Result<(), CatalogError> {
         let jwk = serde_json::to_string(&record.public_jwk).expect("a JWK serialises");
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO keys (kid, tenant, provider, external_id, alg, public_jwk, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO keys (kid, tenant, provider, external_id, alg, public_jwk, created_at, \
+             rotated_at, rotate_every_ms, grace_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
         )
         .bind(&record.id)
         .bind(record.tenant.as_deref().unwrap_or(""))
@@ -142,6 +222,8 @@ impl Catalog {
         .bind(record.alg.as_str())
         .bind(&jwk)
         .bind(millis(record.created_at))
+        .bind(optional_millis(policy.every))
+        .bind(optional_millis(policy.grace))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -150,6 +232,16 @@ impl Catalog {
             }
             other => other?,
         };
+        sqlx::query(
+            "INSERT INTO key_versions (kid, version, state, external_id, public_jwk, created_at) \
+             VALUES ($1, 1, 'active', $2, $3, $4)",
+        )
+        .bind(&record.id)
+        .bind(&record.external_id)
+        .bind(&jwk)
+        .bind(millis(record.created_at))
+        .execute(&mut *tx)
+        .await?;
         if let Some(sealed) = sealed {
             sqlx::query("INSERT INTO db_key_material (kid, sealed) VALUES ($1, $2)")
                 .bind(&record.id)
@@ -167,7 +259,7 @@ impl Catalog {
     /// Database failures.
     pub async fn get(&self, id: &str) -> Result<Option<KeyRecord>, CatalogError> {
         let row = sqlx::query(
-            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at FROM keys WHERE kid = $1",
+            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at, version FROM keys WHERE kid = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -189,7 +281,7 @@ impl Catalog {
         unused_since: Option<SystemTime>,
     ) -> Result<Vec<(KeyRecord, KeyUsage)>, CatalogError> {
         let rows = sqlx::query(
-            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at, sign_count, last_used_at \
+            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at, version, sign_count, last_used_at \
              FROM keys WHERE tenant = $1 AND kid > $2 \
              AND ($3 < 0 OR COALESCE(last_used_at, created_at) <= $3) ORDER BY kid LIMIT $4",
         )
@@ -250,15 +342,328 @@ impl Catalog {
         )
     }
 
+    /// Every version of key `id`, oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn versions(&self, id: &str) -> Result<Vec<KeyVersion>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT version, state, external_id, public_jwk, created_at, grace_until, retired_at \
+             FROM key_versions WHERE kid = $1 ORDER BY version",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_of).collect()
+    }
+
+    /// The public JWKs of `tenant`'s active and in-grace versions, by key then version.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn published_jwks(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<PublicJwk>, CatalogError> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT v.public_jwk FROM key_versions v JOIN keys k ON k.kid = v.kid \
+             WHERE k.tenant = $1 AND v.state IN ('active', 'grace') ORDER BY v.kid, v.version",
+        )
+        .bind(tenant.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|jwk| {
+                serde_json::from_str(jwk)
+                    .map_err(|_| CatalogError::Corrupt("a published JWK".into()))
+            })
+            .collect()
+    }
+
+    /// Key `id`'s rotation policy.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn policy(&self, id: &str) -> Result<RotationPolicy, CatalogError> {
+        let row = sqlx::query("SELECT rotate_every_ms, grace_ms FROM keys WHERE kid = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(RotationPolicy::default());
+        };
+        let duration = |name: &str| -> Result<Option<Duration>, CatalogError> {
+            Ok(row
+                .try_get::<Option<i64>, _>(name)?
+                .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+        };
+        Ok(RotationPolicy {
+            every: duration("rotate_every_ms")?,
+            grace: duration("grace_ms")?,
+        })
+    }
+
+    /// Sets key `id`'s rotation policy; returns whether the key exists.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn set_policy(&self, id: &str, policy: RotationPolicy) -> Result<bool, CatalogError> {
+        let done =
+            sqlx::query("UPDATE keys SET rotate_every_ms = $2, grace_ms = $3 WHERE kid = $1")
+                .bind(id)
+                .bind(optional_millis(policy.every))
+                .bind(optional_millis(policy.grace))
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Makes `next` (version `current.version + 1`, already created in the backend)
+    /// the current version of `current`'s key and puts `current` in grace until
+    /// `grace_until`, in one transaction. Returns false, changing nothing, when the
+    /// key is no longer at `current.version` (another rotation won).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn rotate(
+        &self,
+        current: &KeyRecord,
+        next: &KeyRecord,
+        sealed: Option<&[u8]>,
+        grace_until: SystemTime,
+    ) -> Result<bool, CatalogError> {
+        let jwk = serde_json::to_string(&next.public_jwk).expect("a JWK serialises");
+        let now = millis(next.created_at);
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE keys SET version = $2, external_id = $3, public_jwk = $4, rotated_at = $5 \
+             WHERE kid = $1 AND version = $6",
+        )
+        .bind(&current.id)
+        .bind(i64::from(next.version))
+        .bind(&next.external_id)
+        .bind(&jwk)
+        .bind(now)
+        .bind(i64::from(current.version))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE key_versions SET state = 'grace', grace_until = $3 WHERE kid = $1 AND version = $2",
+        )
+        .bind(&current.id)
+        .bind(i64::from(current.version))
+        .bind(millis(grace_until))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO key_versions (kid, version, state, external_id, public_jwk, created_at) \
+             VALUES ($1, $2, 'active', $3, $4, $5)",
+        )
+        .bind(&current.id)
+        .bind(i64::from(next.version))
+        .bind(&next.external_id)
+        .bind(&jwk)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(sealed) = sealed {
+            sqlx::query("INSERT INTO db_version_material (id, sealed) VALUES ($1, $2)")
+                .bind(next.backend_id())
+                .bind(STANDARD.encode(sealed))
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.announce(&mut tx, &current.id).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// On PostgreSQL, tells the other replicas at commit that key `id` changed.
+    async fn announce(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+    ) -> Result<(), CatalogError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
+                .bind(DELETE_CHANNEL)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The ids of keys whose policy makes them due for rotation at `now`, each with
+    /// the time its current version became current (the claim token of
+    /// [`Catalog::claim_rotation`]).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn due_rotations(&self, now: SystemTime) -> Result<Vec<(String, i64)>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT kid, rotated_at FROM keys WHERE rotate_every_ms IS NOT NULL \
+             AND rotated_at + rotate_every_ms <= $1",
+        )
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("kid")?, row.try_get("rotated_at")?)))
+            .collect()
+    }
+
+    /// Claims the rotation of key `id` that became due since `rotated_at`: true for
+    /// exactly one caller across replicas.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn claim_rotation(
+        &self,
+        id: &str,
+        rotated_at: i64,
+        now: SystemTime,
+    ) -> Result<bool, CatalogError> {
+        let done =
+            sqlx::query("UPDATE keys SET rotated_at = $3 WHERE kid = $1 AND rotated_at = $2")
+                .bind(id)
+                .bind(rotated_at)
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Versions whose grace period has ended by `now`, with their key's record.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn ended_graces(
+        &self,
+        now: SystemTime,
+    ) -> Result<Vec<(KeyRecord, KeyVersion)>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT k.kid, k.tenant, k.provider, k.alg, k.created_at, k.version AS current_version, \
+             v.version, v.state, v.external_id, v.public_jwk, v.created_at AS version_created_at, \
+             v.grace_until, v.retired_at \
+             FROM key_versions v JOIN keys k ON k.kid = v.kid \
+             WHERE v.state = 'grace' AND v.grace_until <= $1",
+        )
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ended = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let corrupt = || CatalogError::Corrupt("key version".into());
+            let id: String = row.try_get("kid")?;
+            let tenant: String = row.try_get("tenant")?;
+            let kid = match id.strip_prefix(&format!("{tenant}~")) {
+                Some(kid) if !tenant.is_empty() => kid.to_owned(),
+                _ => id.clone(),
+            };
+            let alg: String = row.try_get("alg")?;
+            let jwk: String = row.try_get("public_jwk")?;
+            let version = KeyVersion {
+                version: u32::try_from(row.try_get::<i64, _>("version")?).map_err(|_| corrupt())?,
+                state: VersionState::Grace,
+                external_id: row.try_get("external_id")?,
+                public_jwk: serde_json::from_str(&jwk).map_err(|_| corrupt())?,
+                created_at: from_millis(row.try_get("version_created_at")?),
+                grace_until: row
+                    .try_get::<Option<i64>, _>("grace_until")?
+                    .map(from_millis),
+                retired_at: None,
+            };
+            let record = KeyRecord {
+                external_id: version.external_id.clone(),
+                public_jwk: version.public_jwk.clone(),
+                version: version.version,
+                provider: row.try_get("provider")?,
+                alg: Alg::parse(&alg).ok_or_else(corrupt)?,
+                created_at: from_millis(row.try_get("created_at")?),
+                tenant: (!tenant.is_empty()).then_some(tenant),
+                kid,
+                id,
+            };
+            ended.push((record, version));
+        }
+        Ok(ended)
+    }
+
+    /// Retires version `version` of key `id` (in grace until now): unpublished, and
+    /// its db-held material deleted. Returns whether this call retired it.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn retire(
+        &self,
+        id: &str,
+        version: u32,
+        now: SystemTime,
+    ) -> Result<bool, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE key_versions SET state = 'retired', retired_at = $3, grace_until = NULL \
+             WHERE kid = $1 AND version = $2 AND state = 'grace'",
+        )
+        .bind(id)
+        .bind(i64::from(version))
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if version <= 1 {
+            sqlx::query("DELETE FROM db_key_material WHERE kid = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            sqlx::query("DELETE FROM db_version_material WHERE id = $1")
+                .bind(version_id(id, version))
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.announce(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(done > 0)
+    }
+
+    /// Versions per state, and when the oldest active version became current.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn version_stats(
+        &self,
+    ) -> Result<(Vec<(String, i64)>, Option<SystemTime>), CatalogError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM key_versions GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let counts = rows
+            .iter()
+            .map(|row| Ok((row.try_get("state")?, row.try_get("n")?)))
+            .collect::<Result<Vec<_>, CatalogError>>()?;
+        let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(rotated_at) FROM keys")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((counts, oldest.map(from_millis)))
+    }
+
     /// The sealed material stored for key `id`, if any.
     ///
     /// # Errors
     /// Database failures.
     pub async fn sealed_secret(&self, id: &str) -> Result<Option<Vec<u8>>, CatalogError> {
-        let row = sqlx::query("SELECT sealed FROM db_key_material WHERE kid = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT sealed FROM db_key_material WHERE kid = $1 \
+             UNION ALL SELECT sealed FROM db_version_material WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             let text: String = r.try_get("sealed")?;
             STANDARD
@@ -279,17 +684,23 @@ impl Catalog {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(
+            "DELETE FROM db_version_material WHERE substr(id, 1, length($1) + 2) = $1 || '@v'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM key_versions WHERE kid = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let deleted = sqlx::query("DELETE FROM keys WHERE kid = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if deleted > 0 && self.backend == Backend::Postgres {
-            sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
-                .bind(DELETE_CHANNEL)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        if deleted > 0 {
+            self.announce(&mut tx, id).await?;
         }
         tx.commit().await?;
         Ok(deleted > 0)
@@ -724,9 +1135,36 @@ fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogError> {
         external_id: row.try_get("external_id")?,
         alg: Alg::parse(&alg).ok_or_else(corrupt)?,
         public_jwk: serde_json::from_str(&jwk).map_err(|_| corrupt())?,
-        created_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(created).unwrap_or(0)),
+        created_at: from_millis(created),
+        version: u32::try_from(row.try_get::<i64, _>("version")?).map_err(|_| corrupt())?,
         id,
         kid,
         tenant,
     })
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn version_of(row: &sqlx::any::AnyRow) -> Result<KeyVersion, CatalogError> {
+    let corrupt = || CatalogError::Corrupt("key version".into());
+    let state: String = row.try_get("state")?;
+    let jwk: String = row.try_get("public_jwk")?;
+    let optional = |name: &str| -> Result<Option<SystemTime>, CatalogError> {
+        Ok(row.try_get::<Option<i64>, _>(name)?.map(from_millis))
+    };
+    Ok(KeyVersion {
+        version: u32::try_from(row.try_get::<i64, _>("version")?).map_err(|_| corrupt())?,
+        state: VersionState::parse(&state).ok_or_else(corrupt)?,
+        external_id: row.try_get("external_id")?,
+        public_jwk: serde_json::from_str(&jwk).map_err(|_| corrupt())?,
+        created_at: from_millis(row.try_get("created_at")?),
+        grace_until: optional("grace_until")?,
+        retired_at: optional("retired_at")?,
+    })
+}
+
+fn optional_millis(duration: Option<Duration>) -> Option<i64> {
+    duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::catalog::{Catalog, KeyRecord};
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk};
-use crate::gateway::{Gateway, GatewayError, Registered};
+use crate::gateway::{Gateway, GatewayError, NewKey, Registered};
 use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
@@ -191,10 +191,12 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
         if caps.can_create {
             let started = Instant::now();
             let kid = format!("adapter-check-{}", alg.as_str().to_ascii_lowercase());
-            match gateway
-                .create_key(None, Some(kid), Some(alg), None, None)
-                .await
-            {
+            let request = NewKey {
+                kid: Some(kid),
+                alg: Some(alg),
+                ..NewKey::default()
+            };
+            match gateway.create_key(None, request).await {
                 Ok(record) => {
                     report.line(
                         &format!("generate-key ({alg})"),
@@ -247,6 +249,7 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
             .public_jwk()
             .clone(),
         created_at: SystemTime::now(),
+        version: 1,
     };
     let started = Instant::now();
     let outcome = match provider.sign(&missing, b"x", caps.default_alg).await {

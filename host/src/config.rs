@@ -36,6 +36,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// The `usage` section: key usage tracking.
     pub usage: UsageConfig,
+    /// The `scheduler` section: rotations and grace periods.
+    pub scheduler: SchedulerConfig,
 }
 
 /// One entry of `providers`.
@@ -320,6 +322,30 @@ impl Default for UsageConfig {
     }
 }
 
+/// The optional `scheduler` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How often due rotations and ended grace periods are looked for (`60s` when absent).
+    pub interval: Option<String>,
+}
+
+impl SchedulerConfig {
+    /// The interval: 60 s by default.
+    ///
+    /// # Errors
+    /// A message when `interval` is not a positive duration.
+    pub fn interval(&self) -> Result<std::time::Duration, String> {
+        match &self.interval {
+            None => Ok(std::time::Duration::from_secs(60)),
+            Some(text) => humantime::parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("`{text}` is not a positive duration like 30s, 5m or 1h")),
+        }
+    }
+}
+
 fn default_usage_flush_ms() -> u64 {
     5000
 }
@@ -406,6 +432,7 @@ impl Config {
             auth: AuthConfig::default(),
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 
@@ -500,6 +527,7 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut auth = AuthConfig::default();
     let mut audit = AuditConfig::default();
     let mut usage = UsageConfig::default();
+    let mut scheduler = SchedulerConfig::default();
     for (key, value) in map {
         match key.as_str() {
             "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
@@ -509,11 +537,12 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
             "auth" => auth = typed(value, &key, problems).unwrap_or_default(),
             "audit" => audit = typed(value, &key, problems).unwrap_or_default(),
             "usage" => usage = typed(value, &key, problems).unwrap_or_default(),
+            "scheduler" => scheduler = typed(value, &key, problems).unwrap_or_default(),
             "$schema" => {}
             other => problem(
                 problems,
                 other,
-                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`, `auth`, `audit`, `usage`",
+                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`",
             ),
         }
     }
@@ -543,6 +572,9 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
     if usage.flush_ms == 0 {
         problem(problems, "usage.flushMs", "must be greater than zero");
     }
+    if let Err(message) = scheduler.interval() {
+        problem(problems, "scheduler.interval", message);
+    }
     Some(Config {
         default_provider,
         providers,
@@ -551,6 +583,7 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
         auth,
         audit,
         usage,
+        scheduler,
     })
 }
 

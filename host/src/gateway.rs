@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
 
-use crate::catalog::{Catalog, CatalogError, KeyRecord, KeyUsage, key_id};
+use crate::catalog::{
+    Catalog, CatalogError, KeyRecord, KeyUsage, KeyVersion, RotationPolicy, VersionState, key_id,
+};
 use crate::crypto::{KeyKind, PrivateKey};
 use crate::providers::{Alg, Health, KeySpec, Provider, ProviderError, ProviderKind};
 use crate::usage::Usage;
@@ -44,6 +46,23 @@ pub enum GatewayError {
     Provider(#[from] ProviderError),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
+}
+
+/// How long a replaced version stays published when its key has no grace policy.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// What `create_key` makes.
+#[derive(Debug, Default)]
+pub struct NewKey {
+    /// Generated (a UUID) when absent.
+    pub kid: Option<String>,
+    /// Default: the provider's default.
+    pub alg: Option<Alg>,
+    /// RSA modulus bits (2048, 3072, 4096); RSA algorithms only; default 2048.
+    pub rsa_bits: Option<u32>,
+    /// Default: the default provider.
+    pub provider: Option<String>,
+    pub rotation: RotationPolicy,
 }
 
 /// A key retracted by a forced delete.
@@ -93,6 +112,8 @@ pub struct Gateway {
     initialised: Vec<AtomicBool>,
     /// Signs counted per key.
     usage: Arc<Usage>,
+    /// Rotations that committed, and that failed.
+    rotations: [AtomicU64; 2],
 }
 
 /// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
@@ -134,6 +155,7 @@ impl Gateway {
         let initialised = providers.iter().map(|_| AtomicBool::new(false)).collect();
         Gateway {
             usage: Arc::new(Usage::new(catalog.clone(), true)),
+            rotations: [AtomicU64::new(0), AtomicU64::new(0)],
             initialised,
             providers,
             by_id,
@@ -207,20 +229,23 @@ impl Gateway {
         }
     }
 
-    /// Creates a key in `tenant` and `provider` (default: the default provider);
-    /// `rsa_bits` only for RSA algorithms (default 2048).
+    /// Creates a key in `tenant` as `request` says.
     ///
     /// # Errors
     /// Unknown provider, taken kid, unsupported alg or size, backend failures.
     pub async fn create_key(
         &self,
         tenant: Option<&str>,
-        kid: Option<String>,
-        alg: Option<Alg>,
-        rsa_bits: Option<u32>,
-        provider: Option<&str>,
+        request: NewKey,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
-        let provider = self.provider(provider)?;
+        let NewKey {
+            kid,
+            alg,
+            rsa_bits,
+            provider,
+            rotation,
+        } = request;
+        let provider = self.provider(provider.as_deref())?;
         if !provider.capabilities().can_create {
             return Err(GatewayError::Unsupported(format!(
                 "provider `{}` cannot create keys",
@@ -250,7 +275,7 @@ impl Gateway {
         let material = provider
             .generate_key(&id, KeySpec { alg, rsa_bits })
             .await?;
-        self.commit(provider.as_ref(), tenant, kid, alg, material)
+        self.commit(provider.as_ref(), tenant, kid, alg, material, rotation)
             .await
     }
 
@@ -296,7 +321,7 @@ impl Gateway {
         self.ensure_free(&id, &kid).await?;
         let material = provider.import_key(&id, key, alg).await?;
         if !material.public_jwk.same_key(key.public_jwk()) {
-            let (record, _) = Self::record_of(provider.as_ref(), tenant, kid, alg, material);
+            let (record, _) = Self::record_of(provider.as_ref(), tenant, kid, alg, material, 1);
             self.discard_orphan(provider.as_ref(), &record).await;
             return Err(ProviderError::Backend(format!(
                 "provider `{}` returned a public key that is not the imported key's",
@@ -304,8 +329,15 @@ impl Gateway {
             ))
             .into());
         }
-        self.commit(provider.as_ref(), tenant, kid, alg, material)
-            .await
+        self.commit(
+            provider.as_ref(),
+            tenant,
+            kid,
+            alg,
+            material,
+            RotationPolicy::default(),
+        )
+        .await
     }
 
     async fn ensure_free(&self, id: &str, kid: &str) -> Result<(), GatewayError> {
@@ -321,9 +353,10 @@ impl Gateway {
         kid: String,
         alg: Alg,
         material: crate::providers::KeyMaterial,
+        version: u32,
     ) -> (KeyRecord, Option<Vec<u8>>) {
-        let record = KeyRecord {
-            public_jwk: material.public_jwk.labelled(&kid, alg.as_str()),
+        let mut record = KeyRecord {
+            public_jwk: material.public_jwk.unlabelled(),
             id: key_id(tenant, &kid),
             tenant: tenant.map(str::to_owned),
             kid,
@@ -331,7 +364,9 @@ impl Gateway {
             external_id: material.external_id,
             alg,
             created_at: SystemTime::now(),
+            version,
         };
+        record.public_jwk = record.public_jwk.labelled(&record.jwk_kid(), alg.as_str());
         (record, material.sealed_secret)
     }
 
@@ -345,8 +380,9 @@ impl Gateway {
         kid: String,
         alg: Alg,
         material: crate::providers::KeyMaterial,
+        rotation: RotationPolicy,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
-        let (record, sealed) = Self::record_of(provider, tenant, kid, alg, material);
+        let (record, sealed) = Self::record_of(provider, tenant, kid, alg, material, 1);
         if let Err(e) = record.public_jwk.check(alg) {
             self.discard_orphan(provider, &record).await;
             return Err(ProviderError::Backend(format!(
@@ -355,7 +391,11 @@ impl Gateway {
             ))
             .into());
         }
-        if let Err(e) = self.catalog.insert(&record, sealed.as_deref()).await {
+        if let Err(e) = self
+            .catalog
+            .insert(&record, sealed.as_deref(), rotation)
+            .await
+        {
             // A backend that names keys by kid may hold the key of whichever request won
             // a race for that kid; only a backend-chosen name is surely ours to remove.
             if record.external_id != record.id {
@@ -523,7 +563,32 @@ impl Gateway {
             )));
         }
         provider.delete_key(&record).await?;
+        self.delete_graces(provider.as_ref(), &record).await?;
         self.forget(kid, record).await
+    }
+
+    /// Deletes the backend keys of `record`'s versions still in grace.
+    async fn delete_graces(
+        &self,
+        provider: &dyn Provider,
+        record: &KeyRecord,
+    ) -> Result<(), GatewayError> {
+        for version in self.catalog.versions(&record.id).await? {
+            if version.state != VersionState::Grace {
+                continue;
+            }
+            let old = KeyRecord {
+                external_id: version.external_id,
+                public_jwk: version.public_jwk,
+                version: version.version,
+                ..record.clone()
+            };
+            match provider.delete_key(&old).await {
+                Ok(()) | Err(ProviderError::KeyNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Retracts `kid` of `tenant` from the catalog (and so from the JWKS) whatever
@@ -544,7 +609,10 @@ impl Gateway {
                 Err(format!("provider `{}` cannot delete keys", provider.id()))
             }
             Ok(provider) => match provider.delete_key(&record).await {
-                Ok(()) | Err(ProviderError::KeyNotFound(_)) => Ok(()),
+                Ok(()) | Err(ProviderError::KeyNotFound(_)) => self
+                    .delete_graces(provider.as_ref(), &record)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },
         };
@@ -578,6 +646,234 @@ impl Gateway {
         } else {
             Err(GatewayError::KeyNotFound(kid.to_owned()))
         }
+    }
+
+    /// Makes a new version of `kid` in `tenant` (same provider and algorithm) its
+    /// current one; the previous version stays published for the key's grace period.
+    ///
+    /// # Errors
+    /// Unknown kid, a provider that cannot create keys or is gone, backend failures,
+    /// [`GatewayError::KeyExists`] when another rotation of the key won a race.
+    pub async fn rotate(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let current = self.stored_record(tenant, kid).await?;
+        let result = self.rotate_record(&current).await;
+        self.rotations[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn rotate_record(&self, current: &KeyRecord) -> Result<Arc<KeyRecord>, GatewayError> {
+        let provider = self.provider_of(current)?;
+        if !provider.capabilities().can_create {
+            return Err(GatewayError::Unsupported(format!(
+                "provider `{}` cannot create keys, so its keys cannot rotate",
+                provider.id()
+            )));
+        }
+        let rsa_bits = current
+            .public_jwk
+            .signature_len(current.alg)
+            .filter(|_| current.alg.key_kind() == KeyKind::Rsa)
+            .map_or(0, |bytes| u32::try_from(bytes * 8).unwrap_or(0));
+        let version = current.version + 1;
+        let backend_id = crate::catalog::version_id(&current.id, version);
+        let material = provider
+            .generate_key(
+                &backend_id,
+                KeySpec {
+                    alg: current.alg,
+                    rsa_bits,
+                },
+            )
+            .await?;
+        let (next, sealed) = Self::record_of(
+            provider.as_ref(),
+            current.tenant.as_deref(),
+            current.kid.clone(),
+            current.alg,
+            material,
+            version,
+        );
+        if let Err(e) = next.public_jwk.check(current.alg) {
+            self.discard_orphan(provider.as_ref(), &next).await;
+            return Err(ProviderError::Backend(format!(
+                "provider `{}` returned an unusable public key for {}: {e}",
+                provider.id(),
+                current.alg
+            ))
+            .into());
+        }
+        let grace = self
+            .catalog
+            .policy(&current.id)
+            .await?
+            .grace
+            .unwrap_or(DEFAULT_GRACE);
+        let committed = self
+            .catalog
+            .rotate(current, &next, sealed.as_deref(), next.created_at + grace)
+            .await;
+        match committed {
+            Ok(true) => {
+                self.invalidate(&current.id);
+                Ok(Arc::new(next))
+            }
+            Ok(false) => {
+                self.discard_orphan(provider.as_ref(), &next).await;
+                Err(GatewayError::KeyExists(format!(
+                    "{} (rotated concurrently; try again)",
+                    current.kid
+                )))
+            }
+            Err(e) => {
+                self.discard_orphan(provider.as_ref(), &next).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Rotates every key whose policy makes it due at `now`, each claimed by one
+    /// replica only. Returns what was tried: the key's record and the outcome.
+    pub async fn rotate_due(
+        &self,
+        now: SystemTime,
+    ) -> Vec<(KeyRecord, Result<Arc<KeyRecord>, GatewayError>)> {
+        let due = match self.catalog.due_rotations(now).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the keys due for rotation");
+                return Vec::new();
+            }
+        };
+        let mut done = Vec::new();
+        for (id, rotated_at) in due {
+            // The claim moves the key's due time on; exactly one replica wins it.
+            match self.catalog.claim_rotation(&id, rotated_at, now).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(key = %id, error = %e, "cannot claim a due rotation");
+                    continue;
+                }
+            }
+            let Ok(Some(current)) = self.catalog.get(&id).await else {
+                continue;
+            };
+            let result = self.rotate_record(&current).await;
+            self.rotations[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+            done.push((current, result));
+        }
+        done
+    }
+
+    /// Retires every version whose grace period has ended by `now`: its backend
+    /// key is deleted and it leaves the JWKS.
+    pub async fn end_graces(&self, now: SystemTime) {
+        let ended = match self.catalog.ended_graces(now).await {
+            Ok(ended) => ended,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the versions whose grace ended");
+                return;
+            }
+        };
+        for (record, version) in ended {
+            match self.provider_of(&record) {
+                Ok(provider) => match provider.delete_key(&record).await {
+                    Ok(()) | Err(ProviderError::KeyNotFound(_)) => {}
+                    Err(e) => {
+                        // Kept in grace: tried again at the next run.
+                        tracing::warn!(kid = %record.kid, version = version.version, error = %e,
+                            "the backend did not delete a version whose grace ended");
+                        continue;
+                    }
+                },
+                Err(e) => tracing::warn!(kid = %record.kid, error = %e,
+                    "retiring a version whose provider is gone; its backend key may remain"),
+            }
+            match self.catalog.retire(&record.id, version.version, now).await {
+                Ok(_) => self.invalidate(&record.id),
+                Err(e) => tracing::warn!(kid = %record.kid, error = %e, "cannot retire a version"),
+            }
+        }
+    }
+
+    /// Rotations committed and failed since start.
+    pub fn rotation_counts(&self) -> (u64, u64) {
+        (
+            self.rotations[0].load(Ordering::Relaxed),
+            self.rotations[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Sets the rotation policy of `kid` in `tenant`.
+    ///
+    /// # Errors
+    /// Unknown kid, catalog failures.
+    pub async fn set_rotation(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+        policy: RotationPolicy,
+    ) -> Result<(), GatewayError> {
+        let record = self.key(tenant, kid).await?;
+        if self.catalog.set_policy(&record.id, policy).await? {
+            Ok(())
+        } else {
+            Err(GatewayError::KeyNotFound(kid.to_owned()))
+        }
+    }
+
+    /// The versions and rotation policy of `record`'s key.
+    ///
+    /// # Errors
+    /// Catalog failures.
+    pub async fn history(
+        &self,
+        record: &KeyRecord,
+    ) -> Result<(Vec<KeyVersion>, RotationPolicy), GatewayError> {
+        Ok((
+            self.catalog.versions(&record.id).await?,
+            self.catalog.policy(&record.id).await?,
+        ))
+    }
+
+    /// Whether `signature` of `message` verifies with a published version of
+    /// `kid` in `tenant` (the current one or one in grace).
+    ///
+    /// # Errors
+    /// Unknown kid, catalog failures.
+    pub async fn verify(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, GatewayError> {
+        let record = self.key(tenant, kid).await?;
+        if record.public_jwk.verify(record.alg, message, signature) {
+            return Ok(true);
+        }
+        Ok(self
+            .catalog
+            .versions(&record.id)
+            .await?
+            .iter()
+            .filter(|v| v.state == VersionState::Grace)
+            .any(|v| v.public_jwk.verify(record.alg, message, signature)))
+    }
+
+    /// The public JWKs of `tenant`'s published versions (current and in grace).
+    ///
+    /// # Errors
+    /// Catalog failures.
+    pub async fn jwks(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<crate::crypto::PublicJwk>, GatewayError> {
+        Ok(self.catalog.published_jwks(tenant).await?)
     }
 
     /// A page of `tenant`'s key records after `cursor` (a kid), in kid order, with

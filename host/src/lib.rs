@@ -4,8 +4,9 @@
 //! Modules:
 //! - [`config`]: `kms.json` → typed [`config::Config`], with `${VAR}` expansion and
 //!   validation that reports every problem with its JSON path.
-//! - [`crypto`]: JWK ⇄ P-256 keys, base64 forms, the host signer, and [`crypto::seal`]
-//!   (AES-256-GCM sealing under the master key).
+//! - [`crypto`]: the algorithms, JWKs of every key type, private keys and host
+//!   signers, signature checks, base64 forms, and [`crypto::seal`] (AES-256-GCM
+//!   sealing under the master key).
 //! - [`catalog`]: the sqlx store of key records (SQLite or PostgreSQL) and its migrations.
 //! - [`providers`]: the [`providers::Provider`] trait and the built-in backends.
 //! - [`gateway`]: the provider registry and key catalog together: resolves a kid to
@@ -15,6 +16,8 @@
 //! - [`auth`]: API keys, scopes and tenants.
 //! - [`audit`]: the hash-chained audit log and its verification.
 //! - [`metrics`]: the Prometheus metrics of `/metrics`.
+//! - [`usage`]: per-key sign counts and last use, counted in memory, flushed in batches.
+//! - [`scheduler`]: scheduled rotations and the end of grace periods.
 //! - [`check`]: `kmsgw adapter check`, the conformance run for guest adapters.
 //! - [`server`]: start-up glue shared by the binary and the tests: settings, listening,
 //!   graceful shutdown.
@@ -29,5 +32,6 @@ pub mod crypto;
 pub mod gateway;
 pub mod metrics;
 pub mod providers;
+pub mod scheduler;
 pub mod server;
 pub mod usage;

@@ -142,9 +142,47 @@ impl Metrics {
                 tracing::warn!(error = %e, "keys never used could not be counted for /metrics")
             }
         }
+        let versions = IntGaugeVec::new(
+            Opts::new(
+                "kmsgw_key_versions",
+                "Key versions per state (active, grace, retired)",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let oldest = prometheus::Gauge::new(
+            "kmsgw_oldest_active_version_age_seconds",
+            "Age of the oldest current key version",
+        )
+        .expect("valid metric");
+        match gateway.catalog().version_stats().await {
+            Ok((counts, oldest_since)) => {
+                for (state, n) in counts {
+                    versions.with_label_values(&[state.as_str()]).set(n);
+                }
+                if let Some(since) = oldest_since {
+                    oldest.set(since.elapsed().map_or(0.0, |d| d.as_secs_f64()));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "key versions could not be counted for /metrics"),
+        }
+        let rotations = IntCounterVec::new(
+            Opts::new(
+                "kmsgw_rotations_total",
+                "Key rotations by this replica, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let (done, failed) = gateway.rotation_counts();
+        rotations.with_label_values(&["ok"]).inc_by(done);
+        rotations.with_label_values(&["failed"]).inc_by(failed);
         let mut families = self.registry.gather();
         families.extend(health.collect());
         families.extend(never_used.collect());
+        families.extend(versions.collect());
+        families.extend(oldest.collect());
+        families.extend(rotations.collect());
         for collector in [&traps, &timeouts, &denied, &dropped, &recycled] {
             families.extend(collector.collect());
         }

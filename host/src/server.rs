@@ -208,6 +208,16 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         async move { gateway.not_ready().await }
     });
     let audit = Audit::start(&config.audit, catalog.clone());
+    let interval = config.scheduler.interval().map_err(|message| {
+        StartError::Config(ConfigError::Invalid {
+            source_name: source_name.clone(),
+            problems: vec![Problem {
+                path: "scheduler.interval".into(),
+                message,
+            }],
+        })
+    })?;
+    crate::scheduler::spawn(Arc::clone(&gateway), audit.clone(), interval);
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         database = ?catalog.backend(),

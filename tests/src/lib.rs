@@ -906,3 +906,52 @@ pub async fn alg_matrix(gw: &Gateway, provider: &str, import: bool) -> Vec<Strin
     );
     worked
 }
+
+/// The one number `sql` (a `SELECT COUNT(*) …`) answers on `site`'s database.
+pub async fn count_rows(site: &Site, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&site.database())
+        .await
+        .expect("the site's database");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&mut conn)
+        .await
+        .expect("a count")
+}
+
+/// The JWKS entry whose `kid` is `jwk_kid`, if published.
+pub async fn jwks_entry(gw: &Gateway, jwk_kid: &str) -> Option<Value> {
+    let (_, jwks) = gw.get("/.well-known/jwks.json").await;
+    jwks["keys"]
+        .as_array()
+        .expect("a JWK Set")
+        .iter()
+        .find(|k| k["kid"] == jwk_kid)
+        .cloned()
+}
+
+/// `POST /keys/{kid}/sign` of `message`; the whole answer, asserting 200.
+pub async fn sign_answer(gw: &Gateway, kid: &str, message: &[u8]) -> Value {
+    let data = base64::engine::general_purpose::STANDARD.encode(message);
+    let (status, answer) = gw
+        .post(
+            &format!("/keys/{kid}/sign"),
+            serde_json::json!({"data": data}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+/// Whether `POST /keys/{kid}/verify` accepts `signature` of `message`.
+pub async fn verifies_at_gateway(gw: &Gateway, kid: &str, message: &[u8], signature: &str) -> bool {
+    let data = base64::engine::general_purpose::STANDARD.encode(message);
+    let (status, answer) = gw
+        .post(
+            &format!("/keys/{kid}/verify"),
+            serde_json::json!({"data": data, "signature": signature}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["valid"].as_bool().expect("valid")
+}

@@ -134,6 +134,14 @@ fn pkcs11_generates_imports_signs_and_deletes_on_softhsm2() {
         let (_, key) = gw.get("/keys/hsm-es512").await;
         assert_verifies(&key["publicJwk"], &[7u8; 100_000], &signature);
 
+        // A rotation makes a new token key; the JWKS publishes both versions.
+        let (status, rotated) = gw.post("/keys/hsm-rs256/rotate", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{rotated}");
+        let (_, signed) = gw.post("/keys/hsm-rs256/sign", json!({"data": "cm90YXRlZA=="})).await;
+        assert_eq!(signed["jwkKid"], "hsm-rs256@v2", "{signed}");
+        assert_verifies(&rotated["publicJwk"], b"rotated", signed["signature"].as_str().unwrap());
+        assert_eq!(objects_labelled("hsm-rs256@v2"), 2);
+
         // A wrong PIN: that provider is not ok, with the reason; the rest serves.
         let (_, health) = gw.get("/health/kms").await;
         let line = |id: &str| health.as_array().unwrap().iter().find(|h| h["providerId"] == id).unwrap().clone();

@@ -11,14 +11,14 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, JsonBody};
 use super::openapi::ErrorResponses;
-use super::paging::{MAX_PAGE, page_limit, query_of};
+use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::{Action, Event};
 use crate::auth::Principal;
-use crate::catalog::{KeyRecord, KeyUsage};
+use crate::catalog::{KeyRecord, KeyUsage, KeyVersion, RotationPolicy, VersionState, version_id};
 use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
-use crate::gateway::{GatewayError, Retraction};
+use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction};
 use crate::providers::Alg;
 use std::time::SystemTime;
 
@@ -37,6 +37,42 @@ pub struct CreateKeyRequest {
     /// Default: `defaultProvider`. EUDIPLO calls this `kmsProvider`; both spellings work.
     #[serde(alias = "kmsProvider")]
     provider: Option<String>,
+    /// When the key rotates by itself, and how long a replaced version stays published.
+    rotation: Option<RotationRequest>,
+}
+
+/// A rotation policy; durations like `30s`, `12h`, `7d`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotationRequest {
+    /// Rotate this long after the current version became current; absent: only on request.
+    every: Option<String>,
+    /// Keep a replaced version published this long (default 24h).
+    grace: Option<String>,
+}
+
+impl RotationRequest {
+    fn policy(&self) -> Result<RotationPolicy, ApiError> {
+        let duration = |field: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|text| {
+                    humantime::parse_duration(text)
+                        .ok()
+                        .filter(|d| !d.is_zero() || field == "grace")
+                        .ok_or_else(|| {
+                            ApiError::bad_request(
+                                "invalid_field",
+                                format!("rotation.{field} `{text}` is not a duration like 30s, 12h or 7d"),
+                            )
+                        })
+                })
+                .transpose()
+        };
+        Ok(RotationPolicy {
+            every: duration("every", &self.every)?,
+            grace: duration("grace", &self.grace)?,
+        })
+    }
 }
 
 /// `POST /keys/{kid}/import`.
@@ -93,6 +129,49 @@ pub struct KeyResponse {
     sign_count: u64,
     /// RFC 3339 time of the latest sign; null when the key never signed.
     last_used_at: Option<String>,
+    /// The current version.
+    version: u32,
+    /// The `kid` of the current version in the JWKS and in JWS headers.
+    jwk_kid: String,
+    /// Every version (absent in lists; read the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    versions: Option<Vec<VersionResponse>>,
+    /// The rotation policy (absent in lists; read the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation: Option<RotationResponse>,
+}
+
+/// One version of a key.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionResponse {
+    version: u32,
+    jwk_kid: String,
+    state: VersionState,
+    public_jwk: PublicJwk,
+    created_at: String,
+    /// When a version in grace leaves the JWKS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grace_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retired_at: Option<String>,
+}
+
+/// A key's rotation policy.
+#[derive(Serialize, ToSchema)]
+pub struct RotationResponse {
+    /// Null: rotates only on request.
+    every: Option<String>,
+    /// How long a replaced version stays published.
+    grace: String,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+fn span(duration: std::time::Duration) -> String {
+    humantime::format_duration(duration).to_string()
 }
 
 impl KeyResponse {
@@ -102,19 +181,50 @@ impl KeyResponse {
             provider: record.provider.clone(),
             alg: record.alg,
             public_jwk: record.public_jwk.clone(),
-            created_at: humantime::format_rfc3339_millis(record.created_at).to_string(),
+            created_at: rfc3339(record.created_at),
             sign_count: usage.sign_count,
-            last_used_at: usage
-                .last_used_at
-                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            last_used_at: usage.last_used_at.map(rfc3339),
+            version: record.version,
+            jwk_kid: record.jwk_kid(),
+            versions: None,
+            rotation: None,
         }
+    }
+
+    /// The record with every version and the rotation policy.
+    fn with_history(mut self, versions: &[KeyVersion], policy: RotationPolicy) -> Self {
+        self.versions = Some(
+            versions
+                .iter()
+                .map(|v| VersionResponse {
+                    version: v.version,
+                    jwk_kid: version_id(&self.kid, v.version),
+                    state: v.state,
+                    public_jwk: v.public_jwk.clone(),
+                    created_at: rfc3339(v.created_at),
+                    grace_until: v.grace_until.map(rfc3339),
+                    retired_at: v.retired_at.map(rfc3339),
+                })
+                .collect(),
+        );
+        self.rotation = Some(RotationResponse {
+            every: policy.every.map(span),
+            grace: span(policy.grace.unwrap_or(DEFAULT_GRACE)),
+        });
+        self
     }
 }
 
-impl From<&KeyRecord> for KeyResponse {
-    fn from(record: &KeyRecord) -> Self {
-        Self::new(record, KeyUsage::default())
-    }
+/// The full record of `record`: usage, versions and rotation policy.
+async fn full_record(state: &AppState, record: &KeyRecord) -> Result<KeyResponse, ApiError> {
+    let usage = state
+        .gateway
+        .usage()
+        .of(&record.id)
+        .await
+        .map_err(GatewayError::from)?;
+    let (versions, policy) = state.gateway.history(record).await?;
+    Ok(KeyResponse::new(record, usage).with_history(&versions, policy))
 }
 
 /// `POST /keys/{kid}/verify`.
@@ -135,12 +245,17 @@ pub struct VerifyResponse {
 
 /// A signature.
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct SignResponse {
     /// base64url (no padding) of the signature in its JOSE form: raw `r‖s` for
     /// ECDSA (64, 96 or 132 bytes), 64 bytes for EdDSA, modulus-sized for RSA.
     signature: String,
     kid: String,
     alg: Alg,
+    /// The version that signed.
+    version: u32,
+    /// That version's `kid` in the JWKS: put it in the JWS header.
+    jwk_kid: String,
 }
 
 /// A page of keys.
@@ -212,26 +327,32 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateKeyRequest>,
 ) -> Result<Json<KeyResponse>, ApiError> {
     principal.require(Scope::KeysCreate)?;
-    let result = match parse_alg(req.alg.as_deref()) {
-        Ok(alg) => state
+    let result = async {
+        let request = NewKey {
+            kid: req.kid.clone(),
+            alg: parse_alg(req.alg.as_deref())?,
+            rsa_bits: req.key_size,
+            provider: req.provider.clone(),
+            rotation: req
+                .rotation
+                .as_ref()
+                .map(RotationRequest::policy)
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        Ok(state
             .gateway
-            .create_key(
-                principal.tenant.as_deref(),
-                req.kid.clone(),
-                alg,
-                req.key_size,
-                req.provider.as_deref(),
-            )
-            .await
-            .map_err(ApiError::from),
-        Err(e) => Err(e),
-    };
+            .create_key(principal.tenant.as_deref(), request)
+            .await?)
+    }
+    .await;
     let target = match &result {
         Ok(record) => (Some(record.kid.as_str()), Some(record.provider.as_str())),
         Err(_) => (req.kid.as_deref(), req.provider.as_deref()),
     };
     audit(&state, &principal, Action::Create, target, None, &result).await?;
-    Ok(Json(KeyResponse::from(result?.as_ref())))
+    let record = result?;
+    Ok(Json(full_record(&state, &record).await?))
 }
 
 /// Import a private key under a kid.
@@ -276,7 +397,8 @@ pub async fn import(
         &result,
     )
     .await?;
-    Ok(Json(KeyResponse::from(result?.as_ref())))
+    let record = result?;
+    Ok(Json(full_record(&state, &record).await?))
 }
 
 /// Sign a message.
@@ -324,6 +446,8 @@ pub async fn sign(
     Ok(Json(SignResponse {
         signature: base64url(&signature),
         alg: record.alg,
+        version: record.version,
+        jwk_kid: record.jwk_kid(),
         kid,
     }))
 }
@@ -348,10 +472,63 @@ pub async fn verify(
     };
     let message = decode_base64(&req.data).map_err(|_| invalid("data"))?;
     let signature = decode_base64(&req.signature).map_err(|_| invalid("signature"))?;
-    let record = state.gateway.key(principal.tenant.as_deref(), &kid).await?;
-    Ok(Json(VerifyResponse {
-        valid: record.public_jwk.verify(record.alg, &message, &signature),
-    }))
+    let valid = state
+        .gateway
+        .verify(principal.tenant.as_deref(), &kid, &message, &signature)
+        .await?;
+    Ok(Json(VerifyResponse { valid }))
+}
+
+/// Rotate a key: a new version becomes current; the previous one stays published
+/// for the key's grace period.
+#[utoipa::path(post, path = "/keys/{kid}/rotate", tag = "keys",
+    params(("kid" = String, Path, description = "The key to rotate", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
+    responses((status = 200, description = "The key with its new current version", body = KeyResponse), ErrorResponses),
+    security(("bearer" = ["keys:create"])))]
+pub async fn rotate(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+    Path(kid): Path<String>,
+) -> Result<Json<KeyResponse>, ApiError> {
+    principal.require(Scope::KeysCreate)?;
+    let result = state
+        .gateway
+        .rotate(principal.tenant.as_deref(), &kid)
+        .await
+        .map_err(ApiError::from);
+    let provider = result.as_ref().ok().map(|r| r.provider.as_str());
+    audit(
+        &state,
+        &principal,
+        Action::Rotate,
+        (Some(&kid), provider),
+        None,
+        &result,
+    )
+    .await?;
+    let record = result?;
+    Ok(Json(full_record(&state, &record).await?))
+}
+
+/// Set a key's rotation policy.
+#[utoipa::path(put, path = "/keys/{kid}/rotation", tag = "keys", request_body = RotationRequest,
+    params(("kid" = String, Path, description = "The key", pattern = r"^[A-Za-z0-9._:~-]{1,128}$")),
+    responses((status = 200, description = "The key with its policy", body = KeyResponse), ErrorResponses),
+    security(("bearer" = ["keys:create"])))]
+pub async fn set_rotation(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+    Path(kid): Path<String>,
+    JsonBody(req): JsonBody<RotationRequest>,
+) -> Result<Json<KeyResponse>, ApiError> {
+    principal.require(Scope::KeysCreate)?;
+    let tenant = principal.tenant.as_deref();
+    state
+        .gateway
+        .set_rotation(tenant, &kid, req.policy()?)
+        .await?;
+    let record = state.gateway.key(tenant, &kid).await?;
+    Ok(Json(full_record(&state, &record).await?))
 }
 
 /// `DELETE /keys/{kid}` query.
@@ -459,13 +636,7 @@ pub async fn get(
 ) -> Result<Json<KeyResponse>, ApiError> {
     principal.require(Scope::KeysRead)?;
     let record = state.gateway.key(principal.tenant.as_deref(), &kid).await?;
-    let usage = state
-        .gateway
-        .usage()
-        .of(&record.id)
-        .await
-        .map_err(GatewayError::from)?;
-    Ok(Json(KeyResponse::new(&record, usage)))
+    Ok(Json(full_record(&state, &record).await?))
 }
 
 /// A page of keys in kid order; `nextCursor` is null on the last page.
@@ -525,20 +696,6 @@ pub async fn jwks(
     Extension(principal): Caller,
 ) -> Result<Json<Jwks>, ApiError> {
     principal.require(Scope::KeysRead)?;
-    let tenant = principal.tenant.as_deref();
-    let mut keys = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = state
-            .gateway
-            .list(tenant, cursor.as_deref(), MAX_PAGE, None)
-            .await?;
-        let full = page.len() == MAX_PAGE as usize;
-        cursor = page.last().map(|(r, _)| r.kid.clone());
-        keys.extend(page.into_iter().map(|(r, _)| r.public_jwk));
-        if !full {
-            break;
-        }
-    }
+    let keys = state.gateway.jwks(principal.tenant.as_deref()).await?;
     Ok(Json(Jwks { keys }))
 }

@@ -64,6 +64,7 @@ impl Modify for BearerScheme {
     info(title = "kmsgw", description = "A WebAssembly-extensible signing gateway"),
     paths(
         keys::create, keys::list, keys::get, keys::delete, keys::sign, keys::verify, keys::import,
+        keys::rotate, keys::set_rotation,
         keys::jwks,
         ops::providers, ops::health, ops::ready, ops::health_kms, ops::audit_page,
         ops::audit_verify, ops::metrics, serve,

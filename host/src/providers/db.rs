@@ -69,17 +69,18 @@ impl DbProvider {
     }
 
     async fn load_signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
+        let id = key.backend_id();
         let sealed = self
             .catalog
-            .sealed_secret(&key.id)
+            .sealed_secret(&id)
             .await
             .map_err(|e| ProviderError::Internal(e.to_string()))?
-            .ok_or_else(|| ProviderError::KeyNotFound(key.id.clone()))?;
+            .ok_or_else(|| ProviderError::KeyNotFound(id.clone()))?;
         let damaged =
             |e: &dyn std::fmt::Display| ProviderError::Internal(format!("key `{}`: {e}", key.id));
         let pkcs8 = self
             .master
-            .open(&aad(&key.id), &sealed)
+            .open(&aad(&id), &sealed)
             .map_err(|e| damaged(&e))?;
         let private =
             PrivateKey::from_pkcs8(key.alg.key_kind(), &pkcs8).map_err(|e| damaged(&e))?;

@@ -12,6 +12,7 @@ mod guests;
 mod http;
 mod openapi;
 mod replicas;
+mod rotation;
 mod security;
 mod usage;
 mod vault;

@@ -89,3 +89,59 @@ async fn replicas_extend_one_audit_chain() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_rotate_each_due_key_once_and_both_sign_with_the_new_version() {
+    let mut site_a = Site::new(Db::Postgres).await;
+    site_a.master_key = Some(random_master_key());
+    let site_b = site_a.replica();
+    let config = crate::rotation::with_scheduler(json!([{"id": "db", "type": "db"}]));
+    let a = site_a.start_configured(&config);
+    let b = site_b.start_configured(&config);
+    a.create(json!({"kid": "due", "rotation": {"every": "2s", "grace": "1h"}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(5300)).await;
+
+    // Both schedulers ran every 250 ms; each due rotation happened exactly once.
+    let (_, key) = a.get("/keys/due").await;
+    let version = key["version"].as_u64().unwrap();
+    let numbers: Vec<u64> = key["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=version).collect::<Vec<_>>(), "{key}");
+    assert!(
+        (2..=3).contains(&version),
+        "{version} versions in 5.3 s of a 2 s policy"
+    );
+    let (_, audit) = a.get("/audit?kid=due&action=rotate").await;
+    assert_eq!(
+        audit["records"].as_array().unwrap().len() as u64,
+        version - 1,
+        "{audit}"
+    );
+
+    // A rotation through A: B signs with the new version within a second.
+    let (status, rotated) = a.post("/keys/due/rotate", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let acknowledged = Instant::now();
+    loop {
+        let answer = sign_answer(&b, "due", b"replica").await;
+        if answer["version"] == rotated["version"] {
+            assert_verifies(
+                &rotated["publicJwk"],
+                b"replica",
+                answer["signature"].as_str().unwrap(),
+            );
+            break;
+        }
+        assert!(
+            acknowledged.elapsed() < Duration::from_secs(1),
+            "replica B still signs with version {} a second after the rotation",
+            answer["version"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

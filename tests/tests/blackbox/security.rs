@@ -82,6 +82,21 @@ async fn every_route_answers_401_401_403_and_2xx_by_credential() {
         (Method::GET, "/audit", None, "admin", 200),
         (Method::GET, "/audit/verify", None, "admin", 200),
         (Method::GET, "/metrics", None, "admin", 200),
+        (
+            Method::POST,
+            "/keys/m1/verify",
+            Some(json!({"data": b64(b"x"), "signature": "AAAA"})),
+            "keys:read",
+            200,
+        ),
+        (Method::POST, "/keys/m1/rotate", None, "keys:create", 200),
+        (
+            Method::PUT,
+            "/keys/m1/rotation",
+            Some(json!({"grace": "1h"})),
+            "keys:create",
+            200,
+        ),
         (Method::DELETE, "/keys/m1", None, "keys:delete", 204),
     ];
     for (method, path, body, scope, success) in routes {

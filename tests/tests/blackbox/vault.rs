@@ -162,3 +162,60 @@ async fn vault_signs_every_transit_key_type_generated_and_imported() {
     assert_eq!(signature.len(), 512, "a 384-byte signature in base64url");
     assert_verifies(&key["publicJwk"], b"3072", &signature);
 }
+
+/// The status of `GET /v1/transit/keys/{name}` on OpenBao.
+async fn transit_key_status(port: u16, name: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1/transit/keys/{name}"))
+        .header("X-Vault-Token", "kmsgw-test-root")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_rotation_retires_the_old_transit_key_after_its_grace() {
+    let site = Site::new(Db::Sqlite).await;
+    let port = free_port();
+    let _bao = OpenBao::start(port, site.dir.path());
+    let gw = site.start_configured(&crate::rotation::with_scheduler(json!([
+        {"id": "db", "type": "db"},
+        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
+    ])));
+    gw.create(
+        json!({"kid": "vr", "provider": "vault", "alg": "PS256", "rotation": {"grace": "2s"}}),
+    )
+    .await;
+    let old = sign_answer(&gw, "vr", b"old").await;
+    crate::rotation::rotate_and_sign(&gw, "vr").await;
+    // One Transit key per version: `vr`, and `vr@v2` under its path-safe name.
+    let v2 = format!(
+        "x-{}",
+        b"vr@v2"
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert_eq!(
+        (
+            transit_key_status(port, "vr").await,
+            transit_key_status(port, &v2).await
+        ),
+        (200, 200)
+    );
+    assert!(verifies_at_gateway(&gw, "vr", b"old", old["signature"].as_str().unwrap()).await);
+
+    tokio::time::sleep(Duration::from_millis(2800)).await;
+    assert_eq!(
+        transit_key_status(port, "vr").await,
+        404,
+        "v1's Transit key is deleted"
+    );
+    assert_eq!(transit_key_status(port, &v2).await, 200);
+    assert!(jwks_entry(&gw, "vr").await.is_none());
+    assert!(!verifies_at_gateway(&gw, "vr", b"old", old["signature"].as_str().unwrap()).await);
+    let (_, key) = gw.get("/keys/vr").await;
+    assert_eq!(key["versions"][0]["state"], "retired", "{key}");
+}
