@@ -20,6 +20,7 @@ use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
 use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction};
 use crate::providers::Alg;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// `POST /keys`: every field optional.
@@ -215,6 +216,19 @@ impl KeyResponse {
     }
 }
 
+/// Audits an operation that produced a key record, then answers with its full record.
+async fn audited_record(
+    state: &AppState,
+    principal: &Principal,
+    action: Action,
+    target: (Option<&str>, Option<&str>),
+    result: Result<Arc<KeyRecord>, ApiError>,
+) -> Result<Json<KeyResponse>, ApiError> {
+    audit(state, principal, action, target, None, &result).await?;
+    let record = result?;
+    Ok(Json(full_record(state, &record).await?))
+}
+
 /// The full record of `record`: usage, versions and rotation policy.
 async fn full_record(state: &AppState, record: &KeyRecord) -> Result<KeyResponse, ApiError> {
     let usage = state
@@ -346,13 +360,12 @@ pub async fn create(
             .await?)
     }
     .await;
-    let target = match &result {
-        Ok(record) => (Some(record.kid.as_str()), Some(record.provider.as_str())),
-        Err(_) => (req.kid.as_deref(), req.provider.as_deref()),
+    let (kid, provider) = match &result {
+        Ok(record) => (Some(record.kid.clone()), Some(record.provider.clone())),
+        Err(_) => (req.kid.clone(), req.provider.clone()),
     };
-    audit(&state, &principal, Action::Create, target, None, &result).await?;
-    let record = result?;
-    Ok(Json(full_record(&state, &record).await?))
+    let target = (kid.as_deref(), provider.as_deref());
+    audited_record(&state, &principal, Action::Create, target, result).await
 }
 
 /// Import a private key under a kid.
@@ -385,20 +398,11 @@ pub async fn import(
     }
     .await;
     let provider = match &result {
-        Ok(record) => Some(record.provider.as_str()),
-        Err(_) => req.provider.as_deref(),
+        Ok(record) => Some(record.provider.clone()),
+        Err(_) => req.provider.clone(),
     };
-    audit(
-        &state,
-        &principal,
-        Action::Import,
-        (Some(&kid), provider),
-        None,
-        &result,
-    )
-    .await?;
-    let record = result?;
-    Ok(Json(full_record(&state, &record).await?))
+    let target = (Some(kid.as_str()), provider.as_deref());
+    audited_record(&state, &principal, Action::Import, target, result).await
 }
 
 /// Sign a message.
@@ -496,18 +500,9 @@ pub async fn rotate(
         .rotate(principal.tenant.as_deref(), &kid)
         .await
         .map_err(ApiError::from);
-    let provider = result.as_ref().ok().map(|r| r.provider.as_str());
-    audit(
-        &state,
-        &principal,
-        Action::Rotate,
-        (Some(&kid), provider),
-        None,
-        &result,
-    )
-    .await?;
-    let record = result?;
-    Ok(Json(full_record(&state, &record).await?))
+    let provider = result.as_ref().ok().map(|r| r.provider.clone());
+    let target = (Some(kid.as_str()), provider.as_deref());
+    audited_record(&state, &principal, Action::Rotate, target, result).await
 }
 
 /// Set a key's rotation policy.
