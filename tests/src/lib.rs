@@ -955,3 +955,19 @@ pub async fn verifies_at_gateway(gw: &Gateway, kid: &str, message: &[u8], signat
     assert_eq!(status, StatusCode::OK, "{answer}");
     answer["valid"].as_bool().expect("valid")
 }
+
+/// Waits until `done` holds, checking every 50 ms; panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -101,9 +101,13 @@ async fn db_soft_signer_and_remote_http_keys_serve_through_one_api() {
 }
 
 fn adapter_check(component: &str, args: &[&str]) -> (Option<i32>, String) {
+    adapter_check_file(&guest(component), args)
+}
+
+fn adapter_check_file(component: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
     let output = std::process::Command::new(kmsgw_bin())
         .args(["adapter", "check"])
-        .arg(guest(component))
+        .arg(component)
         .args(args)
         .env("RUST_LOG", "off")
         .output()
@@ -388,4 +392,15 @@ async fn a_0_1_guest_and_a_0_2_guest_serve_side_by_side() {
     assert_eq!(supported_algs(&gw, "old").await, ["ES256"]);
     assert_eq!(alg_matrix(&gw, "old", true).await, ["ES256"]);
     assert_eq!(alg_matrix(&gw, "new", true).await, ALGS);
+    // The 0.1.0 build still passes the conformance run, ES256 only.
+    let (code, text) = adapter_check_file(&frozen, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("PASS  import → sign → verify (ES256)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PASS  EdDSA: unadvertised → refused"),
+        "{text}"
+    );
 }
