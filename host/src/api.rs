@@ -87,6 +87,7 @@ pub fn app(state: AppState) -> Router {
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{kid}", get(keys::get).delete(keys::delete))
         .route("/keys/{kid}/sign", post(keys::sign))
+        .route("/keys/{kid}/sign/batch", post(keys::sign_batch))
         .route("/keys/{kid}/verify", post(keys::verify))
         .route("/keys/{kid}/rotate", post(keys::rotate))
         .route("/keys/{kid}/rotation", put(keys::set_rotation))

@@ -467,6 +467,62 @@ impl Gateway {
         message: &[u8],
         alg: Option<Alg>,
     ) -> Result<(Vec<u8>, Arc<KeyRecord>), GatewayError> {
+        let (record, index) = self.signing_key(tenant, kid, alg).await?;
+        let provider = &self.providers[index].provider;
+        let started = std::time::Instant::now();
+        let signature = provider
+            .sign(&record, message, record.alg)
+            .await
+            .map_err(|e| self.sign_failed(&record, e))?;
+        self.check_signature(provider.as_ref(), &record, message, &signature)?;
+        self.sign_timers[index].observe(started.elapsed().as_secs_f64());
+        self.usage.record(&record.id, 1);
+        Ok((signature, record))
+    }
+
+    /// Signs every one of `messages` with `kid` of `tenant`, in order, with one key
+    /// lookup: the provider signs the batch the best way its backend allows.
+    ///
+    /// # Errors
+    /// As [`Gateway::sign`]; one failed message fails the batch.
+    pub async fn sign_batch(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+        messages: &[Vec<u8>],
+        alg: Option<Alg>,
+    ) -> Result<(Vec<Vec<u8>>, Arc<KeyRecord>), GatewayError> {
+        let (record, index) = self.signing_key(tenant, kid, alg).await?;
+        let provider = &self.providers[index].provider;
+        let started = std::time::Instant::now();
+        let signatures = provider
+            .sign_batch(&record, messages, record.alg)
+            .await
+            .map_err(|e| self.sign_failed(&record, e))?;
+        if signatures.len() != messages.len() {
+            return Err(ProviderError::Backend(format!(
+                "provider `{}` returned {} signatures for {} messages",
+                provider.id(),
+                signatures.len(),
+                messages.len()
+            ))
+            .into());
+        }
+        for (message, signature) in messages.iter().zip(&signatures) {
+            self.check_signature(provider.as_ref(), &record, message, signature)?;
+        }
+        self.sign_timers[index].observe(started.elapsed().as_secs_f64());
+        self.usage.record(&record.id, messages.len() as u64);
+        Ok((signatures, record))
+    }
+
+    /// The record of a key about to sign, and its provider's index.
+    async fn signing_key(
+        &self,
+        tenant: Option<&str>,
+        kid: &str,
+        alg: Option<Alg>,
+    ) -> Result<(Arc<KeyRecord>, usize), GatewayError> {
         let record = self.key(tenant, kid).await?;
         if let Some(alg) = alg
             && alg != record.alg
@@ -477,58 +533,66 @@ impl Gateway {
             )));
         }
         let index = self.index_of_record(&record)?;
-        let provider = &self.providers[index].provider;
-        let started = std::time::Instant::now();
-        match provider.sign(&record, message, record.alg).await {
-            Ok(signature) => {
-                // A backend that lies, or a wrong conversion of its answer, must
-                // never hand a client a bad signature. `db` signs here, in-process.
-                if provider.kind() != ProviderKind::Db
-                    && let Some(expected) = record.public_jwk.signature_len(record.alg)
-                    && signature.len() != expected
-                {
-                    tracing::error!(
-                        provider = provider.id(),
-                        kid,
-                        len = signature.len(),
-                        expected,
-                        "backend signature has the wrong length"
-                    );
-                    return Err(ProviderError::Backend(format!(
-                        "provider `{}` returned a {}-byte signature; {} signatures of this key are {expected} bytes{}",
-                        provider.id(),
-                        signature.len(),
-                        record.alg,
-                        if matches!(record.alg.key_kind(), KeyKind::Ec(_)) { " (raw r‖s, not DER)" } else { "" }
-                    ))
-                    .into());
-                }
-                if provider.kind() != ProviderKind::Db
-                    && !record.public_jwk.verify(record.alg, message, &signature)
-                {
-                    tracing::error!(
-                        provider = provider.id(),
-                        kid,
-                        len = signature.len(),
-                        "backend signature does not verify against the key's public JWK"
-                    );
-                    return Err(ProviderError::Backend(format!(
-                        "provider `{}` returned a signature that does not verify against the key's public JWK",
-                        provider.id()
-                    ))
-                    .into());
-                }
-                self.sign_timers[index].observe(started.elapsed().as_secs_f64());
-                self.usage.record(&record.id);
-                Ok((signature, record))
-            }
-            Err(ProviderError::KeyNotFound(_)) => {
+        Ok((record, index))
+    }
+
+    fn sign_failed(&self, record: &KeyRecord, error: ProviderError) -> GatewayError {
+        match error {
+            ProviderError::KeyNotFound(_) => {
                 // The backend lost it, or another replica deleted it: forget it here too.
                 self.invalidate(&record.id);
-                Err(GatewayError::KeyNotFound(kid.to_owned()))
+                GatewayError::KeyNotFound(record.kid.clone())
             }
-            Err(e) => Err(e.into()),
+            e => e.into(),
         }
+    }
+
+    /// A backend that lies, or a wrong conversion of its answer, must never hand a
+    /// client a bad signature. `db` signs here, in-process, and is not checked again.
+    fn check_signature(
+        &self,
+        provider: &dyn Provider,
+        record: &KeyRecord,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), GatewayError> {
+        if provider.kind() == ProviderKind::Db {
+            return Ok(());
+        }
+        let kid = &record.kid;
+        if let Some(expected) = record.public_jwk.signature_len(record.alg)
+            && signature.len() != expected
+        {
+            tracing::error!(
+                provider = provider.id(),
+                kid,
+                len = signature.len(),
+                expected,
+                "backend signature has the wrong length"
+            );
+            return Err(ProviderError::Backend(format!(
+                "provider `{}` returned a {}-byte signature; {} signatures of this key are {expected} bytes{}",
+                provider.id(),
+                signature.len(),
+                record.alg,
+                if matches!(record.alg.key_kind(), KeyKind::Ec(_)) { " (raw r‖s, not DER)" } else { "" }
+            ))
+            .into());
+        }
+        if !record.public_jwk.verify(record.alg, message, signature) {
+            tracing::error!(
+                provider = provider.id(),
+                kid,
+                len = signature.len(),
+                "backend signature does not verify against the key's public JWK"
+            );
+            return Err(ProviderError::Backend(format!(
+                "provider `{}` returned a signature that does not verify against the key's public JWK",
+                provider.id()
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     fn index_of_record(&self, record: &KeyRecord) -> Result<usize, GatewayError> {

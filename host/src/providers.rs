@@ -20,6 +20,9 @@ use serde::Serialize;
 use crate::catalog::KeyRecord;
 use crate::crypto::{PrivateKey, PublicJwk};
 
+/// How many signs of one batch a provider without a batch operation runs at once.
+pub const BATCH_CONCURRENCY: usize = 8;
+
 /// What kind of key to create: its algorithm and, for RSA, its modulus size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeySpec {
@@ -182,6 +185,29 @@ pub trait Provider: Send + Sync {
         message: &[u8],
         alg: Alg,
     ) -> Result<Vec<u8>, ProviderError>;
+
+    /// Signs every one of `messages` with the key, in order. Default: one `sign` per
+    /// message, [`BATCH_CONCURRENCY`] at a time; backends with a batch operation or
+    /// in-process keys do better.
+    ///
+    /// # Errors
+    /// As [`Provider::sign`]; one failure fails the batch.
+    async fn sign_batch(
+        &self,
+        key: &KeyRecord,
+        messages: &[Vec<u8>],
+        alg: Alg,
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        use futures::{StreamExt, TryStreamExt};
+        let calls: Vec<_> = messages
+            .iter()
+            .map(|message| self.sign(key, message, alg))
+            .collect();
+        futures::stream::iter(calls)
+            .buffered(BATCH_CONCURRENCY)
+            .try_collect()
+            .await
+    }
 
     /// Deletes the key from the backend.
     ///

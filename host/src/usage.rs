@@ -43,19 +43,19 @@ impl Usage {
         }
     }
 
-    /// Counts one sign by key `id`.
-    pub fn record(&self, id: &str) {
+    /// Counts `signs` signs by key `id`.
+    pub fn record(&self, id: &str, signs: u64) {
         if !self.enabled {
             return;
         }
         let now = now_ms();
         if let Some(pending) = self.pending.get(id) {
-            pending.count.fetch_add(1, Ordering::Relaxed);
+            pending.count.fetch_add(signs, Ordering::Relaxed);
             pending.last_ms.fetch_max(now, Ordering::Relaxed);
             return;
         }
         let entry = self.pending.entry(id.to_owned()).or_default();
-        entry.count.fetch_add(1, Ordering::Relaxed);
+        entry.count.fetch_add(signs, Ordering::Relaxed);
         entry.last_ms.fetch_max(now, Ordering::Relaxed);
     }
 

@@ -134,6 +134,10 @@ fn pkcs11_generates_imports_signs_and_deletes_on_softhsm2() {
         let (_, key) = gw.get("/keys/hsm-es512").await;
         assert_verifies(&key["publicJwk"], &[7u8; 100_000], &signature);
 
+        // A batch over the session pool, in order.
+        let (_, key) = gw.get("/keys/hsm-es256").await;
+        batch_round_trip(&gw, "hsm-es256", &key["publicJwk"]).await;
+
         // A rotation makes a new token key; the JWKS publishes both versions.
         let (status, rotated) = gw.post("/keys/hsm-rs256/rotate", json!({})).await;
         assert_eq!(status, StatusCode::OK, "{rotated}");

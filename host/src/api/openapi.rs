@@ -63,7 +63,8 @@ impl Modify for BearerScheme {
 #[openapi(
     info(title = "kmsgw", description = "A WebAssembly-extensible signing gateway"),
     paths(
-        keys::create, keys::list, keys::get, keys::delete, keys::sign, keys::verify, keys::import,
+        keys::create, keys::list, keys::get, keys::delete, keys::sign, keys::sign_batch, keys::verify,
+        keys::import,
         keys::rotate, keys::set_rotation,
         keys::jwks,
         ops::providers, ops::health, ops::ready, ops::health_kms, ops::audit_page,

@@ -43,6 +43,21 @@ fn aad(kid: &str) -> String {
 }
 
 impl DbProvider {
+    /// The signer of `key`, from memory or loaded from the catalog. The catalog
+    /// record is the truth: a signer cached for an older key (or version) with the
+    /// same id never signs for the new one.
+    async fn signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
+        let cached = self
+            .signers
+            .get(&key.id)
+            .map(|s| Arc::clone(&s))
+            .filter(|s| s.matches(key));
+        match cached {
+            Some(signer) => Ok(signer),
+            None => self.load_signer(key).await,
+        }
+    }
+
     /// A provider named `id` storing keys through `catalog`.
     pub fn new(id: String, catalog: Catalog, master: Arc<MasterKey>) -> Self {
         DbProvider {
@@ -139,18 +154,37 @@ impl Provider for DbProvider {
         message: &[u8],
         _alg: Alg,
     ) -> Result<Vec<u8>, ProviderError> {
-        // The catalog record is the truth: a signer cached for an older key that had
-        // the same kid must never sign for the new one.
-        let cached = self
-            .signers
-            .get(&key.id)
-            .map(|s| Arc::clone(&s))
-            .filter(|s| s.matches(key));
-        let signer = match cached {
-            Some(signer) => signer,
-            None => self.load_signer(key).await?,
-        };
-        Ok(signer.signer.sign(message))
+        Ok(self.signer(key).await?.signer.sign(message))
+    }
+
+    /// Signs on the blocking pool, the batch split over the cores.
+    async fn sign_batch(
+        &self,
+        key: &KeyRecord,
+        messages: &[Vec<u8>],
+        _alg: Alg,
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let signer = self.signer(key).await?;
+        let messages = messages.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let chunk = messages.len().div_ceil(cores).max(1);
+            std::thread::scope(|scope| {
+                let parts: Vec<_> = messages
+                    .chunks(chunk)
+                    .map(|part| {
+                        let signer = &signer.signer;
+                        scope.spawn(move || part.iter().map(|m| signer.sign(m)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                parts
+                    .into_iter()
+                    .flat_map(|part| part.join().expect("a signing thread does not panic"))
+                    .collect()
+            })
+        })
+        .await
+        .map_err(|e| ProviderError::Internal(format!("batch signing failed: {e}")))
     }
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {

@@ -2,7 +2,8 @@
 //! `ecdsa-p256/p384/p521`, `ed25519` or `rsa-2048/3072/4096`, not exportable;
 //! ECDSA signatures come back in JWS form (raw `r‖s`), RSA-PSS uses a salt as long
 //! as the hash; messages above [`PREHASH_ABOVE`] are hashed here and sent with
-//! `prehashed` (not Ed25519, which signs the message itself).
+//! `prehashed` (not Ed25519, which signs the message itself). A batch is one
+//! request with `batch_input`.
 //! Import uses Transit's BYOK flow: the PKCS#8 key wrapped with an ephemeral
 //! AES-256 key (KWP), that key wrapped with RSA-OAEP-SHA256 under the mount's
 //! wrapping key.
@@ -264,30 +265,82 @@ impl VaultProvider {
         }
     }
 
-    async fn sign_once(
+    /// One Transit sign request (`messages` of one: `input`; more: `batch_input`);
+    /// returns the signatures in order.
+    async fn sign_messages(
         &self,
-        name: &str,
-        hash: &str,
-        input: &Value,
-    ) -> Result<Vec<u8>, ProviderError> {
-        let answer = match self
-            .key_op(Method::POST, &format!("sign/{name}/{hash}"), Some(input))
-            .await?
-        {
-            Ok(answer) => answer,
-            // Transit answers 400 for a missing key; ask, rather than read the message.
-            Err(r) if r.status == StatusCode::BAD_REQUEST && !self.exists(name).await? => {
-                return Err(ProviderError::KeyNotFound(name.to_owned()));
+        key: &KeyRecord,
+        messages: &[&[u8]],
+        alg: Alg,
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let (hash_name, digest) = hash(alg);
+        // A batch shares `prehashed`: all are hashed here when one is large.
+        let prehash = alg != Alg::EdDSA && messages.iter().any(|m| m.len() > PREHASH_ABOVE);
+        let encode = |message: &[u8]| {
+            if prehash {
+                STANDARD.encode(aws_lc_rs::digest::digest(digest, message).as_ref())
+            } else {
+                STANDARD.encode(message)
             }
-            Err(r) => return Err(self.refused(r)),
         };
-        let text = answer["data"]["signature"]
-            .as_str()
-            .ok_or_else(|| ProviderError::Backend("Vault answered without a signature".into()))?;
-        // "vault:v<version>:<base64>": base64url raw r‖s for ECDSA (jws), else standard.
-        let encoded = text.rsplit(':').next().unwrap_or_default();
-        decode_base64(encoded)
-            .map_err(|_| ProviderError::Backend("Vault returned a malformed signature".into()))
+        let mut request = match messages {
+            [message] => json!({"input": encode(message)}),
+            _ => {
+                json!({"batch_input": messages.iter().map(|m| json!({"input": encode(m)})).collect::<Vec<_>>()})
+            }
+        };
+        if prehash {
+            request["prehashed"] = true.into();
+        }
+        match alg.key_kind() {
+            KeyKind::Ec(_) => request["marshaling_algorithm"] = "jws".into(),
+            KeyKind::Rsa => {
+                request["signature_algorithm"] =
+                    if alg == Alg::PS256 { "pss" } else { "pkcs1v15" }.into();
+                // The JOSE PS256 salt is as long as the hash; Transit's default is the longest.
+                request["salt_length"] = "hash".into();
+            }
+            KeyKind::Ed25519 => {}
+        }
+        let name = &key.external_id;
+        let answer = retrying(|| async {
+            match self
+                .key_op(
+                    Method::POST,
+                    &format!("sign/{name}/{hash_name}"),
+                    Some(&request),
+                )
+                .await?
+            {
+                Ok(answer) => Ok(answer),
+                // Transit answers 400 for a missing key; ask, rather than read the message.
+                Err(r) if r.status == StatusCode::BAD_REQUEST && !self.exists(name).await? => {
+                    Err(ProviderError::KeyNotFound(name.to_owned()))
+                }
+                Err(r) => Err(self.refused(r)),
+            }
+        })
+        .await?;
+        let results = match answer["data"]["batch_results"].as_array() {
+            Some(results) => results.iter().collect(),
+            None => vec![&answer["data"]],
+        };
+        results
+            .into_iter()
+            .map(|result| {
+                if let Some(error) = result["error"].as_str().filter(|e| !e.is_empty()) {
+                    return Err(ProviderError::Backend(format!("Vault: {error}")));
+                }
+                let text = result["signature"].as_str().ok_or_else(|| {
+                    ProviderError::Backend("Vault answered without a signature".into())
+                })?;
+                // "vault:v<version>:<base64>": base64url raw r‖s for ECDSA (jws), else standard.
+                let encoded = text.rsplit(':').next().unwrap_or_default();
+                decode_base64(encoded).map_err(|_| {
+                    ProviderError::Backend("Vault returned a malformed signature".into())
+                })
+            })
+            .collect()
     }
 }
 
@@ -390,24 +443,21 @@ impl Provider for VaultProvider {
         message: &[u8],
         alg: Alg,
     ) -> Result<Vec<u8>, ProviderError> {
-        let (hash_name, digest) = hash(alg);
-        let mut input = if message.len() > PREHASH_ABOVE && alg != Alg::EdDSA {
-            let digest = aws_lc_rs::digest::digest(digest, message);
-            json!({"input": STANDARD.encode(digest.as_ref()), "prehashed": true})
-        } else {
-            json!({"input": STANDARD.encode(message)})
-        };
-        match alg.key_kind() {
-            KeyKind::Ec(_) => input["marshaling_algorithm"] = "jws".into(),
-            KeyKind::Rsa => {
-                input["signature_algorithm"] =
-                    if alg == Alg::PS256 { "pss" } else { "pkcs1v15" }.into();
-                // The JOSE PS256 salt is as long as the hash; Transit's default is the longest.
-                input["salt_length"] = "hash".into();
-            }
-            KeyKind::Ed25519 => {}
-        }
-        retrying(|| self.sign_once(&key.external_id, hash_name, &input)).await
+        let mut signatures = self.sign_messages(key, &[message], alg).await?;
+        signatures
+            .pop()
+            .ok_or_else(|| ProviderError::Backend("Vault answered without a signature".into()))
+    }
+
+    /// One Transit request with `batch_input`.
+    async fn sign_batch(
+        &self,
+        key: &KeyRecord,
+        messages: &[Vec<u8>],
+        alg: Alg,
+    ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        self.sign_messages(key, &messages, alg).await
     }
 
     async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {

@@ -4,6 +4,7 @@
 
 mod algorithms;
 mod aws_kms;
+mod batch;
 mod config;
 mod containment;
 mod contract;

@@ -89,6 +89,13 @@ async fn every_route_answers_401_401_403_and_2xx_by_credential() {
             "keys:read",
             200,
         ),
+        (
+            Method::POST,
+            "/keys/m1/sign/batch",
+            Some(json!({"data": [b64(b"x"), b64(b"y")]})),
+            "sign",
+            200,
+        ),
         (Method::POST, "/keys/m1/rotate", None, "keys:create", 200),
         (
             Method::PUT,

@@ -218,3 +218,21 @@ async fn vault_rotation_retires_the_old_transit_key_after_its_grace() {
     let (_, key) = gw.get("/keys/vr").await;
     assert_eq!(key["versions"][0]["state"], "retired", "{key}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_signs_a_batch_with_batch_input() {
+    let site = Site::new(Db::Sqlite).await;
+    let port = free_port();
+    let _bao = OpenBao::start(port, site.dir.path());
+    let gw = site.start_configured(&json!({"providers": [
+        {"id": "db", "type": "db"},
+        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
+    ]}));
+    for alg in ["ES256", "RS256"] {
+        let kid = format!("vault-batch-{}", alg.to_ascii_lowercase());
+        let key = gw
+            .create(json!({"kid": kid, "alg": alg, "provider": "vault"}))
+            .await;
+        batch_round_trip(&gw, &kid, &key["publicJwk"]).await;
+    }
+}
