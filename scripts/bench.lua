@@ -10,3 +10,12 @@ if header then
 end
 wrk.body = '{"' .. (os.getenv("BENCH_FIELD") or "data") .. '":"'
   .. string.rep("WlpaWlpa", 16) .. 'WlpaWg=="}'
+
+-- BENCH_KEYS=N: each request signs with a random one of the keys k0 … k(N-1).
+local keys = tonumber(os.getenv("BENCH_KEYS") or "")
+if keys then
+  math.randomseed(os.time())
+  request = function()
+    return wrk.format(nil, "/keys/k" .. math.random(0, keys - 1) .. "/sign")
+  end
+end
