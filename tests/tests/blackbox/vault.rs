@@ -11,6 +11,7 @@ use serde_json::json;
 /// An OpenBao dev server on a loopback port, stopped when dropped.
 struct OpenBao {
     child: Child,
+    port: u16,
 }
 
 impl OpenBao {
@@ -33,7 +34,7 @@ impl OpenBao {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        OpenBao { child }
+        OpenBao { child, port }
     }
 }
 
@@ -50,6 +51,23 @@ fn answers_ok(url: &str) -> bool {
         .args(["-sf", "-o", "/dev/null", url])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// A new OpenBao, and a gateway on `site` with a `db` provider and it as `vault`
+/// (with the scheduler every 250 ms when `scheduler`).
+fn beside_openbao(site: &Site, scheduler: bool) -> (OpenBao, Gateway) {
+    let port = free_port();
+    let bao = OpenBao::start(port, site.dir.path());
+    let providers = json!([
+        {"id": "db", "type": "db"},
+        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
+    ]);
+    let config = if scheduler {
+        crate::rotation::with_scheduler(providers)
+    } else {
+        json!({ "providers": providers })
+    };
+    (bao, site.start_configured(&config))
 }
 
 fn free_port() -> u16 {
@@ -138,12 +156,7 @@ async fn vault_signs_imports_deletes_and_survives_the_backend_going_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_signs_every_transit_key_type_generated_and_imported() {
     let site = Site::new(Db::Sqlite).await;
-    let port = free_port();
-    let _bao = OpenBao::start(port, site.dir.path());
-    let gw = site.start_configured(&json!({"providers": [
-        {"id": "db", "type": "db"},
-        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
-    ]}));
+    let (_bao, gw) = beside_openbao(&site, false);
     alg_matrix(&gw, "vault", true).await;
     // Above 32 KiB the host hashes and sends `prehashed` (not for Ed25519).
     let big: Vec<u8> = (0..100_000).map(|i| (i % 251) as u8).collect();
@@ -178,12 +191,8 @@ async fn transit_key_status(port: u16, name: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_rotation_retires_the_old_transit_key_after_its_grace() {
     let site = Site::new(Db::Sqlite).await;
-    let port = free_port();
-    let _bao = OpenBao::start(port, site.dir.path());
-    let gw = site.start_configured(&crate::rotation::with_scheduler(json!([
-        {"id": "db", "type": "db"},
-        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
-    ])));
+    let (bao, gw) = beside_openbao(&site, true);
+    let port = bao.port;
     gw.create(
         json!({"kid": "vr", "provider": "vault", "alg": "PS256", "rotation": {"grace": "2s"}}),
     )
@@ -222,12 +231,7 @@ async fn vault_rotation_retires_the_old_transit_key_after_its_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_signs_a_batch_with_batch_input() {
     let site = Site::new(Db::Sqlite).await;
-    let port = free_port();
-    let _bao = OpenBao::start(port, site.dir.path());
-    let gw = site.start_configured(&json!({"providers": [
-        {"id": "db", "type": "db"},
-        {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{port}"), "vaultToken": "kmsgw-test-root"},
-    ]}));
+    let (_bao, gw) = beside_openbao(&site, false);
     for alg in ["ES256", "RS256"] {
         let kid = format!("vault-batch-{}", alg.to_ascii_lowercase());
         let key = gw
