@@ -26,6 +26,66 @@ pub struct CheckOptions {
     pub memory_bytes: usize,
 }
 
+impl CheckOptions {
+    /// The guest options of this check: one instance under the given deadline and cap.
+    ///
+    /// # Errors
+    /// When an allowed host is malformed.
+    pub fn wasm_options(&self) -> anyhow::Result<WasmOptions> {
+        let mut allowed = Vec::new();
+        for host in &self.allowed_hosts {
+            allowed.push(
+                AllowedHost::parse(host)
+                    .map_err(|e| anyhow::anyhow!("--allow-host {host}: {e}"))?,
+            );
+        }
+        Ok(WasmOptions {
+            id: "adapter-check".into(),
+            component: self.component.clone(),
+            sha256: None,
+            config: self.config.clone(),
+            allowed_hosts: allowed,
+            egress_auth: Vec::new(),
+            limits: GuestLimits {
+                memory_mb: self.memory_bytes as u64 >> 20,
+                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+                instances: 1,
+                ..GuestLimits::default()
+            },
+            adapter: None,
+        })
+    }
+}
+
+/// The guest options of provider `id` in the kms.json at `path`, as the gateway
+/// would run it (its component, fields, `allowedHosts`, `egressAuth` and limits),
+/// with one instance.
+///
+/// # Errors
+/// When the file does not load or `id` names no guest provider in it.
+pub fn options_from_config(path: &std::path::Path, id: &str) -> anyhow::Result<WasmOptions> {
+    let config = crate::config::Config::load(path, &crate::config::process_env)?;
+    let base_dir = path.parent().unwrap_or(std::path::Path::new(""));
+    let (i, entry) = config
+        .providers
+        .into_iter()
+        .enumerate()
+        .find(|(_, p)| p.id == id)
+        .ok_or_else(|| anyhow::anyhow!("{} has no provider `{id}`", path.display()))?;
+    let crate::config::ProviderConfig::Wasm(wasm) = entry.config else {
+        anyhow::bail!("provider `{id}` is not a guest (wasm or named guest type)");
+    };
+    let mut options = crate::server::wasm_options(
+        entry.id,
+        wasm,
+        base_dir,
+        &format!("providers[{i}]"),
+        &path.display().to_string(),
+    )?;
+    options.limits.instances = 1;
+    Ok(options)
+}
+
 /// The outcome of one check.
 enum Outcome {
     Pass(String),
@@ -84,7 +144,7 @@ const MESSAGES: [&[u8]; 3] = [b"", b"kmsgw adapter check", &[0xa5; 10_000]];
 ///
 /// # Errors
 /// Only when the check itself cannot run (no temporary directory, no engine).
-pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
+pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let dir = tempfile::tempdir()?;
     let catalog = Catalog::connect(&format!(
@@ -98,31 +158,11 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
     let runtime = WasmRuntime::new(
         PoolSizing {
             instances: 4,
-            max_memory_bytes: options.memory_bytes,
+            max_memory_bytes: wasm_options.limits.memory_bytes(),
         },
         None,
     )
     .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-    let mut allowed = Vec::new();
-    for host in &options.allowed_hosts {
-        allowed.push(
-            AllowedHost::parse(host).map_err(|e| anyhow::anyhow!("--allow-host {host}: {e}"))?,
-        );
-    }
-    let wasm_options = WasmOptions {
-        id: "adapter-check".into(),
-        component: options.component.clone(),
-        sha256: None,
-        config: options.config.clone(),
-        allowed_hosts: allowed,
-        limits: GuestLimits {
-            memory_mb: options.memory_bytes as u64 >> 20,
-            timeout_ms: u64::try_from(options.timeout.as_millis()).unwrap_or(u64::MAX),
-            instances: 1,
-            ..GuestLimits::default()
-        },
-    };
-
     let started = Instant::now();
     let provider = match WasmProvider::start(&runtime, wasm_options, catalog.clone(), master).await
     {
@@ -160,7 +200,7 @@ pub async fn run(options: CheckOptions) -> anyhow::Result<Report> {
             provider: provider.clone(),
             description: None,
         }],
-        "adapter-check".into(),
+        provider.id().to_owned(),
         catalog,
     );
 

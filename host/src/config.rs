@@ -38,6 +38,41 @@ pub struct Config {
     pub usage: UsageConfig,
     /// The `scheduler` section: rotations and grace periods.
     pub scheduler: SchedulerConfig,
+    /// The `adapters` section: guest components given a type name.
+    pub adapters: std::collections::BTreeMap<String, AdapterDef>,
+}
+
+/// One `adapters` entry: the component a named guest type runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterDef {
+    pub component: PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// The guest adapters shipped with kmsgw, known by type name without an
+/// `adapters` entry: the type and the component's file name.
+pub const SHIPPED_ADAPTERS: [(&str, &str); 3] = [
+    ("cosmian-kms", "cosmian_kms.wasm"),
+    ("azure-kv", "azure_kv.wasm"),
+    ("gcp-kms", "gcp_kms.wasm"),
+];
+
+/// The built-in provider types.
+const BUILT_IN_TYPES: [&str; 6] = ["db", "vault", "aws-kms", "pkcs11", "http", "wasm"];
+
+/// Where the shipped adapters are: `$KMSGW_ADAPTER_DIR`, else `adapters/` beside
+/// the kmsgw binary.
+pub fn shipped_adapter_dir(lookup: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    lookup("KMSGW_ADAPTER_DIR").map_or_else(
+        || {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("adapters")))
+                .unwrap_or_else(|| PathBuf::from("adapters"))
+        },
+        PathBuf::from,
+    )
 }
 
 /// One entry of `providers`.
@@ -161,19 +196,28 @@ pub enum HttpAuth {
 pub struct NoAuth {}
 
 /// `auth: {type: "bearer", token}`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BearerAuth {
     pub token: SecretString,
 }
 
 /// `auth: {type: "oauth2-client-credentials", tokenUrl, clientId, clientSecret, scope?}`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OAuth2Auth {
     pub token_url: Url,
     pub client_id: String,
     pub client_secret: SecretString,
+    pub scope: Option<String>,
+}
+
+/// `{type: "google-service-account", credentialsFile, scope?}`: a service-account
+/// key JSON whose key signs the token request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GoogleServiceAccountAuth {
+    pub credentials_file: PathBuf,
     pub scope: Option<String>,
 }
 
@@ -196,6 +240,31 @@ pub struct WasmConfig {
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     pub limits: Option<WasmLimits>,
+    /// Credentials the host adds to the guest's requests, per destination.
+    #[serde(default)]
+    pub egress_auth: Vec<EgressAuth>,
+    /// The named guest type the entry was written as (`azure-kv`, …); `None` for `wasm`.
+    #[serde(skip)]
+    pub adapter: Option<String>,
+}
+
+/// One `egressAuth` item: the host sets `Authorization` on the guest's requests
+/// to `host` (which is thereby allowed) with a token it holds.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressAuth {
+    pub host: String,
+    #[serde(flatten)]
+    pub kind: EgressAuthKind,
+}
+
+/// The kinds of credentials `egressAuth` holds.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum EgressAuthKind {
+    Bearer(BearerAuth),
+    Oauth2ClientCredentials(OAuth2Auth),
+    GoogleServiceAccount(GoogleServiceAccountAuth),
 }
 
 /// Per-guest resource limits; each absent field keeps its default
@@ -433,6 +502,7 @@ impl Config {
             audit: AuditConfig::default(),
             usage: UsageConfig::default(),
             scheduler: SchedulerConfig::default(),
+            adapters: std::collections::BTreeMap::new(),
         }
     }
 
@@ -480,7 +550,7 @@ impl Config {
                 },
             });
         }
-        let config = decode_root(root, &mut problems);
+        let config = decode_root(root, lookup, &mut problems);
         match config {
             Some(config) if problems.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid {
@@ -515,10 +585,22 @@ fn typed<T: DeserializeOwned>(value: Value, path: &str, problems: &mut Vec<Probl
     }
 }
 
-fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
-    let Value::Object(map) = root else {
+fn decode_root(
+    root: Value,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Config> {
+    let Value::Object(mut map) = root else {
         problem(problems, "", "the configuration must be a JSON object");
         return None;
+    };
+    let adapters = map
+        .remove("adapters")
+        .map(|value| decode_adapters(value, problems))
+        .unwrap_or_default();
+    let types = GuestTypes {
+        adapters: &adapters,
+        shipped_dir: shipped_adapter_dir(lookup),
     };
     let mut default_provider = None;
     let mut providers = None;
@@ -531,7 +613,7 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
     for (key, value) in map {
         match key.as_str() {
             "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
-            "providers" => providers = Some(decode_providers(value, problems)),
+            "providers" => providers = Some(decode_providers(value, &types, problems)),
             "server" => server = typed(value, &key, problems).unwrap_or_default(),
             "database" => database = typed(value, &key, problems).unwrap_or_default(),
             "auth" => auth = typed(value, &key, problems).unwrap_or_default(),
@@ -542,7 +624,7 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
             other => problem(
                 problems,
                 other,
-                "unknown field; expected one of `defaultProvider`, `providers`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`",
+                "unknown field; expected one of `defaultProvider`, `providers`, `adapters`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`",
             ),
         }
     }
@@ -584,6 +666,102 @@ fn decode_root(root: Value, problems: &mut Vec<Problem>) -> Option<Config> {
         audit,
         usage,
         scheduler,
+        adapters,
+    })
+}
+
+/// The named guest types a configuration can use.
+struct GuestTypes<'a> {
+    adapters: &'a std::collections::BTreeMap<String, AdapterDef>,
+    shipped_dir: PathBuf,
+}
+
+impl GuestTypes<'_> {
+    /// The component and pinned hash of guest type `name`, if it is one.
+    fn component(&self, name: &str) -> Option<(PathBuf, Option<String>)> {
+        if let Some(def) = self.adapters.get(name) {
+            return Some((def.component.clone(), def.sha256.clone()));
+        }
+        SHIPPED_ADAPTERS
+            .iter()
+            .find(|(shipped, _)| *shipped == name)
+            .map(|(_, file)| (self.shipped_dir.join(file), None))
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = SHIPPED_ADAPTERS
+            .iter()
+            .map(|(name, _)| (*name).to_owned())
+            .chain(self.adapters.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn decode_adapters(
+    value: Value,
+    problems: &mut Vec<Problem>,
+) -> std::collections::BTreeMap<String, AdapterDef> {
+    let Some(adapters) =
+        typed::<std::collections::BTreeMap<String, AdapterDef>>(value, "adapters", problems)
+    else {
+        return std::collections::BTreeMap::new();
+    };
+    for name in adapters.keys() {
+        if BUILT_IN_TYPES.contains(&name.as_str()) {
+            problem(
+                problems,
+                format!("adapters.{name}"),
+                format!("`{name}` is a built-in provider type; give the adapter another name"),
+            );
+        } else if !valid_provider_id(name) {
+            problem(
+                problems,
+                format!("adapters.{name}"),
+                "a type name is 1 to 64 letters, digits, `.`, `_` or `-`",
+            );
+        }
+    }
+    adapters
+}
+
+/// A provider entry of a named guest type: `allowedHosts`, `limits` and
+/// `egressAuth` are the host's; every other field is the guest's config.
+fn decode_named(
+    name: &str,
+    (component, sha256): (PathBuf, Option<String>),
+    mut map: Map<String, Value>,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<WasmConfig> {
+    let before = problems.len();
+    let mut field = |key: &str| map.remove(key).map(|value| (format!("{path}.{key}"), value));
+    let allowed_hosts = field("allowedHosts")
+        .and_then(|(at, value)| typed::<Vec<String>>(value, &at, problems))
+        .unwrap_or_default();
+    let limits = field("limits").and_then(|(at, value)| typed::<WasmLimits>(value, &at, problems));
+    let egress_auth = field("egressAuth")
+        .and_then(|(at, value)| typed::<Vec<EgressAuth>>(value, &at, problems))
+        .unwrap_or_default();
+    for reserved in ["component", "sha256", "config"] {
+        if map.contains_key(reserved) {
+            problem(
+                problems,
+                format!("{path}.{reserved}"),
+                format!("a `{name}` entry takes its fields directly; `{reserved}` belongs to `wasm` entries and `adapters`"),
+            );
+        }
+    }
+    (problems.len() == before).then(|| WasmConfig {
+        component,
+        sha256,
+        config: Some(Value::Object(map)),
+        allowed_hosts,
+        limits,
+        egress_auth,
+        adapter: Some(name.to_owned()),
     })
 }
 
@@ -648,7 +826,11 @@ fn check_api_keys(auth: &AuthConfig, problems: &mut Vec<Problem>) {
     }
 }
 
-fn decode_providers(value: Value, problems: &mut Vec<Problem>) -> Vec<ProviderEntry> {
+fn decode_providers(
+    value: Value,
+    types: &GuestTypes<'_>,
+    problems: &mut Vec<Problem>,
+) -> Vec<ProviderEntry> {
     let Value::Array(items) = value else {
         problem(
             problems,
@@ -660,7 +842,7 @@ fn decode_providers(value: Value, problems: &mut Vec<Problem>) -> Vec<ProviderEn
     items
         .into_iter()
         .enumerate()
-        .filter_map(|(i, item)| decode_provider(item, &format!("providers[{i}]"), problems))
+        .filter_map(|(i, item)| decode_provider(item, &format!("providers[{i}]"), types, problems))
         .collect()
 }
 
@@ -684,7 +866,12 @@ fn take_string(
     }
 }
 
-fn decode_provider(item: Value, path: &str, problems: &mut Vec<Problem>) -> Option<ProviderEntry> {
+fn decode_provider(
+    item: Value,
+    path: &str,
+    types: &GuestTypes<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<ProviderEntry> {
     let Value::Object(mut map) = item else {
         problem(problems, path, "a provider entry must be a JSON object");
         return None;
@@ -709,6 +896,17 @@ fn decode_provider(item: Value, path: &str, problems: &mut Vec<Problem>) -> Opti
         }
         None => None,
     };
+    if let Some(name) = kind.as_deref()
+        && !BUILT_IN_TYPES.contains(&name)
+        && let Some(component) = types.component(name)
+    {
+        let config = decode_named(name, component, map, path, problems);
+        return Some(ProviderEntry {
+            id: id?,
+            description,
+            config: ProviderConfig::Wasm(config?),
+        });
+    }
     let rest = Value::Object(map);
     let config = match kind.as_deref() {
         Some("db") => typed(rest, path, problems).map(ProviderConfig::Db),
@@ -733,7 +931,9 @@ fn decode_provider(item: Value, path: &str, problems: &mut Vec<Problem>) -> Opti
                 problems,
                 format!("{path}.type"),
                 format!(
-                    "unknown provider type `{other}`; expected one of `db`, `vault`, `aws-kms`, `pkcs11`, `http`, `wasm`"
+                    "unknown provider type `{other}`; expected one of {}, or a guest type: {} (add others under `adapters`)",
+                    quoted(BUILT_IN_TYPES.iter().map(|t| (*t).to_owned())),
+                    quoted(types.names().into_iter()),
                 ),
             );
             None
@@ -748,6 +948,13 @@ fn decode_provider(item: Value, path: &str, problems: &mut Vec<Problem>) -> Opti
         description,
         config: config?,
     })
+}
+
+fn quoted(names: impl Iterator<Item = String>) -> String {
+    names
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn valid_provider_id(id: &str) -> bool {

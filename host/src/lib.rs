@@ -28,6 +28,7 @@ pub mod auth;
 pub mod catalog;
 pub mod check;
 pub mod config;
+pub mod credentials;
 pub mod crypto;
 pub mod gateway;
 pub mod metrics;

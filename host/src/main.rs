@@ -39,17 +39,25 @@ enum AdapterCommand {
 
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// The component (.wasm) to check.
-    component: PathBuf,
+    /// The component (.wasm) to check (or use --kms-json and --provider).
+    #[arg(required_unless_present = "provider")]
+    component: Option<PathBuf>,
+    /// Check provider ID of this kms.json as the gateway would run it: its component
+    /// (or named guest type), fields, allowedHosts, egressAuth and limits.
+    #[arg(long, requires = "provider", conflicts_with_all = ["component", "config", "allow_host"])]
+    kms_json: Option<PathBuf>,
+    /// The provider id inside --kms-json.
+    #[arg(long, requires = "kms_json")]
+    provider: Option<String>,
     /// JSON given to the guest's init, as `config` in kms.json would be.
     #[arg(long, default_value = "null")]
     config: String,
     /// A destination the guest may reach (host:port or scheme://host:port); repeatable.
     #[arg(long = "allow-host")]
     allow_host: Vec<String>,
-    /// Deadline of each guest call, in milliseconds.
-    #[arg(long, default_value_t = 2000)]
-    timeout_ms: u64,
+    /// Deadline of each guest call, in milliseconds [default: 2000, or the entry's limits.timeoutMs].
+    #[arg(long)]
+    timeout_ms: Option<u64>,
     /// Memory cap of the guest instance, in MiB.
     #[arg(long, default_value_t = 64)]
     memory_mb: usize,
@@ -97,19 +105,32 @@ fn main() -> ExitCode {
 }
 
 async fn check(args: CheckArgs) -> ExitCode {
-    let config = match serde_json::from_str(&args.config) {
-        Ok(config) => config,
+    let options = match (&args.kms_json, &args.provider, args.component) {
+        (Some(path), Some(id), _) => kmsgw::check::options_from_config(path, id).map(|mut o| {
+            if let Some(timeout_ms) = args.timeout_ms {
+                o.limits.timeout_ms = timeout_ms;
+            }
+            o
+        }),
+        (_, _, Some(component)) => match serde_json::from_str(&args.config) {
+            Ok(config) => CheckOptions {
+                component,
+                config,
+                allowed_hosts: args.allow_host,
+                timeout: Duration::from_millis(args.timeout_ms.unwrap_or(2000)),
+                memory_bytes: args.memory_mb << 20,
+            }
+            .wasm_options(),
+            Err(e) => Err(anyhow::anyhow!("--config is not JSON: {e}")),
+        },
+        _ => Err(anyhow::anyhow!("give a component, or --kms-json and --provider")),
+    };
+    let options = match options {
+        Ok(options) => options,
         Err(e) => {
-            eprintln!("error: --config is not JSON: {e}");
+            eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
-    };
-    let options = CheckOptions {
-        component: args.component,
-        config,
-        allowed_hosts: args.allow_host,
-        timeout: Duration::from_millis(args.timeout_ms),
-        memory_bytes: args.memory_mb << 20,
     };
     match kmsgw::check::run(options).await {
         Ok(report) => {

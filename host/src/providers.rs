@@ -233,6 +233,12 @@ pub trait Provider: Send + Sync {
     fn guest_limits(&self) -> Option<&wasm::limits::GuestLimits> {
         None
     }
+
+    /// The named guest type the provider was configured as (`azure-kv`, …);
+    /// `None` for native providers and plain `wasm` entries.
+    fn adapter_type(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What a guest provider has been through, for operators.

@@ -16,7 +16,8 @@ use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
 use crate::audit::Audit;
 use crate::auth::ApiKeys;
 use crate::catalog::{Backend, Catalog, DELETE_CHANNEL};
-use crate::config::{Config, ConfigError, Problem, ProviderConfig, WasmConfig};
+use crate::config::{Config, ConfigError, EgressAuthKind, Problem, ProviderConfig, WasmConfig};
+use crate::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::gateway::{Gateway, Registered};
 use crate::providers::Provider;
@@ -28,7 +29,7 @@ use crate::providers::vault::VaultProvider;
 use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
-use crate::providers::wasm::{WasmOptions, WasmProvider};
+use crate::providers::wasm::{WasmOptions, WasmProvider, WasmStartError};
 use crate::usage::Usage;
 
 /// Default listen address: loopback only.
@@ -164,11 +165,25 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
                 let runtime = runtime
                     .as_ref()
                     .expect("a runtime exists when a wasm provider does");
+                let named = wasm.adapter.is_some();
                 let options = wasm_options(entry.id, wasm, &base_dir, &path, &source_name)?;
-                WasmProvider::start(runtime, options, catalog.clone(), master.clone())
-                    .await
-                    .map(shared)
-                    .map_err(|e| e.to_string())
+                match WasmProvider::start(runtime, options, catalog.clone(), master.clone()).await
+                {
+                    Ok(provider) => Ok(shared(provider)),
+                    // A named type's fields are the entry's own; a `wasm` entry's are under `config`.
+                    Err(WasmStartError::Config { field, message }) => {
+                        let inside = if named { "" } else { ".config" };
+                        failures.push(Problem {
+                            path: match field {
+                                Some(field) => format!("{path}{inside}.{field}"),
+                                None => format!("{path}{inside}"),
+                            },
+                            message,
+                        });
+                        continue;
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
             ProviderConfig::Http(http) => HttpProvider::new(entry.id, http)
                 .map(shared)
@@ -273,7 +288,7 @@ fn wasm_runtime(config: &Config, data_dir: &Path) -> Result<Option<WasmRuntime>,
 
 /// Turns a `wasm` entry into run options; a relative component path is taken
 /// from the directory of kms.json.
-fn wasm_options(
+pub(crate) fn wasm_options(
     id: String,
     config: WasmConfig,
     base_dir: &Path,
@@ -281,7 +296,7 @@ fn wasm_options(
     source_name: &str,
 ) -> Result<WasmOptions, ConfigError> {
     let mut problems = Vec::new();
-    let allowed_hosts = config
+    let allowed_hosts: Vec<AllowedHost> = config
         .allowed_hosts
         .iter()
         .enumerate()
@@ -296,6 +311,42 @@ fn wasm_options(
                 .ok()
         })
         .collect();
+    let mut allowed_hosts: Vec<AllowedHost> = allowed_hosts;
+    let mut egress_auth = Vec::new();
+    for (j, item) in config.egress_auth.iter().enumerate() {
+        let at = format!("{path}.egressAuth[{j}]");
+        let host = match AllowedHost::parse(&item.host) {
+            Ok(host) => host,
+            Err(message) => {
+                problems.push(Problem {
+                    path: format!("{at}.host"),
+                    message,
+                });
+                continue;
+            }
+        };
+        let credentials = match &item.kind {
+            EgressAuthKind::Bearer(bearer) => Ok(Credentials::bearer(bearer.clone())),
+            EgressAuthKind::Oauth2ClientCredentials(oauth) => {
+                Ok(Credentials::client_credentials(oauth.clone()))
+            }
+            EgressAuthKind::GoogleServiceAccount(account) => {
+                Credentials::google_service_account(account, base_dir)
+            }
+        };
+        match credentials {
+            Ok(credentials) => {
+                if !allowed_hosts.contains(&host) {
+                    allowed_hosts.push(host.clone());
+                }
+                egress_auth.push((host, Arc::new(credentials)));
+            }
+            Err(e) => problems.push(Problem {
+                path: at,
+                message: e.to_string(),
+            }),
+        }
+    }
     let limits = GuestLimits::resolve(config.limits.as_ref())
         .map_err(|message| {
             problems.push(Problem {
@@ -316,7 +367,9 @@ fn wasm_options(
         sha256: config.sha256,
         config: config.config.unwrap_or(serde_json::Value::Null),
         allowed_hosts,
+        egress_auth,
         limits,
+        adapter: config.adapter,
     })
 }
 

@@ -56,6 +56,11 @@ impl Request {
         Self::new(Method::Post, url)
     }
 
+    /// A PUT to `url`.
+    pub fn put(url: impl Into<String>) -> Self {
+        Self::new(Method::Put, url)
+    }
+
     /// A DELETE of `url`.
     pub fn delete(url: impl Into<String>) -> Self {
         Self::new(Method::Delete, url)
@@ -81,6 +86,12 @@ impl Request {
     pub fn json(mut self, value: &serde_json::Value) -> Self {
         self.body = Some(value.to_string().into_bytes());
         self.header("content-type", "application/json")
+    }
+
+    /// Sets a raw body with its content type.
+    pub fn body(mut self, content_type: &str, body: Vec<u8>) -> Self {
+        self.body = Some(body);
+        self.header("content-type", content_type)
     }
 
     /// Sends the request and reads the whole response.
@@ -182,4 +193,18 @@ fn split_url(url: &str) -> Result<(Scheme, &str, &str), Error> {
     let split = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(split);
     Ok((scheme, authority, if path.is_empty() { "/" } else { path }))
+}
+
+/// The [`Error`] for a backend's non-2xx answer with its own message `detail`:
+/// 404 not found, 401/403 denied, 400/409/422 invalid input, 408/429/5xx
+/// unavailable, anything else internal.
+pub fn status_error(status: u16, detail: &str) -> Error {
+    let text = format!("{status}: {detail}");
+    match status {
+        404 => Error::NotFound(text),
+        401 | 403 => Error::Denied(text),
+        400 | 409 | 422 => Error::InvalidInput(text),
+        408 | 429 | 500..=599 => Error::Unavailable(text),
+        _ => Error::Internal(text),
+    }
 }

@@ -6,6 +6,8 @@
 //! adapter needs is re-exported here:
 //! - [`storage`]: the provider's private key-value store (sealed by the host),
 //! - [`http`]: a small blocking HTTP client over `wasi:http` (only `allowedHosts` reachable),
+//! - [`config`]: the entry's config decoded with errors naming the field,
+//! - [`crypto`]: digests, DER signatures to JOSE, SubjectPublicKeyInfo to JWK,
 //! - [`jwk`], [`base64url`] and [`base64std`]: JWK (EC, OKP, RSA) and base64 helpers,
 //! - [`log`]: lines in the gateway's log.
 
@@ -21,6 +23,8 @@ pub mod bindings {
     });
 }
 
+pub mod config;
+pub mod crypto;
 pub mod http;
 pub mod jwk;
 pub mod log;
@@ -82,6 +86,16 @@ pub mod base64std {
     /// Encodes `bytes` as standard padded base64.
     pub fn encode(bytes: &[u8]) -> String {
         STANDARD.encode(bytes)
+    }
+
+    /// Decodes standard padded base64.
+    ///
+    /// # Errors
+    /// [`crate::Error::Internal`] when `text` is not base64 (it comes from a backend).
+    pub fn decode(text: &str) -> Result<Vec<u8>, crate::Error> {
+        STANDARD
+            .decode(text)
+            .map_err(|e| crate::Error::Internal(format!("not base64: {e}")))
     }
 }
 
@@ -223,4 +237,38 @@ macro_rules! export_adapter {
 
         $crate::bindings::__export_provider!(__KmsgwGuest with_types_in $crate::bindings);
     };
+}
+
+/// Waits `millis` milliseconds (for backends that finish work asynchronously).
+pub fn sleep(millis: u64) {
+    bindings::wasi::clocks::monotonic_clock::subscribe_duration(millis.saturating_mul(1_000_000))
+        .block();
+}
+
+/// A name for key `kid` that backends with strict naming accept: letters, digits
+/// and `-` only, at most `max` characters (at least 16). A kid that had to be
+/// changed to fit gets a suffix of its SHA-256, so distinct kids stay distinct.
+pub fn backend_key_name(kid: &str, max: usize) -> String {
+    use sha2::Digest;
+    let cleaned: String = kid
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    if cleaned == kid && kid.len() <= max && !kid.is_empty() {
+        return cleaned;
+    }
+    let hash = sha2::Sha256::digest(kid.as_bytes());
+    let suffix: String = hash[..5].iter().map(|b| format!("{b:02x}")).collect();
+    let keep = max.max(16) - suffix.len() - 1;
+    let prefix: String = cleaned.chars().take(keep).collect();
+    format!("{prefix}-{suffix}")
+}
+
+/// [`backend_key_name`] followed by `-` and 8 random hex digits: for backends
+/// that never free a name (Cloud KMS keys cannot be deleted, Key Vault keeps
+/// deleted names), so a kid deleted and created again gets a new backend key.
+pub fn unique_key_name(kid: &str, max: usize) -> String {
+    let random = bindings::wasi::random::random::get_random_bytes(4);
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{suffix}", backend_key_name(kid, max.max(25) - 9))
 }

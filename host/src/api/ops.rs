@@ -125,6 +125,9 @@ pub struct ProviderInfo {
     /// What a guest may make the host hold (guests only).
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<GuestLimits>,
+    /// The named guest type the entry was written as (`azure-kv`, `cosmian-kms`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    adapter: Option<String>,
 }
 
 /// What each configured provider is and can do.
@@ -147,6 +150,7 @@ pub async fn providers(
                 description: r.description.clone(),
                 capabilities: r.provider.capabilities().clone(),
                 limits: r.provider.guest_limits().cloned(),
+                adapter: r.provider.adapter_type().map(str::to_owned),
             })
             .collect(),
     ))

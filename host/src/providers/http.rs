@@ -7,11 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Mutex;
-use url::Url;
 use zeroize::Zeroizing;
 
 use super::remote::{self, backend_message, retrying, transport_error};
@@ -19,13 +17,9 @@ use super::{
     Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
 };
 use crate::catalog::KeyRecord;
-use crate::config::{HttpAuth, HttpConfig};
+use crate::config::{BearerAuth, HttpAuth, HttpConfig};
+use crate::credentials::{CredentialError, Credentials};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
-
-/// An OAuth2 token is refreshed this long before it expires.
-const TOKEN_EARLY_REFRESH: Duration = Duration::from_secs(30);
-/// Lifetime assumed when the token endpoint gives no `expires_in`.
-const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Why an `http` provider entry cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -40,26 +34,6 @@ pub enum HttpSetupError {
     Tls(String),
 }
 
-enum Auth {
-    None,
-    Bearer(SecretString),
-    OAuth2(Box<OAuth2>),
-}
-
-struct OAuth2 {
-    token_url: Url,
-    client_id: String,
-    client_secret: SecretString,
-    scope: Option<String>,
-    cached: Mutex<Option<(SecretString, Instant)>>,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    expires_in: Option<u64>,
-}
-
 /// A remote KMS behind the HTTP contract.
 pub struct HttpProvider {
     id: String,
@@ -67,7 +41,8 @@ pub struct HttpProvider {
     base: String,
     keys_path: String,
     health_path: String,
-    auth: Auth,
+    /// Credentials for the `Authorization` header; `None` with no auth or mTLS.
+    auth: Option<Credentials>,
     capabilities: Capabilities,
 }
 
@@ -90,18 +65,12 @@ impl HttpProvider {
         let mut identity = None;
         let mut ca = None;
         let auth = match (config.api_key, config.auth) {
-            (Some(token), _)
-            | (None, Some(HttpAuth::Bearer(crate::config::BearerAuth { token }))) => {
-                Auth::Bearer(token)
+            (Some(token), _) => Some(Credentials::bearer(BearerAuth { token })),
+            (None, Some(HttpAuth::Bearer(bearer))) => Some(Credentials::bearer(bearer)),
+            (None, None | Some(HttpAuth::None(_))) => None,
+            (None, Some(HttpAuth::Oauth2ClientCredentials(o))) => {
+                Some(Credentials::client_credentials(o))
             }
-            (None, None | Some(HttpAuth::None(_))) => Auth::None,
-            (None, Some(HttpAuth::Oauth2ClientCredentials(o))) => Auth::OAuth2(Box::new(OAuth2 {
-                token_url: o.token_url,
-                client_id: o.client_id,
-                client_secret: o.client_secret,
-                scope: o.scope,
-                cached: Mutex::new(None),
-            })),
             (None, Some(HttpAuth::Mtls(m))) => {
                 let mut pem = read("client certificate", &m.cert_file)?;
                 pem.extend_from_slice(b"\n");
@@ -117,7 +86,7 @@ impl HttpProvider {
                             .map_err(|e| HttpSetupError::Tls(e.to_string()))?,
                     );
                 }
-                Auth::None
+                None
             }
         };
         let connect = config
@@ -155,68 +124,24 @@ impl HttpProvider {
         format!("{}{}/{kid}{suffix}", self.base, self.keys_path)
     }
 
-    async fn oauth2_token(
-        &self,
-        oauth: &OAuth2,
-        fresh: bool,
-    ) -> Result<SecretString, ProviderError> {
-        let mut cached = oauth.cached.lock().await;
-        if !fresh
-            && let Some((token, valid_until)) = cached.as_ref()
-            && Instant::now() < *valid_until
-        {
-            return Ok(token.clone());
-        }
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", oauth.client_id.as_str()),
-            ("client_secret", oauth.client_secret.expose_secret()),
-        ];
-        if let Some(scope) = &oauth.scope {
-            form.push(("scope", scope));
-        }
-        let response = self
-            .client
-            .post(oauth.token_url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error("token endpoint", &e))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("token endpoint", &e))?;
-        if !status.is_success() {
-            return Err(ProviderError::Backend(format!(
-                "token endpoint refused the client credentials: {}",
-                backend_message(status, &body)
-            )));
-        }
-        let token: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-            ProviderError::Backend("token endpoint answered without an access_token".into())
-        })?;
-        let lifetime = token
-            .expires_in
-            .map_or(DEFAULT_TOKEN_LIFETIME, Duration::from_secs);
-        let valid_until = Instant::now() + lifetime.saturating_sub(TOKEN_EARLY_REFRESH);
-        let secret = SecretString::from(token.access_token);
-        *cached = Some((secret.clone(), valid_until));
-        Ok(secret)
-    }
-
     async fn authorised(
         &self,
         request: RequestBuilder,
         fresh_token: bool,
     ) -> Result<RequestBuilder, ProviderError> {
-        Ok(match &self.auth {
-            Auth::None => request,
-            Auth::Bearer(token) => request.bearer_auth(token.expose_secret()),
-            Auth::OAuth2(oauth) => {
-                request.bearer_auth(self.oauth2_token(oauth, fresh_token).await?.expose_secret())
-            }
-        })
+        let Some(credentials) = &self.auth else {
+            return Ok(request);
+        };
+        let token = credentials
+            .token(&self.client, fresh_token)
+            .await
+            .map_err(|e| match e {
+                CredentialError::Unreachable { .. } => ProviderError::Unavailable(e.to_string()),
+                CredentialError::Refused { .. } | CredentialError::Setup(_) => {
+                    ProviderError::Backend(e.to_string())
+                }
+            })?;
+        Ok(request.bearer_auth(token.expose_secret()))
     }
 
     /// Sends one request and returns the status and body of a 2xx answer; a 401
@@ -246,7 +171,8 @@ impl HttpProvider {
             match status {
                 s if s.is_success() => return Ok(bytes.to_vec()),
                 StatusCode::UNAUTHORIZED
-                    if matches!(self.auth, Auth::OAuth2(_)) && !fresh_token =>
+                    if self.auth.as_ref().is_some_and(Credentials::refreshable)
+                        && !fresh_token =>
                 {
                     fresh_token = true
                 }

@@ -32,6 +32,7 @@ use super::{
     ProviderKind,
 };
 use crate::catalog::{Catalog, KeyRecord};
+use crate::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
 
@@ -42,7 +43,11 @@ pub struct WasmOptions {
     pub sha256: Option<String>,
     pub config: serde_json::Value,
     pub allowed_hosts: Vec<AllowedHost>,
+    /// Credentials the host adds to requests to these destinations (`egressAuth`).
+    pub egress_auth: Vec<(AllowedHost, Arc<Credentials>)>,
     pub limits: GuestLimits,
+    /// The named guest type (`azure-kv`, …), for `GET /providers`.
+    pub adapter: Option<String>,
 }
 
 /// Why a guest call did not produce an answer.
@@ -58,6 +63,9 @@ pub enum GuestFailure {
     Busy(usize),
     #[error("{0}")]
     Init(String),
+    /// `init` found the config invalid; the message may start with the field's path.
+    #[error("init refused the config: {0}")]
+    Config(String),
 }
 
 /// Why a guest provider could not start.
@@ -67,6 +75,30 @@ pub enum WasmStartError {
     Load(#[from] LoadError),
     #[error("guest `{id}` failed to start: {reason}")]
     Init { id: String, reason: String },
+    /// The guest refused its config; `field` is the JSON path inside the config
+    /// it named, if any.
+    #[error("{message}")]
+    Config {
+        field: Option<String>,
+        message: String,
+    },
+}
+
+/// Splits a guest's config complaint `vaultUrl: must be …` into the field's JSON
+/// path and the message; `None` when it names no field.
+fn config_field(message: &str) -> (Option<String>, String) {
+    match message.split_once(": ") {
+        Some((field, rest))
+            if !field.is_empty()
+                && field.len() <= 128
+                && field
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']')) =>
+        {
+            (Some(field.to_owned()), rest.to_owned())
+        }
+        _ => (None, message.to_owned()),
+    }
 }
 
 /// Sorts the result of a timed guest call into its outcome.
@@ -122,6 +154,7 @@ fn host_alg(alg: GuestAlg) -> Alg {
 /// A guest adapter as a provider.
 pub struct WasmProvider {
     id: String,
+    adapter: Option<String>,
     capabilities: Capabilities,
     pool: Pool,
     shared: Arc<GuestShared>,
@@ -161,7 +194,7 @@ impl WasmProvider {
         let shared = Arc::new(GuestShared::new(
             &options.id,
             options.limits,
-            options.allowed_hosts,
+            (options.allowed_hosts, options.egress_auth),
             catalog,
             master,
         ));
@@ -175,10 +208,13 @@ impl WasmProvider {
             id: options.id.clone(),
             reason,
         };
-        let caps = pool
-            .warm_up()
-            .await
-            .map_err(|e| init_error(sanitize(&e.to_string(), MAX_GUEST_TEXT_BYTES)))?;
+        let caps = pool.warm_up().await.map_err(|e| match e {
+            GuestFailure::Config(message) => {
+                let (field, message) = config_field(&sanitize(&message, MAX_GUEST_TEXT_BYTES));
+                WasmStartError::Config { field, message }
+            }
+            other => init_error(sanitize(&other.to_string(), MAX_GUEST_TEXT_BYTES)),
+        })?;
         let capabilities = Capabilities {
             can_create: caps.can_create,
             can_import: caps.can_import,
@@ -195,6 +231,7 @@ impl WasmProvider {
         }
         Ok(WasmProvider {
             id: options.id,
+            adapter: options.adapter,
             capabilities,
             pool,
             shared,
@@ -226,7 +263,7 @@ impl WasmProvider {
             GuestFailure::Busy(n) => {
                 ProviderError::Unavailable(format!("all {n} instances of `{}` are busy", self.id))
             }
-            GuestFailure::Init(reason) => ProviderError::Unavailable(format!(
+            GuestFailure::Init(reason) | GuestFailure::Config(reason) => ProviderError::Unavailable(format!(
                 "guest `{}`: {}",
                 self.id,
                 sanitize(&reason, MAX_GUEST_TEXT_BYTES)
@@ -394,5 +431,9 @@ impl Provider for WasmProvider {
 
     fn guest_limits(&self) -> Option<&GuestLimits> {
         Some(&self.shared.limits)
+    }
+
+    fn adapter_type(&self) -> Option<&str> {
+        self.adapter.as_deref()
     }
 }

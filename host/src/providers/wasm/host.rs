@@ -23,8 +23,11 @@ use wasmtime_wasi_http::{
     WasiHttpView,
 };
 
+use secrecy::ExposeSecret;
+
 use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
 use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
+use crate::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 
 /// Largest guest storage key, in bytes.
@@ -75,6 +78,16 @@ impl AllowedHost {
         })
     }
 
+    /// Whether the destination is a loopback address (where plain HTTP may carry credentials).
+    fn is_loopback(host: &str) -> bool {
+        host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {
         let default_port = if scheme == "https" { 443 } else { 80 };
         self.scheme.as_deref().is_none_or(|s| s == scheme)
@@ -100,6 +113,8 @@ pub struct GuestShared {
     pub provider_id: Arc<str>,
     pub limits: GuestLimits,
     pub allowed: Vec<AllowedHost>,
+    /// Credentials the host adds to requests to each of these destinations.
+    pub egress_auth: Vec<(AllowedHost, Arc<Credentials>)>,
     pub catalog: Catalog,
     pub master: Arc<MasterKey>,
     pub counters: GuestCounters,
@@ -111,7 +126,7 @@ impl GuestShared {
     pub fn new(
         provider_id: &str,
         limits: GuestLimits,
-        allowed: Vec<AllowedHost>,
+        (allowed, egress_auth): (Vec<AllowedHost>, Vec<(AllowedHost, Arc<Credentials>)>),
         catalog: Catalog,
         master: Arc<MasterKey>,
     ) -> Self {
@@ -119,6 +134,7 @@ impl GuestShared {
         GuestShared {
             provider_id: Arc::from(provider_id),
             allowed,
+            egress_auth,
             catalog,
             master,
             counters: GuestCounters::default(),
@@ -179,18 +195,40 @@ pub struct EgressFilter {
     in_flight: Arc<Semaphore>,
 }
 
+/// What the filter decided for one request.
+enum Egress {
+    Denied(&'static str),
+    Allowed(Option<Arc<Credentials>>),
+}
+
 impl EgressFilter {
-    fn allows(&self, uri: &http::Uri) -> bool {
+    fn decide(&self, uri: &http::Uri) -> Egress {
         let scheme = uri.scheme_str().unwrap_or("https");
-        let Some(host) = uri.host() else { return false };
+        let Some(host) = uri.host() else {
+            return Egress::Denied("the request names no host");
+        };
         let port = uri
             .port_u16()
             .unwrap_or(if scheme == "https" { 443 } else { 80 });
         let host = host.to_ascii_lowercase();
-        self.shared
+        if !self
+            .shared
             .allowed
             .iter()
             .any(|a| a.matches(scheme, &host, port))
+        {
+            return Egress::Denied("destination not in allowedHosts");
+        }
+        let credentials = self
+            .shared
+            .egress_auth
+            .iter()
+            .find(|(a, _)| a.matches(scheme, &host, port))
+            .map(|(_, credentials)| Arc::clone(credentials));
+        if credentials.is_some() && scheme != "https" && !AllowedHost::is_loopback(&host) {
+            return Egress::Denied("credentials are sent over https only (plain http to loopback)");
+        }
+        Egress::Allowed(credentials)
     }
 }
 
@@ -208,15 +246,18 @@ impl WasiHttpHooks for EgressFilter {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let _ = fut;
         let provider = &self.shared.provider_id;
-        if !self.allows(request.uri()) {
-            self.shared
-                .counters
-                .denied_egress
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(provider = %provider, uri = %request.uri(),
-                "guest HTTP request denied: destination not in allowedHosts");
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
+        let credentials = match self.decide(request.uri()) {
+            Egress::Allowed(credentials) => credentials,
+            Egress::Denied(reason) => {
+                self.shared
+                    .counters
+                    .denied_egress
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(provider = %provider, uri = %request.uri(), reason,
+                    "guest HTTP request denied");
+                return Box::new(async { Err(HttpError::HttpRequestDenied) });
+            }
+        };
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
             let limit = self.shared.limits.http_concurrent;
             return Box::new(async move {
@@ -229,8 +270,10 @@ impl WasiHttpHooks for EgressFilter {
             self.shared.limits.http_request_bytes,
             self.shared.limits.http_response_bytes,
         );
+        let provider = Arc::clone(provider);
         Box::new(async move {
-            let response = send_pooled(request, options, bounds, permit).await?;
+            let response =
+                send_pooled(request, options, bounds, permit, credentials, &provider).await?;
             Ok((
                 response,
                 Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
@@ -263,11 +306,15 @@ fn egress_client() -> &'static reqwest::Client {
 /// Sends a guest's request on the pooled client. The request body is read whole
 /// first, up to `request_bytes`; the response streams, up to `response_bytes`, and
 /// holds `permit` (a slot of the instance's requests in flight) until it is dropped.
+/// With `credentials`, the guest's own `Authorization` is replaced by the host's
+/// token, and a 401 answer is tried once more with a fresh token.
 async fn send_pooled(
     request: http::Request<WasiBody>,
     options: Option<RequestOptions>,
     (request_bytes, response_bytes): (u64, u64),
     permit: OwnedSemaphorePermit,
+    credentials: Option<Arc<Credentials>>,
+    provider: &str,
 ) -> Result<http::Response<WasiBody>, HttpError> {
     use http_body_util::BodyExt;
     let (parts, body) = request.into_parts();
@@ -285,26 +332,54 @@ async fn send_pooled(
             });
         }
     };
-    let mut outgoing = egress_client()
-        .request(parts.method, parts.uri.to_string())
-        .headers(parts.headers)
-        .body(body);
-    if let Some(options) = options {
-        if let Some(connect) = options.connect_timeout {
-            outgoing = outgoing.timeout(connect + options.first_byte_timeout.unwrap_or(connect));
-        } else if let Some(first_byte) = options.first_byte_timeout {
-            outgoing = outgoing.timeout(first_byte);
-        }
+    let mut headers = parts.headers;
+    if credentials.is_some() {
+        headers.remove(http::header::AUTHORIZATION);
     }
-    let response = outgoing.send().await.map_err(|e| {
-        if e.is_timeout() {
-            HttpError::ConnectionTimeout
-        } else if e.is_connect() {
-            HttpError::ConnectionRefused
-        } else {
-            HttpError::InternalError(Some(e.to_string()))
+    let uri = parts.uri.to_string();
+    let timeout = options.and_then(|o| match (o.connect_timeout, o.first_byte_timeout) {
+        (Some(connect), first_byte) => Some(connect + first_byte.unwrap_or(connect)),
+        (None, first_byte) => first_byte,
+    });
+    let mut fresh = false;
+    let response = loop {
+        let mut outgoing = egress_client()
+            .request(parts.method.clone(), &uri)
+            .headers(headers.clone())
+            .body(body.clone());
+        if let Some(timeout) = timeout {
+            outgoing = outgoing.timeout(timeout);
         }
-    })?;
+        if let Some(credentials) = &credentials {
+            let token = credentials
+                .token(egress_client(), fresh)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(provider, error = %e, "no token for a guest's request");
+                    HttpError::InternalError(Some(format!("kmsgw egressAuth: {e}")))
+                })?;
+            outgoing = outgoing.bearer_auth(token.expose_secret());
+        }
+        let response = outgoing.send().await.map_err(|e| {
+            if e.is_timeout() {
+                HttpError::ConnectionTimeout
+            } else if e.is_connect() {
+                HttpError::ConnectionRefused
+            } else {
+                HttpError::InternalError(Some(e.without_url().to_string()))
+            }
+        })?;
+        match &credentials {
+            Some(credentials)
+                if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                    && credentials.refreshable()
+                    && !fresh =>
+            {
+                fresh = true;
+            }
+            _ => break response,
+        }
+    };
     if response
         .content_length()
         .is_some_and(|n| n > response_bytes)

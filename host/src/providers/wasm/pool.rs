@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::{Engine, Store};
 
-use super::bindings::kmsgw::adapter::types::Capabilities as GuestCapabilities;
+use super::bindings::kmsgw::adapter::types::{
+    Capabilities as GuestCapabilities, Error as GuestError,
+};
 use super::host::{GuestShared, HostState};
 use super::versions::{Guest, GuestPre};
 use super::{GuestFailure, guest_call_outcome};
@@ -150,6 +152,7 @@ impl Pool {
         let outcome =
             tokio::time::timeout(self.timeout, guest.init(&mut store, &self.config_json)).await;
         let capabilities = guest_call_outcome(outcome).map_err(|failure| match failure {
+            GuestFailure::Guest(GuestError::InvalidInput(message)) => GuestFailure::Config(message),
             GuestFailure::Guest(e) => GuestFailure::Init(format!("init refused the config: {e:?}")),
             other => other,
         })?;

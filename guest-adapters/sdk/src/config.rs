@@ -1,0 +1,29 @@
+//! Reading the provider entry's config with errors that name the field, so the
+//! gateway reports them at their JSON path in kms.json.
+
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+
+/// Decodes the config as `T`. On failure the message starts with the path of
+/// the offending field (`vaultUrl: invalid type: …`); the gateway turns that
+/// into `providers[i].vaultUrl` in its start-up error.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the field.
+pub fn parse<T: DeserializeOwned>(config: serde_json::Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        Error::InvalidInput(if path == "." {
+            message
+        } else {
+            format!("{path}: {message}")
+        })
+    })
+}
+
+/// A config complaint about `field` in the form [`parse`] gives.
+pub fn invalid(field: &str, message: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("{field}: {message}"))
+}
