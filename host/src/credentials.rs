@@ -323,9 +323,8 @@ async fn fetch(
         return Err(refused(format!("answer of {} bytes", body.len())));
     }
     if !status.is_success() {
-        return Err(refused(format!(
-            "{status}: {}",
-            crate::providers::remote::backend_message(status, &body)
+        return Err(refused(crate::providers::remote::backend_message(
+            status, &body,
         )));
     }
     serde_json::from_slice(&body)

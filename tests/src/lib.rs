@@ -171,6 +171,8 @@ impl Site {
             .env_remove("KMSGW_DATABASE_URL")
             .env_remove("KMSGW_MASTER_KEY")
             .env_remove("KMSGW_LISTEN")
+            // The shipped named guests (`azure-kv`, …) as this test run built them.
+            .env("KMSGW_ADAPTER_DIR", env!("KMSGW_GUESTS_DIR"))
             .env("RUST_LOG", "info");
         if !args.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -1033,4 +1035,66 @@ pub async fn batch_round_trip(gw: &Gateway, kid: &str, jwk: &Value) -> Vec<Vec<u
         "{answer}"
     );
     messages
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; a server binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process the tests started (a backend or an emulator), killed when dropped.
+pub struct Background {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Background {
+    /// Starts `cmd` with its output in `log` and waits (up to 60 s) until it
+    /// accepts connections on `port`.
+    pub fn start(cmd: &mut Command, log: &Path, port: u16, what: &str) -> Background {
+        let file = std::fs::File::create(log).expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let mut server = Background {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "{what} did not come up on port {port} ({exited:?}); its log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Stops the server now.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

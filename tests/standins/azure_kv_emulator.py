@@ -67,7 +67,7 @@ class Vault:
         self.sign_requests = 0
 
     def stats(self):
-        return {"tokenRequests": self.tokens.requests, "signRequests": self.sign_requests, "keys": len(self.keys)}
+        return {"tokenRequests": self.tokens.requests, "tokensIssued": len(self.tokens.issued), "signRequests": self.sign_requests, "keys": len(self.keys)}
 
     def bundle(self, base, name, entry):
         version, key, kty, crv = entry

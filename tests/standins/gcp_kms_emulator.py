@@ -85,7 +85,7 @@ class Kms:
         self.sign_requests = 0
 
     def stats(self):
-        return {"tokenRequests": self.tokens.requests, "signRequests": self.sign_requests, "keys": len(self.keys)}
+        return {"tokenRequests": self.tokens.requests, "tokensIssued": len(self.tokens.issued), "signRequests": self.sign_requests, "keys": len(self.keys)}
 
     def credentials(self):
         pem = self.signer.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

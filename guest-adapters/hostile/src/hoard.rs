@@ -132,3 +132,43 @@ pub fn fan_out(url: &str, count: usize) -> Error {
     monotonic_clock::subscribe_duration(300_000_000).block();
     Error::Internal(format!("started {count} requests"))
 }
+
+/// Sends its own `Authorization` to `url`, then POSTs to `url` everything the guest
+/// can see: `config`, every storage entry, the headers it sent, and the status,
+/// headers and body of the answer.
+pub fn dump(config: &str, url: &str) -> Error {
+    let forged = [("authorization", "Bearer forged-by-the-guest")];
+    let mut seen = format!("config: {config}\n");
+    match storage::list("") {
+        Ok(keys) => {
+            for key in keys {
+                let value = storage::get(&key).ok().flatten().unwrap_or_default();
+                seen.push_str(&format!("storage {key}: {}\n", String::from_utf8_lossy(&value)));
+            }
+        }
+        Err(e) => seen.push_str(&format!("storage: {e:?}\n")),
+    }
+    let mut probe = Request::get(url);
+    for (name, value) in forged {
+        seen.push_str(&format!("sent {name}: {value}\n"));
+        probe = probe.header(name, value);
+    }
+    match probe.send() {
+        Ok(response) => {
+            seen.push_str(&format!("answer {}\n", response.status));
+            for (name, value) in &response.headers {
+                seen.push_str(&format!("answer {name}: {}\n", String::from_utf8_lossy(value)));
+            }
+            seen.push_str(&format!("answer body: {}\n", String::from_utf8_lossy(&response.body)));
+        }
+        Err(e) => seen.push_str(&format!("answer: {e:?}\n")),
+    }
+    let size = seen.len();
+    match Request::post(url)
+        .body("text/plain", seen.into_bytes())
+        .send()
+    {
+        Ok(_) => Error::InvalidInput(format!("dumped {size} bytes")),
+        Err(e) => Error::Internal(format!("dump not delivered: {e:?}")),
+    }
+}

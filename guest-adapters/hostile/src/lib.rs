@@ -16,6 +16,7 @@
 //! | `download:URL` | GETs URL and reads the whole body |
 //! | `hoard:N` | keeps N header sets of 100 KiB alive across calls |
 //! | `fanout:N:URL` | starts N requests to URL and never waits for them |
+//! | `dump:URL` | GETs URL with its own `Authorization`, then POSTs to URL all it can see: its config, its storage, the headers it sent and the answer it got |
 //!
 //! Keys whose kid starts with `bigid` get a 4 MiB external id, `bigjwk` a 4 MiB public
 //! JWK, and `sticky` cannot be deleted (the backend refuses).
@@ -47,8 +48,12 @@ fn key_for(kid: &str) -> Result<SigningKey, Error> {
     SigningKey::from_slice(&bytes).map_err(|_| Error::Internal("damaged key".into()))
 }
 
+/// The config `init` received, for `dump:`.
+static CONFIG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 impl Adapter for Hostile {
     fn init(config: serde_json::Value) -> Result<Self, Error> {
+        let _ = CONFIG.set(config.to_string());
         let mode = match config.get("signature").and_then(|v| v.as_str()) {
             None => Mode::Honest,
             Some("der") => Mode::Der,
@@ -162,6 +167,7 @@ fn attack(text: &str) -> Option<Error> {
         "download" => hoard::download(rest),
         "hoard" => hoard::hoard(number(rest)),
         "fanout" => hoard::fan_out(second, number(first)),
+        "dump" => hoard::dump(CONFIG.get().map_or("", String::as_str), rest),
         _ => return None,
     })
 }

@@ -12,9 +12,10 @@ use crate::bindings::wasi::io::streams::StreamError;
 /// Largest chunk `wasi:io` output streams accept in one blocking write.
 const WRITE_CHUNK: usize = 4096;
 
-/// A response: status and the whole body.
+/// A response: status, headers and the whole body.
 pub struct Response {
     pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
 }
 
@@ -140,12 +141,17 @@ impl Request {
             Some(Err(())) | None => return Err(Error::Internal("response was not ready".into())),
         };
         let status = response.status();
+        let headers = response.headers().entries();
         let incoming = response
             .consume()
             .map_err(|()| Error::Internal("response body taken twice".into()))?;
         let body = read_all(&incoming)?;
         drop(incoming);
-        Ok(Response { status, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 

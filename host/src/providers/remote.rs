@@ -62,6 +62,10 @@ pub fn transport_error(backend: &str, e: &reqwest::Error) -> ProviderError {
 pub fn backend_message(status: reqwest::StatusCode, body: &[u8]) -> String {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(json) => match (&json["error"], &json["message"], &json["errors"]) {
+            // OAuth2 token endpoints (RFC 6749 §5.2): `error` and `error_description`.
+            (serde_json::Value::String(e), _, _) if json["error_description"].is_string() => {
+                format!("{e}: {}", json["error_description"].as_str().unwrap_or_default())
+            }
             (serde_json::Value::String(e), _, _) | (_, serde_json::Value::String(e), _) => {
                 e.clone()
             }

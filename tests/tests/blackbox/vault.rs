@@ -70,14 +70,6 @@ fn beside_openbao(site: &Site, scheduler: bool) -> (OpenBao, Gateway) {
     (bao, site.start_configured(&config))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_signs_imports_deletes_and_survives_the_backend_going_away() {
     let site = Site::new(Db::Sqlite).await;
