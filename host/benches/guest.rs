@@ -60,10 +60,12 @@ fn guest(c: &mut Criterion) {
             sha256: None,
             config: serde_json::Value::Null,
             allowed_hosts: Vec::new(),
+            egress_auth: Vec::new(),
             limits: GuestLimits {
                 instances: 1,
                 ..GuestLimits::default()
             },
+            adapter: None,
         };
         let soft = Arc::new(
             WasmProvider::start(&engine, options, catalog.clone(), master.clone())

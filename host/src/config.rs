@@ -71,7 +71,13 @@ pub fn shipped_adapter_dir(lookup: &dyn Fn(&str) -> Option<String>) -> PathBuf {
                 .and_then(|exe| exe.parent().map(|dir| dir.join("adapters")))
                 .unwrap_or_else(|| PathBuf::from("adapters"))
         },
-        PathBuf::from,
+        |dir| {
+            let dir = PathBuf::from(dir);
+            match std::env::current_dir() {
+                Ok(cwd) if dir.is_relative() => cwd.join(dir),
+                _ => dir,
+            }
+        },
     )
 }
 
@@ -577,6 +583,7 @@ fn typed<T: DeserializeOwned>(value: Value, path: &str, problems: &mut Vec<Probl
             let full = match (path.is_empty(), inner.as_str()) {
                 (_, ".") => path.to_owned(),
                 (true, inner) => inner.to_owned(),
+                (false, inner) if inner.starts_with('[') => format!("{path}{inner}"),
                 (false, inner) => format!("{path}.{inner}"),
             };
             problem(problems, full, err.into_inner().to_string());
@@ -704,24 +711,31 @@ fn decode_adapters(
     value: Value,
     problems: &mut Vec<Problem>,
 ) -> std::collections::BTreeMap<String, AdapterDef> {
-    let Some(adapters) =
-        typed::<std::collections::BTreeMap<String, AdapterDef>>(value, "adapters", problems)
-    else {
+    let Value::Object(entries) = value else {
+        problem(
+            problems,
+            "adapters",
+            "must be an object of type name → {component, sha256?}",
+        );
         return std::collections::BTreeMap::new();
     };
-    for name in adapters.keys() {
+    let mut adapters = std::collections::BTreeMap::new();
+    for (name, entry) in entries {
+        let path = format!("adapters.{name}");
         if BUILT_IN_TYPES.contains(&name.as_str()) {
             problem(
                 problems,
-                format!("adapters.{name}"),
+                path,
                 format!("`{name}` is a built-in provider type; give the adapter another name"),
             );
-        } else if !valid_provider_id(name) {
+        } else if !valid_provider_id(&name) {
             problem(
                 problems,
-                format!("adapters.{name}"),
+                path,
                 "a type name is 1 to 64 letters, digits, `.`, `_` or `-`",
             );
+        } else if let Some(def) = typed::<AdapterDef>(entry, &path, problems) {
+            adapters.insert(name, def);
         }
     }
     adapters
@@ -737,7 +751,10 @@ fn decode_named(
     problems: &mut Vec<Problem>,
 ) -> Option<WasmConfig> {
     let before = problems.len();
-    let mut field = |key: &str| map.remove(key).map(|value| (format!("{path}.{key}"), value));
+    let mut field = |key: &str| {
+        map.remove(key)
+            .map(|value| (format!("{path}.{key}"), value))
+    };
     let allowed_hosts = field("allowedHosts")
         .and_then(|(at, value)| typed::<Vec<String>>(value, &at, problems))
         .unwrap_or_default();
@@ -750,7 +767,9 @@ fn decode_named(
             problem(
                 problems,
                 format!("{path}.{reserved}"),
-                format!("a `{name}` entry takes its fields directly; `{reserved}` belongs to `wasm` entries and `adapters`"),
+                format!(
+                    "a `{name}` entry takes its fields directly; `{reserved}` belongs to `wasm` entries and `adapters`"
+                ),
             );
         }
     }

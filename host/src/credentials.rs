@@ -53,14 +53,20 @@ enum Source {
         client_secret: SecretString,
         scope: Option<String>,
     },
-    ServiceAccount {
-        token_url: Url,
-        client_email: String,
-        key_id: Option<String>,
-        key: PrivateKey,
-        scope: String,
-    },
+    ServiceAccount(Box<ServiceAccount>),
 }
+
+/// A Google service account: who it is, its key, and what it asks for.
+struct ServiceAccount {
+    token_url: Url,
+    client_email: String,
+    key_id: Option<String>,
+    key: PrivateKey,
+    scope: String,
+}
+
+/// A token request's form fields.
+type Form = Vec<(&'static str, Zeroizing<String>)>;
 
 /// One set of credentials and the token last obtained with them.
 pub struct Credentials {
@@ -74,7 +80,7 @@ impl std::fmt::Debug for Credentials {
         f.write_str(match self.source {
             Source::Fixed(_) => "Credentials(bearer)",
             Source::ClientCredentials { .. } => "Credentials(oauth2-client-credentials)",
-            Source::ServiceAccount { .. } => "Credentials(google-service-account)",
+            Source::ServiceAccount(_) => "Credentials(google-service-account)",
         })
     }
 }
@@ -156,20 +162,20 @@ impl Credentials {
                 .1,
         );
         let key = PrivateKey::from_pkcs8(KeyKind::Rsa, &der).map_err(|_| {
-            CredentialError::Setup(format!(
-                "{shown}: private_key is not an RSA PKCS#8 key"
-            ))
+            CredentialError::Setup(format!("{shown}: private_key is not an RSA PKCS#8 key"))
         })?;
-        Ok(Self::with(Source::ServiceAccount {
-            token_url: file.token_uri,
-            client_email: file.client_email,
-            key_id: file.private_key_id,
-            key,
-            scope: auth
-                .scope
-                .clone()
-                .unwrap_or_else(|| GOOGLE_DEFAULT_SCOPE.to_owned()),
-        }))
+        Ok(Self::with(Source::ServiceAccount(Box::new(
+            ServiceAccount {
+                token_url: file.token_uri,
+                client_email: file.client_email,
+                key_id: file.private_key_id,
+                key,
+                scope: auth
+                    .scope
+                    .clone()
+                    .unwrap_or_else(|| GOOGLE_DEFAULT_SCOPE.to_owned()),
+            },
+        ))))
     }
 
     /// Whether a refused token is worth replacing (false for a fixed token).
@@ -215,7 +221,7 @@ impl Credentials {
     }
 
     /// The token endpoint and the form to post to it.
-    fn token_request(&self) -> Result<(&Url, Vec<(&'static str, Zeroizing<String>)>), CredentialError> {
+    fn token_request(&self) -> Result<(&Url, Form), CredentialError> {
         let text = |s: &str| Zeroizing::new(s.to_owned());
         match &self.source {
             Source::Fixed(_) => unreachable!("fixed tokens are not fetched"),
@@ -235,16 +241,10 @@ impl Credentials {
                 }
                 Ok((token_url, form))
             }
-            Source::ServiceAccount {
-                token_url,
-                client_email,
-                key_id,
-                key,
-                scope,
-            } => {
-                let assertion = assertion(token_url, client_email, key_id.as_deref(), key, scope)?;
+            Source::ServiceAccount(account) => {
+                let assertion = assertion(account)?;
                 Ok((
-                    token_url,
+                    &account.token_url,
                     vec![
                         (
                             "grant_type",
@@ -260,24 +260,18 @@ impl Credentials {
 
 /// The signed JWT a service account presents: issued by its e-mail, for `scope`,
 /// addressed to the token endpoint, valid for an hour.
-fn assertion(
-    token_url: &Url,
-    client_email: &str,
-    key_id: Option<&str>,
-    key: &PrivateKey,
-    scope: &str,
-) -> Result<Zeroizing<String>, CredentialError> {
+fn assertion(account: &ServiceAccount) -> Result<Zeroizing<String>, CredentialError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut header = json!({"alg": "RS256", "typ": "JWT"});
-    if let Some(kid) = key_id {
-        header["kid"] = kid.into();
+    if let Some(kid) = &account.key_id {
+        header["kid"] = kid.as_str().into();
     }
     let claims = json!({
-        "iss": client_email,
-        "scope": scope,
-        "aud": token_url.as_str(),
+        "iss": account.client_email,
+        "scope": account.scope,
+        "aud": account.token_url.as_str(),
         "iat": now,
         "exp": now + ASSERTION_LIFETIME_SECS,
     });
@@ -286,7 +280,8 @@ fn assertion(
         base64url(header.to_string().as_bytes()),
         base64url(claims.to_string().as_bytes())
     );
-    let signer = key
+    let signer = account
+        .key
         .signer(Alg::RS256)
         .map_err(|e| CredentialError::Setup(format!("service-account key: {e}")))?;
     let signature = signer.sign(signing_input.as_bytes());
@@ -327,6 +322,5 @@ async fn fetch(
             status, &body,
         )));
     }
-    serde_json::from_slice(&body)
-        .map_err(|_| refused(format!("{status} without an access_token")))
+    serde_json::from_slice(&body).map_err(|_| refused(format!("{status} without an access_token")))
 }

@@ -123,7 +123,9 @@ async fn check(args: CheckArgs) -> ExitCode {
             .wasm_options(),
             Err(e) => Err(anyhow::anyhow!("--config is not JSON: {e}")),
         },
-        _ => Err(anyhow::anyhow!("give a component, or --kms-json and --provider")),
+        _ => Err(anyhow::anyhow!(
+            "give a component, or --kms-json and --provider"
+        )),
     };
     let options = match options {
         Ok(options) => options,

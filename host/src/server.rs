@@ -166,9 +166,15 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
                     .as_ref()
                     .expect("a runtime exists when a wasm provider does");
                 let named = wasm.adapter.is_some();
-                let options = wasm_options(entry.id, wasm, &base_dir, &path, &source_name)?;
-                match WasmProvider::start(runtime, options, catalog.clone(), master.clone()).await
-                {
+                let options = match wasm_options(entry.id, wasm, &base_dir, &path, &source_name) {
+                    Ok(options) => options,
+                    Err(ConfigError::Invalid { problems, .. }) => {
+                        failures.extend(problems);
+                        continue;
+                    }
+                    Err(other) => return Err(other.into()),
+                };
+                match WasmProvider::start(runtime, options, catalog.clone(), master.clone()).await {
                     Ok(provider) => Ok(shared(provider)),
                     // A named type's fields are the entry's own; a `wasm` entry's are under `config`.
                     Err(WasmStartError::Config { field, message }) => {
@@ -182,6 +188,9 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
                         });
                         continue;
                     }
+                    Err(e @ WasmStartError::Load(_)) if named => Err(format!(
+                        "{e} (shipped adapters are looked for in $KMSGW_ADAPTER_DIR, else in adapters/ beside the kmsgw binary)"
+                    )),
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -327,6 +336,14 @@ pub(crate) fn wasm_options(
         };
         let credentials = match &item.kind {
             EgressAuthKind::Bearer(bearer) => Ok(Credentials::bearer(bearer.clone())),
+            EgressAuthKind::Oauth2ClientCredentials(oauth)
+                if oauth.token_url.scheme() != "https"
+                    && !AllowedHost::is_loopback(oauth.token_url.host_str().unwrap_or_default()) =>
+            {
+                Err(crate::credentials::CredentialError::Setup(
+                    "tokenUrl must be https:// (http:// only on loopback): the client secret travels in it".into(),
+                ))
+            }
             EgressAuthKind::Oauth2ClientCredentials(oauth) => {
                 Ok(Credentials::client_credentials(oauth.clone()))
             }

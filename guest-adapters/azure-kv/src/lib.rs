@@ -9,8 +9,8 @@
 
 use kmsgw_guest_sdk::http::{Request, Response, status_error};
 use kmsgw_guest_sdk::{
-    Adapter, Alg, Capabilities, Error, KeyMaterial, KeySpec, base64url, config,
-    crypto, export_adapter, serde_json, unique_key_name,
+    Adapter, Alg, Capabilities, Error, KeyMaterial, KeySpec, base64url, config, crypto,
+    export_adapter, serde_json, unique_key_name,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -101,7 +101,9 @@ impl AzureKeyVault {
             return Err(Error::Internal(format!("unexpected key id `{kid}`")));
         };
         let public = match key["kty"].as_str() {
-            Some("EC" | "EC-HSM") => json!({"kty": "EC", "crv": key["crv"], "x": key["x"], "y": key["y"]}),
+            Some("EC" | "EC-HSM") => {
+                json!({"kty": "EC", "crv": key["crv"], "x": key["x"], "y": key["y"]})
+            }
             Some("RSA" | "RSA-HSM") => json!({"kty": "RSA", "n": key["n"], "e": key["e"]}),
             other => {
                 return Err(Error::Internal(format!(
@@ -175,8 +177,9 @@ impl Adapter for AzureKeyVault {
     }
 
     fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
-        let digest = crypto::digest(alg, message)
-            .ok_or_else(|| Error::Unsupported(format!("{} is not signed over a digest", alg.name())))?;
+        let digest = crypto::digest(alg, message).ok_or_else(|| {
+            Error::Unsupported(format!("{} is not signed over a digest", alg.name()))
+        })?;
         let body = json!({"alg": alg.name(), "value": base64url::encode(&digest)});
         let request = Request::post(self.url(&format!("/keys/{external_id}/sign"))).json(&body);
         let answer: Value = self.send(request)?.json()?;

@@ -160,9 +160,7 @@ impl CosmianKms {
         match (response.status, reason) {
             (_, "Item_Not_Found") => Error::NotFound(message),
             (_, "Permission_Denied" | "Authentication_Not_Successful") => Error::Denied(message),
-            (_, "Feature_Not_Supported" | "Operation_Not_Supported") => {
-                Error::Unsupported(message)
-            }
+            (_, "Feature_Not_Supported" | "Operation_Not_Supported") => Error::Unsupported(message),
             (422, _) => Error::InvalidInput(message),
             (status, _) => status_error(status, &message),
         }

@@ -9,8 +9,8 @@
 
 use kmsgw_guest_sdk::http::{Request, Response, status_error};
 use kmsgw_guest_sdk::{
-    Adapter, Alg, Capabilities, Error, KeyMaterial, KeySpec, base64std, config,
-    crypto, export_adapter, serde_json, sleep, unique_key_name,
+    Adapter, Alg, Capabilities, Error, KeyMaterial, KeySpec, base64std, config, crypto,
+    export_adapter, serde_json, sleep, unique_key_name,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -149,7 +149,10 @@ impl Adapter for CloudKms {
             ));
         }
         if !matches!(config.protection_level.as_str(), "SOFTWARE" | "HSM") {
-            return Err(config::invalid("protectionLevel", "must be SOFTWARE or HSM"));
+            return Err(config::invalid(
+                "protectionLevel",
+                "must be SOFTWARE or HSM",
+            ));
         }
         Ok(CloudKms {
             endpoint,

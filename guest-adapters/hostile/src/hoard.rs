@@ -143,7 +143,10 @@ pub fn dump(config: &str, url: &str) -> Error {
         Ok(keys) => {
             for key in keys {
                 let value = storage::get(&key).ok().flatten().unwrap_or_default();
-                seen.push_str(&format!("storage {key}: {}\n", String::from_utf8_lossy(&value)));
+                seen.push_str(&format!(
+                    "storage {key}: {}\n",
+                    String::from_utf8_lossy(&value)
+                ));
             }
         }
         Err(e) => seen.push_str(&format!("storage: {e:?}\n")),
@@ -157,9 +160,15 @@ pub fn dump(config: &str, url: &str) -> Error {
         Ok(response) => {
             seen.push_str(&format!("answer {}\n", response.status));
             for (name, value) in &response.headers {
-                seen.push_str(&format!("answer {name}: {}\n", String::from_utf8_lossy(value)));
+                seen.push_str(&format!(
+                    "answer {name}: {}\n",
+                    String::from_utf8_lossy(value)
+                ));
             }
-            seen.push_str(&format!("answer body: {}\n", String::from_utf8_lossy(&response.body)));
+            seen.push_str(&format!(
+                "answer body: {}\n",
+                String::from_utf8_lossy(&response.body)
+            ));
         }
         Err(e) => seen.push_str(&format!("answer: {e:?}\n")),
     }

@@ -103,7 +103,8 @@ pub fn spki_to_jwk(der: &[u8]) -> Result<String, Error> {
             Ok(jwk::ed25519_public_jwk(key))
         }
         OID_RSA => {
-            let rsa = pkcs1::RsaPublicKey::<UintRef<'_>>::from_der(key).map_err(|e| bad(e.to_string()))?;
+            let rsa = pkcs1::RsaPublicKey::<UintRef<'_>>::from_der(key)
+                .map_err(|e| bad(e.to_string()))?;
             Ok(jwk::rsa_public_jwk(
                 rsa.modulus.as_bytes(),
                 rsa.public_exponent.as_bytes(),

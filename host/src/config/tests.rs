@@ -93,7 +93,7 @@ fn unknown_type_duplicate_ids_and_missing_default_are_all_reported_at_once() {
         "providers": [
             {"id": "db", "type": "db"},
             {"id": "db", "type": "db"},
-            {"id": "z", "type": "azure-kv"}
+            {"id": "z", "type": "luna-hsm"}
         ],
         "extra": 1
     }));
@@ -133,4 +133,65 @@ fn secrets_do_not_show_in_debug_output() {
     );
     let config = Config::parse(&text.to_string(), "kms.json", &no_env).unwrap();
     assert!(!format!("{config:?}").contains("hunter2-secret"));
+}
+
+#[test]
+fn a_named_guest_entry_runs_its_adapter_with_its_own_fields_as_config() {
+    let lookup =
+        |name: &str| (name == "KMSGW_ADAPTER_DIR").then(|| "/opt/kmsgw/adapters".to_owned());
+    let text = json!({
+        "defaultProvider": "azure",
+        "adapters": {"acme-kms": {"component": "acme.wasm", "sha256": "ab"}},
+        "providers": [
+            {"id": "azure", "type": "azure-kv", "description": "Azure Key Vault",
+             "vaultUrl": "https://v.vault.azure.net", "tenantId": "t", "clientId": "c",
+             "allowedHosts": ["login.example.com"], "limits": {"timeoutMs": 9000},
+             "egressAuth": [{"host": "v.vault.azure.net", "type": "oauth2-client-credentials",
+                "tokenUrl": "https://login.example.com/t/oauth2/v2.0/token", "clientId": "c", "clientSecret": "s"}]},
+            {"id": "acme", "type": "acme-kms", "endpoint": "https://kms.acme.example"},
+        ]
+    })
+    .to_string();
+    let config = Config::parse(&text, "kms.json", &lookup).unwrap();
+    let ProviderConfig::Wasm(azure) = &config.providers[0].config else {
+        panic!("a named guest is a wasm provider");
+    };
+    assert_eq!(azure.adapter.as_deref(), Some("azure-kv"));
+    assert_eq!(
+        azure.component,
+        PathBuf::from("/opt/kmsgw/adapters/azure_kv.wasm")
+    );
+    assert_eq!(
+        azure.config,
+        Some(json!({"vaultUrl": "https://v.vault.azure.net", "tenantId": "t", "clientId": "c"}))
+    );
+    assert_eq!(azure.allowed_hosts, ["login.example.com"]);
+    assert_eq!(azure.limits.as_ref().unwrap().timeout_ms, Some(9000));
+    assert_eq!(azure.egress_auth.len(), 1);
+    assert!(matches!(
+        azure.egress_auth[0].kind,
+        EgressAuthKind::Oauth2ClientCredentials(_)
+    ));
+    let ProviderConfig::Wasm(acme) = &config.providers[1].config else {
+        panic!("a named guest is a wasm provider");
+    };
+    assert_eq!(acme.component, PathBuf::from("acme.wasm"));
+    assert_eq!(acme.sha256.as_deref(), Some("ab"));
+}
+
+#[test]
+fn egress_auth_items_are_strict() {
+    let problems = problems_of(one_provider(json!({
+        "id": "g", "type": "wasm", "component": "g.wasm",
+        "egressAuth": [
+            {"host": "a.example", "type": "bearer", "token": "t", "tokne": "typo"},
+            {"type": "bearer", "token": "t"},
+        ]
+    })));
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("providers[1].egressAuth[0]") && p.contains("tokne")),
+        "{text:?}"
+    );
 }

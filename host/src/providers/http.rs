@@ -171,8 +171,7 @@ impl HttpProvider {
             match status {
                 s if s.is_success() => return Ok(bytes.to_vec()),
                 StatusCode::UNAUTHORIZED
-                    if self.auth.as_ref().is_some_and(Credentials::refreshable)
-                        && !fresh_token =>
+                    if self.auth.as_ref().is_some_and(Credentials::refreshable) && !fresh_token =>
                 {
                     fresh_token = true
                 }

@@ -64,7 +64,10 @@ pub fn backend_message(status: reqwest::StatusCode, body: &[u8]) -> String {
         Ok(json) => match (&json["error"], &json["message"], &json["errors"]) {
             // OAuth2 token endpoints (RFC 6749 §5.2): `error` and `error_description`.
             (serde_json::Value::String(e), _, _) if json["error_description"].is_string() => {
-                format!("{e}: {}", json["error_description"].as_str().unwrap_or_default())
+                format!(
+                    "{e}: {}",
+                    json["error_description"].as_str().unwrap_or_default()
+                )
             }
             (serde_json::Value::String(e), _, _) | (_, serde_json::Value::String(e), _) => {
                 e.clone()

@@ -91,9 +91,9 @@ fn config_field(message: &str) -> (Option<String>, String) {
         Some((field, rest))
             if !field.is_empty()
                 && field.len() <= 128
-                && field
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']')) =>
+                && field.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '[' | ']')
+                }) =>
         {
             (Some(field.to_owned()), rest.to_owned())
         }
@@ -263,11 +263,13 @@ impl WasmProvider {
             GuestFailure::Busy(n) => {
                 ProviderError::Unavailable(format!("all {n} instances of `{}` are busy", self.id))
             }
-            GuestFailure::Init(reason) | GuestFailure::Config(reason) => ProviderError::Unavailable(format!(
-                "guest `{}`: {}",
-                self.id,
-                sanitize(&reason, MAX_GUEST_TEXT_BYTES)
-            )),
+            GuestFailure::Init(reason) | GuestFailure::Config(reason) => {
+                ProviderError::Unavailable(format!(
+                    "guest `{}`: {}",
+                    self.id,
+                    sanitize(&reason, MAX_GUEST_TEXT_BYTES)
+                ))
+            }
         }
     }
 

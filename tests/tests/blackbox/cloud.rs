@@ -93,7 +93,10 @@ impl Cosmian {
         if let Some(id) = token_id {
             cmd.args(["--api-token-id", id]);
         }
-        let log = dir.join(format!("cosmian-{}.log", token_id.map_or("setup", |_| "kms")));
+        let log = dir.join(format!(
+            "cosmian-{}.log",
+            token_id.map_or("setup", |_| "kms")
+        ));
         Background::start(&mut cmd, &log, port, "the Cosmian KMS server")
     }
 
@@ -256,7 +259,9 @@ async fn cosmian_kms_guest_creates_signs_and_deletes_on_the_real_server() {
         StatusCode::OK,
         "the server still signs with a deleted key: {answer}"
     );
-    let (status, _) = gw.post("/keys/issuer-1/sign", json!({"data": "eA=="})).await;
+    let (status, _) = gw
+        .post("/keys/issuer-1/sign", json!({"data": "eA=="}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // The conformance run passes against the same server, through the same entry.
@@ -482,7 +487,9 @@ async fn gcp_kms_signs_with_one_cached_token_and_refreshes_it_after_expiry() {
     let algs = alg_matrix(&gw, "gcp", false).await;
     assert_eq!(algs, ["ES256", "ES384", "EdDSA", "RS256", "PS256"]);
     assert_eq!(gw.delete("/keys/wallet-1").await.0, StatusCode::NO_CONTENT);
-    let (status, _) = gw.post("/keys/wallet-1/sign", json!({"data": "eA=="})).await;
+    let (status, _) = gw
+        .post("/keys/wallet-1/sign", json!({"data": "eA=="}))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A JWT assertion for the wrong audience is refused as Google refuses it.
@@ -595,10 +602,7 @@ async fn a_guest_never_sees_the_credentials_the_host_adds_for_it() {
     assert!(dump.contains("dump everything") && dump.contains("forged-by-the-guest"));
     assert!(dump.contains("answer x-recorder: yes"), "{dump}");
     for secret in [bearer, AZURE_SECRET] {
-        assert!(
-            !dump.contains(secret),
-            "the guest saw `{secret}`:\n{dump}"
-        );
+        assert!(!dump.contains(secret), "the guest saw `{secret}`:\n{dump}");
     }
     assert!(!gw.log_text().contains(bearer) && !gw.log_text().contains(AZURE_SECRET));
 }

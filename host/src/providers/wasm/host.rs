@@ -79,7 +79,7 @@ impl AllowedHost {
     }
 
     /// Whether the destination is a loopback address (where plain HTTP may carry credentials).
-    fn is_loopback(host: &str) -> bool {
+    pub fn is_loopback(host: &str) -> bool {
         host == "localhost"
             || host
                 .trim_start_matches('[')
