@@ -3,7 +3,7 @@
 //! as real KMS does; see that file).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kmsgw_tests::*;
@@ -11,34 +11,28 @@ use serde_json::{Value, json};
 
 /// A moto server on a loopback port, stopped when dropped.
 struct Moto {
-    child: Child,
+    /// Held for its `Drop`, which stops the server.
+    _server: Background,
     url: String,
 }
 
 impl Moto {
     fn start(dir: &Path) -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("standins/moto_kms_digest.py");
-        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-        let child = Command::new("python3")
-            .arg(launcher)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("python3 with moto[server] (scripts/test installs it)");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not come up");
-            std::thread::sleep(Duration::from_millis(100));
+        let mut cmd = Command::new("python3");
+        cmd.arg(launcher)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let server = Background::start(
+            &mut cmd,
+            &dir.join("moto.log"),
+            port,
+            "moto (python3 with moto[server]; scripts/test installs it)",
+        );
+        Moto {
+            _server: server,
+            url: format!("http://127.0.0.1:{port}"),
         }
-        Moto { child, url }
     }
 
     /// A gateway on `site` with a `db` provider and this server as provider `aws`.
@@ -62,13 +56,6 @@ impl Moto {
             .await
             .unwrap();
         response.json().await.unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
