@@ -68,19 +68,7 @@ impl AzureKeyVault {
         if (200..300).contains(&response.status) {
             return Ok(response);
         }
-        // Key Vault errors: {"error": {"code": "…", "message": "…"}}.
-        let detail = response
-            .json::<Value>()
-            .ok()
-            .and_then(|body| {
-                let error = body.get("error")?;
-                Some(format!(
-                    "{} {}",
-                    error["code"].as_str().unwrap_or("error"),
-                    error["message"].as_str().unwrap_or_default()
-                ))
-            })
-            .unwrap_or_else(|| response.text());
+        let detail = response.error_text("code", "message");
         let error = status_error(response.status, &format!("Key Vault: {detail}"));
         Err(match error {
             Error::Denied(m) => Error::Denied(format!("{m} (signed in as {})", self.identity)),
@@ -121,16 +109,7 @@ impl AzureKeyVault {
 impl Adapter for AzureKeyVault {
     fn init(value: Value) -> Result<Self, Error> {
         let config: Config = config::parse(value)?;
-        let vault = config.vault_url.trim_end_matches('/').to_owned();
-        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-            .iter()
-            .any(|prefix| vault.starts_with(prefix));
-        if !vault.starts_with("https://") && !loopback {
-            return Err(config::invalid(
-                "vaultUrl",
-                "must be an https:// URL (http:// only for loopback test servers)",
-            ));
-        }
+        let vault = config::base_url("vaultUrl", &config.vault_url)?;
         Ok(AzureKeyVault {
             vault,
             api_version: config.api_version,

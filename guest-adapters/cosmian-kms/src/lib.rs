@@ -214,16 +214,7 @@ impl CosmianKms {
 impl Adapter for CosmianKms {
     fn init(value: Value) -> Result<Self, Error> {
         let config: Config = config::parse(value)?;
-        let endpoint = config.server_url.trim_end_matches('/').to_owned();
-        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-            .iter()
-            .any(|prefix| endpoint.starts_with(prefix));
-        if !endpoint.starts_with("https://") && !loopback {
-            return Err(config::invalid(
-                "serverUrl",
-                "must be an https:// URL (http:// only for loopback test servers)",
-            ));
-        }
+        let endpoint = config::base_url("serverUrl", &config.server_url)?;
         Ok(CosmianKms { endpoint })
     }
 

@@ -84,18 +84,7 @@ impl CloudKms {
 
     /// Google API errors: {"error": {"code", "message", "status"}}.
     fn error(response: &Response) -> Error {
-        let detail = response
-            .json::<Value>()
-            .ok()
-            .and_then(|body| {
-                let error = body.get("error")?;
-                Some(format!(
-                    "{} {}",
-                    error["status"].as_str().unwrap_or("ERROR"),
-                    error["message"].as_str().unwrap_or_default()
-                ))
-            })
-            .unwrap_or_else(|| response.text());
+        let detail = response.error_text("status", "message");
         let message = format!("Cloud KMS: {detail}");
         // A version scheduled for destruction (or destroyed) is a deleted key to the gateway.
         if detail.starts_with("FAILED_PRECONDITION") && detail.contains("DESTROY") {
@@ -134,20 +123,10 @@ impl CloudKms {
 impl Adapter for CloudKms {
     fn init(value: Value) -> Result<Self, Error> {
         let config: Config = config::parse(value)?;
-        let endpoint = config
-            .endpoint
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.into())
-            .trim_end_matches('/')
-            .to_owned();
-        let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-            .iter()
-            .any(|prefix| endpoint.starts_with(prefix));
-        if !endpoint.starts_with("https://") && !loopback {
-            return Err(config::invalid(
-                "endpoint",
-                "must be an https:// URL (http:// only for loopback test servers)",
-            ));
-        }
+        let endpoint = config::base_url(
+            "endpoint",
+            config.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+        )?;
         if !matches!(config.protection_level.as_str(), "SOFTWARE" | "HSM") {
             return Err(config::invalid(
                 "protectionLevel",

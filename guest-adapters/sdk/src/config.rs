@@ -27,3 +27,23 @@ pub fn parse<T: DeserializeOwned>(config: serde_json::Value) -> Result<T, Error>
 pub fn invalid(field: &str, message: impl std::fmt::Display) -> Error {
     Error::InvalidInput(format!("{field}: {message}"))
 }
+
+/// The base URL in config field `field`, without a trailing `/`: it must be
+/// `https://`, or plain `http://` to a loopback address (test servers).
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the field otherwise.
+pub fn base_url(field: &str, url: &str) -> Result<String, Error> {
+    let url = url.trim_end_matches('/');
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|prefix| url.starts_with(prefix));
+    if url.starts_with("https://") || loopback {
+        Ok(url.to_owned())
+    } else {
+        Err(invalid(
+            field,
+            "must be an https:// URL (http:// only for loopback test servers)",
+        ))
+    }
+}

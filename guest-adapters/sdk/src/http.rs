@@ -29,6 +29,23 @@ impl Response {
             .map_err(|e| Error::Internal(format!("response body is not the expected JSON: {e}")))
     }
 
+    /// The message of a JSON error body `{"error": {<first>: …, <second>: …}}`
+    /// (the shape of Azure's and Google's APIs) as `first second`, else the body
+    /// as text.
+    pub fn error_text(&self, first: &str, second: &str) -> String {
+        self.json::<serde_json::Value>()
+            .ok()
+            .and_then(|body| {
+                let error = body.get("error")?;
+                Some(format!(
+                    "{} {}",
+                    error[first].as_str().unwrap_or("error"),
+                    error[second].as_str().unwrap_or_default()
+                ))
+            })
+            .unwrap_or_else(|| self.text())
+    }
+
     /// The body as text, for error messages (cut to 200 characters).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body)
