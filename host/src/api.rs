@@ -5,6 +5,7 @@
 //! Every route but `/health`, `/ready` and `/openapi.json` needs an API key once
 //! kms.json configures any; each handler then checks the scope it needs.
 
+mod certificates;
 pub mod error;
 mod keys;
 mod openapi;
@@ -92,6 +93,12 @@ pub fn app(state: AppState) -> Router {
         .route("/keys/{kid}/rotate", post(keys::rotate))
         .route("/keys/{kid}/rotation", put(keys::set_rotation))
         .route("/keys/{kid}/import", post(keys::import))
+        .route("/keys/{kid}/csr", post(certificates::csr))
+        .route(
+            "/keys/{kid}/certificate",
+            post(certificates::import).get(certificates::chain),
+        )
+        .route("/keys/{kid}/certificate/issue", post(certificates::issue))
         .route("/.well-known/jwks.json", get(keys::jwks))
         .route("/providers", get(ops::providers))
         .route("/health/kms", get(ops::health_kms))

@@ -45,6 +45,13 @@ pub enum Action {
     Sign,
     /// A new version of a key became current (by an API key or the scheduler).
     Rotate,
+    /// A certification request was signed for a key.
+    Csr,
+    /// A certificate chain was imported for a key's current version.
+    CertificateImport,
+    /// A certificate was issued to a key's current version (by an API key, or by
+    /// the scheduler under the key's policy).
+    CertificateIssue,
 }
 
 impl Action {
@@ -57,6 +64,9 @@ impl Action {
             Action::ForceDelete => "force-delete",
             Action::Rotate => "rotate",
             Action::Sign => "sign",
+            Action::Csr => "csr",
+            Action::CertificateImport => "certificate-import",
+            Action::CertificateIssue => "certificate-issue",
         }
     }
 
@@ -69,6 +79,9 @@ impl Action {
             Action::ForceDelete,
             Action::Sign,
             Action::Rotate,
+            Action::Csr,
+            Action::CertificateImport,
+            Action::CertificateIssue,
         ]
         .into_iter()
         .find(|a| a.as_str() == name)

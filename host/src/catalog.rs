@@ -102,13 +102,30 @@ pub struct KeyVersion {
     pub created_at: SystemTime,
     pub grace_until: Option<SystemTime>,
     pub retired_at: Option<SystemTime>,
+    /// The version's certificate chain (base64 DER, leaf first), if it has one.
+    pub x5c: Option<Vec<String>>,
 }
 
-/// When a key rotates by itself, and how long a replaced version stays published.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// When a key rotates by itself, how long a replaced version stays published,
+/// and which CA certifies each new version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RotationPolicy {
     pub every: Option<Duration>,
     pub grace: Option<Duration>,
+    pub certificate: Option<CertificatePolicy>,
+}
+
+/// The leaf certificate each new version of a key gets, and that is renewed near
+/// its expiry.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificatePolicy {
+    /// The key acting as CA (same tenant); its certificate must be a CA certificate.
+    pub issuer_kid: String,
+    /// How long each leaf is valid, in days.
+    pub validity_days: u32,
+    /// The leaf's subject, RFC 4514 (`CN=issuer.example.org, O=Example`).
+    pub subject: String,
 }
 
 /// How often a key has signed and when it last did.
@@ -213,7 +230,8 @@ impl Catalog {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO keys (kid, tenant, provider, external_id, alg, public_jwk, created_at, \
-             rotated_at, rotate_every_ms, grace_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+             rotated_at, rotate_every_ms, grace_ms, certificate_policy) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)",
         )
         .bind(&record.id)
         .bind(record.tenant.as_deref().unwrap_or(""))
@@ -224,6 +242,7 @@ impl Catalog {
         .bind(millis(record.created_at))
         .bind(optional_millis(policy.every))
         .bind(optional_millis(policy.grace))
+        .bind(policy_json(policy.certificate.as_ref()))
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -348,7 +367,7 @@ impl Catalog {
     /// Database failures.
     pub async fn versions(&self, id: &str) -> Result<Vec<KeyVersion>, CatalogError> {
         let rows = sqlx::query(
-            "SELECT version, state, external_id, public_jwk, created_at, grace_until, retired_at \
+            "SELECT version, state, external_id, public_jwk, created_at, grace_until, retired_at, x5c \
              FROM key_versions WHERE kid = $1 ORDER BY version",
         )
         .bind(id)
@@ -357,27 +376,79 @@ impl Catalog {
         rows.iter().map(version_of).collect()
     }
 
-    /// The public JWKs of `tenant`'s active and in-grace versions, by key then version.
+    /// The public JWKs of `tenant`'s active and in-grace versions, by key then
+    /// version, each with its certificate chain (`x5c`) when it has one.
     ///
     /// # Errors
     /// Database failures.
     pub async fn published_jwks(
         &self,
         tenant: Option<&str>,
-    ) -> Result<Vec<PublicJwk>, CatalogError> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT v.public_jwk FROM key_versions v JOIN keys k ON k.kid = v.kid \
+    ) -> Result<Vec<(PublicJwk, Option<Vec<String>>)>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT v.public_jwk, v.x5c FROM key_versions v JOIN keys k ON k.kid = v.kid \
              WHERE k.tenant = $1 AND v.state IN ('active', 'grace') ORDER BY v.kid, v.version",
         )
         .bind(tenant.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|jwk| {
-                serde_json::from_str(jwk)
-                    .map_err(|_| CatalogError::Corrupt("a published JWK".into()))
+            .map(|row| {
+                let corrupt = || CatalogError::Corrupt("a published JWK".into());
+                let jwk: String = row.try_get("public_jwk")?;
+                Ok((
+                    serde_json::from_str(&jwk).map_err(|_| corrupt())?,
+                    x5c_of(row.try_get("x5c")?).map_err(|_| corrupt())?,
+                ))
             })
             .collect()
+    }
+
+    /// Gives version `version` of key `id` the chain `x5c` (base64 DER, leaf
+    /// first) whose leaf is valid from `not_before` to `not_after`. Returns false
+    /// when the version is not published (retired or gone).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn set_certificate(
+        &self,
+        id: &str,
+        version: u32,
+        x5c: &[String],
+        (not_before, not_after): (SystemTime, SystemTime),
+    ) -> Result<bool, CatalogError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE key_versions SET x5c = $3, cert_not_before = $4, cert_not_after = $5 \
+             WHERE kid = $1 AND version = $2 AND state IN ('active', 'grace')",
+        )
+        .bind(id)
+        .bind(i64::from(version))
+        .bind(serde_json::to_string(x5c).expect("strings serialise"))
+        .bind(millis(not_before))
+        .bind(millis(not_after))
+        .execute(&mut *tx)
+        .await?;
+        self.announce(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The keys with a certificate policy whose current version has no
+    /// certificate yet, or one within the last tenth of its validity at `now`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn certificates_due(&self, now: SystemTime) -> Result<Vec<String>, CatalogError> {
+        let rows = sqlx::query_scalar(
+            "SELECT k.kid FROM keys k JOIN key_versions v ON v.kid = k.kid AND v.version = k.version \
+             WHERE k.certificate_policy IS NOT NULL \
+             AND (v.x5c IS NULL OR v.cert_not_after - (v.cert_not_after - v.cert_not_before) / 10 <= $1)",
+        )
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     /// Key `id`'s rotation policy.
@@ -385,10 +456,12 @@ impl Catalog {
     /// # Errors
     /// Database failures.
     pub async fn policy(&self, id: &str) -> Result<RotationPolicy, CatalogError> {
-        let row = sqlx::query("SELECT rotate_every_ms, grace_ms FROM keys WHERE kid = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT rotate_every_ms, grace_ms, certificate_policy FROM keys WHERE kid = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             return Ok(RotationPolicy::default());
         };
@@ -397,9 +470,16 @@ impl Catalog {
                 .try_get::<Option<i64>, _>(name)?
                 .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
         };
+        let certificate: Option<String> = row.try_get("certificate_policy")?;
         Ok(RotationPolicy {
             every: duration("rotate_every_ms")?,
             grace: duration("grace_ms")?,
+            certificate: certificate
+                .map(|text| {
+                    serde_json::from_str(&text)
+                        .map_err(|_| CatalogError::Corrupt("a certificate policy".into()))
+                })
+                .transpose()?,
         })
     }
 
@@ -408,13 +488,15 @@ impl Catalog {
     /// # Errors
     /// Database failures.
     pub async fn set_policy(&self, id: &str, policy: RotationPolicy) -> Result<bool, CatalogError> {
-        let done =
-            sqlx::query("UPDATE keys SET rotate_every_ms = $2, grace_ms = $3 WHERE kid = $1")
-                .bind(id)
-                .bind(optional_millis(policy.every))
-                .bind(optional_millis(policy.grace))
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE keys SET rotate_every_ms = $2, grace_ms = $3, certificate_policy = $4 WHERE kid = $1",
+        )
+        .bind(id)
+        .bind(optional_millis(policy.every))
+        .bind(optional_millis(policy.grace))
+        .bind(policy_json(policy.certificate.as_ref()))
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -577,6 +659,7 @@ impl Catalog {
                     .try_get::<Option<i64>, _>("grace_until")?
                     .map(from_millis),
                 retired_at: None,
+                x5c: None,
             };
             let record = KeyRecord {
                 external_id: version.external_id.clone(),
@@ -1162,7 +1245,16 @@ fn version_of(row: &sqlx::any::AnyRow) -> Result<KeyVersion, CatalogError> {
         created_at: from_millis(row.try_get("created_at")?),
         grace_until: optional("grace_until")?,
         retired_at: optional("retired_at")?,
+        x5c: x5c_of(row.try_get("x5c")?).map_err(|_| corrupt())?,
     })
+}
+
+fn x5c_of(text: Option<String>) -> Result<Option<Vec<String>>, serde_json::Error> {
+    text.map(|text| serde_json::from_str(&text)).transpose()
+}
+
+fn policy_json(policy: Option<&CertificatePolicy>) -> Option<String> {
+    policy.map(|p| serde_json::to_string(p).expect("a policy serialises"))
 }
 
 fn optional_millis(duration: Option<Duration>) -> Option<i64> {

@@ -46,6 +46,21 @@ pub enum GatewayError {
     Provider(#[from] ProviderError),
     #[error("catalog: {0}")]
     Catalog(#[from] CatalogError),
+    /// A certificate or request that could not be made, or an imported chain refused.
+    #[error("{0}")]
+    Certificate(crate::x509::CertError),
+}
+
+mod certificates;
+pub use certificates::IssueRequest;
+
+/// A committed rotation.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The key with its new current version.
+    pub record: Arc<KeyRecord>,
+    /// The new version's certificate under the key's policy; `None` without one.
+    pub certificate: Option<Result<(), GatewayError>>,
 }
 
 /// How long a replaced version stays published when its key has no grace policy.
@@ -114,6 +129,8 @@ pub struct Gateway {
     usage: Arc<Usage>,
     /// Rotations that committed, and that failed.
     rotations: [AtomicU64; 2],
+    /// Certificates issued, and issues that failed.
+    certificates: [AtomicU64; 2],
 }
 
 /// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
@@ -156,6 +173,7 @@ impl Gateway {
         Gateway {
             usage: Arc::new(Usage::new(catalog.clone(), true)),
             rotations: [AtomicU64::new(0), AtomicU64::new(0)],
+            certificates: [AtomicU64::new(0), AtomicU64::new(0)],
             initialised,
             providers,
             by_id,
@@ -718,15 +736,21 @@ impl Gateway {
     /// # Errors
     /// Unknown kid, a provider that cannot create keys or is gone, backend failures,
     /// [`GatewayError::KeyExists`] when another rotation of the key won a race.
-    pub async fn rotate(
-        &self,
-        tenant: Option<&str>,
-        kid: &str,
-    ) -> Result<Arc<KeyRecord>, GatewayError> {
+    pub async fn rotate(&self, tenant: Option<&str>, kid: &str) -> Result<Rotated, GatewayError> {
         let current = self.stored_record(tenant, kid).await?;
-        let result = self.rotate_record(&current).await;
+        self.rotate_and_certify(&current).await
+    }
+
+    /// Rotates `current`'s key and certifies the new version under its policy.
+    async fn rotate_and_certify(&self, current: &KeyRecord) -> Result<Rotated, GatewayError> {
+        let result = self.rotate_record(current).await;
         self.rotations[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
-        result
+        let record = result?;
+        let certificate = self.certify_new_version(&record).await;
+        Ok(Rotated {
+            record,
+            certificate,
+        })
     }
 
     async fn rotate_record(&self, current: &KeyRecord) -> Result<Arc<KeyRecord>, GatewayError> {
@@ -804,7 +828,7 @@ impl Gateway {
     pub async fn rotate_due(
         &self,
         now: SystemTime,
-    ) -> Vec<(KeyRecord, Result<Arc<KeyRecord>, GatewayError>)> {
+    ) -> Vec<(KeyRecord, Result<Rotated, GatewayError>)> {
         let due = match self.catalog.due_rotations(now).await {
             Ok(due) => due,
             Err(e) => {
@@ -826,8 +850,7 @@ impl Gateway {
             let Ok(Some(current)) = self.catalog.get(&id).await else {
                 continue;
             };
-            let result = self.rotate_record(&current).await;
-            self.rotations[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+            let result = self.rotate_and_certify(&current).await;
             done.push((current, result));
         }
         done
@@ -929,14 +952,15 @@ impl Gateway {
             .any(|v| v.public_jwk.verify(record.alg, message, signature)))
     }
 
-    /// The public JWKs of `tenant`'s published versions (current and in grace).
+    /// The public JWKs of `tenant`'s published versions (current and in grace),
+    /// each with its certificate chain when it has one.
     ///
     /// # Errors
     /// Catalog failures.
     pub async fn jwks(
         &self,
         tenant: Option<&str>,
-    ) -> Result<Vec<crate::crypto::PublicJwk>, GatewayError> {
+    ) -> Result<Vec<(crate::crypto::PublicJwk, Option<Vec<String>>)>, GatewayError> {
         Ok(self.catalog.published_jwks(tenant).await?)
     }
 

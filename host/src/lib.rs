@@ -36,3 +36,4 @@ pub mod providers;
 pub mod scheduler;
 pub mod server;
 pub mod usage;
+pub mod x509;

@@ -166,23 +166,30 @@ impl Metrics {
             }
             Err(e) => tracing::warn!(error = %e, "key versions could not be counted for /metrics"),
         }
-        let rotations = IntCounterVec::new(
-            Opts::new(
-                "kmsgw_rotations_total",
-                "Key rotations by this replica, by outcome",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let (done, failed) = gateway.rotation_counts();
-        rotations.with_label_values(&["ok"]).inc_by(done);
-        rotations.with_label_values(&["failed"]).inc_by(failed);
+        let outcomes = |name: &str, help: &str, (done, failed): (u64, u64)| {
+            let counter =
+                IntCounterVec::new(Opts::new(name, help), &["outcome"]).expect("valid metric");
+            counter.with_label_values(&["ok"]).inc_by(done);
+            counter.with_label_values(&["failed"]).inc_by(failed);
+            counter
+        };
+        let rotations = outcomes(
+            "kmsgw_rotations_total",
+            "Key rotations by this replica, by outcome",
+            gateway.rotation_counts(),
+        );
+        let certificates = outcomes(
+            "kmsgw_certificates_issued_total",
+            "Certificates issued by this replica (on request, on rotation, renewals), by outcome",
+            gateway.certificate_counts(),
+        );
         let mut families = self.registry.gather();
         families.extend(health.collect());
         families.extend(never_used.collect());
         families.extend(versions.collect());
         families.extend(oldest.collect());
         families.extend(rotations.collect());
+        families.extend(certificates.collect());
         for collector in [&traps, &timeouts, &denied, &dropped, &recycled] {
             families.extend(collector.collect());
         }

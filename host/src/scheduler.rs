@@ -1,15 +1,17 @@
 //! The scheduler: every `scheduler.interval` (and right after start) it rotates
-//! the keys whose policy makes them due and retires the versions whose grace
-//! period has ended. Every replica runs it; each due rotation is claimed in the
-//! database by exactly one of them. Rotations are audited with the actor
-//! `scheduler`, failed ones too.
+//! the keys whose policy makes them due (certifying each new version when the
+//! policy names a CA), renews certificates near their expiry, and retires the
+//! versions whose grace period has ended. Every replica runs it; each due
+//! rotation is claimed in the database by exactly one of them. Rotations and
+//! certificates are audited with the actor `scheduler`, failed ones too.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::api::error::ApiError;
 use crate::audit::{Action, Audit, Event};
-use crate::gateway::Gateway;
+use crate::catalog::KeyRecord;
+use crate::gateway::{Gateway, GatewayError};
 
 /// Runs the scheduler until the process ends.
 pub fn spawn(gateway: Arc<Gateway>, audit: Audit, interval: Duration) {
@@ -23,32 +25,56 @@ pub fn spawn(gateway: Arc<Gateway>, audit: Audit, interval: Duration) {
     });
 }
 
-/// One pass: due rotations, then ended grace periods.
+/// One pass: due rotations, due certificate renewals, then ended grace periods.
 pub async fn run_once(gateway: &Gateway, audit: &Audit) {
     let now = SystemTime::now();
     for (record, result) in gateway.rotate_due(now).await {
-        let outcome = match result {
+        match result {
             Ok(rotated) => {
-                tracing::info!(kid = %record.kid, version = rotated.version, "scheduled rotation");
-                "ok"
+                tracing::info!(kid = %record.kid, version = rotated.record.version, "scheduled rotation");
+                record_event(audit, &record, Action::Rotate, Ok(())).await;
+                if let Some(certified) = rotated.certificate {
+                    record_event(audit, &rotated.record, Action::CertificateIssue, certified).await;
+                }
             }
             Err(e) => {
                 tracing::warn!(kid = %record.kid, error = %e, "scheduled rotation failed");
-                ApiError::from(e).code()
+                record_event(audit, &record, Action::Rotate, Err(e)).await;
             }
-        };
-        let event = Event {
-            api_key: Some("scheduler".into()),
-            tenant: record.tenant.clone(),
-            action: Action::Rotate,
-            kid: Some(record.kid.clone()),
-            provider: Some(record.provider.clone()),
-            outcome: outcome.to_owned(),
-            message_sha256: None,
-        };
-        if let Err(e) = audit.record(event).await {
-            tracing::warn!(kid = %record.kid, error = %e, "the scheduled rotation could not be audited");
         }
     }
+    for (record, result) in gateway.renew_certificates(now).await {
+        match &result {
+            Ok(()) => {
+                tracing::info!(kid = %record.kid, version = record.version, "certificate renewed")
+            }
+            Err(e) => tracing::warn!(kid = %record.kid, error = %e, "certificate renewal failed"),
+        }
+        record_event(audit, &record, Action::CertificateIssue, result).await;
+    }
     gateway.end_graces(now).await;
+}
+
+/// Audits what the scheduler did to `record`'s key.
+async fn record_event(
+    audit: &Audit,
+    record: &KeyRecord,
+    action: Action,
+    outcome: Result<(), GatewayError>,
+) {
+    let event = Event {
+        api_key: Some("scheduler".into()),
+        tenant: record.tenant.clone(),
+        action,
+        kid: Some(record.kid.clone()),
+        provider: Some(record.provider.clone()),
+        outcome: outcome
+            .map_or_else(|e| ApiError::from(e).code(), |()| "ok")
+            .to_owned(),
+        message_sha256: None,
+    };
+    if let Err(e) = audit.record(event).await {
+        tracing::warn!(kid = %record.kid, error = %e, action = action.as_str(),
+            "the scheduler's work could not be audited");
+    }
 }

@@ -1098,3 +1098,166 @@ impl Drop for Background {
         self.stop();
     }
 }
+
+/// `openssl` with `args`, each `(name, text)` of `files` written to a temporary
+/// directory first (`{name}` in an argument is replaced by that file's path).
+/// Returns whether it succeeded and its stdout and stderr together.
+pub fn openssl(args: &[&str], files: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut resolved: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write a file for openssl");
+        for arg in &mut resolved {
+            *arg = arg.replace(&format!("{{{name}}}"), path.to_str().unwrap());
+        }
+    }
+    let output = Command::new("openssl")
+        .args(&resolved)
+        .output()
+        .expect("openssl (Debian package openssl)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The PEM blocks of a chain, in order.
+pub fn pem_blocks(chain: &str) -> Vec<String> {
+    chain
+        .split_inclusive("-----END CERTIFICATE-----")
+        .map(str::trim)
+        .filter(|block| block.starts_with("-----BEGIN CERTIFICATE-----"))
+        .map(|block| format!("{block}\n"))
+        .collect()
+}
+
+/// The base64 DER of each PEM block, as in a JWK's `x5c`.
+pub fn x5c_of_pem(chain: &str) -> Vec<String> {
+    pem_blocks(chain)
+        .iter()
+        .map(|block| {
+            block
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>()
+        })
+        .collect()
+}
+
+/// Checks with `openssl verify` that `chain` (PEM, leaf first) leads to `root`
+/// (PEM, the trust anchor), at the current time.
+pub fn openssl_verify(root: &str, chain: &str) -> Result<(), String> {
+    let blocks = pem_blocks(chain);
+    let leaf = blocks.first().ok_or("an empty chain")?;
+    let untrusted: String = blocks[1..].concat();
+    let mut args = vec!["verify", "-CAfile", "{root.pem}"];
+    if !untrusted.is_empty() {
+        args.extend(["-untrusted", "{untrusted.pem}"]);
+    }
+    args.push("{leaf.pem}");
+    let (ok, text) = openssl(
+        &args,
+        &[
+            ("root.pem", root),
+            ("untrusted.pem", &untrusted),
+            ("leaf.pem", leaf),
+        ],
+    );
+    if ok && text.contains(": OK") {
+        Ok(())
+    } else {
+        Err(text)
+    }
+}
+
+/// The public key a PEM certificate or request certifies, as `openssl` prints
+/// it (PEM SubjectPublicKeyInfo).
+pub fn openssl_public_key(pem: &str, kind: &str) -> String {
+    let (ok, text) = openssl(
+        &[kind, "-in", "{in.pem}", "-noout", "-pubkey"],
+        &[("in.pem", pem)],
+    );
+    assert!(ok, "openssl {kind} -pubkey: {text}");
+    text
+}
+
+/// Whether the PEM SubjectPublicKeyInfo `spki_pem` (as `openssl -pubkey` prints
+/// it) holds the key of the public JWK `jwk`: its DER ends with the EC point
+/// `04‖x‖y`, the Ed25519 key `x`, or contains the RSA modulus `n`.
+pub fn spki_holds(spki_pem: &str, jwk: &Value) -> bool {
+    let b64: String = spki_pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN PUBLIC KEY"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+        return false;
+    };
+    let part = |name: &str| {
+        URL_SAFE_NO_PAD
+            .decode(jwk[name].as_str().unwrap_or(""))
+            .unwrap_or_default()
+    };
+    match jwk["kty"].as_str() {
+        Some("EC") => {
+            let mut point = vec![4u8];
+            point.extend(part("x"));
+            point.extend(part("y"));
+            der.ends_with(&point)
+        }
+        Some("OKP") => der.ends_with(&part("x")),
+        Some("RSA") => contains(&der, &part("n")),
+        _ => false,
+    }
+}
+
+/// Asks `gw` for a CSR of `kid` and checks it with `openssl req`: its
+/// self-signature verifies, and it holds the key's public key (`jwk`), the
+/// requested subject and the requested DNS and URI names.
+pub async fn check_csr(gw: &Gateway, kid: &str, jwk: &Value) {
+    let (status, answer) = gw
+        .post(
+            &format!("/keys/{kid}/csr"),
+            serde_json::json!({"subject": "CN=issuer.example.org, O=Example Wallets",
+                "dnsNames": ["issuer.example.org"], "uris": ["https://issuer.example.org/"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let csr = answer["csr"].as_str().expect("a PEM request");
+    let (ok, text) = openssl(
+        &[
+            "req",
+            "-in",
+            "{csr.pem}",
+            "-verify",
+            "-noout",
+            "-nameopt",
+            "RFC2253",
+            "-subject",
+            "-text",
+        ],
+        &[("csr.pem", csr)],
+    );
+    assert!(ok, "openssl req -verify:\n{text}");
+    for expected in [
+        "verify OK",
+        // RFC 4514 order, as requested (the DER holds O first, then CN).
+        "subject=CN=issuer.example.org,O=Example Wallets",
+        "DNS:issuer.example.org",
+        "URI:https://issuer.example.org/",
+    ] {
+        assert!(
+            text.contains(expected),
+            "{kid}: `{expected}` missing:\n{text}"
+        );
+    }
+    let public = openssl_public_key(csr, "req");
+    assert!(
+        spki_holds(&public, jwk),
+        "{kid}: the CSR holds another key:\n{public}"
+    );
+}

@@ -137,6 +137,10 @@ fn pkcs11_generates_imports_signs_and_deletes_on_softhsm2() {
         let (_, key) = gw.get("/keys/hsm-es512").await;
         assert_verifies(&key["publicJwk"], &[7u8; 100_000], &signature);
 
+        // A certification request signed on the token, checked by OpenSSL.
+        let (_, hsm_key) = gw.get("/keys/hsm-key").await;
+        check_csr(&gw, "hsm-key", &hsm_key["publicJwk"]).await;
+
         // A batch over the session pool, in order.
         let (_, key) = gw.get("/keys/hsm-es256").await;
         batch_round_trip(&gw, "hsm-es256", &key["publicJwk"]).await;

@@ -27,6 +27,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("no route for {0}")]
     RouteNotFound(String),
+    /// Something the request names does not exist; `code` says what.
+    #[error("{message}")]
+    NotFoundCode { code: &'static str, message: String },
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error(transparent)]
@@ -80,6 +83,7 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
+            ApiError::NotFoundCode { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -97,6 +101,12 @@ impl ApiError {
                     (StatusCode::SERVICE_UNAVAILABLE, "provider_not_configured")
                 }
                 G::Catalog(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+                G::Certificate(c) => match c {
+                    crate::x509::CertError::Encoding(_) => {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
+                    }
+                    other => (StatusCode::BAD_REQUEST, other.code()),
+                },
                 G::Provider(p) => match p {
                     P::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
                     P::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_operation"),

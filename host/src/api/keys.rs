@@ -15,7 +15,9 @@ use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::{Action, Event};
 use crate::auth::Principal;
-use crate::catalog::{KeyRecord, KeyUsage, KeyVersion, RotationPolicy, VersionState, version_id};
+use crate::catalog::{
+    CertificatePolicy, KeyRecord, KeyUsage, KeyVersion, RotationPolicy, VersionState, version_id,
+};
 use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
 use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction};
@@ -50,6 +52,9 @@ pub struct RotationRequest {
     every: Option<String>,
     /// Keep a replaced version published this long (default 24h).
     grace: Option<String>,
+    /// Certify each new version with a leaf from this CA key (and renew it near
+    /// its expiry).
+    certificate: Option<CertificatePolicy>,
 }
 
 impl RotationRequest {
@@ -72,6 +77,7 @@ impl RotationRequest {
         Ok(RotationPolicy {
             every: duration("every", &self.every)?,
             grace: duration("grace", &self.grace)?,
+            certificate: self.certificate.clone(),
         })
     }
 }
@@ -140,6 +146,10 @@ pub struct KeyResponse {
     /// The rotation policy (absent in lists; read the key).
     #[serde(skip_serializing_if = "Option::is_none")]
     rotation: Option<RotationResponse>,
+    /// The current version's certificate chain, base64 DER, leaf first (absent in
+    /// lists and without a certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x5c: Option<Vec<String>>,
 }
 
 /// One version of a key.
@@ -156,6 +166,9 @@ pub struct VersionResponse {
     grace_until: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retired_at: Option<String>,
+    /// The version's certificate chain, base64 DER, leaf first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x5c: Option<Vec<String>>,
 }
 
 /// A key's rotation policy.
@@ -165,6 +178,9 @@ pub struct RotationResponse {
     every: Option<String>,
     /// How long a replaced version stays published.
     grace: String,
+    /// The CA that certifies each new version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<CertificatePolicy>,
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -189,6 +205,7 @@ impl KeyResponse {
             jwk_kid: record.jwk_kid(),
             versions: None,
             rotation: None,
+            x5c: None,
         }
     }
 
@@ -205,19 +222,25 @@ impl KeyResponse {
                     created_at: rfc3339(v.created_at),
                     grace_until: v.grace_until.map(rfc3339),
                     retired_at: v.retired_at.map(rfc3339),
+                    x5c: v.x5c.clone(),
                 })
                 .collect(),
         );
+        self.x5c = versions
+            .iter()
+            .find(|v| v.version == self.version)
+            .and_then(|v| v.x5c.clone());
         self.rotation = Some(RotationResponse {
             every: policy.every.map(span),
             grace: span(policy.grace.unwrap_or(DEFAULT_GRACE)),
+            certificate: policy.certificate,
         });
         self
     }
 }
 
 /// Audits an operation that produced a key record, then answers with its full record.
-async fn audited_record(
+pub(super) async fn audited_record(
     state: &AppState,
     principal: &Principal,
     action: Action,
@@ -230,7 +253,10 @@ async fn audited_record(
 }
 
 /// The full record of `record`: usage, versions and rotation policy.
-async fn full_record(state: &AppState, record: &KeyRecord) -> Result<KeyResponse, ApiError> {
+pub(super) async fn full_record(
+    state: &AppState,
+    record: &KeyRecord,
+) -> Result<KeyResponse, ApiError> {
     let usage = state
         .gateway
         .usage()
@@ -284,7 +310,17 @@ pub struct KeyPage {
 /// A JWK Set (RFC 7517).
 #[derive(Serialize, ToSchema)]
 pub struct Jwks {
-    keys: Vec<PublicJwk>,
+    keys: Vec<JwksEntry>,
+}
+
+/// A published version's public JWK, with its certificate chain when it has one.
+#[derive(Serialize, ToSchema)]
+pub struct JwksEntry {
+    #[serde(flatten)]
+    jwk: PublicJwk,
+    /// The version's certificate chain, base64 DER, leaf first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    x5c: Option<Vec<String>>,
 }
 
 fn parse_alg(alg: Option<&str>) -> Result<Option<Alg>, ApiError> {
@@ -304,7 +340,7 @@ fn parse_alg(alg: Option<&str>) -> Result<Option<Alg>, ApiError> {
 }
 
 /// Appends the audit record of an operation on a key; `result` gives the outcome.
-async fn audit<T>(
+pub(super) async fn audit<T>(
     state: &AppState,
     principal: &Principal,
     action: Action,
@@ -354,6 +390,12 @@ pub async fn create(
                 .transpose()?
                 .unwrap_or_default(),
         };
+        if let Some(policy) = &request.rotation.certificate {
+            state
+                .gateway
+                .check_certificate_policy(principal.tenant.as_deref(), policy)
+                .await?;
+        }
         Ok(state
             .gateway
             .create_key(principal.tenant.as_deref(), request)
@@ -365,7 +407,34 @@ pub async fn create(
         Err(_) => (req.kid.clone(), req.provider.clone()),
     };
     let target = (kid.as_deref(), provider.as_deref());
+    if let Ok(record) = &result {
+        certify_under_policy(&state, &principal, record).await?;
+    }
     audited_record(&state, &principal, Action::Create, target, result).await
+}
+
+/// Issues `record`'s version its leaf when its key has a certificate policy, and
+/// audits the outcome; a failed issue leaves the key usable (the scheduler tries
+/// again) and is reported in the audit log and `/metrics`.
+async fn certify_under_policy(
+    state: &AppState,
+    principal: &Principal,
+    record: &KeyRecord,
+) -> Result<(), ApiError> {
+    if let Some(certified) = state.gateway.certify_new_version(record).await {
+        let target = (Some(record.kid.as_str()), Some(record.provider.as_str()));
+        let result = certified.map_err(ApiError::from);
+        audit(
+            state,
+            principal,
+            Action::CertificateIssue,
+            target,
+            None,
+            &result,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Import a private key under a kid.
@@ -595,8 +664,19 @@ pub async fn rotate(
         .rotate(principal.tenant.as_deref(), &kid)
         .await
         .map_err(ApiError::from);
-    let provider = result.as_ref().ok().map(|r| r.provider.clone());
+    let provider = result.as_ref().ok().map(|r| r.record.provider.clone());
     let target = (Some(kid.as_str()), provider.as_deref());
+    let result = match result {
+        Ok(rotated) => {
+            if let Some(certified) = rotated.certificate {
+                let certified = certified.map_err(ApiError::from);
+                let action = Action::CertificateIssue;
+                audit(&state, &principal, action, target, None, &certified).await?;
+            }
+            Ok(rotated.record)
+        }
+        Err(e) => Err(e),
+    };
     audited_record(&state, &principal, Action::Rotate, target, result).await
 }
 
@@ -613,10 +693,14 @@ pub async fn set_rotation(
 ) -> Result<Json<KeyResponse>, ApiError> {
     principal.require(Scope::KeysCreate)?;
     let tenant = principal.tenant.as_deref();
-    state
-        .gateway
-        .set_rotation(tenant, &kid, req.policy()?)
-        .await?;
+    let policy = req.policy()?;
+    if let Some(certificate) = &policy.certificate {
+        state
+            .gateway
+            .check_certificate_policy(tenant, certificate)
+            .await?;
+    }
+    state.gateway.set_rotation(tenant, &kid, policy).await?;
     let record = state.gateway.key(tenant, &kid).await?;
     Ok(Json(full_record(&state, &record).await?))
 }
@@ -787,5 +871,10 @@ pub async fn jwks(
 ) -> Result<Json<Jwks>, ApiError> {
     principal.require(Scope::KeysRead)?;
     let keys = state.gateway.jwks(principal.tenant.as_deref()).await?;
-    Ok(Json(Jwks { keys }))
+    Ok(Json(Jwks {
+        keys: keys
+            .into_iter()
+            .map(|(jwk, x5c)| JwksEntry { jwk, x5c })
+            .collect(),
+    }))
 }

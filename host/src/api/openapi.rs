@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{keys, ops};
+use super::{certificates, keys, ops};
 
 /// Every error status a route may answer, each with [`ErrorBody`].
 #[derive(IntoResponses)]
@@ -67,6 +67,7 @@ impl Modify for BearerScheme {
         keys::import,
         keys::rotate, keys::set_rotation,
         keys::jwks,
+        certificates::csr, certificates::import, certificates::issue, certificates::chain,
         ops::providers, ops::health, ops::ready, ops::health_kms, ops::audit_page,
         ops::audit_verify, ops::metrics, serve,
     ),

@@ -182,7 +182,8 @@ pub struct AuditQuery {
     limit: Option<u32>,
     /// Only records of this kid.
     kid: Option<String>,
-    /// Only records of this action: create, import, delete or sign.
+    /// Only records of this action: create, import, delete, force-delete, sign,
+    /// rotate, csr, certificate-import or certificate-issue.
     action: Option<String>,
 }
 

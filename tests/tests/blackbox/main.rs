@@ -5,6 +5,7 @@
 mod algorithms;
 mod aws_kms;
 mod batch;
+mod certificates;
 mod cloud;
 mod config;
 mod containment;

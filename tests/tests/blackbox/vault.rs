@@ -232,3 +232,29 @@ async fn vault_signs_a_batch_with_batch_input() {
         batch_round_trip(&gw, &kid, &key["publicJwk"]).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_key_gets_a_csr_and_a_leaf_from_a_root_ca_on_db() {
+    let site = Site::new(Db::Sqlite).await;
+    let (_bao, gw) = beside_openbao(&site, false);
+    let key = gw
+        .create(json!({"kid": "vault-issuer", "provider": "vault", "alg": "ES256"}))
+        .await;
+    check_csr(&gw, "vault-issuer", &key["publicJwk"]).await;
+    gw.create(json!({"kid": "db-root", "provider": "db", "alg": "ES384"}))
+        .await;
+    let root = crate::certificates::make_root(&gw, "db-root").await;
+    crate::certificates::issue_and_verify(&gw, "vault-issuer", "db-root", &root).await;
+    // Vault's key signs as CA too: a leaf for a db key, issued through Transit.
+    let (status, body) = gw
+        .post(
+            "/keys/vault-issuer/certificate/issue",
+            json!({"subject": "CN=vault intermediate", "validityDays": 30, "issuerKid": "db-root", "ca": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    gw.create(json!({"kid": "db-leaf"})).await;
+    crate::certificates::issue_and_verify(&gw, "db-leaf", "vault-issuer", &root).await;
+    let chain = crate::certificates::certificate(&gw, "db-leaf").await;
+    assert_eq!(pem_blocks(&chain).len(), 3, "leaf, intermediate, root");
+}

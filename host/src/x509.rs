@@ -1,0 +1,750 @@
+//! X.509 for kmsgw keys: certification requests and certificates whose signature
+//! a provider makes (so a key never leaves its backend: the gateway builds the
+//! to-be-signed bytes, the key's provider signs them, the gateway assembles the
+//! result), and the checks an imported chain must pass.
+//!
+//! Built on RustCrypto's `x509-cert`: [`prepare_request`] and
+//! [`prepare_certificate`] give the bytes to sign, [`Prepared::finish`] turns a
+//! JOSE signature into the DER object.
+
+use std::time::{Duration, SystemTime};
+
+use der::asn1::{BitString, Ia5String, OctetString, UintRef};
+use der::{Decode, Encode, EncodePem, Sequence};
+use signature::Keypair;
+use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::builder::{Builder, CertificateBuilder, RequestBuilder};
+use x509_cert::certificate::{Certificate, TbsCertificate};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectKeyIdentifier,
+};
+use x509_cert::ext::{Extension, ToExtension};
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::{
+    AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, EncodePublicKey, ObjectIdentifier,
+    SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef,
+};
+use x509_cert::time::Validity;
+
+use crate::crypto::{Alg, Curve, KeyKind, PublicJwk, decode_base64};
+
+/// Why a request or certificate could not be made, or a chain was refused. The
+/// codes are the API's.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// `certificate_not_pem`
+    #[error("not a PEM certificate chain: {0}")]
+    NotPem(String),
+    /// `certificate_key_mismatch`
+    #[error("the leaf certificate holds another public key than the key's current version")]
+    KeyMismatch,
+    /// `certificate_not_valid_now`
+    #[error(
+        "certificate {index} of the chain is outside its validity period ({not_before} to {not_after})"
+    )]
+    NotValidNow {
+        index: usize,
+        not_before: String,
+        not_after: String,
+    },
+    /// `certificate_chain_broken`
+    #[error("certificate {index} of the chain is not signed by certificate {next}")]
+    ChainBroken { index: usize, next: usize },
+    /// `issuer_not_ca`
+    #[error(
+        "key `{0}` has no CA certificate to issue with (issue it one with `ca: true`, or import one)"
+    )]
+    IssuerNotCa(String),
+    /// `invalid_certificate_request`
+    #[error("{0}")]
+    Invalid(String),
+    /// Encoding failed; a bug or an unusable key.
+    #[error("X.509 encoding: {0}")]
+    Encoding(String),
+}
+
+impl CertError {
+    /// The stable code the API answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CertError::NotPem(_) => "certificate_not_pem",
+            CertError::KeyMismatch => "certificate_key_mismatch",
+            CertError::NotValidNow { .. } => "certificate_not_valid_now",
+            CertError::ChainBroken { .. } => "certificate_chain_broken",
+            CertError::IssuerNotCa(_) => "issuer_not_ca",
+            CertError::Invalid(_) => "invalid_certificate_request",
+            CertError::Encoding(_) => "certificate_encoding",
+        }
+    }
+}
+
+fn encoding(e: impl std::fmt::Display) -> CertError {
+    CertError::Encoding(e.to_string())
+}
+
+/// The RSASSA-PSS parameters of PS256 (RFC 4055 §3.1): SHA-256, MGF1 with
+/// SHA-256, a 32-byte salt, trailer field 1.
+const PSS_SHA256_PARAMS: [u8; 54] = [
+    0x30, 0x34, 0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+    0x01, 0x05, 0x00, 0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+    0x01, 0x08, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0xa2, 0x03, 0x02, 0x01, 0x20,
+];
+
+const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const ECDSA_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
+const ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
+const RSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+const RSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+
+/// The X.509 signature algorithm of a JOSE algorithm.
+pub fn signature_algorithm(alg: Alg) -> AlgorithmIdentifierOwned {
+    let (oid, parameters) = match alg {
+        Alg::ES256 => (ECDSA_SHA256, None),
+        Alg::ES384 => (ECDSA_SHA384, None),
+        Alg::ES512 => (ECDSA_SHA512, None),
+        Alg::EdDSA => (ED25519, None),
+        Alg::RS256 => (RSA_SHA256, Some(der::asn1::Null.into())),
+        Alg::PS256 => (
+            RSA_PSS,
+            Some(der::Any::from_der(&PSS_SHA256_PARAMS).expect("constant PSS parameters")),
+        ),
+    };
+    AlgorithmIdentifierOwned { oid, parameters }
+}
+
+/// The JOSE algorithm of an X.509 signature algorithm kmsgw can check.
+fn alg_of(algorithm: &AlgorithmIdentifierOwned) -> Option<Alg> {
+    Some(match algorithm.oid {
+        ECDSA_SHA256 => Alg::ES256,
+        ECDSA_SHA384 => Alg::ES384,
+        ECDSA_SHA512 => Alg::ES512,
+        ED25519 => Alg::EdDSA,
+        RSA_SHA256 => Alg::RS256,
+        RSA_PSS
+            if algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.to_der().ok())
+                .is_some_and(|p| p == PSS_SHA256_PARAMS) =>
+        {
+            Alg::PS256
+        }
+        _ => return None,
+    })
+}
+
+#[derive(Sequence)]
+struct EcdsaSignature<'a> {
+    r: UintRef<'a>,
+    s: UintRef<'a>,
+}
+
+#[derive(Sequence)]
+struct RsaPublicKey<'a> {
+    n: UintRef<'a>,
+    e: UintRef<'a>,
+}
+
+/// A JOSE signature as X.509 wants it: ECDSA `r‖s` as a DER `SEQUENCE { r, s }`,
+/// the others as they are.
+fn x509_signature(alg: Alg, jose: &[u8]) -> Result<Vec<u8>, CertError> {
+    if !matches!(alg, Alg::ES256 | Alg::ES384 | Alg::ES512) {
+        return Ok(jose.to_vec());
+    }
+    let (r, s) = jose.split_at(jose.len() / 2);
+    EcdsaSignature {
+        r: UintRef::new(r).map_err(encoding)?,
+        s: UintRef::new(s).map_err(encoding)?,
+    }
+    .to_der()
+    .map_err(encoding)
+}
+
+/// An X.509 signature as the JOSE form [`PublicJwk::verify`] takes.
+fn jose_signature(alg: Alg, x509: &[u8]) -> Option<Vec<u8>> {
+    let size = match alg {
+        Alg::ES256 => 32,
+        Alg::ES384 => 48,
+        Alg::ES512 => 66,
+        _ => return Some(x509.to_vec()),
+    };
+    crate::crypto::der::ecdsa_der_to_raw(x509, size).ok()
+}
+
+/// The SubjectPublicKeyInfo of a public JWK.
+///
+/// # Errors
+/// [`CertError::Encoding`] when the JWK's parts are not base64url.
+pub fn spki_of(jwk: &PublicJwk) -> Result<SubjectPublicKeyInfoOwned, CertError> {
+    let part = |value: &Option<String>, name: &str| {
+        value
+            .as_deref()
+            .and_then(|v| decode_base64(v).ok())
+            .ok_or_else(|| CertError::Encoding(format!("the JWK has no usable `{name}`")))
+    };
+    let kind = jwk.kind().map_err(encoding)?;
+    let (algorithm, key) = match kind {
+        KeyKind::Ec(curve) => {
+            let mut point = vec![4u8];
+            point.extend(part(&jwk.x, "x")?);
+            point.extend(part(&jwk.y, "y")?);
+            let curve_oid = match curve {
+                Curve::P256 => "1.2.840.10045.3.1.7",
+                Curve::P384 => "1.3.132.0.34",
+                Curve::P521 => "1.3.132.0.35",
+            };
+            let parameters = der::Any::from(ObjectIdentifier::new(curve_oid).map_err(encoding)?);
+            (
+                AlgorithmIdentifierOwned {
+                    oid: EC_PUBLIC_KEY,
+                    parameters: Some(parameters),
+                },
+                point,
+            )
+        }
+        KeyKind::Ed25519 => (
+            AlgorithmIdentifierOwned {
+                oid: ED25519,
+                parameters: None,
+            },
+            part(&jwk.x, "x")?,
+        ),
+        KeyKind::Rsa => {
+            let (n, e) = (part(&jwk.n, "n")?, part(&jwk.e, "e")?);
+            let key = RsaPublicKey {
+                n: UintRef::new(&n).map_err(encoding)?,
+                e: UintRef::new(&e).map_err(encoding)?,
+            }
+            .to_der()
+            .map_err(encoding)?;
+            (
+                AlgorithmIdentifierOwned {
+                    oid: RSA_ENCRYPTION,
+                    parameters: Some(der::asn1::Null.into()),
+                },
+                key,
+            )
+        }
+    };
+    Ok(SubjectPublicKeyInfoOwned {
+        algorithm,
+        subject_public_key: BitString::from_bytes(&key).map_err(encoding)?,
+    })
+}
+
+/// A key whose private half is elsewhere: it names the public key and the
+/// signature algorithm the builders put into the to-be-signed bytes.
+struct RemoteKey {
+    public: PublicKeyInfo,
+    alg: Alg,
+}
+
+/// A SubjectPublicKeyInfo as the builders' verifying key.
+#[derive(Clone)]
+struct PublicKeyInfo(SubjectPublicKeyInfoOwned);
+
+impl EncodePublicKey for PublicKeyInfo {
+    fn to_public_key_der(&self) -> x509_cert::spki::Result<der::Document> {
+        Ok(der::Document::encode_msg(&self.0)?)
+    }
+}
+
+impl Keypair for RemoteKey {
+    type VerifyingKey = PublicKeyInfo;
+
+    fn verifying_key(&self) -> PublicKeyInfo {
+        self.public.clone()
+    }
+}
+
+impl DynSignatureAlgorithmIdentifier for RemoteKey {
+    fn signature_algorithm_identifier(&self) -> x509_cert::spki::Result<AlgorithmIdentifierOwned> {
+        Ok(signature_algorithm(self.alg))
+    }
+}
+
+/// A request or certificate waiting for its signature.
+pub struct Prepared<B> {
+    builder: B,
+    signer: RemoteKey,
+    /// The bytes the signing key must sign (with its own algorithm).
+    pub to_sign: Vec<u8>,
+}
+
+impl<B: Builder> Prepared<B> {
+    /// The finished object, from the signing key's JOSE signature of [`Prepared::to_sign`].
+    ///
+    /// # Errors
+    /// [`CertError::Encoding`].
+    pub fn finish(self, jose_signature: &[u8]) -> Result<B::Output, CertError> {
+        let signature = x509_signature(self.signer.alg, jose_signature)?;
+        self.builder
+            .assemble(
+                BitString::from_bytes(&signature).map_err(encoding)?,
+                &self.signer,
+            )
+            .map_err(encoding)
+    }
+}
+
+/// A subject such as `CN=issuer.example.org, O=Example` (RFC 4514).
+///
+/// # Errors
+/// [`CertError::Invalid`] when it does not parse or is empty.
+pub fn subject(text: &str) -> Result<Name, CertError> {
+    let name: Name = without_spaces_between_rdns(text).parse().map_err(|e| {
+        CertError::Invalid(format!("subject `{text}` is not an RFC 4514 name: {e}"))
+    })?;
+    if name.is_empty() {
+        return Err(CertError::Invalid("the subject is empty".into()));
+    }
+    Ok(name)
+}
+
+/// `CN=a, O=b` as `CN=a,O=b`: people put a space after the separating commas,
+/// which RFC 4514 (and the parser) does not allow; escaped commas stay.
+fn without_spaces_between_rdns(text: &str) -> String {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut escaped = false;
+    for c in text.chars() {
+        if c == ',' && !escaped {
+            parts.push(std::mem::take(&mut current));
+            continue;
+        }
+        escaped = c == '\\' && !escaped;
+        current.push(c);
+    }
+    parts.push(current);
+    parts
+        .iter()
+        .map(|part| part.trim_start())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// DNS names and URIs as subject alternative names.
+fn alt_names(dns_names: &[String], uris: &[String]) -> Result<Vec<GeneralName>, CertError> {
+    let ia5 = |text: &String, what: &str| {
+        Ia5String::new(text)
+            .map_err(|_| CertError::Invalid(format!("{what} `{text}` is not ASCII")))
+    };
+    let mut names = Vec::new();
+    for name in dns_names {
+        names.push(GeneralName::DnsName(ia5(name, "DNS name")?));
+    }
+    for uri in uris {
+        names.push(GeneralName::UniformResourceIdentifier(ia5(uri, "URI")?));
+    }
+    Ok(names)
+}
+
+/// A PKCS#10 request for the key `jwk` (signed with `alg`), with `subject` and,
+/// when given, subject alternative names.
+///
+/// # Errors
+/// [`CertError`] for a bad subject or name, or an unusable key.
+pub fn prepare_request(
+    subject_name: &str,
+    dns_names: &[String],
+    uris: &[String],
+    jwk: &PublicJwk,
+    alg: Alg,
+) -> Result<Prepared<RequestBuilder>, CertError> {
+    let mut builder = RequestBuilder::new(subject(subject_name)?).map_err(encoding)?;
+    let names = alt_names(dns_names, uris)?;
+    if !names.is_empty() {
+        builder
+            .add_extension(&SubjectAltName(names))
+            .map_err(encoding)?;
+    }
+    prepared(builder, jwk, alg)
+}
+
+fn prepared<B: Builder>(
+    mut builder: B,
+    jwk: &PublicJwk,
+    alg: Alg,
+) -> Result<Prepared<B>, CertError> {
+    let signer = RemoteKey {
+        public: PublicKeyInfo(spki_of(jwk)?),
+        alg,
+    };
+    let to_sign = builder.finalize(&signer).map_err(encoding)?;
+    Ok(Prepared {
+        builder,
+        signer,
+        to_sign,
+    })
+}
+
+/// A request in PEM.
+///
+/// # Errors
+/// [`CertError::Encoding`].
+pub fn request_pem(request: &x509_cert::request::CertReq) -> Result<String, CertError> {
+    request.to_pem(der::pem::LineEnding::LF).map_err(encoding)
+}
+
+/// What a new certificate says.
+pub struct CertificateSpec<'a> {
+    pub subject: &'a str,
+    pub validity: Duration,
+    pub ca: bool,
+    pub dns_names: &'a [String],
+    pub uris: &'a [String],
+}
+
+/// The issuer of a certificate being made: its certificate (to name it and
+/// identify its key), its public key and the algorithm it signs with.
+pub struct IssuerSpec<'a> {
+    pub certificate: &'a Certificate,
+    pub public_jwk: &'a PublicJwk,
+    pub alg: Alg,
+}
+
+/// The extensions kmsgw puts into a certificate.
+struct Profile {
+    subject: Name,
+    issuer: Option<Name>,
+    issuer_key_id: Option<OctetString>,
+    ca: bool,
+    alt_names: Vec<GeneralName>,
+}
+
+impl BuilderProfile for Profile {
+    fn get_issuer(&self, subject: &Name) -> Name {
+        self.issuer.clone().unwrap_or_else(|| subject.clone())
+    }
+
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+
+    fn build_extensions(
+        &self,
+        spk: SubjectPublicKeyInfoRef<'_>,
+        issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        let mut extensions: Vec<Extension> = Vec::new();
+        let subject_key_id = SubjectKeyIdentifier::try_from(spk)?;
+        let authority_key_id = match &self.issuer_key_id {
+            Some(id) => id.clone(),
+            None => SubjectKeyIdentifier::try_from(issuer_spk)?.0,
+        };
+        let usage = if self.ca {
+            KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature
+        } else {
+            KeyUsages::DigitalSignature.into()
+        };
+        let mut push = |extension: Extension| extensions.push(extension);
+        let subject = tbs.subject();
+        push(
+            (&BasicConstraints {
+                ca: self.ca,
+                path_len_constraint: None,
+            })
+                .to_extension(subject, &[])?,
+        );
+        push((&KeyUsage(usage)).to_extension(subject, &[])?);
+        push((&subject_key_id).to_extension(subject, &[])?);
+        push(
+            (&AuthorityKeyIdentifier {
+                key_identifier: Some(authority_key_id),
+                ..Default::default()
+            })
+                .to_extension(subject, &[])?,
+        );
+        if !self.alt_names.is_empty() {
+            push((&SubjectAltName(self.alt_names.clone())).to_extension(subject, &[])?);
+        }
+        Ok(extensions)
+    }
+}
+
+/// A certificate for the key `subject_jwk`: issued by `issuer`, or self-signed
+/// with `self_alg` when there is none. Random 128-bit serial, valid from now for
+/// `spec.validity`.
+///
+/// # Errors
+/// [`CertError`] for bad input or an unusable key.
+pub fn prepare_certificate(
+    spec: &CertificateSpec<'_>,
+    subject_jwk: &PublicJwk,
+    issuer: Option<&IssuerSpec<'_>>,
+    self_alg: Alg,
+) -> Result<Prepared<CertificateBuilder<ProfileBox>>, CertError> {
+    let mut serial = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut serial).map_err(|_| encoding("no randomness"))?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    let profile = Profile {
+        subject: subject(spec.subject)?,
+        issuer: issuer.map(|i| i.certificate.tbs_certificate().subject().clone()),
+        issuer_key_id: issuer.and_then(|i| key_id(i.certificate)),
+        ca: spec.ca,
+        alt_names: alt_names(spec.dns_names, spec.uris)?,
+    };
+    let builder = CertificateBuilder::new(
+        ProfileBox(profile),
+        SerialNumber::new(&serial).map_err(encoding)?,
+        Validity::from_now(spec.validity).map_err(encoding)?,
+        spki_of(subject_jwk)?,
+    )
+    .map_err(encoding)?;
+    match issuer {
+        Some(issuer) => prepared(builder, issuer.public_jwk, issuer.alg),
+        None => prepared(builder, subject_jwk, self_alg),
+    }
+}
+
+/// [`Profile`] behind a public name, for [`prepare_certificate`]'s result type.
+pub struct ProfileBox(Profile);
+
+impl BuilderProfile for ProfileBox {
+    fn get_issuer(&self, subject: &Name) -> Name {
+        self.0.get_issuer(subject)
+    }
+
+    fn get_subject(&self) -> Name {
+        self.0.get_subject()
+    }
+
+    fn build_extensions(
+        &self,
+        spk: SubjectPublicKeyInfoRef<'_>,
+        issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        self.0.build_extensions(spk, issuer_spk, tbs)
+    }
+}
+
+/// The subject key identifier a certificate carries, if any.
+fn key_id(certificate: &Certificate) -> Option<OctetString> {
+    certificate
+        .tbs_certificate()
+        .get_extension::<SubjectKeyIdentifier>()
+        .ok()
+        .flatten()
+        .map(|(_, id)| id.0)
+}
+
+/// Whether a certificate is a CA certificate (basic constraints `cA`).
+pub fn is_ca(certificate: &Certificate) -> bool {
+    certificate
+        .tbs_certificate()
+        .get_extension::<BasicConstraints>()
+        .ok()
+        .flatten()
+        .is_some_and(|(_, bc)| bc.ca)
+}
+
+/// The certificates of a PEM chain, leaf first.
+///
+/// # Errors
+/// [`CertError::NotPem`] when the text holds no certificate or anything else.
+pub fn parse_chain(pem: &str) -> Result<Vec<Certificate>, CertError> {
+    let chain = Certificate::load_pem_chain(pem.as_bytes())
+        .map_err(|e| CertError::NotPem(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(CertError::NotPem("no CERTIFICATE block".into()));
+    }
+    Ok(chain)
+}
+
+/// Certificates from their DER.
+///
+/// # Errors
+/// [`CertError::Encoding`] for a damaged stored certificate.
+pub fn from_der(chain: &[Vec<u8>]) -> Result<Vec<Certificate>, CertError> {
+    chain
+        .iter()
+        .map(|der| Certificate::from_der(der).map_err(encoding))
+        .collect()
+}
+
+/// The DER of each certificate.
+///
+/// # Errors
+/// [`CertError::Encoding`].
+pub fn to_der(chain: &[Certificate]) -> Result<Vec<Vec<u8>>, CertError> {
+    chain.iter().map(|c| c.to_der().map_err(encoding)).collect()
+}
+
+/// A chain in PEM, leaf first.
+///
+/// # Errors
+/// [`CertError::Encoding`].
+pub fn chain_pem(chain: &[Certificate]) -> Result<String, CertError> {
+    chain
+        .iter()
+        .map(|c| c.to_pem(der::pem::LineEnding::LF).map_err(encoding))
+        .collect()
+}
+
+/// The public key a certificate certifies.
+///
+/// # Errors
+/// [`CertError::Encoding`] for a key kmsgw cannot read.
+pub fn public_jwk(certificate: &Certificate) -> Result<PublicJwk, CertError> {
+    let spki = certificate
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(encoding)?;
+    PublicJwk::from_spki(&spki).map_err(encoding)
+}
+
+/// Whether `certificate` is signed by the key `issuer`.
+fn signed_by(certificate: &Certificate, issuer: &PublicJwk) -> bool {
+    let Some(alg) = alg_of(certificate.signature_algorithm()) else {
+        return false;
+    };
+    let (Ok(tbs), Some(signature)) = (
+        certificate.tbs_certificate().to_der(),
+        certificate.signature().as_bytes(),
+    ) else {
+        return false;
+    };
+    jose_signature(alg, signature).is_some_and(|sig| issuer.verify(alg, &tbs, &sig))
+}
+
+/// A certificate's validity period.
+pub fn validity(certificate: &Certificate) -> (SystemTime, SystemTime) {
+    let validity = certificate.tbs_certificate().validity();
+    (
+        validity.not_before.to_system_time(),
+        validity.not_after.to_system_time(),
+    )
+}
+
+/// How far in the future a certificate's `notBefore` may be and still count as valid.
+const NOT_BEFORE_LEEWAY: Duration = Duration::from_secs(60);
+
+/// Checks an imported chain for the key `key` at `now`: the leaf certifies `key`,
+/// every certificate is within its validity period, and each is signed by the
+/// next.
+///
+/// # Errors
+/// The [`CertError`] of the first check that fails.
+pub fn check_chain(
+    chain: &[Certificate],
+    key: &PublicJwk,
+    now: SystemTime,
+) -> Result<(), CertError> {
+    let leaf = public_jwk(&chain[0]).map_err(|_| CertError::KeyMismatch)?;
+    if !leaf.same_key(key) {
+        return Err(CertError::KeyMismatch);
+    }
+    for (index, certificate) in chain.iter().enumerate() {
+        let (not_before, not_after) = validity(certificate);
+        // A minute of leeway for a CA whose clock runs a little ahead.
+        if now + NOT_BEFORE_LEEWAY < not_before || now > not_after {
+            let shown = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+            return Err(CertError::NotValidNow {
+                index,
+                not_before: shown(not_before),
+                not_after: shown(not_after),
+            });
+        }
+    }
+    for (index, pair) in chain.windows(2).enumerate() {
+        let issuer = public_jwk(&pair[1]).map_err(|_| CertError::ChainBroken {
+            index,
+            next: index + 1,
+        })?;
+        if !signed_by(&pair[0], &issuer) {
+            return Err(CertError::ChainBroken {
+                index,
+                next: index + 1,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::PrivateKey;
+
+    #[test]
+    fn subjects_read_as_people_write_them() {
+        let spaced = subject("CN=issuer.example.org, O=Example").unwrap();
+        assert_eq!(spaced, subject("CN=issuer.example.org,O=Example").unwrap());
+        let escaped = subject(r"CN=Doe\, Jane, O=Example").unwrap();
+        assert_eq!(escaped.to_string(), r"CN=Doe\, Jane,O=Example");
+        assert!(subject("not a name").is_err());
+        assert!(subject("").is_err());
+    }
+
+    #[test]
+    fn every_algorithm_names_itself_in_x509() {
+        for &alg in Alg::ALL {
+            assert_eq!(alg_of(&signature_algorithm(alg)), Some(alg), "{alg}");
+        }
+    }
+
+    /// A self-signed CA certificate of `key`, signed in-process.
+    fn self_signed(key: &PrivateKey, alg: Alg, ca: bool) -> Certificate {
+        let spec = CertificateSpec {
+            subject: "CN=unit test",
+            validity: Duration::from_secs(3600),
+            ca,
+            dns_names: &[],
+            uris: &[],
+        };
+        let prepared = prepare_certificate(&spec, key.public_jwk(), None, alg).unwrap();
+        let signature = key.signer(alg).unwrap().sign(&prepared.to_sign);
+        prepared.finish(&signature).unwrap()
+    }
+
+    #[test]
+    fn certificates_of_every_algorithm_check_and_a_foreign_issuer_does_not() {
+        for &alg in Alg::ALL {
+            let root_key = PrivateKey::generate(alg, None).unwrap();
+            let root = self_signed(&root_key, alg, true);
+            assert!(is_ca(&root));
+            let leaf_key = PrivateKey::generate(Alg::ES256, None).unwrap();
+            let spec = CertificateSpec {
+                subject: "CN=leaf",
+                validity: Duration::from_secs(3600),
+                ca: false,
+                dns_names: &["leaf.example".to_owned()],
+                uris: &[],
+            };
+            let issuer = IssuerSpec {
+                certificate: &root,
+                public_jwk: root_key.public_jwk(),
+                alg,
+            };
+            let prepared =
+                prepare_certificate(&spec, leaf_key.public_jwk(), Some(&issuer), alg).unwrap();
+            let signature = root_key.signer(alg).unwrap().sign(&prepared.to_sign);
+            let leaf = prepared.finish(&signature).unwrap();
+            assert!(!is_ca(&leaf));
+            let stranger = self_signed(&PrivateKey::generate(alg, None).unwrap(), alg, true);
+            let now = SystemTime::now();
+            check_chain(&[leaf.clone(), root], leaf_key.public_jwk(), now)
+                .unwrap_or_else(|e| panic!("{alg}: {e}"));
+            let broken = check_chain(&[leaf.clone(), stranger], leaf_key.public_jwk(), now);
+            assert!(
+                matches!(broken, Err(CertError::ChainBroken { index: 0, next: 1 })),
+                "{alg}: {broken:?}"
+            );
+            assert!(matches!(
+                check_chain(&[leaf], root_key.public_jwk(), now),
+                Err(CertError::KeyMismatch)
+            ));
+        }
+    }
+}
