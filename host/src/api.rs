@@ -14,6 +14,7 @@ mod paging;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{Uri, header};
 use axum::middleware::{self, Next};
@@ -29,6 +30,7 @@ use crate::auth::{ApiKeys, Principal};
 use crate::config::Scope;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 
@@ -40,9 +42,12 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub max_body_bytes: usize,
-    pub api_keys: Arc<ApiKeys>,
+    /// Replaced whole by a reload.
+    pub api_keys: Arc<ArcSwap<ApiKeys>>,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
+    /// Reloads kms.json (absent in tests that build a state by hand).
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 impl AppState {
@@ -57,9 +62,10 @@ impl AppState {
         AppState {
             gateway,
             max_body_bytes,
-            api_keys: Arc::new(api_keys),
+            api_keys: Arc::new(ArcSwap::from_pointee(api_keys)),
             audit,
             metrics,
+            reloader: None,
         }
     }
 }
@@ -105,6 +111,7 @@ pub fn app(state: AppState) -> Router {
         .route("/audit", get(ops::audit_page))
         .route("/audit/verify", get(ops::audit_verify))
         .route("/metrics", get(ops::metrics))
+        .route("/admin/reload", post(ops::reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     // Probes need no credential, but one that is presented must be valid: a client's
     // health check then reveals its own wrong or expired token.
@@ -149,7 +156,7 @@ async fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let principal = state.api_keys.authenticate(header)?;
+    let principal = state.api_keys.load().authenticate(header)?;
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }
@@ -162,7 +169,10 @@ async fn check_presented_credential(
     next: Next,
 ) -> Result<Response, ApiError> {
     if let Some(header) = request.headers().get(header::AUTHORIZATION) {
-        state.api_keys.authenticate(Some(header.as_bytes()))?;
+        state
+            .api_keys
+            .load()
+            .authenticate(Some(header.as_bytes()))?;
     }
     Ok(next.run(request).await)
 }

@@ -52,6 +52,8 @@ pub enum Action {
     /// A certificate was issued to a key's current version (by an API key, or by
     /// the scheduler under the key's policy).
     CertificateIssue,
+    /// kms.json was reloaded (by an API key, or `sighup`).
+    Reload,
 }
 
 impl Action {
@@ -67,6 +69,7 @@ impl Action {
             Action::Csr => "csr",
             Action::CertificateImport => "certificate-import",
             Action::CertificateIssue => "certificate-issue",
+            Action::Reload => "reload",
         }
     }
 
@@ -82,6 +85,7 @@ impl Action {
             Action::Csr,
             Action::CertificateImport,
             Action::CertificateIssue,
+            Action::Reload,
         ]
         .into_iter()
         .find(|a| a.as_str() == name)

@@ -75,7 +75,7 @@ pub fn options_from_config(path: &std::path::Path, id: &str) -> anyhow::Result<W
     let crate::config::ProviderConfig::Wasm(wasm) = entry.config else {
         anyhow::bail!("provider `{id}` is not a guest (wasm or named guest type)");
     };
-    let mut options = crate::server::wasm_options(
+    let mut options = crate::assembly::wasm_options(
         entry.id,
         wasm,
         base_dir,

@@ -87,6 +87,8 @@ pub struct ProviderEntry {
     pub id: String,
     pub description: Option<String>,
     pub config: ProviderConfig,
+    /// The entry as written (placeholders expanded), to tell on reload whether it changed.
+    pub source: String,
 }
 
 /// The type-specific part of a provider entry; closed: third parties extend through `wasm`.
@@ -501,6 +503,7 @@ impl Config {
                 id: "db".into(),
                 description: Some("Keys sealed in the gateway database".into()),
                 config: ProviderConfig::Db(DbConfig {}),
+                source: r#"{"id":"db","type":"db"}"#.into(),
             }],
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
@@ -891,6 +894,7 @@ fn decode_provider(
     types: &GuestTypes<'_>,
     problems: &mut Vec<Problem>,
 ) -> Option<ProviderEntry> {
+    let source = item.to_string();
     let Value::Object(mut map) = item else {
         problem(problems, path, "a provider entry must be a JSON object");
         return None;
@@ -924,6 +928,7 @@ fn decode_provider(
             id: id?,
             description,
             config: ProviderConfig::Wasm(config?),
+            source,
         });
     }
     let rest = Value::Object(map);
@@ -966,6 +971,7 @@ fn decode_provider(
         id: id?,
         description,
         config: config?,
+        source,
     })
 }
 

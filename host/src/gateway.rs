@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
 
@@ -109,22 +110,58 @@ pub struct ProviderHealth {
     pub health: Health,
 }
 
-/// The provider registry and key catalog.
-pub struct Gateway {
+/// The providers a gateway routes to. A reload replaces it whole; a request
+/// keeps the registry it started with until it ends.
+pub struct Registry {
     providers: Vec<Registered>,
     by_id: HashMap<String, usize>,
     default_provider: String,
-    catalog: Catalog,
     /// Sign latency per provider; `sign_timers[i]` belongs to `providers[i]`.
-    sign_seconds: HistogramVec,
     sign_timers: Vec<Histogram>,
+    /// Whether `providers[i]` has passed a health probe (shared with the registry
+    /// a reload makes, for the providers it keeps).
+    initialised: Vec<Arc<AtomicBool>>,
+}
+
+impl Registry {
+    /// The providers, in configuration order.
+    pub fn providers(&self) -> &[Registered] {
+        &self.providers
+    }
+
+    /// The provider used when a request names none.
+    pub fn default_provider(&self) -> &str {
+        &self.default_provider
+    }
+
+    fn index_of(&self, id: Option<&str>) -> Result<usize, GatewayError> {
+        let id = id.unwrap_or(&self.default_provider);
+        self.by_id
+            .get(id)
+            .copied()
+            .ok_or_else(|| GatewayError::ProviderNotFound(id.to_owned()))
+    }
+
+    fn index_of_record(&self, record: &KeyRecord) -> Result<usize, GatewayError> {
+        self.index_of(Some(&record.provider))
+            .map_err(|_| GatewayError::ProviderGone {
+                kid: record.kid.clone(),
+                provider: record.provider.clone(),
+            })
+    }
+}
+
+/// The provider registry and key catalog.
+pub struct Gateway {
+    registry: ArcSwap<Registry>,
+    catalog: Catalog,
+    /// Sign latency per provider.
+    sign_seconds: HistogramVec,
     /// Records by gateway-wide key id.
     records: DashMap<String, Arc<KeyRecord>>,
     /// Bumped by every invalidation, so a record read from the database just before
     /// a deletion is not cached after it.
     invalidations: AtomicU64,
-    /// Whether `providers[i]` has passed a health probe since start.
-    initialised: Vec<AtomicBool>,
     /// Signs counted per key.
     usage: Arc<Usage>,
     /// Rotations that committed, and that failed.
@@ -147,15 +184,6 @@ impl Gateway {
     /// # Panics
     /// When `default_provider` is not among `providers` (config validation prevents it).
     pub fn new(providers: Vec<Registered>, default_provider: String, catalog: Catalog) -> Self {
-        let by_id: HashMap<_, _> = providers
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.provider.id().to_owned(), i))
-            .collect();
-        assert!(
-            by_id.contains_key(&default_provider),
-            "default provider must be registered"
-        );
         let sign_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "kmsgw_sign_duration_seconds",
@@ -165,25 +193,79 @@ impl Gateway {
             &["provider"],
         )
         .expect("a valid histogram");
-        let sign_timers = providers
-            .iter()
-            .map(|r| sign_seconds.with_label_values(&[r.provider.id()]))
-            .collect();
-        let initialised = providers.iter().map(|_| AtomicBool::new(false)).collect();
+        let registry = Self::registry_of(&sign_seconds, providers, default_provider, None);
         Gateway {
             usage: Arc::new(Usage::new(catalog.clone(), true)),
             rotations: [AtomicU64::new(0), AtomicU64::new(0)],
             certificates: [AtomicU64::new(0), AtomicU64::new(0)],
-            initialised,
-            providers,
-            by_id,
-            default_provider,
+            registry: ArcSwap::from_pointee(registry),
             catalog,
             sign_seconds,
-            sign_timers,
             records: DashMap::new(),
             invalidations: AtomicU64::new(0),
         }
+    }
+
+    /// A registry of `providers`; a provider also in `previous` keeps its
+    /// initialised state.
+    ///
+    /// # Panics
+    /// When `default_provider` is not among `providers` (config validation prevents it).
+    fn registry_of(
+        sign_seconds: &HistogramVec,
+        providers: Vec<Registered>,
+        default_provider: String,
+        previous: Option<&Registry>,
+    ) -> Registry {
+        let by_id: HashMap<_, _> = providers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.provider.id().to_owned(), i))
+            .collect();
+        assert!(
+            by_id.contains_key(&default_provider),
+            "default provider must be registered"
+        );
+        let sign_timers = providers
+            .iter()
+            .map(|r| sign_seconds.with_label_values(&[r.provider.id()]))
+            .collect();
+        let initialised = providers
+            .iter()
+            .map(|r| {
+                previous
+                    .and_then(|old| {
+                        old.providers
+                            .iter()
+                            .position(|o| Arc::ptr_eq(&o.provider, &r.provider))
+                            .map(|i| Arc::clone(&old.initialised[i]))
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        Registry {
+            providers,
+            by_id,
+            default_provider,
+            sign_timers,
+            initialised,
+        }
+    }
+
+    /// Routes to `providers` from now on; requests already running finish with
+    /// the providers they started with.
+    ///
+    /// # Panics
+    /// When `default_provider` is not among `providers` (config validation prevents it).
+    pub fn replace_providers(&self, providers: Vec<Registered>, default_provider: String) {
+        let previous = self.registry.load_full();
+        let next = Self::registry_of(
+            &self.sign_seconds,
+            providers,
+            default_provider,
+            Some(&previous),
+        );
+        self.registry.store(Arc::new(next));
     }
 
     /// The same gateway counting key usage with `usage`.
@@ -197,9 +279,9 @@ impl Gateway {
         &self.usage
     }
 
-    /// The configured providers, in configuration order.
-    pub fn providers(&self) -> &[Registered] {
-        &self.providers
+    /// The providers now configured.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
     }
 
     /// The catalog.
@@ -212,16 +294,11 @@ impl Gateway {
         &self.sign_seconds
     }
 
-    fn index_of(&self, id: Option<&str>) -> Result<usize, GatewayError> {
-        let id = id.unwrap_or(&self.default_provider);
-        self.by_id
-            .get(id)
-            .copied()
-            .ok_or_else(|| GatewayError::ProviderNotFound(id.to_owned()))
-    }
-
-    fn provider(&self, id: Option<&str>) -> Result<&Arc<dyn Provider>, GatewayError> {
-        self.index_of(id).map(|i| &self.providers[i].provider)
+    fn provider(&self, id: Option<&str>) -> Result<Arc<dyn Provider>, GatewayError> {
+        let registry = self.registry.load();
+        registry
+            .index_of(id)
+            .map(|i| Arc::clone(&registry.providers[i].provider))
     }
 
     fn check_new_kid(kid: &str) -> Result<(), GatewayError> {
@@ -485,15 +562,15 @@ impl Gateway {
         message: &[u8],
         alg: Option<Alg>,
     ) -> Result<(Vec<u8>, Arc<KeyRecord>), GatewayError> {
-        let (record, index) = self.signing_key(tenant, kid, alg).await?;
-        let provider = &self.providers[index].provider;
+        let (record, registry, index) = self.signing_key(tenant, kid, alg).await?;
+        let provider = &registry.providers[index].provider;
         let started = std::time::Instant::now();
         let signature = provider
             .sign(&record, message, record.alg)
             .await
             .map_err(|e| self.sign_failed(&record, e))?;
         self.check_signature(provider.as_ref(), &record, message, &signature)?;
-        self.sign_timers[index].observe(started.elapsed().as_secs_f64());
+        registry.sign_timers[index].observe(started.elapsed().as_secs_f64());
         self.usage.record(&record.id, 1);
         Ok((signature, record))
     }
@@ -510,8 +587,8 @@ impl Gateway {
         messages: &[Vec<u8>],
         alg: Option<Alg>,
     ) -> Result<(Vec<Vec<u8>>, Arc<KeyRecord>), GatewayError> {
-        let (record, index) = self.signing_key(tenant, kid, alg).await?;
-        let provider = &self.providers[index].provider;
+        let (record, registry, index) = self.signing_key(tenant, kid, alg).await?;
+        let provider = &registry.providers[index].provider;
         let started = std::time::Instant::now();
         let signatures = provider
             .sign_batch(&record, messages, record.alg)
@@ -529,18 +606,18 @@ impl Gateway {
         for (message, signature) in messages.iter().zip(&signatures) {
             self.check_signature(provider.as_ref(), &record, message, signature)?;
         }
-        self.sign_timers[index].observe(started.elapsed().as_secs_f64());
+        registry.sign_timers[index].observe(started.elapsed().as_secs_f64());
         self.usage.record(&record.id, messages.len() as u64);
         Ok((signatures, record))
     }
 
-    /// The record of a key about to sign, and its provider's index.
+    /// The record of a key about to sign, and the registry and index of its provider.
     async fn signing_key(
         &self,
         tenant: Option<&str>,
         kid: &str,
         alg: Option<Alg>,
-    ) -> Result<(Arc<KeyRecord>, usize), GatewayError> {
+    ) -> Result<(Arc<KeyRecord>, Arc<Registry>, usize), GatewayError> {
         let record = self.key(tenant, kid).await?;
         if let Some(alg) = alg
             && alg != record.alg
@@ -550,8 +627,9 @@ impl Gateway {
                 record.alg
             )));
         }
-        let index = self.index_of_record(&record)?;
-        Ok((record, index))
+        let registry = self.registry.load_full();
+        let index = registry.index_of_record(&record)?;
+        Ok((record, registry, index))
     }
 
     fn sign_failed(&self, record: &KeyRecord, error: ProviderError) -> GatewayError {
@@ -613,17 +691,11 @@ impl Gateway {
         Ok(())
     }
 
-    fn index_of_record(&self, record: &KeyRecord) -> Result<usize, GatewayError> {
-        self.index_of(Some(&record.provider))
-            .map_err(|_| GatewayError::ProviderGone {
-                kid: record.kid.clone(),
-                provider: record.provider.clone(),
-            })
-    }
-
-    fn provider_of(&self, record: &KeyRecord) -> Result<&Arc<dyn Provider>, GatewayError> {
-        self.index_of_record(record)
-            .map(|i| &self.providers[i].provider)
+    fn provider_of(&self, record: &KeyRecord) -> Result<Arc<dyn Provider>, GatewayError> {
+        let registry = self.registry.load();
+        registry
+            .index_of_record(record)
+            .map(|i| Arc::clone(&registry.providers[i].provider))
     }
 
     /// Deletes `kid` of `tenant` from its backend, then from the catalog. Returns
@@ -986,11 +1058,13 @@ impl Gateway {
 
     /// Probes every provider in parallel, each bounded by a timeout.
     pub async fn health(&self) -> Vec<ProviderHealth> {
-        futures::future::join_all((0..self.providers.len()).map(|i| self.probe(i))).await
+        let registry = self.registry.load_full();
+        futures::future::join_all((0..registry.providers.len()).map(|i| Self::probe(&registry, i)))
+            .await
     }
 
-    async fn probe(&self, index: usize) -> ProviderHealth {
-        let provider = &self.providers[index].provider;
+    async fn probe(registry: &Registry, index: usize) -> ProviderHealth {
+        let provider = &registry.providers[index].provider;
         let health = match tokio::time::timeout(HEALTH_TIMEOUT, provider.health()).await {
             Ok(health) => health,
             Err(_) => Health {
@@ -1000,7 +1074,7 @@ impl Gateway {
             },
         };
         if health.ok {
-            self.initialised[index].store(true, Ordering::Release);
+            registry.initialised[index].store(true, Ordering::Release);
         }
         ProviderHealth {
             provider_id: provider.id().to_owned(),
@@ -1013,9 +1087,10 @@ impl Gateway {
     /// initialised from its first successful health probe on (later outages show in
     /// [`Gateway::health`], not here). Probes the others now.
     pub async fn not_ready(&self) -> Vec<ProviderHealth> {
-        let waiting = (0..self.providers.len())
-            .filter(|&i| !self.initialised[i].load(Ordering::Acquire))
-            .map(|i| self.probe(i));
+        let registry = self.registry.load_full();
+        let waiting = (0..registry.providers.len())
+            .filter(|&i| !registry.initialised[i].load(Ordering::Acquire))
+            .map(|i| Self::probe(&registry, i));
         futures::future::join_all(waiting)
             .await
             .into_iter()
@@ -1027,7 +1102,7 @@ impl Gateway {
     pub fn invalidate(&self, id: &str) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.records.remove(id);
-        for registered in &self.providers {
+        for registered in &self.registry.load().providers {
             registered.provider.invalidate(id);
         }
     }
@@ -1036,7 +1111,7 @@ impl Gateway {
     pub fn invalidate_all(&self) {
         self.invalidations.fetch_add(1, Ordering::AcqRel);
         self.records.clear();
-        for registered in &self.providers {
+        for registered in &self.registry.load().providers {
             registered.provider.invalidate_all();
         }
     }

@@ -23,6 +23,7 @@
 //!   graceful shutdown.
 
 pub mod api;
+pub mod assembly;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
@@ -33,6 +34,7 @@ pub mod crypto;
 pub mod gateway;
 pub mod metrics;
 pub mod providers;
+pub mod reload;
 pub mod scheduler;
 pub mod server;
 pub mod usage;

@@ -44,7 +44,7 @@ impl Metrics {
 
     /// The text exposition: the registry, then provider health (probed now) and
     /// guest counters.
-    pub async fn render(&self, gateway: &Gateway) -> String {
+    pub async fn render(&self, gateway: &Gateway, reloads: Option<(u64, u64)>) -> String {
         let health = IntGaugeVec::new(
             Opts::new(
                 "kmsgw_provider_up",
@@ -101,7 +101,8 @@ impl Metrics {
                 Vec::new()
             }
         };
-        for registered in gateway.providers() {
+        let registry = gateway.registry();
+        for registered in registry.providers() {
             if let Some(stats) = registered.provider.guest_stats() {
                 let id = [registered.provider.id()];
                 let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
@@ -178,6 +179,11 @@ impl Metrics {
             "Key rotations by this replica, by outcome",
             gateway.rotation_counts(),
         );
+        let reloads = outcomes(
+            "kmsgw_config_reloads_total",
+            "kms.json reloads (SIGHUP or POST /admin/reload), by outcome",
+            reloads.unwrap_or_default(),
+        );
         let certificates = outcomes(
             "kmsgw_certificates_issued_total",
             "Certificates issued by this replica (on request, on rotation, renewals), by outcome",
@@ -190,6 +196,7 @@ impl Metrics {
         families.extend(oldest.collect());
         families.extend(rotations.collect());
         families.extend(certificates.collect());
+        families.extend(reloads.collect());
         for collector in [&traps, &timeouts, &denied, &dropped, &recycled] {
             families.extend(collector.collect());
         }

@@ -13,23 +13,14 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgListener;
 
 use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
+use crate::assembly::{Assembler, Built};
 use crate::audit::Audit;
 use crate::auth::ApiKeys;
 use crate::catalog::{Backend, Catalog, DELETE_CHANNEL};
-use crate::config::{Config, ConfigError, EgressAuthKind, Problem, ProviderConfig, WasmConfig};
-use crate::credentials::Credentials;
+use crate::config::{Config, ConfigError, Problem};
 use crate::crypto::seal::MasterKey;
-use crate::gateway::{Gateway, Registered};
-use crate::providers::Provider;
-use crate::providers::aws_kms::AwsKmsProvider;
-use crate::providers::db::DbProvider;
-use crate::providers::http::HttpProvider;
-use crate::providers::pkcs11::Pkcs11Provider;
-use crate::providers::vault::VaultProvider;
-use crate::providers::wasm::host::AllowedHost;
-use crate::providers::wasm::limits::GuestLimits;
-use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
-use crate::providers::wasm::{WasmOptions, WasmProvider, WasmStartError};
+use crate::gateway::Gateway;
+use crate::reload::{Reloader, ReloaderParts};
 use crate::usage::Usage;
 
 /// Default listen address: loopback only.
@@ -147,77 +138,23 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         .and_then(|p| p.parent())
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let runtime = wasm_runtime(&config, &options.data_dir)?;
-    let mut providers = Vec::with_capacity(config.providers.len());
-    let mut failures = Vec::new();
-    for (i, entry) in config.providers.into_iter().enumerate() {
-        fn shared(provider: impl Provider + 'static) -> Arc<dyn Provider> {
-            Arc::new(provider)
-        }
-        let path = format!("providers[{i}]");
-        let built: Result<Arc<dyn Provider>, String> = match entry.config {
-            ProviderConfig::Db(_) => Ok(shared(DbProvider::new(
-                entry.id,
-                catalog.clone(),
-                master.clone(),
-            ))),
-            ProviderConfig::Wasm(wasm) => {
-                let runtime = runtime
-                    .as_ref()
-                    .expect("a runtime exists when a wasm provider does");
-                let named = wasm.adapter.is_some();
-                let options = match wasm_options(entry.id, wasm, &base_dir, &path, &source_name) {
-                    Ok(options) => options,
-                    Err(ConfigError::Invalid { problems, .. }) => {
-                        failures.extend(problems);
-                        continue;
-                    }
-                    Err(other) => return Err(other.into()),
-                };
-                match WasmProvider::start(runtime, options, catalog.clone(), master.clone()).await {
-                    Ok(provider) => Ok(shared(provider)),
-                    // A named type's fields are the entry's own; a `wasm` entry's are under `config`.
-                    Err(WasmStartError::Config { field, message }) => {
-                        let inside = if named { "" } else { ".config" };
-                        failures.push(Problem {
-                            path: match field {
-                                Some(field) => format!("{path}{inside}.{field}"),
-                                None => format!("{path}{inside}"),
-                            },
-                            message,
-                        });
-                        continue;
-                    }
-                    Err(e @ WasmStartError::Load(_)) if named => Err(format!(
-                        "{e} (shipped adapters are looked for in $KMSGW_ADAPTER_DIR, else in adapters/ beside the kmsgw binary)"
-                    )),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-            ProviderConfig::Http(http) => HttpProvider::new(entry.id, http)
-                .map(shared)
-                .map_err(|e| e.to_string()),
-            ProviderConfig::Vault(vault) => VaultProvider::new(entry.id, vault)
-                .map(shared)
-                .map_err(|e| e.to_string()),
-            // Connects on first use: a wrong PIN or a missing token shows in health.
-            ProviderConfig::Pkcs11(pkcs11) => Ok(shared(Pkcs11Provider::new(entry.id, pkcs11))),
-            ProviderConfig::AwsKms(aws) => Ok(shared(AwsKmsProvider::new(entry.id, aws).await)),
-        };
-        match built {
-            Ok(provider) => providers.push(Registered {
-                provider,
-                description: entry.description,
-            }),
-            Err(message) => failures.push(Problem { path, message }),
-        }
-    }
-    if !failures.is_empty() {
-        return Err(StartError::Config(ConfigError::Invalid {
-            source_name: source_name.clone(),
-            problems: failures,
-        }));
-    }
+    let assembler = Assembler {
+        catalog: catalog.clone(),
+        master: master.clone(),
+        data_dir: options.data_dir.clone(),
+        base_dir,
+        source_name: source_name.clone(),
+    };
+    let built = assembler
+        .build(config.providers, &[])
+        .await
+        .map_err(|problems| {
+            StartError::Config(ConfigError::Invalid {
+                source_name: source_name.clone(),
+                problems,
+            })
+        })?;
+    let providers = built.iter().map(Built::registered).collect();
     let usage = Arc::new(Usage::new(catalog.clone(), config.usage.enabled));
     usage.spawn_flusher(Duration::from_millis(config.usage.flush_ms));
     let gateway = Arc::new(
@@ -247,147 +184,26 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         database = ?catalog.backend(),
         "gateway ready"
     );
-    Ok(Prepared {
-        state: AppState::new(
-            gateway,
-            config
-                .server
-                .max_body_bytes
-                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            api_keys,
-            audit,
-        ),
+    let mut state = AppState::new(
+        Arc::clone(&gateway),
+        config
+            .server
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        api_keys,
+        audit.clone(),
+    );
+    state.reloader = Some(Arc::new(Reloader::new(ReloaderParts {
+        config_path: options.config.clone(),
+        assembler,
+        gateway,
+        api_keys: Arc::clone(&state.api_keys),
         listen,
-    })
-}
-
-/// The guest engine, sized for every `wasm` entry; `None` when there are none.
-fn wasm_runtime(config: &Config, data_dir: &Path) -> Result<Option<WasmRuntime>, StartError> {
-    // Invalid limits are reported with their entry by `wasm_options`; defaults size the engine meanwhile.
-    let limits: Vec<GuestLimits> = config
-        .providers
-        .iter()
-        .filter_map(|p| match &p.config {
-            ProviderConfig::Wasm(w) => {
-                Some(GuestLimits::resolve(w.limits.as_ref()).unwrap_or_default())
-            }
-            _ => None,
-        })
-        .collect();
-    if limits.is_empty() {
-        return Ok(None);
-    }
-    let sizing = PoolSizing {
-        // A failed instance's slot is freed before its replacement is made; the
-        // spare slots cover warm-up overlapping a replacement.
-        instances: limits
-            .iter()
-            .map(|l| u32::try_from(l.instances).unwrap_or(u32::MAX))
-            .fold(4u32, u32::saturating_add),
-        max_memory_bytes: limits
-            .iter()
-            .map(GuestLimits::memory_bytes)
-            .max()
-            .unwrap_or(0),
-    };
-    WasmRuntime::new(sizing, Some(data_dir.join("wasm-cache")))
-        .map(Some)
-        .map_err(|e| StartError::setup("cannot start the WebAssembly engine", format!("{e:#}")))
-}
-
-/// Turns a `wasm` entry into run options; a relative component path is taken
-/// from the directory of kms.json.
-pub(crate) fn wasm_options(
-    id: String,
-    config: WasmConfig,
-    base_dir: &Path,
-    path: &str,
-    source_name: &str,
-) -> Result<WasmOptions, ConfigError> {
-    let mut problems = Vec::new();
-    let allowed_hosts: Vec<AllowedHost> = config
-        .allowed_hosts
-        .iter()
-        .enumerate()
-        .filter_map(|(j, entry)| {
-            AllowedHost::parse(entry)
-                .map_err(|message| {
-                    problems.push(Problem {
-                        path: format!("{path}.allowedHosts[{j}]"),
-                        message,
-                    })
-                })
-                .ok()
-        })
-        .collect();
-    let mut allowed_hosts: Vec<AllowedHost> = allowed_hosts;
-    let mut egress_auth = Vec::new();
-    for (j, item) in config.egress_auth.iter().enumerate() {
-        let at = format!("{path}.egressAuth[{j}]");
-        let host = match AllowedHost::parse(&item.host) {
-            Ok(host) => host,
-            Err(message) => {
-                problems.push(Problem {
-                    path: format!("{at}.host"),
-                    message,
-                });
-                continue;
-            }
-        };
-        let credentials = match &item.kind {
-            EgressAuthKind::Bearer(bearer) => Ok(Credentials::bearer(bearer.clone())),
-            EgressAuthKind::Oauth2ClientCredentials(oauth)
-                if oauth.token_url.scheme() != "https"
-                    && !AllowedHost::is_loopback(oauth.token_url.host_str().unwrap_or_default()) =>
-            {
-                Err(crate::credentials::CredentialError::Setup(
-                    "tokenUrl must be https:// (http:// only on loopback): the client secret travels in it".into(),
-                ))
-            }
-            EgressAuthKind::Oauth2ClientCredentials(oauth) => {
-                Ok(Credentials::client_credentials(oauth.clone()))
-            }
-            EgressAuthKind::GoogleServiceAccount(account) => {
-                Credentials::google_service_account(account, base_dir)
-            }
-        };
-        match credentials {
-            Ok(credentials) => {
-                if !allowed_hosts.contains(&host) {
-                    allowed_hosts.push(host.clone());
-                }
-                egress_auth.push((host, Arc::new(credentials)));
-            }
-            Err(e) => problems.push(Problem {
-                path: at,
-                message: e.to_string(),
-            }),
-        }
-    }
-    let limits = GuestLimits::resolve(config.limits.as_ref())
-        .map_err(|message| {
-            problems.push(Problem {
-                path: format!("{path}.limits"),
-                message,
-            })
-        })
-        .unwrap_or_default();
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid {
-            source_name: source_name.to_owned(),
-            problems,
-        });
-    }
-    Ok(WasmOptions {
-        id,
-        component: base_dir.join(&config.component),
-        sha256: config.sha256,
-        config: config.config.unwrap_or(serde_json::Value::Null),
-        allowed_hosts,
-        egress_auth,
-        limits,
-        adapter: config.adapter,
-    })
+        insecure_no_auth: options.insecure_no_auth,
+        audit,
+        running: built,
+    })));
+    Ok(Prepared { state, listen })
 }
 
 /// Refuses to start with a master key other than the one the database was made with,
@@ -460,6 +276,9 @@ pub async fn serve(
     tracing::info!(addr = %local, "listening on http://{local}");
     let audit = prepared.state.audit.clone();
     let usage = Arc::clone(prepared.state.gateway.usage());
+    if let Some(reloader) = &prepared.state.reloader {
+        crate::reload::on_sighup(Arc::clone(reloader));
+    }
     axum::serve(listener, app(prepared.state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -69,7 +69,7 @@ impl Modify for BearerScheme {
         keys::jwks,
         certificates::csr, certificates::import, certificates::issue, certificates::chain,
         ops::providers, ops::health, ops::ready, ops::health_kms, ops::audit_page,
-        ops::audit_verify, ops::metrics, serve,
+        ops::audit_verify, ops::metrics, ops::reload, serve,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerScheme),

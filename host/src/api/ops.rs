@@ -142,6 +142,7 @@ pub async fn providers(
     Ok(Json(
         state
             .gateway
+            .registry()
             .providers()
             .iter()
             .map(|r| ProviderInfo {
@@ -165,7 +166,8 @@ pub async fn metrics(
     Extension(principal): Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::Admin)?;
-    let text = state.metrics.render(&state.gateway).await;
+    let reloads = state.reloader.as_ref().map(|r| r.counts());
+    let text = state.metrics.render(&state.gateway, reloads).await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
@@ -254,4 +256,36 @@ pub async fn audit_verify(
 
 fn storage(e: crate::catalog::CatalogError) -> ApiError {
     ApiError::Gateway(e.into())
+}
+
+/// Reload kms.json: added and changed providers (a guest's new component too) and
+/// the API keys take effect; requests already running finish on the old
+/// providers. An invalid file changes nothing and is answered with every problem.
+#[utoipa::path(post, path = "/admin/reload", tag = "operations",
+    responses((status = 200, description = "What the reload changed", body = crate::reload::ReloadReport),
+        ErrorResponses),
+    security(("bearer" = ["admin"])))]
+pub async fn reload(
+    State(state): State<AppState>,
+    Extension(principal): Caller,
+) -> Result<Json<crate::reload::ReloadReport>, ApiError> {
+    principal.require(Scope::Admin)?;
+    let Some(reloader) = &state.reloader else {
+        return Err(ApiError::bad_request(
+            "no_config_file",
+            "this gateway cannot reload",
+        ));
+    };
+    let actor = principal.key_id.as_deref().unwrap_or("anonymous");
+    reloader.reload(actor).await.map(Json).map_err(|e| match e {
+        crate::reload::ReloadError::NoFile => {
+            ApiError::bad_request("no_config_file", e.to_string())
+        }
+        crate::reload::ReloadError::Config(_) => {
+            ApiError::bad_request("invalid_config", e.to_string())
+        }
+        crate::reload::ReloadError::Refused(_) => {
+            ApiError::bad_request("reload_refused", e.to_string())
+        }
+    })
 }

@@ -14,6 +14,7 @@ mod crash;
 mod guests;
 mod http;
 mod openapi;
+mod reload;
 mod replicas;
 mod rotation;
 mod security;
