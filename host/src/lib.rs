@@ -35,6 +35,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod providers;
 pub mod reload;
+pub mod scaffold;
 pub mod scheduler;
 pub mod server;
 pub mod usage;

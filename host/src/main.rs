@@ -35,11 +35,38 @@ enum Command {
 enum AdapterCommand {
     /// Load a guest component as the gateway would and exercise every operation it advertises.
     Check(CheckArgs),
+    /// Write a new adapter project that builds with nothing but crates.io.
+    New(NewArgs),
+    /// Build the adapter project in DIR as its kmsgw-adapter.toml says; prints the component.
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print the WIT package adapters are built against (or write it with --out).
+    Wit {
+        /// Write `adapter.wit` and its `deps/` into this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct NewArgs {
+    /// The adapter's name (lower-case letters, digits, `-`, `_`).
+    name: String,
+    /// The language of the project.
+    #[arg(long, default_value = "rust")]
+    lang: String,
+    /// Where to write it [default: ./NAME].
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// The component (.wasm) to check (or use --kms-json and --provider).
+    /// The component (.wasm), or an adapter project directory, to check (or use
+    /// --kms-json and --provider).
     #[arg(required_unless_present = "provider")]
     component: Option<PathBuf>,
     /// Check provider ID of this kms.json as the gateway would run it: its component
@@ -101,6 +128,39 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Adapter(AdapterCommand::Check(args)) => runtime.block_on(check(args)),
+        Command::Adapter(AdapterCommand::New(args)) => {
+            let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
+            report(kmsgw::scaffold::new_project(&args.name, &args.lang, &dir).map(|dir| {
+                format!(
+                    "wrote {}; build it with `kmsgw adapter build {0}`, check it with `kmsgw adapter check {0}`",
+                    dir.display()
+                )
+            }))
+        }
+        Command::Adapter(AdapterCommand::Build { dir }) => {
+            report(kmsgw::scaffold::build(&dir).map(|c| c.display().to_string()))
+        }
+        Command::Adapter(AdapterCommand::Wit { out: Some(dir) }) => {
+            report(kmsgw::scaffold::write_wit(&dir).map(|()| format!("wrote {}", dir.display())))
+        }
+        Command::Adapter(AdapterCommand::Wit { out: None }) => {
+            print!("{}", kmsgw::scaffold::wit_text());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Prints `result`'s message; an error goes to stderr with exit code 2.
+fn report(result: Result<String, kmsgw::scaffold::ScaffoldError>) -> ExitCode {
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -113,6 +173,18 @@ async fn check(args: CheckArgs) -> ExitCode {
             o
         }),
         (_, _, Some(component)) => match serde_json::from_str(&args.config) {
+            Ok(config) if component.is_dir() => kmsgw::scaffold::component_of(&component)
+                .map_err(anyhow::Error::from)
+                .and_then(|component| {
+                    CheckOptions {
+                        component,
+                        config,
+                        allowed_hosts: args.allow_host.clone(),
+                        timeout: Duration::from_millis(args.timeout_ms.unwrap_or(2000)),
+                        memory_bytes: args.memory_mb << 20,
+                    }
+                    .wasm_options()
+                }),
             Ok(config) => CheckOptions {
                 component,
                 config,

@@ -17,6 +17,7 @@ mod openapi;
 mod reload;
 mod replicas;
 mod rotation;
+mod scaffold;
 mod security;
 mod usage;
 mod vault;

@@ -1,0 +1,103 @@
+//! Adapter authoring outside this repository: `kmsgw adapter new` writes a Rust
+//! project into an empty directory elsewhere, `kmsgw adapter build` builds it
+//! with nothing but crates.io, and `kmsgw adapter check` passes it as generated;
+//! the component then serves in a gateway.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kmsgw_tests::*;
+use serde_json::json;
+
+fn adapter(args: &[&str], cwd: &Path) -> Output {
+    Command::new(kmsgw_bin())
+        .arg("adapter")
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kmsgw adapter")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_rust_adapter_builds_outside_the_repository_and_passes_the_check() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path();
+    let made = adapter(&["new", "acme-kms"], dir);
+    assert!(made.status.success(), "{}", text(&made));
+    let project = dir.join("acme-kms");
+    for file in [
+        "kmsgw-adapter.toml",
+        "Cargo.toml",
+        "src/lib.rs",
+        "sdk/src/lib.rs",
+        "wit/adapter.wit",
+    ] {
+        assert!(project.join(file).is_file(), "{file} missing");
+    }
+    // Nothing in the project points back into this repository.
+    for file in files_under(&project) {
+        let content = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            !content.contains(env!("CARGO_MANIFEST_DIR")),
+            "{} names the repository",
+            file.display()
+        );
+    }
+
+    let built = adapter(&["build", "acme-kms"], dir);
+    assert!(built.status.success(), "{}", text(&built));
+    let component = project.join("target/wasm32-wasip2/release/acme_kms.wasm");
+    assert_eq!(
+        String::from_utf8_lossy(&built.stdout).trim(),
+        "acme-kms/target/wasm32-wasip2/release/acme_kms.wasm"
+    );
+    let checked = adapter(&["check", "acme-kms"], dir);
+    assert!(
+        checked.status.success() && text(&checked).contains("checks passed"),
+        "{}",
+        text(&checked)
+    );
+
+    // It serves in a gateway.
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start_configured(&json!({"providers": [
+        {"id": "db", "type": "db"},
+        {"id": "acme", "type": "wasm", "component": component},
+    ]}));
+    let key = gw
+        .create(json!({"kid": "from-acme", "provider": "acme"}))
+        .await;
+    assert_verifies(
+        &key["publicJwk"],
+        b"acme",
+        &gw.sign("from-acme", b"acme").await,
+    );
+
+    // The WIT package as the gateway knows it, and refusals that say why.
+    let wit_dir = dir.join("wit-copy");
+    let wit = adapter(&["wit", "--out", wit_dir.to_str().unwrap()], dir);
+    assert!(wit.status.success(), "{}", text(&wit));
+    let repository_wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/adapter.wit");
+    assert_eq!(
+        std::fs::read_to_string(wit_dir.join("adapter.wit")).unwrap(),
+        std::fs::read_to_string(repository_wit).unwrap()
+    );
+    let again = adapter(&["new", "acme-kms"], dir);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(text(&again).contains("is not empty"), "{}", text(&again));
+    let bad = adapter(&["new", "Bad Name"], dir);
+    assert!(
+        text(&bad).contains("not a usable adapter name"),
+        "{}",
+        text(&bad)
+    );
+}
