@@ -77,9 +77,9 @@ impl Assembler {
                         ))
                     })
                     .unwrap_or_else(|e| format!("unreadable: {e}"));
-                format!("{}\n{digest}", entry.source)
+                format!("{} {digest}", entry.fingerprint)
             }
-            _ => entry.source.clone(),
+            _ => entry.fingerprint.clone(),
         }
     }
 

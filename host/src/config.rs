@@ -87,8 +87,9 @@ pub struct ProviderEntry {
     pub id: String,
     pub description: Option<String>,
     pub config: ProviderConfig,
-    /// The entry as written (placeholders expanded), to tell on reload whether it changed.
-    pub source: String,
+    /// The SHA-256 (hex) of the entry as written, placeholders expanded: tells a
+    /// reload whether it changed, without keeping its secrets in plain text.
+    pub fingerprint: String,
 }
 
 /// The type-specific part of a provider entry; closed: third parties extend through `wasm`.
@@ -503,7 +504,7 @@ impl Config {
                 id: "db".into(),
                 description: Some("Keys sealed in the gateway database".into()),
                 config: ProviderConfig::Db(DbConfig {}),
-                source: r#"{"id":"db","type":"db"}"#.into(),
+                fingerprint: "built-in db".into(),
             }],
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
@@ -894,7 +895,10 @@ fn decode_provider(
     types: &GuestTypes<'_>,
     problems: &mut Vec<Problem>,
 ) -> Option<ProviderEntry> {
-    let source = item.to_string();
+    let fingerprint = hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        item.to_string().as_bytes(),
+    ));
     let Value::Object(mut map) = item else {
         problem(problems, path, "a provider entry must be a JSON object");
         return None;
@@ -928,7 +932,7 @@ fn decode_provider(
             id: id?,
             description,
             config: ProviderConfig::Wasm(config?),
-            source,
+            fingerprint,
         });
     }
     let rest = Value::Object(map);
@@ -971,7 +975,7 @@ fn decode_provider(
         id: id?,
         description,
         config: config?,
-        source,
+        fingerprint,
     })
 }
 
