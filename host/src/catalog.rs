@@ -268,6 +268,8 @@ impl Catalog {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Other replicas' JWKS documents gain the key.
+        self.announce(&mut tx, &record.id).await?;
         tx.commit().await?;
         Ok(())
     }

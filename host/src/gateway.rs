@@ -168,6 +168,19 @@ pub struct Gateway {
     rotations: [AtomicU64; 2],
     /// Certificates issued, and issues that failed.
     certificates: [AtomicU64; 2],
+    /// Each tenant's JWKS document as last built (`""`: outside tenants).
+    jwks_documents: DashMap<String, Arc<JwksDocument>>,
+}
+
+/// A tenant's JWKS document, built once per change of the published keys.
+#[derive(Debug)]
+pub struct JwksDocument {
+    /// The value of [`Gateway`]'s invalidation counter it was built at.
+    generation: u64,
+    /// The JSON text.
+    pub body: bytes::Bytes,
+    /// A strong entity tag: the SHA-256 of the body, quoted.
+    pub etag: String,
 }
 
 /// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
@@ -203,6 +216,7 @@ impl Gateway {
             sign_seconds,
             records: DashMap::new(),
             invalidations: AtomicU64::new(0),
+            jwks_documents: DashMap::new(),
         }
     }
 
@@ -501,6 +515,8 @@ impl Gateway {
                 other => other.into(),
             });
         }
+        // A new key changes the JWKS.
+        self.invalidate(&record.id);
         Ok(Arc::new(record))
     }
 
@@ -1022,6 +1038,52 @@ impl Gateway {
             .iter()
             .filter(|v| v.state == VersionState::Grace)
             .any(|v| v.public_jwk.verify(record.alg, message, signature)))
+    }
+
+    /// `tenant`'s JWKS document: `{"keys": [...]}` with the public JWK of every
+    /// published version (current and in grace), each with its `x5c` when it has
+    /// a certificate. Built once, then served from memory until a key of this
+    /// gateway (or, on PostgreSQL, of any replica) changes.
+    ///
+    /// # Errors
+    /// Catalog failures.
+    pub async fn jwks_document(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Arc<JwksDocument>, GatewayError> {
+        let name = tenant.unwrap_or("");
+        let generation = self.invalidations.load(Ordering::Acquire);
+        if let Some(document) = self.jwks_documents.get(name)
+            && document.generation == generation
+        {
+            return Ok(Arc::clone(&document));
+        }
+        let keys: Vec<serde_json::Value> = self
+            .jwks(tenant)
+            .await?
+            .into_iter()
+            .map(|(jwk, x5c)| {
+                let mut entry = serde_json::to_value(jwk).expect("a JWK serialises");
+                if let Some(x5c) = x5c {
+                    entry["x5c"] = x5c.into();
+                }
+                entry
+            })
+            .collect();
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(&serde_json::json!({ "keys": keys })).expect("JSON serialises"),
+        );
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+        let document = Arc::new(JwksDocument {
+            generation,
+            etag: format!("\"{}\"", hex::encode(digest)),
+            body,
+        });
+        // Built from a read that began after `generation`: a change during the
+        // build bumped the counter, so this document is never served for it.
+        self.jwks_documents
+            .insert(name.to_owned(), Arc::clone(&document));
+        Ok(document)
     }
 
     /// The public JWKs of `tenant`'s published versions (current and in grace),

@@ -1261,3 +1261,21 @@ pub async fn check_csr(gw: &Gateway, kid: &str, jwk: &Value) {
         "{kid}: the CSR holds another key:\n{public}"
     );
 }
+
+/// `GET /.well-known/jwks.json` with `If-None-Match: etag` when given: the status,
+/// the `ETag` answered and the body (empty for 304).
+pub async fn jwks_with_etag(gw: &Gateway, etag: Option<&str>) -> (StatusCode, String, String) {
+    let mut request = reqwest::Client::new().get(format!("{}/.well-known/jwks.json", gw.base));
+    if let Some(etag) = etag {
+        request = request.header("if-none-match", etag);
+    }
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status();
+    let tag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, tag, response.text().await.unwrap_or_default())
+}

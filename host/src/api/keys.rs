@@ -312,6 +312,8 @@ pub struct KeyPage {
 pub struct Jwks {
     keys: Vec<JwksEntry>,
 }
+// `Jwks` and `JwksEntry` are the document's schema for OpenAPI; the gateway
+// builds the document itself (`Gateway::jwks_document`).
 
 /// A published version's public JWK, with its certificate chain when it has one.
 #[derive(Serialize, ToSchema)]
@@ -863,18 +865,45 @@ pub async fn list(
 
 /// The public JWKs of every live key (of the caller's tenant).
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
-    responses((status = 200, description = "The JWK Set", body = Jwks), ErrorResponses),
+    params(("If-None-Match" = Option<String>, Header, description = "The ETag of a document already held")),
+    responses((status = 200, description = "The public keys; `ETag` names the document", body = Jwks),
+        (status = 304, description = "Unchanged since the document named by If-None-Match"),
+        ErrorResponses),
     security(("bearer" = ["keys:read"])))]
 pub async fn jwks(
     State(state): State<AppState>,
     Extension(principal): Caller,
-) -> Result<Json<Jwks>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     principal.require(Scope::KeysRead)?;
-    let keys = state.gateway.jwks(principal.tenant.as_deref()).await?;
-    Ok(Json(Jwks {
-        keys: keys
-            .into_iter()
-            .map(|(jwk, x5c)| JwksEntry { jwk, x5c })
-            .collect(),
-    }))
+    let document = state
+        .gateway
+        .jwks_document(principal.tenant.as_deref())
+        .await?;
+    let unchanged = headers
+        .get_all(axum::http::header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == document.etag
+        });
+    let tag = [
+        (axum::http::header::ETAG, document.etag.clone()),
+        (axum::http::header::CACHE_CONTROL, "no-cache".to_owned()),
+    ];
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, tag).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        tag,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/json".to_owned(),
+        )],
+        document.body.clone(),
+    )
+        .into_response())
 }

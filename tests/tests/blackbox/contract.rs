@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 on_both_databases!(
+    the_jwks_has_an_etag_and_is_unchanged_until_a_key_changes,
     generate_sign_verify_import_delete,
     messages_from_empty_to_256_kib_sign_in_both_base64_forms,
     every_bad_input_gets_a_4xx_with_error_and_code,
@@ -301,4 +302,50 @@ async fn list_pages_through_every_key(db: Db) {
         }
     }
     assert_eq!(seen, expected);
+}
+
+async fn the_jwks_has_an_etag_and_is_unchanged_until_a_key_changes(db: Db) {
+    let site = Site::new(db).await;
+    let gw = site.start();
+    gw.create(json!({"kid": "first"})).await;
+    let (status, etag, body) = jwks_with_etag(&gw, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
+    assert!(body.contains("\"kid\":\"first\""), "{body}");
+    let (status, again, body) = jwks_with_etag(&gw, Some(&etag)).await;
+    assert_eq!(
+        (status, again.as_str(), body.as_str()),
+        (StatusCode::NOT_MODIFIED, etag.as_str(), "")
+    );
+    // Every change to what is published is a new document.
+    let mut seen = vec![etag];
+    for change in ["create", "rotate", "certificate", "delete"] {
+        match change {
+            "create" => drop(gw.create(json!({"kid": "second"})).await),
+            "rotate" => drop(gw.post("/keys/first/rotate", json!({})).await),
+            "certificate" => {
+                let (status, body) = gw
+                    .post(
+                        "/keys/second/certificate/issue",
+                        json!({"subject": "CN=second", "validityDays": 1}),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+            }
+            _ => assert_eq!(gw.delete("/keys/second").await.0, StatusCode::NO_CONTENT),
+        }
+        let (status, etag, body) = jwks_with_etag(&gw, seen.last().map(String::as_str)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "after {change}: the old document was still current"
+        );
+        assert!(!seen.contains(&etag), "after {change}: an ETag seen before");
+        assert_eq!(
+            body.contains("\"kid\":\"second\""),
+            change != "delete",
+            "{change}: {body}"
+        );
+        seen.push(etag);
+    }
 }

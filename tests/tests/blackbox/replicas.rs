@@ -20,9 +20,20 @@ async fn two_replicas_share_keys_and_a_delete_reaches_the_other_within_a_second(
         let signature = b.sign("shared", message.as_bytes()).await;
         assert_verifies(&key["publicJwk"], message.as_bytes(), &signature);
     }
+    let (_, etag, _) = jwks_with_etag(&a, None).await;
     let other = b.create(json!({"kid": "from-b"})).await;
     let signature = a.sign("from-b", b"hello").await;
     assert_verifies(&other["publicJwk"], b"hello", &signature);
+    // A's cached JWKS document gains the key B created.
+    wait_until(
+        Duration::from_secs(2),
+        "replica A's JWKS to show B's new key",
+        || async {
+            let (status, _, body) = jwks_with_etag(&a, Some(&etag)).await;
+            status == StatusCode::OK && body.contains("\"kid\":\"from-b\"")
+        },
+    )
+    .await;
 
     // B has the key warm in memory; a delete acknowledged by A must stop it fast.
     let (status, _) = a.delete("/keys/shared").await;
