@@ -77,6 +77,11 @@ const SDK: &[(&str, &str)] = &[
     ),
 ];
 
+const JS_APP: &str = include_str!("../../guest-adapters/js/soft-signer/app.js");
+const JS_SDK: &str = include_str!("../../guest-adapters/js/sdk/kmsgw.js");
+const JS_BUILD: &str = include_str!("../../guest-adapters/js/build.mjs");
+const JS_PACKAGE: &str = include_str!("../../guest-adapters/js/package.json");
+const JS_README: &str = include_str!("../templates/js/README.md");
 const RUST_LIB: &str = include_str!("../templates/rust/lib.rs");
 const RUST_CARGO: &str = include_str!("../templates/rust/Cargo.toml");
 const SDK_CARGO: &str = include_str!("../templates/rust/sdk.Cargo.toml");
@@ -105,7 +110,7 @@ pub enum ScaffoldError {
     Name(String),
     #[error("{0} exists and is not empty; choose another --dir")]
     NotEmpty(PathBuf),
-    #[error("language `{0}` is not available yet; use --lang rust")]
+    #[error("language `{0}` is not available; use --lang rust or --lang js")]
     Language(String),
     #[error("cannot write {path}: {source}")]
     Write {
@@ -168,42 +173,80 @@ pub fn new_project(name: &str, lang: &str, dir: &Path) -> Result<PathBuf, Scaffo
     if !valid_name(name) {
         return Err(ScaffoldError::Name(name.to_owned()));
     }
-    if lang != "rust" {
-        return Err(ScaffoldError::Language(lang.to_owned()));
-    }
     if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(ScaffoldError::NotEmpty(dir.to_owned()));
     }
-    let crate_name = name.replace('-', "_");
-    let output = format!("target/wasm32-wasip2/release/{crate_name}.wasm");
-    let fill = |text: &str| {
-        text.replace("{{name}}", name)
-            .replace("{{crate}}", name)
-            .replace("{{wit}}", WIT_VERSION)
-            .replace("{{output}}", &output)
-    };
-    let manifest = Manifest {
-        name: name.to_owned(),
-        wit: WIT_VERSION.to_owned(),
-        // An explicit target directory: the component lands where `output` says
-        // whatever CARGO_TARGET_DIR the environment sets.
-        build: "cargo build --release --target wasm32-wasip2 --target-dir target".to_owned(),
-        output: output.clone(),
-    };
-    let manifest_text = toml::to_string(&manifest).expect("a manifest serialises");
-    write(&dir.join(MANIFEST), &manifest_text)?;
-    write(&dir.join("Cargo.toml"), &fill(RUST_CARGO))?;
-    write(&dir.join("src/lib.rs"), &fill(RUST_LIB))?;
-    write(&dir.join("README.md"), &fill(README))?;
+    match lang {
+        "rust" => rust_project(name, dir)?,
+        "js" => js_project(name, dir)?,
+        other => return Err(ScaffoldError::Language(other.to_owned())),
+    }
+    write_wit(&dir.join("wit"))?;
+    Ok(dir.to_owned())
+}
+
+/// Replaces the template's placeholders.
+fn fill(text: &str, name: &str, output: &str) -> String {
+    text.replace("{{name}}", name)
+        .replace("{{crate}}", name)
+        .replace("{{wit}}", WIT_VERSION)
+        .replace("{{output}}", output)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), ScaffoldError> {
+    let text = toml::to_string(manifest).expect("a manifest serialises");
+    write(&dir.join(MANIFEST), &text)
+}
+
+fn rust_project(name: &str, dir: &Path) -> Result<(), ScaffoldError> {
+    let output = format!(
+        "target/wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    );
+    write_manifest(
+        dir,
+        &Manifest {
+            name: name.to_owned(),
+            wit: WIT_VERSION.to_owned(),
+            // An explicit target directory: the component lands where `output`
+            // says whatever CARGO_TARGET_DIR the environment sets.
+            build: "cargo build --release --target wasm32-wasip2 --target-dir target".to_owned(),
+            output: output.clone(),
+        },
+    )?;
+    write(&dir.join("Cargo.toml"), &fill(RUST_CARGO, name, &output))?;
+    write(&dir.join("src/lib.rs"), &fill(RUST_LIB, name, &output))?;
+    write(&dir.join("README.md"), &fill(README, name, &output))?;
     write(&dir.join(".gitignore"), "/target\n")?;
-    write(&dir.join("sdk/Cargo.toml"), &fill(SDK_CARGO))?;
+    write(&dir.join("sdk/Cargo.toml"), &fill(SDK_CARGO, name, &output))?;
     for (path, text) in SDK {
         // The SDK reads the WIT package from the project's `wit/`.
         let text = text.replace("path: \"../../wit\"", "path: \"../wit\"");
         write(&dir.join("sdk/src").join(path), &text)?;
     }
-    write_wit(&dir.join("wit"))?;
-    Ok(dir.to_owned())
+    Ok(())
+}
+
+fn js_project(name: &str, dir: &Path) -> Result<(), ScaffoldError> {
+    let output = format!("dist/{name}.wasm");
+    write_manifest(
+        dir,
+        &Manifest {
+            name: name.to_owned(),
+            wit: WIT_VERSION.to_owned(),
+            build: format!(
+                "npm install --no-audit --no-fund --loglevel=error && mkdir -p dist && node build.mjs src/app.js {output} wit"
+            ),
+            output: output.clone(),
+        },
+    )?;
+    let package = JS_PACKAGE.replacen("\"kmsgw-js-guests\"", &format!("\"{name}\""), 1);
+    write(&dir.join("package.json"), &package)?;
+    write(&dir.join("build.mjs"), JS_BUILD)?;
+    write(&dir.join("sdk/kmsgw.js"), JS_SDK)?;
+    write(&dir.join("src/app.js"), JS_APP)?;
+    write(&dir.join("README.md"), &fill(JS_README, name, &output))?;
+    write(&dir.join(".gitignore"), "/node_modules\n/dist\n")
 }
 
 /// The manifest of the project in `dir`.

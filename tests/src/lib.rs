@@ -276,7 +276,8 @@ impl Gateway {
                 }
             }
         });
-        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+        // Generous: a debug build compiling large guests (a JavaScript engine) takes a while.
+        let base = match rx.recv_timeout(Duration::from_secs(180)) {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();

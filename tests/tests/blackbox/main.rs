@@ -13,6 +13,7 @@ mod contract;
 mod crash;
 mod guests;
 mod http;
+mod javascript;
 mod openapi;
 mod reload;
 mod replicas;

@@ -101,3 +101,31 @@ async fn a_new_rust_adapter_builds_outside_the_repository_and_passes_the_check()
         text(&bad)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_javascript_adapter_builds_outside_the_repository_and_passes_the_check() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path();
+    let made = adapter(&["new", "acme-js", "--lang", "js"], dir);
+    assert!(made.status.success(), "{}", text(&made));
+    let project = dir.join("acme-js");
+    for file in [
+        "kmsgw-adapter.toml",
+        "package.json",
+        "build.mjs",
+        "src/app.js",
+        "sdk/kmsgw.js",
+        "wit/adapter.wit",
+    ] {
+        assert!(project.join(file).is_file(), "{file} missing");
+    }
+    let built = adapter(&["build", "acme-js"], dir);
+    assert!(built.status.success(), "{}", text(&built));
+    assert!(project.join("dist/acme-js.wasm").is_file());
+    let checked = adapter(&["check", "acme-js", "--timeout-ms", "10000"], dir);
+    assert!(
+        checked.status.success() && text(&checked).contains("checks passed"),
+        "{}",
+        text(&checked)
+    );
+}

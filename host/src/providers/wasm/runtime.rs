@@ -11,7 +11,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use wasmtime_wasi::WasiView;
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-use wasmtime_wasi::p2::bindings::{cli, random};
+use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
+use wasmtime_wasi::p2::bindings::{cli, filesystem, random};
 use wasmtime_wasi::random::WasiRandom;
 
 use super::host::HostState;
@@ -37,7 +38,7 @@ pub enum LoadError {
     #[error("component {path} is not a valid WebAssembly component: {reason}")]
     Compile { path: String, reason: String },
     #[error(
-        "component {path} imports what kmsgw does not grant: {imports} (granted: kmsgw:adapter, wasi:io, wasi:clocks, wasi:random, wasi:cli (empty environment, no stdin), wasi:http)"
+        "component {path} imports what kmsgw does not grant: {imports} (granted: kmsgw:adapter, wasi:io, wasi:clocks, wasi:random, wasi:cli (empty environment, no stdin), wasi:http, wasi:filesystem (no directories))"
     )]
     Refused { path: String, imports: String },
     #[error("component {path} cannot be linked: {reason}")]
@@ -56,6 +57,7 @@ const GRANTED: &[&str] = &[
     "wasi:random/",
     "wasi:cli/",
     "wasi:http/",
+    "wasi:filesystem/",
 ];
 
 /// Sizing of the engine's instance pool.
@@ -95,6 +97,11 @@ impl WasmRuntime {
             .max_memory_size(sizing.max_memory_bytes);
         let mut config = Config::new();
         config
+            // Instances copy their initial memory instead of mapping a sealed
+            // memfd image: a JavaScript engine's image is megabytes, and sealing
+            // such memfds failed intermittently here ("cannot add seals to the
+            // memfd"); instances are pooled, so the copy is paid rarely.
+            .memory_init_cow(false)
             .epoch_interruption(true)
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
@@ -105,8 +112,12 @@ impl WasmRuntime {
         // WASI: io, clocks, random and the standard streams (stdin empty, stderr
         // captured for the log). Rust's std also imports `environment`, `exit` and
         // the terminal queries: the environment is always empty, exit ends only the
-        // call, and no stream is a terminal. No filesystem and no sockets are linked.
+        // call, and no stream is a terminal. JavaScript engines (componentize-js)
+        // import `wasi:filesystem`: it is linked with no preopened directory, so no
+        // file can be named, let alone read. No sockets are linked.
         wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(&mut linker)?;
+        filesystem::types::add_to_linker::<_, WasiFilesystem>(&mut linker, |s| s.filesystem())?;
+        filesystem::preopens::add_to_linker::<_, WasiFilesystem>(&mut linker, |s| s.filesystem())?;
         cli::environment::add_to_linker::<_, WasiCli>(&mut linker, |s| s.cli())?;
         cli::exit::add_to_linker::<_, WasiCli>(&mut linker, |s| s.cli())?;
         cli::terminal_input::add_to_linker::<_, WasiCli>(&mut linker, |s| s.cli())?;
