@@ -16,6 +16,7 @@
 //! | `download:URL` | GETs URL and reads the whole body |
 //! | `hoard:N` | keeps N header sets of 100 KiB alive across calls |
 //! | `fanout:N:URL` | starts N requests to URL and never waits for them |
+//! | `readfile:PATH` | reads the file PATH (the host links `wasi:filesystem` with no directory) |
 //! | `dump:URL` | GETs URL with its own `Authorization`, then POSTs to URL all it can see: its config, its storage, the headers it sent and the answer it got |
 //!
 //! Keys whose kid starts with `bigid` get a 4 MiB external id, `bigjwk` a 4 MiB public
@@ -168,6 +169,10 @@ fn attack(text: &str) -> Option<Error> {
         "hoard" => hoard::hoard(number(rest)),
         "fanout" => hoard::fan_out(second, number(first)),
         "dump" => hoard::dump(CONFIG.get().map_or("", String::as_str), rest),
+        "readfile" => match std::fs::read(rest) {
+            Ok(bytes) => Error::Internal(format!("read {} bytes of {rest}", bytes.len())),
+            Err(e) => Error::InvalidInput(format!("cannot read {rest}: {e}")),
+        },
         _ => return None,
     })
 }

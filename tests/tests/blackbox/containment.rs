@@ -676,3 +676,26 @@ async fn a_forced_delete_retracts_a_key_whose_provider_is_no_longer_configured()
     let signature = gw.sign("kept", b"unaffected").await;
     assert_verifies(&kept["publicJwk"], b"unaffected", &signature);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_reads_a_file_gets_nothing() {
+    // The host links `wasi:filesystem` (JavaScript engines import it) with no
+    // directory: whatever path a guest names, it reaches no file.
+    let _serial = GUEST_SERIAL.lock().await;
+    let arena = Arena::new(json!({}), json!({})).await;
+    let secret = arena.site.data_dir().join("master.key");
+    for path in [
+        "/etc/hostname",
+        "/proc/self/environ",
+        secret.to_str().unwrap(),
+        "master.key",
+        ".",
+    ] {
+        let (status, body) = arena.attack(&format!("readfile:{path}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("cannot read"),
+            "{path}: {body}"
+        );
+    }
+}
