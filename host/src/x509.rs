@@ -410,8 +410,8 @@ pub struct IssuerSpec<'a> {
     pub alg: Alg,
 }
 
-/// The extensions kmsgw puts into a certificate.
-struct Profile {
+/// Who a certificate names, and the extensions kmsgw puts into it.
+pub struct Profile {
     subject: Name,
     issuer: Option<Name>,
     issuer_key_id: Option<OctetString>,
@@ -481,7 +481,7 @@ pub fn prepare_certificate(
     subject_jwk: &PublicJwk,
     issuer: Option<&IssuerSpec<'_>>,
     self_alg: Alg,
-) -> Result<Prepared<CertificateBuilder<ProfileBox>>, CertError> {
+) -> Result<Prepared<CertificateBuilder<Profile>>, CertError> {
     let mut serial = [0u8; 16];
     aws_lc_rs::rand::fill(&mut serial).map_err(|_| encoding("no randomness"))?;
     serial[0] &= 0x7f;
@@ -494,7 +494,7 @@ pub fn prepare_certificate(
         alt_names: alt_names(spec.dns_names, spec.uris)?,
     };
     let builder = CertificateBuilder::new(
-        ProfileBox(profile),
+        profile,
         SerialNumber::new(&serial).map_err(encoding)?,
         Validity::from_now(spec.validity).map_err(encoding)?,
         spki_of(subject_jwk)?,
@@ -503,28 +503,6 @@ pub fn prepare_certificate(
     match issuer {
         Some(issuer) => prepared(builder, issuer.public_jwk, issuer.alg),
         None => prepared(builder, subject_jwk, self_alg),
-    }
-}
-
-/// [`Profile`] behind a public name, for [`prepare_certificate`]'s result type.
-pub struct ProfileBox(Profile);
-
-impl BuilderProfile for ProfileBox {
-    fn get_issuer(&self, subject: &Name) -> Name {
-        self.0.get_issuer(subject)
-    }
-
-    fn get_subject(&self) -> Name {
-        self.0.get_subject()
-    }
-
-    fn build_extensions(
-        &self,
-        spk: SubjectPublicKeyInfoRef<'_>,
-        issuer_spk: SubjectPublicKeyInfoRef<'_>,
-        tbs: &TbsCertificate,
-    ) -> x509_cert::builder::Result<Vec<Extension>> {
-        self.0.build_extensions(spk, issuer_spk, tbs)
     }
 }
 
