@@ -61,6 +61,9 @@ struct NewArgs {
     /// Where to write it [default: ./NAME].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// `soft` (keys in the guest) or `http` (a remote-KMS client over HTTP; Rust).
+    #[arg(long, default_value = "soft", value_parser = ["soft", "http"])]
+    template: String,
 }
 
 #[derive(clap::Args)]
@@ -130,7 +133,12 @@ fn main() -> ExitCode {
         Command::Adapter(AdapterCommand::Check(args)) => runtime.block_on(check(args)),
         Command::Adapter(AdapterCommand::New(args)) => {
             let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
-            report(kmsgw::scaffold::new_project(&args.name, &args.lang, &dir).map(|dir| {
+            let template = if args.template == "http" {
+                kmsgw::scaffold::Template::Http
+            } else {
+                kmsgw::scaffold::Template::Soft
+            };
+            report(kmsgw::scaffold::new_project(&args.name, &args.lang, template, &dir).map(|dir| {
                 format!(
                     "wrote {}; build it with `kmsgw adapter build {0}`, check it with `kmsgw adapter check {0}`",
                     dir.display()

@@ -83,6 +83,8 @@ const JS_BUILD: &str = include_str!("../../guest-adapters/js/build.mjs");
 const JS_PACKAGE: &str = include_str!("../../guest-adapters/js/package.json");
 const JS_README: &str = include_str!("../templates/js/README.md");
 const RUST_LIB: &str = include_str!("../templates/rust/lib.rs");
+/// The HTTP-backend skeleton: the remote-KMS contract spoken over `wasi:http`.
+const RUST_HTTP_LIB: &str = include_str!("../../guest-adapters/remote-http/src/lib.rs");
 const RUST_CARGO: &str = include_str!("../templates/rust/Cargo.toml");
 const SDK_CARGO: &str = include_str!("../templates/rust/sdk.Cargo.toml");
 const README: &str = include_str!("../templates/rust/README.md");
@@ -112,6 +114,12 @@ pub enum ScaffoldError {
     NotEmpty(PathBuf),
     #[error("language `{0}` is not available; use --lang rust or --lang js")]
     Language(String),
+    #[error("template `{template}` is not available for {lang}; use {available}")]
+    Template {
+        template: String,
+        lang: String,
+        available: &'static str,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -164,22 +172,44 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
 }
 
-/// Writes a new adapter project `name` in `lang` into `dir` (which must be
-/// absent or empty) and returns its directory.
+/// What a new project starts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Template {
+    /// Keys of its own, in the guest (passes the check as generated).
+    Soft,
+    /// A client of a remote KMS over HTTP (the remote-KMS contract; passes the
+    /// check against such a service, e.g. `examples/remote-kms`).
+    Http,
+}
+
+/// Writes a new adapter project `name` in `lang` from `template` into `dir`
+/// (which must be absent or empty) and returns its directory.
 ///
 /// # Errors
-/// [`ScaffoldError`] for a bad name or language, a non-empty directory, or I/O.
-pub fn new_project(name: &str, lang: &str, dir: &Path) -> Result<PathBuf, ScaffoldError> {
+/// [`ScaffoldError`] for a bad name, language or template, a non-empty directory, or I/O.
+pub fn new_project(
+    name: &str,
+    lang: &str,
+    template: Template,
+    dir: &Path,
+) -> Result<PathBuf, ScaffoldError> {
     if !valid_name(name) {
         return Err(ScaffoldError::Name(name.to_owned()));
     }
     if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(ScaffoldError::NotEmpty(dir.to_owned()));
     }
-    match lang {
-        "rust" => rust_project(name, dir)?,
-        "js" => js_project(name, dir)?,
-        other => return Err(ScaffoldError::Language(other.to_owned())),
+    match (lang, template) {
+        ("rust", _) => rust_project(name, template, dir)?,
+        ("js", Template::Soft) => js_project(name, dir)?,
+        ("js", Template::Http) => {
+            return Err(ScaffoldError::Template {
+                template: "http".into(),
+                lang: "js".into(),
+                available: "--template soft",
+            });
+        }
+        (other, _) => return Err(ScaffoldError::Language(other.to_owned())),
     }
     write_wit(&dir.join("wit"))?;
     Ok(dir.to_owned())
@@ -198,7 +228,7 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), ScaffoldError> 
     write(&dir.join(MANIFEST), &text)
 }
 
-fn rust_project(name: &str, dir: &Path) -> Result<(), ScaffoldError> {
+fn rust_project(name: &str, template: Template, dir: &Path) -> Result<(), ScaffoldError> {
     let output = format!(
         "target/wasm32-wasip2/release/{}.wasm",
         name.replace('-', "_")
@@ -214,8 +244,19 @@ fn rust_project(name: &str, dir: &Path) -> Result<(), ScaffoldError> {
             output: output.clone(),
         },
     )?;
-    write(&dir.join("Cargo.toml"), &fill(RUST_CARGO, name, &output))?;
-    write(&dir.join("src/lib.rs"), &fill(RUST_LIB, name, &output))?;
+    let (lib, dependencies) = match template {
+        Template::Soft => (
+            fill(RUST_LIB, name, &output),
+            r#"p256 = { version = "0.14", default-features = false, features = ["arithmetic", "ecdsa", "std"] }"#,
+        ),
+        Template::Http => (
+            RUST_HTTP_LIB.to_owned(),
+            r#"serde = { version = "1", features = ["derive"] }"#,
+        ),
+    };
+    let cargo = fill(RUST_CARGO, name, &output).replace("{{dependencies}}", dependencies);
+    write(&dir.join("Cargo.toml"), &cargo)?;
+    write(&dir.join("src/lib.rs"), &lib)?;
     write(&dir.join("README.md"), &fill(README, name, &output))?;
     write(&dir.join(".gitignore"), "/target\n")?;
     write(&dir.join("sdk/Cargo.toml"), &fill(SDK_CARGO, name, &output))?;

@@ -100,6 +100,32 @@ async fn a_new_rust_adapter_builds_outside_the_repository_and_passes_the_check()
         "{}",
         text(&bad)
     );
+
+    // The HTTP-backend skeleton: a remote-KMS client that passes the check against
+    // such a service (the reference one in examples/remote-kms).
+    let made = adapter(&["new", "acme-remote", "--template", "http"], dir);
+    assert!(made.status.success(), "{}", text(&made));
+    let built = adapter(&["build", "acme-remote"], dir);
+    assert!(built.status.success(), "{}", text(&built));
+    let remote = start_remote_kms(dir, &[]);
+    let config = json!({"baseUrl": remote.base}).to_string();
+    let authority = remote.authority().to_owned();
+    let checked = adapter(
+        &[
+            "check",
+            "acme-remote",
+            "--config",
+            &config,
+            "--allow-host",
+            &authority,
+        ],
+        dir,
+    );
+    assert!(
+        checked.status.success() && text(&checked).contains("checks passed"),
+        "{}",
+        text(&checked)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
