@@ -324,3 +324,74 @@ async fn fetch(
     }
     serde_json::from_slice(&body).map_err(|_| refused(format!("{status} without an access_token")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A token endpoint on loopback answering every request with `body`; counts requests.
+    async fn endpoint(body: Vec<u8>) -> (Url, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/token", listener.local_addr().unwrap())).unwrap();
+        let hits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let mut request = vec![0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            }
+        });
+        (url, hits)
+    }
+
+    fn credentials(token_url: Url) -> Credentials {
+        Credentials::client_credentials(OAuth2Auth {
+            token_url,
+            client_id: "client".into(),
+            client_secret: SecretString::from("the-client-secret"),
+            scope: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_token_is_fetched_once_and_reused_until_refreshed() {
+        let (url, hits) = endpoint(br#"{"access_token":"tok-1","expires_in":3600}"#.to_vec()).await;
+        let credentials = credentials(url);
+        let client = reqwest::Client::new();
+        for _ in 0..3 {
+            let token = credentials.token(&client, false).await.unwrap();
+            assert_eq!(token.expose_secret(), "tok-1");
+        }
+        assert_eq!(
+            (hits.load(Ordering::Relaxed), credentials.fetches()),
+            (1, 1)
+        );
+        credentials.token(&client, true).await.unwrap();
+        assert_eq!(credentials.fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_token_answer_is_refused_without_the_secret() {
+        let mut body = br#"{"access_token":""#.to_vec();
+        body.extend(std::iter::repeat_n(b'a', MAX_TOKEN_ANSWER + 1));
+        body.extend(br#"","expires_in":3600}"#);
+        let (url, _) = endpoint(body).await;
+        let error = credentials(url)
+            .token(&reqwest::Client::new(), false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("answer of"), "{error}");
+        assert!(!error.contains("the-client-secret"), "{error}");
+    }
+}

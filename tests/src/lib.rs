@@ -1280,3 +1280,19 @@ pub async fn jwks_with_etag(gw: &Gateway, etag: Option<&str>) -> (StatusCode, St
         .to_owned();
     (status, tag, response.text().await.unwrap_or_default())
 }
+
+/// Deletes `kid` (204) and checks that signing with it is 404 afterwards.
+pub async fn delete_and_check_gone(gw: &Gateway, kid: &str) {
+    assert_eq!(
+        gw.delete(&format!("/keys/{kid}")).await.0,
+        StatusCode::NO_CONTENT,
+        "delete {kid}"
+    );
+    let (status, body) = gw
+        .post(
+            &format!("/keys/{kid}/sign"),
+            serde_json::json!({"data": "eA=="}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{kid} still signs: {body}");
+}

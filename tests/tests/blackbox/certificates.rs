@@ -115,7 +115,33 @@ async fn issuers_of_every_algorithm_sign_certificates_openssl_accepts() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = gw.text(None, "/keys/plain/certificate").await;
+    // validityDays is 1 to 36500 (about a century); past either end, a 400 that says so.
+    for days in [0, 36_501] {
+        let (status, body) = gw
+            .post(
+                "/keys/plain/certificate/issue",
+                json!({"subject": "CN=plain", "validityDays": days}),
+            )
+            .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_certificate_request")),
+            "{body}"
+        );
+        assert!(
+            body["error"].as_str().unwrap().contains("1 to 36500"),
+            "{body}"
+        );
+    }
+    let (status, body) = gw
+        .post(
+            "/keys/plain/certificate/issue",
+            json!({"subject": "CN=plain", "validityDays": 36_500}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    gw.create(json!({"kid": "uncertified"})).await;
+    let (status, body) = gw.text(None, "/keys/uncertified/certificate").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert!(body.contains("certificate_not_found"));
 }
@@ -213,6 +239,20 @@ async fn an_imported_chain_is_checked_and_a_refused_one_leaves_nothing() {
             "certificate_not_valid_now",
         ),
         (
+            // Not valid for five more minutes: beyond the minute of clock-skew leeway.
+            format!(
+                "{}{}",
+                outside_leaf(
+                    &ca,
+                    &point_of(&key["publicJwk"]),
+                    now + time::Duration::minutes(5),
+                    now + 30 * day
+                ),
+                ca.pem
+            ),
+            "certificate_not_valid_now",
+        ),
+        (
             format!("{good}{}", other_ca.pem),
             "certificate_chain_broken",
         ),
@@ -256,10 +296,27 @@ async fn an_imported_chain_is_checked_and_a_refused_one_leaves_nothing() {
             "certificate_not_pem",
             "certificate_key_mismatch",
             "certificate_not_valid_now",
+            "certificate_not_valid_now",
             "certificate_chain_broken",
             "ok"
         ]
     );
+
+    // A CA clock a few seconds ahead is tolerated (up to a minute).
+    let ahead = gw.create(json!({"kid": "ahead"})).await;
+    let leaf = outside_leaf(
+        &ca,
+        &point_of(&ahead["publicJwk"]),
+        now + time::Duration::seconds(30),
+        now + 30 * day,
+    );
+    let (status, body) = gw
+        .post(
+            "/keys/ahead/certificate",
+            json!({"certificate": format!("{leaf}{}", ca.pem)}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

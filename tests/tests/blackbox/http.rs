@@ -28,14 +28,7 @@ async fn round_trip(gw: &Gateway, provider: &str) {
         assert_verifies(&key["publicJwk"], message, &signature);
     }
     import_known_key_and_verify(gw, &format!("{provider}-imported"), provider).await;
-    assert_eq!(
-        gw.delete(&format!("/keys/{kid}")).await.0,
-        StatusCode::NO_CONTENT
-    );
-    let (status, _) = gw
-        .post(&format!("/keys/{kid}/sign"), json!({"data": "eA=="}))
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    delete_and_check_gone(gw, &kid).await;
 }
 
 async fn serve(router: Router) -> String {
