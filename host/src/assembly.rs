@@ -34,6 +34,8 @@ pub struct Assembler {
     pub base_dir: PathBuf,
     /// kms.json's name, for errors.
     pub source_name: String,
+    /// The most decrypted keys a `db` provider holds (`cache.keys`).
+    pub cache_keys: usize,
 }
 
 /// A running provider and what it was built from.
@@ -134,11 +136,10 @@ impl Assembler {
             }
             let path = format!("providers[{i}]");
             let made: Result<Arc<dyn Provider>, String> = match entry.config {
-                ProviderConfig::Db(_) => Ok(shared(DbProvider::new(
-                    entry.id,
-                    self.catalog.clone(),
-                    self.master.clone(),
-                ))),
+                ProviderConfig::Db(_) => Ok(shared(
+                    DbProvider::new(entry.id, self.catalog.clone(), self.master.clone())
+                        .with_cache(self.cache_keys),
+                )),
                 ProviderConfig::Wasm(wasm) => {
                     let runtime = runtime
                         .as_ref()

@@ -2,6 +2,7 @@
 //! plus the `db` provider's sealed key material, in SQLite or PostgreSQL through
 //! sqlx's `Any` driver so both run the same queries. Migrations run at connect.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -35,6 +36,28 @@ pub struct KeyRecord {
     /// The version this record describes (1, 2, …); the catalog's `keys` row holds
     /// the current one.
     pub version: u32,
+    /// This version's private key sealed under the master key, when the `db`
+    /// provider holds it: read with the record, so a key not in memory signs after
+    /// one database read.
+    pub sealed: Option<SealedKey>,
+}
+
+/// A `db` key's private material as the catalog stores it: sealed (AES-256-GCM
+/// under the master key, bound to the version's id). Never printed.
+#[derive(Clone)]
+pub struct SealedKey(Arc<[u8]>);
+
+impl SealedKey {
+    /// The sealed bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SealedKey({} bytes)", self.0.len())
+    }
 }
 
 impl KeyRecord {
@@ -190,6 +213,9 @@ impl Catalog {
         let pool = AnyPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
+            // A SQLite connection is a file handle that cannot be lost, and a ping
+            // costs a round trip to its worker thread: half of a cold key read.
+            .test_before_acquire(backend == Backend::Postgres)
             .connect(url)
             .await?;
         if backend == Backend::Sqlite {
@@ -280,12 +306,25 @@ impl Catalog {
     /// Database failures.
     pub async fn get(&self, id: &str) -> Result<Option<KeyRecord>, CatalogError> {
         let row = sqlx::query(
-            "SELECT kid, tenant, provider, external_id, alg, public_jwk, created_at, version FROM keys WHERE kid = $1",
+            "SELECT k.kid, k.tenant, k.provider, k.external_id, k.alg, k.public_jwk, k.created_at, \
+             k.version, COALESCE(m.sealed, vm.sealed) AS sealed FROM keys k \
+             LEFT JOIN db_key_material m ON k.version <= 1 AND m.kid = k.kid \
+             LEFT JOIN db_version_material vm ON k.version > 1 AND vm.id = k.kid || '@v' || k.version \
+             WHERE k.kid = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| record_of(&r)).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut record = record_of(&row)?;
+        record.sealed = row
+            .try_get::<Option<String>, _>("sealed")?
+            .map(|text| decode_sealed(id, &text))
+            .transpose()?
+            .map(|bytes| SealedKey(bytes.into()));
+        Ok(Some(record))
     }
 
     /// Up to `limit` records of `tenant` with kid greater than `after`, in kid order,
@@ -673,6 +712,7 @@ impl Catalog {
                 tenant: (!tenant.is_empty()).then_some(tenant),
                 kid,
                 id,
+                sealed: None,
             };
             ended.push((record, version));
         }
@@ -749,13 +789,8 @@ impl Catalog {
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| {
-            let text: String = r.try_get("sealed")?;
-            STANDARD
-                .decode(text)
-                .map_err(|_| CatalogError::Corrupt(id.to_owned()))
-        })
-        .transpose()
+        row.map(|r| decode_sealed(id, &r.try_get::<String, _>("sealed")?))
+            .transpose()
     }
 
     /// Deletes key `id` and its material in one transaction and, on PostgreSQL,
@@ -1198,6 +1233,12 @@ fn usage_of(row: &sqlx::any::AnyRow) -> Result<KeyUsage, CatalogError> {
     })
 }
 
+fn decode_sealed(id: &str, text: &str) -> Result<Vec<u8>, CatalogError> {
+    STANDARD
+        .decode(text)
+        .map_err(|_| CatalogError::Corrupt(id.to_owned()))
+}
+
 fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogError> {
     let id: String = row.try_get("kid")?;
     let tenant: String = row.try_get("tenant")?;
@@ -1225,6 +1266,7 @@ fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogError> {
         id,
         kid,
         tenant,
+        sealed: None,
     })
 }
 

@@ -290,6 +290,7 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
             .clone(),
         created_at: SystemTime::now(),
         version: 1,
+        sealed: None,
     };
     let started = Instant::now();
     let outcome = match provider.sign(&missing, b"x", caps.default_alg).await {

@@ -40,6 +40,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     /// The `adapters` section: guest components given a type name.
     pub adapters: std::collections::BTreeMap<String, AdapterDef>,
+    /// The `cache` section: how many keys are held in memory.
+    pub cache: CacheConfig,
 }
 
 /// One `adapters` entry: the component a named guest type runs.
@@ -400,6 +402,30 @@ impl Default for UsageConfig {
     }
 }
 
+/// The optional `cache` section. Key records and decrypted `db` keys are held in
+/// memory after their first use; past `keys` of each, the least recently used
+/// go first and are read again from the database when next needed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CacheConfig {
+    /// The most keys held (default 10 000; about 2 KiB each for EC and Ed25519
+    /// keys, 4 KiB for RSA 2048).
+    #[serde(default = "default_cache_keys")]
+    pub keys: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            keys: default_cache_keys(),
+        }
+    }
+}
+
+fn default_cache_keys() -> usize {
+    10_000
+}
+
 /// The optional `scheduler` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -513,6 +539,7 @@ impl Config {
             usage: UsageConfig::default(),
             scheduler: SchedulerConfig::default(),
             adapters: std::collections::BTreeMap::new(),
+            cache: CacheConfig::default(),
         }
     }
 
@@ -621,6 +648,7 @@ fn decode_root(
     let mut audit = AuditConfig::default();
     let mut usage = UsageConfig::default();
     let mut scheduler = SchedulerConfig::default();
+    let mut cache = CacheConfig::default();
     for (key, value) in map {
         match key.as_str() {
             "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
@@ -631,11 +659,12 @@ fn decode_root(
             "audit" => audit = typed(value, &key, problems).unwrap_or_default(),
             "usage" => usage = typed(value, &key, problems).unwrap_or_default(),
             "scheduler" => scheduler = typed(value, &key, problems).unwrap_or_default(),
+            "cache" => cache = typed(value, &key, problems).unwrap_or_default(),
             "$schema" => {}
             other => problem(
                 problems,
                 other,
-                "unknown field; expected one of `defaultProvider`, `providers`, `adapters`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`",
+                "unknown field; expected one of `defaultProvider`, `providers`, `adapters`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`, `cache`",
             ),
         }
     }
@@ -668,6 +697,9 @@ fn decode_root(
     if let Err(message) = scheduler.interval() {
         problem(problems, "scheduler.interval", message);
     }
+    if cache.keys == 0 {
+        problem(problems, "cache.keys", "must be greater than zero");
+    }
     Some(Config {
         default_provider,
         providers,
@@ -678,6 +710,7 @@ fn decode_root(
         usage,
         scheduler,
         adapters,
+        cache,
     })
 }
 

@@ -11,10 +11,12 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
+use quick_cache::sync::Cache;
 
 use crate::catalog::{
     Catalog, CatalogError, KeyRecord, KeyUsage, KeyVersion, RotationPolicy, VersionState, key_id,
 };
+use crate::config::CacheConfig;
 use crate::crypto::{KeyKind, PrivateKey};
 use crate::providers::{Alg, Health, KeySpec, Provider, ProviderError, ProviderKind};
 use crate::usage::Usage;
@@ -157,8 +159,8 @@ pub struct Gateway {
     catalog: Catalog,
     /// Sign latency per provider.
     sign_seconds: HistogramVec,
-    /// Records by gateway-wide key id.
-    records: DashMap<String, Arc<KeyRecord>>,
+    /// Records by gateway-wide key id, least recently used evicted first.
+    records: Cache<String, Arc<KeyRecord>>,
     /// Bumped by every invalidation, so a record read from the database just before
     /// a deletion is not cached after it.
     invalidations: AtomicU64,
@@ -214,7 +216,7 @@ impl Gateway {
             registry: ArcSwap::from_pointee(registry),
             catalog,
             sign_seconds,
-            records: DashMap::new(),
+            records: Cache::new(CacheConfig::default().keys),
             invalidations: AtomicU64::new(0),
             jwks_documents: DashMap::new(),
         }
@@ -280,6 +282,12 @@ impl Gateway {
             Some(&previous),
         );
         self.registry.store(Arc::new(next));
+    }
+
+    /// The same gateway holding at most `keys` key records in memory.
+    pub fn with_cache(mut self, keys: usize) -> Self {
+        self.records = Cache::new(keys);
+        self
     }
 
     /// The same gateway counting key usage with `usage`.
@@ -474,6 +482,7 @@ impl Gateway {
             alg,
             created_at: SystemTime::now(),
             version,
+            sealed: None,
         };
         record.public_jwk = record.public_jwk.labelled(&record.jwk_kid(), alg.as_str());
         (record, material.sealed_secret)
@@ -550,7 +559,7 @@ impl Gateway {
 
     async fn record(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, GatewayError> {
         if let Some(record) = self.records.get(id) {
-            return Ok(Some(Arc::clone(&record)));
+            return Ok(Some(record));
         }
         let seen = self.invalidations.load(Ordering::Acquire);
         let Some(record) = self.catalog.get(id).await? else {
@@ -751,6 +760,7 @@ impl Gateway {
                 external_id: version.external_id,
                 public_jwk: version.public_jwk,
                 version: version.version,
+                sealed: None,
                 ..record.clone()
             };
             match provider.delete_key(&old).await {

@@ -144,6 +144,7 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         data_dir: options.data_dir.clone(),
         base_dir,
         source_name: source_name.clone(),
+        cache_keys: config.cache.keys,
     };
     let built = assembler
         .build(config.providers, &[])
@@ -158,7 +159,9 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     let usage = Arc::new(Usage::new(catalog.clone(), config.usage.enabled));
     usage.spawn_flusher(Duration::from_millis(config.usage.flush_ms));
     let gateway = Arc::new(
-        Gateway::new(providers, config.default_provider, catalog.clone()).with_usage(usage),
+        Gateway::new(providers, config.default_provider, catalog.clone())
+            .with_cache(config.cache.keys)
+            .with_usage(usage),
     );
     if catalog.backend() == Backend::Postgres {
         follow_deletions(&database_url, Arc::clone(&gateway)).await?;

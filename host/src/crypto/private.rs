@@ -260,14 +260,7 @@ impl PrivateKey {
     }
 
     fn from_rsa(pair: &RsaKeyPair) -> Result<Self, JwkError> {
-        let public = PublicJwk::rsa(
-            pair.public_key()
-                .modulus()
-                .big_endian_without_leading_zero(),
-            pair.public_key()
-                .exponent()
-                .big_endian_without_leading_zero(),
-        )?;
+        let public = rsa_public(pair)?;
         let pkcs8 = pair
             .as_der()
             .map_err(|_| JwkError("cannot encode the RSA key".into()))?;
@@ -412,13 +405,25 @@ impl PrivateKey {
             }
             KeyKind::Rsa => Signer::Rsa(
                 RsaKeyPair::from_pkcs8(&self.pkcs8).map_err(|_| bad())?,
-                if alg == Alg::PS256 {
-                    &RSA_PSS_SHA256
-                } else {
-                    &RSA_PKCS1_SHA256
-                },
+                rsa_encoding(alg),
             ),
         })
+    }
+}
+
+fn rsa_public(pair: &RsaKeyPair) -> Result<PublicJwk, JwkError> {
+    let public = pair.public_key();
+    PublicJwk::rsa(
+        public.modulus().big_endian_without_leading_zero(),
+        public.exponent().big_endian_without_leading_zero(),
+    )
+}
+
+fn rsa_encoding(alg: Alg) -> &'static aws_lc_rs::signature::RsaSignatureEncoding {
+    if alg == Alg::PS256 {
+        &RSA_PSS_SHA256
+    } else {
+        &RSA_PKCS1_SHA256
     }
 }
 
@@ -433,6 +438,36 @@ pub enum Signer {
 }
 
 impl Signer {
+    /// A signer for `alg` from sealed PKCS#8 (or a legacy bare P-256 scalar), and
+    /// the key's public JWK, parsing the key once: the cold path of every `db` sign.
+    ///
+    /// # Errors
+    /// When the bytes are not a key `alg` can use.
+    pub fn from_pkcs8(alg: Alg, der: &[u8]) -> Result<(Signer, PublicJwk), JwkError> {
+        let bad = || JwkError("the stored key does not load".into());
+        match alg.key_kind() {
+            KeyKind::Ec(Curve::P256) if der.len() == 32 => {
+                let key = PrivateKey::from_ec_scalar(Curve::P256, der)?;
+                Ok((key.signer(alg)?, key.public))
+            }
+            KeyKind::Ec(curve) => {
+                let pair = EcdsaKeyPair::from_pkcs8(signing(curve), der).map_err(|_| bad())?;
+                let public = PublicJwk::ec(curve, pair.public_key().as_ref())?;
+                Ok((Signer::Ecdsa(pair), public))
+            }
+            KeyKind::Ed25519 => {
+                let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|_| bad())?;
+                let public = PublicJwk::ed25519(pair.public_key().as_ref())?;
+                Ok((Signer::Ed25519(pair), public))
+            }
+            KeyKind::Rsa => {
+                let pair = RsaKeyPair::from_pkcs8(der).map_err(|_| bad())?;
+                let public = rsa_public(&pair)?;
+                Ok((Signer::Rsa(pair, rsa_encoding(alg)), public))
+            }
+        }
+    }
+
     /// Signs `message` (hashing it as the algorithm says); returns the JOSE form.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         // SystemRandom is a zero-sized handle onto aws-lc's DRBG.

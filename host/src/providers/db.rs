@@ -1,17 +1,19 @@
 //! The `db` provider: keys of every algorithm generated on the host (aws-lc-rs),
 //! sealed (PKCS#8) under the master key in the gateway database, and held
-//! decrypted in memory after their first use.
+//! decrypted in memory after their first use (the most recently used ones, up to
+//! the `cache.keys` bound).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use dashmap::DashMap;
+use quick_cache::sync::Cache;
 
 use super::{
     Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
 };
 use crate::catalog::{Catalog, KeyRecord};
+use crate::config::CacheConfig;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk, Signer};
 
@@ -21,8 +23,9 @@ pub struct DbProvider {
     catalog: Catalog,
     master: Arc<MasterKey>,
     capabilities: Capabilities,
-    /// Signers by kid; the key inside is wiped by aws-lc when the last Arc drops.
-    signers: DashMap<String, Arc<CachedSigner>>,
+    /// Signers by kid, least recently used evicted first; the key inside is wiped
+    /// by aws-lc when the last Arc drops.
+    signers: Cache<String, Arc<CachedSigner>>,
 }
 
 /// A decrypted key and its public JWK, to check it against the record.
@@ -47,11 +50,7 @@ impl DbProvider {
     /// record is the truth: a signer cached for an older key (or version) with the
     /// same id never signs for the new one.
     async fn signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
-        let cached = self
-            .signers
-            .get(&key.id)
-            .map(|s| Arc::clone(&s))
-            .filter(|s| s.matches(key));
+        let cached = self.signers.get(key.id.as_str()).filter(|s| s.matches(key));
         match cached {
             Some(signer) => Ok(signer),
             None => self.load_signer(key).await,
@@ -71,8 +70,14 @@ impl DbProvider {
                 supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
             },
-            signers: DashMap::new(),
+            signers: Cache::new(CacheConfig::default().keys),
         }
+    }
+
+    /// The same provider holding at most `keys` decrypted keys.
+    pub fn with_cache(mut self, keys: usize) -> Self {
+        self.signers = Cache::new(keys);
+        self
     }
 
     fn material(&self, kid: &str, key: &PrivateKey) -> KeyMaterial {
@@ -85,24 +90,27 @@ impl DbProvider {
 
     async fn load_signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
         let id = key.backend_id();
-        let sealed = self
-            .catalog
-            .sealed_secret(&id)
-            .await
-            .map_err(|e| ProviderError::Internal(e.to_string()))?
-            .ok_or_else(|| ProviderError::KeyNotFound(id.clone()))?;
+        let fetched;
+        let sealed = match &key.sealed {
+            Some(sealed) => sealed.bytes(),
+            None => {
+                fetched = self
+                    .catalog
+                    .sealed_secret(&id)
+                    .await
+                    .map_err(|e| ProviderError::Internal(e.to_string()))?
+                    .ok_or_else(|| ProviderError::KeyNotFound(id.clone()))?;
+                &fetched
+            }
+        };
         let damaged =
             |e: &dyn std::fmt::Display| ProviderError::Internal(format!("key `{}`: {e}", key.id));
         let pkcs8 = self
             .master
-            .open(&aad(&id), &sealed)
+            .open(&aad(&id), sealed)
             .map_err(|e| damaged(&e))?;
-        let private =
-            PrivateKey::from_pkcs8(key.alg.key_kind(), &pkcs8).map_err(|e| damaged(&e))?;
-        let cached = Arc::new(CachedSigner {
-            signer: private.signer(key.alg).map_err(|e| damaged(&e))?,
-            public: private.public_jwk().clone(),
-        });
+        let (signer, public) = Signer::from_pkcs8(key.alg, &pkcs8).map_err(|e| damaged(&e))?;
+        let cached = Arc::new(CachedSigner { signer, public });
         if !cached.matches(key) {
             return Err(ProviderError::Internal(format!(
                 "stored key `{}` does not match its public JWK",

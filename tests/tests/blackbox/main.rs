@@ -5,6 +5,7 @@
 mod algorithms;
 mod aws_kms;
 mod batch;
+mod cache;
 mod certificates;
 mod cloud;
 mod config;
