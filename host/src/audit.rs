@@ -102,8 +102,9 @@ pub struct Event {
     pub provider: Option<String>,
     /// `ok`, or the error code the client got.
     pub outcome: String,
-    /// Hex SHA-256 of the signed message (signs only).
-    pub message_sha256: Option<String>,
+    /// Hex SHA-256 of each signed message, in order (signs only; a batch sign has
+    /// one per message).
+    pub message_sha256s: Vec<String>,
 }
 
 /// A stored record.
@@ -121,7 +122,12 @@ pub struct AuditRecord {
     pub kid: Option<String>,
     pub provider: Option<String>,
     pub outcome: String,
+    /// Hex SHA-256 of the signed message (a sign of one message).
     pub message_sha256: Option<String>,
+    /// Hex SHA-256 of each message of a batch sign, in order: one record for the
+    /// batch. Stored in the `message_sha256` column, separated by spaces.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub message_sha256s: Vec<String>,
     pub prev_hash: String,
     pub hash: String,
 }
@@ -139,10 +145,31 @@ impl AuditRecord {
             &self.kid,
             &self.provider,
             &self.outcome,
-            &self.message_sha256,
+            &self.stored_message_hashes(),
         ))
         .expect("plain values serialise");
         hex::encode(digest(&SHA256, &canonical))
+    }
+
+    /// The `message_sha256` column: the hash of a single message, or a batch's
+    /// hashes separated by spaces.
+    pub fn stored_message_hashes(&self) -> Option<String> {
+        if self.message_sha256s.is_empty() {
+            self.message_sha256.clone()
+        } else {
+            Some(self.message_sha256s.join(" "))
+        }
+    }
+
+    /// Sets the message hashes from the `message_sha256` column's `stored` value.
+    pub fn with_stored_message_hashes(mut self, stored: Option<String>) -> Self {
+        match stored {
+            Some(list) if list.contains(' ') => {
+                self.message_sha256s = list.split(' ').map(str::to_owned).collect();
+            }
+            single => self.message_sha256 = single,
+        }
+        self
     }
 
     /// The record following `head` (or the first one) for `event` at `time`.
@@ -156,10 +183,14 @@ impl AuditRecord {
             kid: event.kid.clone(),
             provider: event.provider.clone(),
             outcome: event.outcome.clone(),
-            message_sha256: event.message_sha256.clone(),
+            message_sha256: None,
+            message_sha256s: Vec::new(),
             prev_hash: head.map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
             hash: String::new(),
         };
+        record = record.with_stored_message_hashes(
+            Some(event.message_sha256s.join(" ")).filter(|s| !s.is_empty()),
+        );
         record.hash = record.expected_hash();
         record
     }
@@ -384,7 +415,7 @@ mod tests {
             kid: Some(kid.into()),
             provider: Some("db".into()),
             outcome: "ok".into(),
-            message_sha256: Some("ab".repeat(32)),
+            message_sha256s: vec!["ab".repeat(32)],
         }
     }
 
@@ -404,6 +435,38 @@ mod tests {
         let audit = Audit::start(&AuditConfig::default(), catalog);
         let verdict = audit.verify().await.unwrap();
         assert!(verdict.ok && verdict.checked == 150, "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn a_batch_record_keeps_every_hash_in_order_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let catalog = Catalog::connect(&url).await.unwrap();
+        let hashes: Vec<String> = (0..3u8).map(|i| format!("{i:02x}").repeat(32)).collect();
+        let batch = Event {
+            message_sha256s: hashes.clone(),
+            ..event("k")
+        };
+        catalog
+            .audit_append(None, &[(1, event("k")), (2, batch)])
+            .await
+            .unwrap();
+        let audit = Audit::start(&AuditConfig::default(), catalog);
+        let page = audit.page(&AuditFilter::default()).await.unwrap();
+        assert_eq!(page[0].message_sha256, Some("ab".repeat(32)));
+        assert!(page[0].message_sha256s.is_empty());
+        assert_eq!(
+            (&page[1].message_sha256, &page[1].message_sha256s),
+            (&None, &hashes)
+        );
+        let json = serde_json::to_value(&page[1]).unwrap();
+        assert_eq!(json["messageSha256s"][2], hashes[2]);
+        let verdict = audit.verify().await.unwrap();
+        assert!(verdict.ok && verdict.checked == 2, "{verdict:?}");
+        // Changing one hash of the batch breaks the chain.
+        let mut changed = page[1].clone();
+        changed.message_sha256s[1] = "ff".repeat(32);
+        assert_ne!(changed.expected_hash(), page[1].hash);
     }
 
     #[test]

@@ -1156,7 +1156,7 @@ impl Catalog {
                     .bind(record.kid.as_deref().unwrap_or(""))
                     .bind(record.provider.as_deref().unwrap_or(""))
                     .bind(record.outcome.as_str())
-                    .bind(record.message_sha256.as_deref().unwrap_or(""))
+                    .bind(record.stored_message_hashes().unwrap_or_default())
                     .bind(record.prev_hash.as_str())
                     .bind(record.hash.as_str());
             }
@@ -1202,6 +1202,7 @@ fn audit_record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, CatalogError>
     let optional = |name: &str| -> Result<Option<String>, CatalogError> {
         Ok(Some(text(name)?).filter(|v| !v.is_empty()))
     };
+    let hashes = optional("message_sha256")?;
     Ok(AuditRecord {
         seq: row.try_get("seq")?,
         time: row.try_get("time")?,
@@ -1211,10 +1212,12 @@ fn audit_record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, CatalogError>
         kid: optional("kid")?,
         provider: optional("provider")?,
         outcome: text("outcome")?,
-        message_sha256: optional("message_sha256")?,
+        message_sha256: None,
+        message_sha256s: Vec::new(),
         prev_hash: text("prev_hash")?,
         hash: text("hash")?,
-    })
+    }
+    .with_stored_message_hashes(hashes))
 }
 
 fn millis(time: SystemTime) -> i64 {

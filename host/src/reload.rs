@@ -116,7 +116,7 @@ impl Reloader {
                 Err(ReloadError::Refused(_)) => "refused",
             }
             .to_owned(),
-            message_sha256: None,
+            message_sha256s: Vec::new(),
         };
         if let Err(e) = self.audit.record(event).await {
             tracing::warn!(error = %e, "the reload could not be audited");

@@ -71,7 +71,7 @@ async fn record_event(
         outcome: outcome
             .map_or_else(|e| ApiError::from(e).code(), |()| "ok")
             .to_owned(),
-        message_sha256: None,
+        message_sha256s: Vec::new(),
     };
     if let Err(e) = audit.record(event).await {
         tracing::warn!(kid = %record.kid, error = %e, action = action.as_str(),

@@ -93,7 +93,7 @@ pub async fn csr(
         &principal,
         Action::Csr,
         (Some(&kid), None),
-        None,
+        Vec::new(),
         &result,
     )
     .await?;

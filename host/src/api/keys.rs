@@ -247,7 +247,7 @@ pub(super) async fn audited_record(
     target: (Option<&str>, Option<&str>),
     result: Result<Arc<KeyRecord>, ApiError>,
 ) -> Result<Json<KeyResponse>, ApiError> {
-    audit(state, principal, action, target, None, &result).await?;
+    audit(state, principal, action, target, Vec::new(), &result).await?;
     let record = result?;
     Ok(Json(full_record(state, &record).await?))
 }
@@ -347,7 +347,7 @@ pub(super) async fn audit<T>(
     principal: &Principal,
     action: Action,
     target: (Option<&str>, Option<&str>),
-    message_sha256: Option<String>,
+    message_sha256s: Vec<String>,
     result: &Result<T, ApiError>,
 ) -> Result<(), ApiError> {
     let (kid, provider) = target;
@@ -363,7 +363,7 @@ pub(super) async fn audit<T>(
                 .as_ref()
                 .map_or_else(ApiError::code, |_| "ok")
                 .to_owned(),
-            message_sha256,
+            message_sha256s,
         })
         .await?;
     Ok(())
@@ -431,7 +431,7 @@ async fn certify_under_policy(
             principal,
             Action::CertificateIssue,
             target,
-            None,
+            Vec::new(),
             &result,
         )
         .await?;
@@ -495,8 +495,8 @@ pub async fn sign(
         )
     });
     let message_sha256 = match (&message, state.audit.enabled()) {
-        (Ok(message), true) => Some(hex::encode(digest(&SHA256, message))),
-        _ => None,
+        (Ok(message), true) => vec![hex::encode(digest(&SHA256, message))],
+        _ => Vec::new(),
     };
     let result = async {
         let alg = parse_alg(req.alg.as_deref())?;
@@ -603,15 +603,16 @@ pub async fn sign_batch(
     };
     let provider = result.as_ref().ok().map(|(_, r)| r.provider.clone());
     let target = (Some(kid.as_str()), provider.as_deref());
-    if result.is_ok() && state.audit.enabled() {
-        // A record per message, each with its hash, as for single signs.
-        for message in &messages {
-            let hash = Some(hex::encode(digest(&SHA256, message)));
-            audit(&state, &principal, Action::Sign, target, hash, &result).await?;
-        }
+    // One record for the batch, holding every message's hash in order.
+    let hashes = if result.is_ok() && state.audit.enabled() {
+        messages
+            .iter()
+            .map(|message| hex::encode(digest(&SHA256, message)))
+            .collect()
     } else {
-        audit(&state, &principal, Action::Sign, target, None, &result).await?;
-    }
+        Vec::new()
+    };
+    audit(&state, &principal, Action::Sign, target, hashes, &result).await?;
     let (signatures, record) = result?;
     Ok(Json(SignBatchResponse {
         signatures: signatures.iter().map(|s| base64url(s)).collect(),
@@ -673,7 +674,7 @@ pub async fn rotate(
             if let Some(certified) = rotated.certificate {
                 let certified = certified.map_err(ApiError::from);
                 let action = Action::CertificateIssue;
-                audit(&state, &principal, action, target, None, &certified).await?;
+                audit(&state, &principal, action, target, Vec::new(), &certified).await?;
             }
             Ok(rotated.record)
         }
@@ -756,7 +757,7 @@ pub async fn delete(
         &principal,
         Action::Delete,
         (Some(&kid), provider),
-        None,
+        Vec::new(),
         &result,
     )
     .await?;
@@ -780,7 +781,7 @@ async fn force_delete(
         principal,
         Action::ForceDelete,
         (Some(&kid), provider),
-        None,
+        Vec::new(),
         &result,
     )
     .await?;
