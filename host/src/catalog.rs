@@ -374,20 +374,51 @@ impl Catalog {
     /// Database failures (nothing of the batch is written then).
     pub async fn add_usage(&self, batch: &[(String, u64, SystemTime)]) -> Result<(), CatalogError> {
         let mut tx = self.pool.begin().await?;
-        for (id, count, last) in batch {
-            sqlx::query(
-                "UPDATE keys SET sign_count = sign_count + $2, \
-                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < $3 THEN $3 ELSE last_used_at END \
-                 WHERE kid = $1",
-            )
-            .bind(id)
-            .bind(i64::try_from(*count).unwrap_or(i64::MAX))
-            .bind(millis(*last))
-            .execute(&mut *tx)
-            .await?;
+        // Many keys per statement: a flush after signs with 10^5 keys is a few
+        // hundred statements, not 10^5 round trips holding the write lock.
+        for chunk in batch.chunks(USAGE_ROWS_PER_UPDATE) {
+            let sql = format!(
+                "UPDATE keys SET sign_count = sign_count + v.column2, \
+                 last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < v.column3 \
+                 THEN v.column3 ELSE last_used_at END \
+                 FROM (VALUES {}) AS v WHERE keys.kid = v.column1",
+                self.placeholders(chunk.len(), 3)
+            );
+            // The statement is built only from our own placeholders.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, count, last) in chunk {
+                query = query
+                    .bind(id.as_str())
+                    .bind(i64::try_from(*count).unwrap_or(i64::MAX))
+                    .bind(millis(*last));
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// `rows` groups of `columns` parameters for a multi-row statement:
+    /// `(?, ?), (?, ?)` on SQLite, which resolves `$n` names one by one (a cost
+    /// that grows with the square of the count), `($1, $2), ($3, $4)` on PostgreSQL.
+    fn placeholders(&self, rows: usize, columns: usize) -> String {
+        let mut text = String::with_capacity(rows * columns * 5);
+        for row in 0..rows {
+            text.push_str(if row == 0 { "(" } else { ", (" });
+            for column in 0..columns {
+                if column > 0 {
+                    text.push_str(", ");
+                }
+                match self.backend {
+                    Backend::Sqlite => text.push('?'),
+                    Backend::Postgres => {
+                        text.push_str(&format!("${}", row * columns + column + 1));
+                    }
+                }
+            }
+            text.push(')');
+        }
+        text
     }
 
     /// How many keys have never signed.
@@ -1082,6 +1113,8 @@ macro_rules! audit_columns {
 /// Rows per audit INSERT statement (11 parameters each; far below both databases'
 /// parameter limits).
 const AUDIT_ROWS_PER_INSERT: usize = 64;
+/// Keys per usage UPDATE statement (3 parameters each).
+const USAGE_ROWS_PER_UPDATE: usize = 256;
 /// The advisory lock replicas on PostgreSQL take to extend the audit chain.
 const AUDIT_LOCK: i64 = 0x6b6d_7367_7761_7564;
 
@@ -1125,25 +1158,10 @@ impl Catalog {
         }
         // Several rows per statement: one round trip to the driver per chunk.
         for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut sql = String::from(concat!(
-                "INSERT INTO audit_log (",
-                audit_columns!(),
-                ") VALUES "
-            ));
-            for row in 0..chunk.len() {
-                let first = row * 11 + 1;
-                // SQLite gets anonymous `?` placeholders: it resolves `$n` names one
-                // by one, which grows with the square of the parameter count.
-                let params: Vec<String> = (first..first + 11)
-                    .map(|n| match self.backend {
-                        Backend::Sqlite => "?".to_owned(),
-                        Backend::Postgres => format!("${n}"),
-                    })
-                    .collect();
-                sql.push_str(if row == 0 { "(" } else { ", (" });
-                sql.push_str(&params.join(", "));
-                sql.push(')');
-            }
+            let sql = format!(
+                concat!("INSERT INTO audit_log (", audit_columns!(), ") VALUES {}"),
+                self.placeholders(chunk.len(), 11)
+            );
             // The statement is built only from our own placeholders.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for record in chunk {

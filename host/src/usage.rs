@@ -78,6 +78,8 @@ impl Usage {
         // Keys with nothing new leave the map (a sign racing with this re-adds its key).
         self.pending
             .retain(|_, pending| pending.count.load(Ordering::Relaxed) > 0);
+        // After signs with many keys, give the table's room back.
+        self.pending.shrink_to_fit();
         if batch.is_empty() {
             return Ok(());
         }

@@ -175,20 +175,24 @@ impl Provider for DbProvider {
         let signer = self.signer(key).await?;
         let messages = messages.to_vec();
         tokio::task::spawn_blocking(move || {
+            // One part per core this process may run on: the first is signed on
+            // this thread, each other one on a thread of its own.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let chunk = messages.len().div_ceil(cores).max(1);
+            let sign_part = |part: &[Vec<u8>]| -> Vec<Vec<u8>> {
+                part.iter().map(|m| signer.signer.sign(m)).collect()
+            };
+            let mut parts = messages.chunks(chunk);
+            let first = parts.next().unwrap_or_default();
             std::thread::scope(|scope| {
-                let parts: Vec<_> = messages
-                    .chunks(chunk)
-                    .map(|part| {
-                        let signer = &signer.signer;
-                        scope.spawn(move || part.iter().map(|m| signer.sign(m)).collect::<Vec<_>>())
-                    })
+                let others: Vec<_> = parts
+                    .map(|part| scope.spawn(move || sign_part(part)))
                     .collect();
-                parts
-                    .into_iter()
-                    .flat_map(|part| part.join().expect("a signing thread does not panic"))
-                    .collect()
+                let mut signatures = sign_part(first);
+                for other in others {
+                    signatures.extend(other.join().expect("a signing thread does not panic"));
+                }
+                signatures
             })
         })
         .await

@@ -145,8 +145,9 @@ async fn providers_and_api_keys_change_on_reload_while_signing_goes_on() {
     );
 
     // The client signing with the db key all along never saw an error.
+    // (It signs every 5 ms; the reloads above take 50 ms or more.)
     let latencies = watcher.finish().await;
-    assert!(latencies.len() > 10, "{} signs", latencies.len());
+    assert!(latencies.len() >= 5, "{} signs", latencies.len());
 
     // API keys take effect: with an admin key configured, anonymous calls stop.
     let token = "reload-admin-token-0123456789";
