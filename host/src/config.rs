@@ -408,8 +408,8 @@ impl Default for UsageConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CacheConfig {
-    /// The most keys held (default 10 000; about 2 KiB each for EC and Ed25519
-    /// keys, 4 KiB for RSA 2048).
+    /// The most keys held (default 10 000; about 2 KiB each for a P-256 key,
+    /// measured, more for RSA).
     #[serde(default = "default_cache_keys")]
     pub keys: usize,
 }
