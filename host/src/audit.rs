@@ -12,6 +12,7 @@
 //! On PostgreSQL, replicas take a transaction-scoped advisory lock to extend the
 //! chain, so it stays one line whatever the number of writers.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest::{SHA256, digest};
@@ -153,11 +154,11 @@ impl AuditRecord {
 
     /// The `message_sha256` column: the hash of a single message, or a batch's
     /// hashes separated by spaces.
-    pub fn stored_message_hashes(&self) -> Option<String> {
+    pub fn stored_message_hashes(&self) -> Option<Cow<'_, str>> {
         if self.message_sha256s.is_empty() {
-            self.message_sha256.clone()
+            self.message_sha256.as_deref().map(Cow::Borrowed)
         } else {
-            Some(self.message_sha256s.join(" "))
+            Some(Cow::Owned(self.message_sha256s.join(" ")))
         }
     }
 
@@ -174,6 +175,11 @@ impl AuditRecord {
 
     /// The record following `head` (or the first one) for `event` at `time`.
     pub fn chained(head: Option<&AuditRecord>, time: i64, event: &Event) -> AuditRecord {
+        // One hash is a single sign's; several are a batch's.
+        let (message_sha256, message_sha256s) = match event.message_sha256s.as_slice() {
+            [one] => (Some(one.clone()), Vec::new()),
+            hashes => (None, hashes.to_vec()),
+        };
         let mut record = AuditRecord {
             seq: head.map_or(1, |h| h.seq + 1),
             time,
@@ -183,14 +189,11 @@ impl AuditRecord {
             kid: event.kid.clone(),
             provider: event.provider.clone(),
             outcome: event.outcome.clone(),
-            message_sha256: None,
-            message_sha256s: Vec::new(),
+            message_sha256,
+            message_sha256s,
             prev_hash: head.map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
             hash: String::new(),
         };
-        record = record.with_stored_message_hashes(
-            Some(event.message_sha256s.join(" ")).filter(|s| !s.is_empty()),
-        );
         record.hash = record.expected_hash();
         record
     }

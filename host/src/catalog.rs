@@ -2,6 +2,7 @@
 //! plus the `db` provider's sealed key material, in SQLite or PostgreSQL through
 //! sqlx's `Any` driver so both run the same queries. Migrations run at connect.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -1174,7 +1175,12 @@ impl Catalog {
                     .bind(record.kid.as_deref().unwrap_or(""))
                     .bind(record.provider.as_deref().unwrap_or(""))
                     .bind(record.outcome.as_str())
-                    .bind(record.stored_message_hashes().unwrap_or_default())
+                    .bind(
+                        record
+                            .stored_message_hashes()
+                            .map(Cow::into_owned)
+                            .unwrap_or_default(),
+                    )
                     .bind(record.prev_hash.as_str())
                     .bind(record.hash.as_str());
             }

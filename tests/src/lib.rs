@@ -413,6 +413,15 @@ impl Gateway {
         json
     }
 
+    /// Creates a key as `body` says, signs `message` with it and verifies the
+    /// signature against the returned public key; returns the key.
+    pub async fn create_and_sign(&self, body: Value, message: &[u8]) -> Value {
+        let key = self.create(body).await;
+        let kid = key["kid"].as_str().expect("kid");
+        assert_verifies(&key["publicJwk"], message, &self.sign(kid, message).await);
+        key
+    }
+
     /// Signs `message` with `kid` and returns the base64url signature, asserting 200.
     pub async fn sign(&self, kid: &str, message: &[u8]) -> String {
         self.sign_with(&self.client, kid, message).await

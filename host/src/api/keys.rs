@@ -494,7 +494,7 @@ pub async fn sign(
             "`data` is neither standard nor url-safe base64",
         )
     });
-    let message_sha256 = match (&message, state.audit.enabled()) {
+    let message_hashes = match (&message, state.audit.enabled()) {
         (Ok(message), true) => vec![hex::encode(digest(&SHA256, message))],
         _ => Vec::new(),
     };
@@ -513,7 +513,7 @@ pub async fn sign(
         &principal,
         Action::Sign,
         (Some(&kid), provider),
-        message_sha256,
+        message_hashes,
         &result,
     )
     .await?;
