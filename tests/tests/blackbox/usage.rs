@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt;
 use kmsgw_tests::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -184,4 +185,47 @@ async fn sign_counts_and_last_use_find_unused_keys_and_survive_restarts() {
     assert!(gw.stop().success());
     let gw = signing_gateway(&site);
     assert_eq!(usage_of(&gw, "busy").await.0, 6);
+}
+
+/// One usage flush carrying more keys than one UPDATE statement holds (256): every
+/// key's count lands, on SQLite and PostgreSQL.
+async fn a_flush_of_many_keys_counts_each(db: Db) {
+    let site = Site::new(db).await;
+    let gw = site.start_configured(&json!({
+        "providers": [{"id": "db", "type": "db"}],
+        "usage": {"flushMs": 60000},
+    }));
+    // 16 creates at a time (as the many-keys benchmark does).
+    let keys: Vec<(String, Value)> = futures::stream::iter(0..600)
+        .map(|i| {
+            let gw = &gw;
+            async move {
+                let kid = format!("u{i}");
+                let key = gw.create(json!({"kid": kid, "alg": "EdDSA"})).await;
+                (kid, key["publicJwk"].clone())
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    for (i, (kid, jwk)) in keys.iter().enumerate() {
+        for _ in 0..=(i % 2) {
+            assert_verifies(jwk, b"counted", &gw.sign(kid, b"counted").await);
+        }
+    }
+    // Reading a key flushes every pending count in one transaction first.
+    for i in [0, 255, 256, 257, 511, 512, 599] {
+        let (_, key) = gw.get(&format!("/keys/u{i}")).await;
+        assert_eq!(key["signCount"], 1 + i % 2, "u{i}: {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_many_keys_counts_each_on_sqlite() {
+    a_flush_of_many_keys_counts_each(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_of_many_keys_counts_each_on_postgres() {
+    a_flush_of_many_keys_counts_each(Db::Postgres).await;
 }
