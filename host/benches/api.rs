@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsgw::api::{AppState, app};
-use kmsgw::audit::Audit;
+use kmsgw::audit::{Actor, Audit};
 use kmsgw::auth::ApiKeys;
 use kmsgw::catalog::Catalog;
 use kmsgw::config::{AuditConfig, AuthConfig};
@@ -34,10 +34,16 @@ async fn state(dir: &tempfile::TempDir, audit: bool) -> AppState {
         provider: Arc::new(db),
         description: None,
     }];
-    let gateway = Arc::new(Gateway::new(registered, "db".into(), catalog.clone()));
+    let config = AuditConfig {
+        enabled: audit,
+        ..AuditConfig::default()
+    };
+    let audit = Audit::start(&config, catalog.clone());
+    let gateway =
+        Arc::new(Gateway::new(registered, "db".into(), catalog.clone()).with_audit(audit.clone()));
     gateway
         .create_key(
-            None,
+            Actor::default(),
             NewKey {
                 kid: Some("bench".into()),
                 ..NewKey::default()
@@ -45,15 +51,11 @@ async fn state(dir: &tempfile::TempDir, audit: bool) -> AppState {
         )
         .await
         .unwrap();
-    let config = AuditConfig {
-        enabled: audit,
-        ..AuditConfig::default()
-    };
     AppState::new(
         gateway,
         1 << 20,
         ApiKeys::new(&AuthConfig::default()),
-        Audit::start(&config, catalog),
+        audit,
     )
 }
 

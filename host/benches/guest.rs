@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
 use kmsgw::crypto::seal::MasterKey;
 use kmsgw::gateway::{Gateway, NewKey, Registered};
@@ -86,7 +87,7 @@ fn guest(c: &mut Criterion) {
         let gateway = Gateway::new(registered, "db".into(), catalog);
         gateway
             .create_key(
-                None,
+                Actor::default(),
                 NewKey {
                     kid: Some("on-db".into()),
                     ..NewKey::default()
@@ -96,7 +97,7 @@ fn guest(c: &mut Criterion) {
             .unwrap();
         gateway
             .create_key(
-                None,
+                Actor::default(),
                 NewKey {
                     kid: Some("on-guest".into()),
                     provider: Some("soft".into()),

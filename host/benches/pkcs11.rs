@@ -12,6 +12,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
+use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
 use kmsgw::config::{Pkcs11Config, Pkcs11Slot};
 use kmsgw::crypto::seal::MasterKey;
@@ -82,7 +83,7 @@ fn pkcs11(c: &mut Criterion) {
         let gateway = Gateway::new(registered, "hsm".into(), catalog);
         gateway
             .create_key(
-                None,
+                Actor::default(),
                 NewKey {
                     kid: Some("bench-key".into()),
                     ..NewKey::default()

@@ -14,6 +14,7 @@ use aws_lc_rs::signature::{
     RSA_PSS_SHA256, RsaKeyPair,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
 use kmsgw::crypto::seal::MasterKey;
 use kmsgw::crypto::{Alg, PrivateKey};
@@ -87,7 +88,7 @@ fn sign(c: &mut Criterion) {
         let kid = alg.as_str();
         runtime.block_on(async {
             gateway
-                .import_key(None, kid.into(), &key, Some(alg), None)
+                .import_key(Actor::default(), kid.into(), &key, Some(alg), None)
                 .await
                 .unwrap();
             // The first sign loads the key; the measured ones find it in memory.

@@ -1,38 +1,57 @@
-//! The audit log: every create, import, delete and sign becomes a record whose hash
-//! covers the previous record's hash, so changing, removing or reordering a stored
-//! record shows up in [`Audit::verify`].
+//! The audit log: every create, import, delete, rotation, certificate operation
+//! and sign becomes a record whose hash covers the previous record's hash, so
+//! changing, removing or reordering a stored record shows up in
+//! [`Audit::verify`].
 //!
-//! One writer task per gateway appends records in batches (group commit): whatever
-//! arrived while the previous batch was being written goes into the next
-//! transaction. Create, import and delete wait until their record is committed
-//! before they are answered. Signs wait too with `signs: "durable"`; with the
-//! default `"batched"` they are answered at once and their records follow within
-//! one commit, so a crash can lose the records of the signs answered in the last
-//! moments before it, never a record of an answered create, import or delete.
-//! On PostgreSQL, replicas take a transaction-scoped advisory lock to extend the
-//! chain, so it stays one line whatever the number of writers.
+//! A change to the catalog and its record commit in one transaction
+//! ([`Audit::begin`]): either both are durable and the change is answered 2xx,
+//! or neither happened. Signs and refusals go through a queue that one writer
+//! task appends in batches (group commit); a sign takes its place in the queue
+//! before it signs, and when no place frees up in time it is refused without
+//! signing. The writer never gives records up while the process lives: it
+//! retries with backoff until the database takes them. On PostgreSQL, replicas
+//! take a transaction-scoped advisory lock to extend the chain, so it stays one
+//! line whatever the number of writers.
 
-use std::borrow::Cow;
+mod store;
+
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 use utoipa::ToSchema;
 
-use crate::catalog::{AuditFilter, Catalog, CatalogError};
+pub use store::{AuditFilter, Link};
+
+use crate::catalog::{Catalog, CatalogError, Write};
 use crate::config::{AuditConfig, SignAudit};
 
 /// The previous-hash of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The encoding new records are written in (see [`AuditRecord::expected_hash`]).
+pub const ENCODING: u8 = 2;
 /// Largest batch written in one transaction.
 const MAX_BATCH: usize = 1024;
 /// How long batched sign records may wait for company before their commit.
 const LINGER: Duration = Duration::from_millis(5);
-/// Attempts to write one batch before its records are given up.
-const APPEND_ATTEMPTS: u64 = 3;
 /// Records waiting for the writer before appends wait for room.
 const QUEUE: usize = 64 * 1024;
+/// How long a sign or refusal waits for room in a full queue before it is
+/// refused with `audit_unavailable`.
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+/// How long a request waits for its queued record to be committed (durable
+/// signs, reloads).
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
+/// How long a change waits for the records queued before it to be written, so
+/// that the chain shows what was answered in the order it was answered.
+const ORDER_WAIT: Duration = Duration::from_millis(300);
+/// The longest pause between the writer's attempts at a batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The most characters of a client-given field (a kid, a provider id) a record
+/// keeps; longer values are cut and marked.
+const MAX_FIELD: usize = 256;
 
 /// What was done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -93,6 +112,38 @@ impl Action {
     }
 }
 
+/// Who an audited change is made by.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Actor<'a> {
+    /// The API key's id (`None` without API keys), `scheduler` or `sighup`.
+    pub api_key: Option<&'a str>,
+    /// The tenant acted in; `None` outside tenants.
+    pub tenant: Option<&'a str>,
+}
+
+impl<'a> Actor<'a> {
+    /// The scheduler, working on a key of `tenant`.
+    pub fn scheduler(tenant: Option<&'a str>) -> Self {
+        Actor {
+            api_key: Some("scheduler"),
+            tenant,
+        }
+    }
+
+    /// The record of `action` on key `kid` of `provider` with `outcome`.
+    pub fn event(&self, action: Action, kid: &str, provider: &str, outcome: &str) -> Event {
+        Event {
+            api_key: self.api_key.map(str::to_owned),
+            tenant: self.tenant.map(str::to_owned),
+            action,
+            kid: Some(kid.to_owned()),
+            provider: Some(provider.to_owned()),
+            outcome: outcome.to_owned(),
+            message_sha256s: Vec::new(),
+        }
+    }
+}
+
 /// One operation, as the API layer reports it.
 #[derive(Clone, Debug)]
 pub struct Event {
@@ -131,34 +182,107 @@ pub struct AuditRecord {
     pub message_sha256s: Vec<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// The encoding the hash covers: 1 for records of earlier releases, 2 now.
+    #[serde(skip)]
+    pub encoding: u8,
 }
 
 impl AuditRecord {
-    /// The hash this record must carry: SHA-256 over its previous hash and every field.
+    /// The hash this record must carry: hex SHA-256 of its canonical encoding.
+    ///
+    /// Encoding 2 is the compact JSON array `["kmsgw-audit-2", prevHash, seq,
+    /// time, apiKey, tenant, action, kid, provider, outcome, [messageSha256…]]`
+    /// where an absent field is `null` (an empty one `""`), and the list holds the
+    /// one hash of a sign, a batch's hashes in order, or nothing. Encoding 1 (records
+    /// of earlier releases) is the same array without the tag and with the
+    /// message hashes as one string joined by spaces, or `null`.
     pub fn expected_hash(&self) -> String {
-        let canonical = serde_json::to_vec(&(
-            &self.prev_hash,
-            self.seq,
-            self.time,
-            &self.api_key,
-            &self.tenant,
-            &self.action,
-            &self.kid,
-            &self.provider,
-            &self.outcome,
-            &self.stored_message_hashes(),
-        ))
-        .expect("plain values serialise");
-        hex::encode(digest(&SHA256, &canonical))
+        self.hash_with(
+            self.api_key.as_deref(),
+            self.tenant.as_deref(),
+            self.kid.as_deref(),
+            self.provider.as_deref(),
+        )
+    }
+
+    fn hash_with(
+        &self,
+        api_key: Option<&str>,
+        tenant: Option<&str>,
+        kid: Option<&str>,
+        provider: Option<&str>,
+    ) -> String {
+        let canonical = if self.encoding >= 2 {
+            serde_json::to_vec(&(
+                "kmsgw-audit-2",
+                &self.prev_hash,
+                self.seq,
+                self.time,
+                api_key,
+                tenant,
+                &self.action,
+                kid,
+                provider,
+                &self.outcome,
+                self.message_hashes(),
+            ))
+        } else {
+            serde_json::to_vec(&(
+                &self.prev_hash,
+                self.seq,
+                self.time,
+                api_key,
+                tenant,
+                &self.action,
+                kid,
+                provider,
+                &self.outcome,
+                &self.stored_message_hashes(),
+            ))
+        };
+        hex::encode(digest(&SHA256, &canonical.expect("plain values serialise")))
+    }
+
+    /// Whether the stored hash is the one this record must carry. A record of
+    /// encoding 1 stored an absent field and an empty one alike (`''`), and a
+    /// refused request with an empty kid, provider or key was hashed over the
+    /// empty string: such a field is checked both ways, which lets no stored
+    /// byte change unnoticed.
+    pub fn hash_holds(&self) -> bool {
+        if self.hash == self.expected_hash() {
+            return true;
+        }
+        if self.encoding >= 2 {
+            return false;
+        }
+        let fields = [&self.api_key, &self.tenant, &self.kid, &self.provider];
+        let absent: Vec<usize> = (0..4).filter(|&i| fields[i].is_none()).collect();
+        (1u32..1 << absent.len()).any(|mask| {
+            let mut values = fields.map(|f| f.as_deref());
+            for (bit, &i) in absent.iter().enumerate() {
+                if mask & (1 << bit) != 0 {
+                    values[i] = Some("");
+                }
+            }
+            self.hash == self.hash_with(values[0], values[1], values[2], values[3])
+        })
+    }
+
+    /// Every message hash of the record, in order.
+    fn message_hashes(&self) -> Vec<&str> {
+        match &self.message_sha256 {
+            Some(one) => vec![one.as_str()],
+            None => self.message_sha256s.iter().map(String::as_str).collect(),
+        }
     }
 
     /// The `message_sha256` column: the hash of a single message, or a batch's
     /// hashes separated by spaces.
-    pub fn stored_message_hashes(&self) -> Option<Cow<'_, str>> {
-        if self.message_sha256s.is_empty() {
-            self.message_sha256.as_deref().map(Cow::Borrowed)
-        } else {
-            Some(Cow::Owned(self.message_sha256s.join(" ")))
+    pub fn stored_message_hashes(&self) -> Option<String> {
+        match (&self.message_sha256, self.message_sha256s.is_empty()) {
+            (Some(one), _) => Some(one.clone()),
+            (None, false) => Some(self.message_sha256s.join(" ")),
+            (None, true) => None,
         }
     }
 
@@ -173,29 +297,57 @@ impl AuditRecord {
         self
     }
 
-    /// The record following `head` (or the first one) for `event` at `time`.
-    pub fn chained(head: Option<&AuditRecord>, time: i64, event: &Event) -> AuditRecord {
+    /// The record following `previous` (seq and hash; 0 and [`GENESIS`] for the
+    /// first) for `event` at `time`, in the current encoding. Client-given fields
+    /// are kept as given when they are short and printable, else escaped and cut
+    /// (see [`recorded`]).
+    pub fn chained(previous: (i64, &str), time: i64, event: &Event) -> AuditRecord {
         // One hash is a single sign's; several are a batch's.
         let (message_sha256, message_sha256s) = match event.message_sha256s.as_slice() {
             [one] => (Some(one.clone()), Vec::new()),
             hashes => (None, hashes.to_vec()),
         };
         let mut record = AuditRecord {
-            seq: head.map_or(1, |h| h.seq + 1),
+            seq: previous.0 + 1,
             time,
             api_key: event.api_key.clone(),
             tenant: event.tenant.clone(),
             action: event.action.as_str().to_owned(),
-            kid: event.kid.clone(),
-            provider: event.provider.clone(),
-            outcome: event.outcome.clone(),
+            kid: event.kid.as_deref().map(recorded),
+            provider: event.provider.as_deref().map(recorded),
+            outcome: recorded(&event.outcome),
             message_sha256,
             message_sha256s,
-            prev_hash: head.map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
+            prev_hash: previous.1.to_owned(),
             hash: String::new(),
+            encoding: ENCODING,
         };
         record.hash = record.expected_hash();
         record
+    }
+}
+
+/// A client-given value as a record keeps it: as given when it is at most
+/// [`MAX_FIELD`] characters without control characters (every valid kid and
+/// provider id is), else with control characters escaped (`\u{0}`; PostgreSQL
+/// text holds no NUL) and cut to [`MAX_FIELD`] characters, marked with `…`.
+pub fn recorded(value: &str) -> String {
+    if value.chars().count() <= MAX_FIELD && !value.chars().any(char::is_control) {
+        return value.to_owned();
+    }
+    let escaped: String = value
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    match escaped.char_indices().nth(MAX_FIELD) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
     }
 }
 
@@ -211,23 +363,30 @@ pub struct Verification {
     pub first_bad_seq: Option<i64>,
 }
 
-/// Why a record could not be written (the detail is logged, not shown to clients).
+/// Why a sign or refusal could not be recorded: the writer cannot keep up (the
+/// database refuses writes, or is too slow). Nothing was signed.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the operation was carried out but its audit record could not be written ({0}); see the gateway log"
-)]
+#[error("the audit log cannot take records now ({0}); nothing was done, try again later")]
 pub struct AuditError(&'static str);
 
 struct Job {
     time: i64,
     event: Option<Event>,
-    done: Option<oneshot::Sender<Result<(), ()>>>,
+    done: Option<oneshot::Sender<()>>,
 }
+
+/// The chain's end as this process knows it, shared by the writer and by the
+/// transactions that carry a change with its record; `None` when unknown (at
+/// start, after a failed write, and always on PostgreSQL, where it is read
+/// under the replicas' lock).
+type Head = Arc<Mutex<Option<Link>>>;
 
 /// The audit log's handle: cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Audit {
+    /// `None` when the log is off.
     queue: Option<mpsc::Sender<Job>>,
+    head: Head,
     signs: SignAudit,
     catalog: Catalog,
 }
@@ -238,17 +397,116 @@ fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A write transaction whose change commits together with its audit record.
+pub struct Audited {
+    write: Write,
+    /// Held from the start of the transaction to its end (`None`: log off).
+    head: Option<OwnedMutexGuard<Option<Link>>>,
+    catalog: Catalog,
+}
+
+impl std::ops::Deref for Audited {
+    type Target = Write;
+    fn deref(&self) -> &Write {
+        &self.write
+    }
+}
+
+impl std::ops::DerefMut for Audited {
+    fn deref_mut(&mut self) -> &mut Write {
+        &mut self.write
+    }
+}
+
+impl Audited {
+    /// Appends `event`'s record and commits it with the change: both are
+    /// durable, or neither is.
+    ///
+    /// # Errors
+    /// Database failures: nothing was committed.
+    pub async fn commit(self, event: Event) -> Result<(), CatalogError> {
+        let Audited {
+            mut write,
+            head,
+            catalog,
+        } = self;
+        let Some(mut head) = head else {
+            return write.commit().await;
+        };
+        // Unknown until this commit is known to have happened.
+        let known = head.take();
+        let new_head = store::append(&catalog, &mut write, known, &[(now_millis(), event)]).await?;
+        write.commit().await?;
+        *head = Some(new_head);
+        Ok(())
+    }
+}
+
+/// A place in the writer's queue, taken before a sign so that a sign answered
+/// 200 always has its record.
+pub struct Slot {
+    permit: Option<mpsc::OwnedPermit<Job>>,
+    durable: bool,
+}
+
+impl Slot {
+    /// Records `event` in this place; waits for its commit when signs are durable.
+    ///
+    /// # Errors
+    /// [`AuditError`] when a durable record was not committed in time.
+    pub async fn record(self, event: Event) -> Result<(), AuditError> {
+        let Some(permit) = self.permit else {
+            return Ok(());
+        };
+        let (done, committed) = if self.durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        permit.send(Job {
+            time: now_millis(),
+            event: Some(event),
+            done,
+        });
+        match committed {
+            Some(rx) => wait_for_commit(rx).await,
+            None => Ok(()),
+        }
+    }
+}
+
+async fn wait_for_commit(rx: oneshot::Receiver<()>) -> Result<(), AuditError> {
+    match tokio::time::timeout(COMMIT_WAIT, rx).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(AuditError("the audit writer has stopped")),
+        Err(_) => Err(AuditError("the record is not committed yet")),
+    }
+}
+
 impl Audit {
     /// Starts the writer task (when enabled).
     pub fn start(config: &AuditConfig, catalog: Catalog) -> Audit {
+        let head = Head::default();
         let queue = config.enabled.then(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
-            tokio::spawn(write_batches(catalog.clone(), rx));
+            tokio::spawn(write_batches(catalog.clone(), Arc::clone(&head), rx));
             tx
         });
         Audit {
             queue,
+            head,
             signs: config.signs,
+            catalog,
+        }
+    }
+
+    /// A log that records nothing (audit off), over `catalog`.
+    pub fn off(catalog: Catalog) -> Audit {
+        Audit {
+            queue: None,
+            head: Head::default(),
+            signs: SignAudit::Batched,
             catalog,
         }
     }
@@ -258,52 +516,100 @@ impl Audit {
         self.queue.is_some()
     }
 
-    /// Records `event`; returns once it is committed, or at once for a batched sign.
+    /// Starts a write transaction whose change commits with its record
+    /// ([`Audited::commit`]). While it is open, no other record joins the chain
+    /// from this process.
     ///
     /// # Errors
-    /// [`AuditError`] when a record that must be durable could not be written.
-    pub async fn record(&self, event: Event) -> Result<(), AuditError> {
+    /// Database failures.
+    pub async fn begin(&self) -> Result<Audited, CatalogError> {
+        let head = match self.queue {
+            Some(_) => {
+                // Records of signs answered before this change come before it (a
+                // database that refuses writes does not hold the change up long:
+                // its own transaction then fails at once).
+                self.flush(ORDER_WAIT).await;
+                Some(Arc::clone(&self.head).lock_owned().await)
+            }
+            None => None,
+        };
+        Ok(Audited {
+            write: self.catalog.begin_write().await?,
+            head,
+            catalog: self.catalog.clone(),
+        })
+    }
+
+    /// Takes a place in the queue for a sign's record, waiting a little for room.
+    ///
+    /// # Errors
+    /// [`AuditError`] when the queue stays full: the sign must not happen.
+    pub async fn reserve(&self) -> Result<Slot, AuditError> {
         let Some(queue) = &self.queue else {
-            return Ok(());
+            return Ok(Slot {
+                permit: None,
+                durable: false,
+            });
         };
-        let wait = event.action != Action::Sign || self.signs == SignAudit::Durable;
-        let (done, committed) = if wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let job = Job {
-            time: now_millis(),
-            event: Some(event),
-            done,
-        };
-        queue
-            .send(job)
-            .await
-            .map_err(|_| AuditError("the audit writer has stopped"))?;
-        match committed {
-            Some(rx) => match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(())) => Err(AuditError("the database refused it")),
-                Err(_) => Err(AuditError("the audit writer has stopped")),
-            },
-            None => Ok(()),
+        match tokio::time::timeout(ROOM_WAIT, queue.clone().reserve_owned()).await {
+            Ok(Ok(permit)) => Ok(Slot {
+                permit: Some(permit),
+                durable: self.signs == SignAudit::Durable,
+            }),
+            Ok(Err(_)) => Err(AuditError("the audit writer has stopped")),
+            Err(_) => Err(AuditError("the audit writer is behind")),
         }
     }
 
-    /// Waits until everything recorded so far is committed (at shutdown).
-    pub async fn flush(&self) {
-        let Some(queue) = &self.queue else { return };
+    /// Queues the record of a refused change and waits a moment for its commit,
+    /// so that it is in the log when the refusal is answered; a refusal is true
+    /// whether or not its record is written yet, so a slow database only delays it.
+    ///
+    /// # Errors
+    /// [`AuditError`] when the queue stays full.
+    pub async fn record(&self, event: Event) -> Result<(), AuditError> {
+        let slot = self.reserve().await?;
+        let Some(permit) = slot.permit else {
+            return Ok(());
+        };
+        let (done, committed) = oneshot::channel();
+        permit.send(Job {
+            time: now_millis(),
+            event: Some(event),
+            done: Some(done),
+        });
+        let _ = tokio::time::timeout(ORDER_WAIT, committed).await;
+        Ok(())
+    }
+
+    /// Queues `event` and waits until it is committed.
+    ///
+    /// # Errors
+    /// [`AuditError`] when the queue stays full or the commit does not come in time.
+    pub async fn record_durably(&self, event: Event) -> Result<(), AuditError> {
+        let slot = self.reserve().await?;
+        Slot {
+            durable: true,
+            ..slot
+        }
+        .record(event)
+        .await
+    }
+
+    /// Waits until everything recorded so far is committed, at most `limit`
+    /// (at shutdown); returns whether it was.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let Some(queue) = &self.queue else {
+            return true;
+        };
         let (tx, rx) = oneshot::channel();
         let job = Job {
             time: 0,
             event: None,
             done: Some(tx),
         };
-        if queue.send(job).await.is_ok() {
-            let _ = rx.await;
-        }
+        let flushed = async { queue.send(job).await.is_ok() && rx.await.is_ok() };
+        tokio::time::timeout(limit, flushed).await.unwrap_or(false)
     }
 
     /// A page of records matching `filter`, in chain order.
@@ -311,7 +617,7 @@ impl Audit {
     /// # Errors
     /// Database failures.
     pub async fn page(&self, filter: &AuditFilter<'_>) -> Result<Vec<AuditRecord>, CatalogError> {
-        self.catalog.audit_page(filter).await
+        store::page(&self.catalog, filter).await
     }
 
     /// Recomputes the whole chain.
@@ -327,7 +633,7 @@ impl Audit {
                 limit: 1000,
                 ..AuditFilter::default()
             };
-            let page = self.catalog.audit_page(&filter).await?;
+            let page = self.page(&filter).await?;
             if page.is_empty() {
                 return Ok(Verification {
                     ok: true,
@@ -340,7 +646,7 @@ impl Audit {
                 let expected_prev = previous.as_ref().map_or(GENESIS, |p| p.hash.as_str());
                 if record.seq != expected_seq
                     || record.prev_hash != expected_prev
-                    || record.hash != record.expected_hash()
+                    || !record.hash_holds()
                 {
                     return Ok(Verification {
                         ok: false,
@@ -356,9 +662,11 @@ impl Audit {
 }
 
 /// The writer: takes whatever is queued (up to [`MAX_BATCH`]), appends it in one
-/// transaction, then tells the waiters.
-async fn write_batches(catalog: Catalog, mut rx: mpsc::Receiver<Job>) {
-    let mut head: Option<Option<AuditRecord>> = None;
+/// transaction, then tells the waiters. A batch the database refuses is tried
+/// again, with a growing pause, until it is written: records are never given up
+/// while the process lives, and a full queue makes new signs wait, then refuses
+/// them.
+async fn write_batches(catalog: Catalog, head: Head, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Nobody waiting (batched signs only): linger a moment so that one commit
@@ -377,33 +685,46 @@ async fn write_batches(catalog: Catalog, mut rx: mpsc::Receiver<Job>) {
             .map(|job| (job.event.map(|e| (job.time, e)), job.done))
             .unzip();
         let events: Vec<_> = events.into_iter().flatten().collect();
-        let result = if events.is_empty() {
-            Ok(())
-        } else {
-            let mut attempt = 1;
-            loop {
-                match catalog.audit_append(head.take(), &events).await {
-                    Ok(new_head) => {
-                        head = Some(Some(new_head));
-                        break Ok(());
+        let mut attempt = 0u32;
+        while !events.is_empty() {
+            match append_batch(&catalog, &head, &events).await {
+                Ok(()) => {
+                    if attempt > 0 {
+                        tracing::info!(
+                            records = events.len(),
+                            attempts = attempt + 1,
+                            "audit records written after the database refused them"
+                        );
                     }
-                    Err(e) if attempt < APPEND_ATTEMPTS => {
-                        tracing::warn!(error = %e, attempt, "audit records not written yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                        attempt += 1;
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, records = events.len(),
-                            "audit records could not be written and are lost");
-                        break Err(());
-                    }
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(50 << attempt.min(6)).min(MAX_BACKOFF);
+                    tracing::warn!(error = %e, attempt, records = events.len(),
+                        "audit records not written yet; retrying");
+                    tokio::time::sleep(pause).await;
                 }
             }
-        };
+        }
         for waiter in waiters.into_iter().flatten() {
-            let _ = waiter.send(result);
+            let _ = waiter.send(());
         }
     }
+}
+
+async fn append_batch(
+    catalog: &Catalog,
+    head: &Head,
+    events: &[(i64, Event)],
+) -> Result<(), CatalogError> {
+    let mut head = head.lock().await;
+    let mut write = catalog.begin_write().await?;
+    let known = head.take();
+    let new_head = store::append(catalog, &mut write, known, events).await?;
+    write.commit().await?;
+    *head = Some(new_head);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -422,18 +743,28 @@ mod tests {
         }
     }
 
+    async fn catalog(dir: &tempfile::TempDir) -> Catalog {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        Catalog::connect(&url).await.unwrap()
+    }
+
+    async fn append(catalog: &Catalog, head: Option<Link>, events: &[(i64, Event)]) -> Link {
+        let mut write = catalog.begin_write().await.unwrap();
+        let link = store::append(catalog, &mut write, head, events)
+            .await
+            .unwrap();
+        write.commit().await.unwrap();
+        link
+    }
+
     #[tokio::test]
     async fn batches_of_many_records_extend_one_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-        let catalog = Catalog::connect(&url).await.unwrap();
+        let catalog = catalog(&dir).await;
         let batch: Vec<_> = (0..150).map(|i| (i, event(&format!("k{i}")))).collect();
-        let head = catalog.audit_append(None, &batch[..100]).await.unwrap();
+        let head = append(&catalog, None, &batch[..100]).await;
         assert_eq!(head.seq, 100);
-        let head = catalog
-            .audit_append(Some(Some(head)), &batch[100..])
-            .await
-            .unwrap();
+        let head = append(&catalog, Some(head), &batch[100..]).await;
         assert_eq!(head.seq, 150);
         let audit = Audit::start(&AuditConfig::default(), catalog);
         let verdict = audit.verify().await.unwrap();
@@ -443,17 +774,13 @@ mod tests {
     #[tokio::test]
     async fn a_batch_record_keeps_every_hash_in_order_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-        let catalog = Catalog::connect(&url).await.unwrap();
+        let catalog = catalog(&dir).await;
         let hashes: Vec<String> = (0..3u8).map(|i| format!("{i:02x}").repeat(32)).collect();
         let batch = Event {
             message_sha256s: hashes.clone(),
             ..event("k")
         };
-        catalog
-            .audit_append(None, &[(1, event("k")), (2, batch)])
-            .await
-            .unwrap();
+        append(&catalog, None, &[(1, event("k")), (2, batch)]).await;
         let audit = Audit::start(&AuditConfig::default(), catalog);
         let page = audit.page(&AuditFilter::default()).await.unwrap();
         assert_eq!(page[0].message_sha256, Some("ab".repeat(32)));
@@ -469,21 +796,116 @@ mod tests {
         // Changing one hash of the batch breaks the chain.
         let mut changed = page[1].clone();
         changed.message_sha256s[1] = "ff".repeat(32);
-        assert_ne!(changed.expected_hash(), page[1].hash);
+        assert!(!changed.hash_holds());
     }
 
     #[test]
     fn each_hash_covers_the_previous_one_and_every_field() {
-        let first = AuditRecord::chained(None, 1, &event("a"));
+        let first = AuditRecord::chained((0, GENESIS), 1, &event("a"));
         assert_eq!((first.seq, first.prev_hash.as_str()), (1, GENESIS));
-        let second = AuditRecord::chained(Some(&first), 2, &event("a"));
+        let second = AuditRecord::chained((first.seq, &first.hash), 2, &event("a"));
         assert_eq!(second.prev_hash, first.hash);
-        assert_eq!(second.hash, second.expected_hash());
+        assert!(second.hash_holds());
         let mut changed = second.clone();
         changed.outcome = "key_not_found".into();
-        assert_ne!(changed.expected_hash(), second.hash);
+        assert!(!changed.hash_holds());
         let mut relinked = second.clone();
         relinked.prev_hash = GENESIS.into();
-        assert_ne!(relinked.expected_hash(), second.hash);
+        assert!(!relinked.hash_holds());
+        let mut emptied = second.clone();
+        emptied.kid = Some(String::new());
+        assert!(!emptied.hash_holds(), "an empty kid is not the kid");
+        let mut dropped = second.clone();
+        dropped.provider = None;
+        assert!(
+            !dropped.hash_holds(),
+            "an absent provider is not the provider"
+        );
+    }
+
+    #[tokio::test]
+    async fn absent_and_empty_fields_and_hostile_values_read_back_as_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(&dir).await;
+        let empty = Event {
+            kid: Some(String::new()),
+            provider: None,
+            outcome: "invalid_request".into(),
+            message_sha256s: Vec::new(),
+            ..event("")
+        };
+        let hostile = Event {
+            kid: Some(format!("a\0b\u{1b}[31m{}", "x".repeat(10_000))),
+            provider: Some(String::new()),
+            api_key: None,
+            ..empty.clone()
+        };
+        append(&catalog, None, &[(1, empty), (2, hostile), (3, event("k"))]).await;
+        let audit = Audit::start(&AuditConfig::default(), catalog);
+        let page = audit.page(&AuditFilter::default()).await.unwrap();
+        assert_eq!(
+            (page[0].kid.as_deref(), page[0].provider.as_deref()),
+            (Some(""), None)
+        );
+        assert_eq!(page[1].provider.as_deref(), Some(""));
+        assert_eq!(page[1].api_key, None);
+        let kid = page[1].kid.as_deref().unwrap();
+        assert!(
+            kid.starts_with("a\\u{0}b\\u{1b}[31mxxx") && kid.ends_with('…'),
+            "{kid}"
+        );
+        assert_eq!(kid.chars().count(), MAX_FIELD + 1);
+        let verdict = audit.verify().await.unwrap();
+        assert!(verdict.ok && verdict.checked == 3, "{verdict:?}");
+    }
+
+    /// A record written by an earlier release (encoding 1, absent as '') still
+    /// verifies, also the one a refused request with an empty kid made then.
+    #[tokio::test]
+    async fn records_of_the_earlier_encoding_still_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(&dir).await;
+        let mut previous = (0, GENESIS.to_owned());
+        for (seq, kid) in [(1, Some("k1")), (2, Some("")), (3, None)] {
+            let mut record = AuditRecord::chained(
+                (previous.0, &previous.1),
+                seq,
+                &Event {
+                    kid: kid.map(str::to_owned),
+                    ..event("k")
+                },
+            );
+            record.encoding = 1;
+            record.hash = record.expected_hash();
+            sqlx::query(
+                "INSERT INTO audit_log (seq, time, api_key, tenant, action, kid, provider, outcome, \
+                 message_sha256, prev_hash, hash) VALUES ($1, $2, $3, '', $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(record.seq)
+            .bind(record.time)
+            .bind(record.api_key.clone())
+            .bind(record.action.clone())
+            .bind(record.kid.clone().unwrap_or_default())
+            .bind(record.provider.clone())
+            .bind(record.outcome.clone())
+            .bind(record.stored_message_hashes())
+            .bind(record.prev_hash.clone())
+            .bind(record.hash.clone())
+            .execute(catalog.pool())
+            .await
+            .unwrap();
+            previous = (record.seq, record.hash);
+        }
+        let audit = Audit::start(&AuditConfig::default(), catalog.clone());
+        // New records follow the old ones.
+        append(&catalog, None, &[(4, event("k4"))]).await;
+        let verdict = audit.verify().await.unwrap();
+        assert!(verdict.ok && verdict.checked == 4, "{verdict:?}");
+        sqlx::query("UPDATE audit_log SET outcome = 'key_not_found' WHERE seq = 2")
+            .execute(catalog.pool())
+            .await
+            .unwrap();
+        let verdict = audit.verify().await.unwrap();
+        assert_eq!(verdict.first_bad_seq, Some(2));
     }
 }

@@ -30,6 +30,14 @@ impl Principal {
         }
     }
 
+    /// This caller as the audit log names it.
+    pub fn actor(&self) -> crate::audit::Actor<'_> {
+        crate::audit::Actor {
+            api_key: self.key_id.as_deref(),
+            tenant: self.tenant.as_deref(),
+        }
+    }
+
     /// Whether this caller holds `scope` (`admin` holds every scope).
     pub fn may(&self, scope: Scope) -> bool {
         self.scopes.iter().any(|&s| s == scope || s == Scope::Admin)

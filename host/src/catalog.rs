@@ -2,7 +2,6 @@
 //! plus the `db` provider's sealed key material, in SQLite or PostgreSQL through
 //! sqlx's `Any` driver so both run the same queries. Migrations run at connect.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +10,6 @@ use base64::engine::general_purpose::STANDARD;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
-use crate::audit::{Action, AuditRecord, Event};
 use crate::crypto::PublicJwk;
 use crate::providers::Alg;
 
@@ -177,17 +175,112 @@ pub enum Backend {
 
 /// Why a catalog operation failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CatalogError {
     #[error("a key with this kid already exists")]
     Exists,
+    /// The row a write expected changed or went away meanwhile (another rotation
+    /// won, the key was deleted); nothing was written.
+    #[error("the key changed concurrently")]
+    Conflict,
     #[error("unsupported database URL scheme (use sqlite:// or postgres://)")]
     UnsupportedUrl,
+    /// The database's disk is full: nothing was written; reads go on.
+    #[error("the database's storage is full: {0}")]
+    StorageFull(String),
+    /// The database cannot be reached or gave no connection in time.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row for `{0}` is damaged")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for CatalogError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if is_storage_full(db.as_ref()) => {
+                CatalogError::StorageFull(db.message().to_owned())
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed => CatalogError::Unavailable(e.to_string()),
+            _ => CatalogError::Db(e),
+        }
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13), or PostgreSQL's `disk_full` (53100).
+fn is_storage_full(e: &dyn sqlx::error::DatabaseError) -> bool {
+    match e.code().as_deref() {
+        Some("53100") => true,
+        Some(code) => code.parse::<i32>().is_ok_and(|c| c & 0xff == 13),
+        None => false,
+    }
+}
+
+/// A write transaction on one pooled connection. Its connection goes back to
+/// the pool only after a `COMMIT` or `ROLLBACK` that succeeded; dropped in any
+/// other state (an error, a cancelled request) the connection is closed, which
+/// rolls back whatever it held. A connection whose transaction state is unknown
+/// is never reused: after `SQLITE_FULL`, SQLite may have rolled back on its own,
+/// and a pooled connection that still believed itself inside a transaction once
+/// held the write lock forever and turned later commits into savepoint releases.
+pub struct Write {
+    conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    clean: bool,
+}
+
+impl Write {
+    /// Commits. On failure nothing was committed and the connection is closed.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn commit(mut self) -> Result<(), CatalogError> {
+        match sqlx::query("COMMIT").execute(&mut *self.conn).await {
+            Ok(_) => {
+                self.clean = true;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *self.conn).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Rolls back what this transaction did.
+    pub async fn rollback(mut self) {
+        self.clean = sqlx::query("ROLLBACK")
+            .execute(&mut *self.conn)
+            .await
+            .is_ok();
+    }
+}
+
+impl std::ops::Deref for Write {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Write {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 /// The key catalog.
@@ -234,6 +327,28 @@ impl Catalog {
         self.backend
     }
 
+    /// The connection pool, for the stores beside the catalog (the audit log).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a write transaction: `BEGIN IMMEDIATE` on SQLite, so the write lock
+    /// is taken at once and a transaction that reads before it writes cannot fail
+    /// on another writer's commit.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn begin_write(&self) -> Result<Write, CatalogError> {
+        let conn = self.pool.acquire().await?;
+        let mut write = Write { conn, clean: false };
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        sqlx::query(begin).execute(&mut *write.conn).await?;
+        Ok(write)
+    }
+
     /// A cheap round trip, for health probes.
     ///
     /// # Errors
@@ -243,18 +358,18 @@ impl Catalog {
         Ok(())
     }
 
-    /// Inserts a key record (and sealed material, if any) in one transaction.
+    /// Inserts a key record (and sealed material, if any) in `tx`.
     ///
     /// # Errors
     /// [`CatalogError::Exists`] when the kid is taken.
     pub async fn insert(
         &self,
+        tx: &mut Write,
         record: &KeyRecord,
         sealed: Option<&[u8]>,
         policy: RotationPolicy,
     ) -> Result<(), CatalogError> {
         let jwk = serde_json::to_string(&record.public_jwk).expect("a JWK serialises");
-        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO keys (kid, tenant, provider, external_id, alg, public_jwk, created_at, \
              rotated_at, rotate_every_ms, grace_ms, certificate_policy) \
@@ -270,7 +385,7 @@ impl Catalog {
         .bind(optional_millis(policy.every))
         .bind(optional_millis(policy.grace))
         .bind(policy_json(policy.certificate.as_ref()))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await;
         match inserted {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
@@ -286,19 +401,17 @@ impl Catalog {
         .bind(&record.external_id)
         .bind(&jwk)
         .bind(millis(record.created_at))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if let Some(sealed) = sealed {
             sqlx::query("INSERT INTO db_key_material (kid, sealed) VALUES ($1, $2)")
                 .bind(&record.id)
                 .bind(STANDARD.encode(sealed))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         // Other replicas' JWKS documents gain the key.
-        self.announce(&mut tx, &record.id).await?;
-        tx.commit().await?;
-        Ok(())
+        self.announce(tx, &record.id).await
     }
 
     /// The record with gateway-wide id `id`, if any.
@@ -374,7 +487,7 @@ impl Catalog {
     /// # Errors
     /// Database failures (nothing of the batch is written then).
     pub async fn add_usage(&self, batch: &[(String, u64, SystemTime)]) -> Result<(), CatalogError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Many keys per statement: a flush after signs with 10^5 keys is a few
         // hundred statements, not 10^5 round trips holding the write lock.
         for chunk in batch.chunks(USAGE_ROWS_PER_UPDATE) {
@@ -402,7 +515,7 @@ impl Catalog {
     /// `rows` groups of `columns` parameters for a multi-row statement:
     /// `(?, ?), (?, ?)` on SQLite, which resolves `$n` names one by one (a cost
     /// that grows with the square of the count), `($1, $2), ($3, $4)` on PostgreSQL.
-    fn placeholders(&self, rows: usize, columns: usize) -> String {
+    pub(crate) fn placeholders(&self, rows: usize, columns: usize) -> String {
         let mut text = String::with_capacity(rows * columns * 5);
         for row in 0..rows {
             text.push_str(if row == 0 { "(" } else { ", (" });
@@ -478,19 +591,19 @@ impl Catalog {
     }
 
     /// Gives version `version` of key `id` the chain `x5c` (base64 DER, leaf
-    /// first) whose leaf is valid from `not_before` to `not_after`. Returns false
-    /// when the version is not published (retired or gone).
+    /// first) whose leaf is valid from `not_before` to `not_after`, in `tx`.
     ///
     /// # Errors
-    /// Database failures.
+    /// [`CatalogError::Conflict`] when the version is no longer published (retired
+    /// or gone); database failures.
     pub async fn set_certificate(
         &self,
+        tx: &mut Write,
         id: &str,
         version: u32,
         x5c: &[String],
         (not_before, not_after): (SystemTime, SystemTime),
-    ) -> Result<bool, CatalogError> {
-        let mut tx = self.pool.begin().await?;
+    ) -> Result<(), CatalogError> {
         let done = sqlx::query(
             "UPDATE key_versions SET x5c = $3, cert_not_before = $4, cert_not_after = $5 \
              WHERE kid = $1 AND version = $2 AND state IN ('active', 'grace')",
@@ -500,11 +613,12 @@ impl Catalog {
         .bind(serde_json::to_string(x5c).expect("strings serialise"))
         .bind(millis(not_before))
         .bind(millis(not_after))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        self.announce(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Err(CatalogError::Conflict);
+        }
+        self.announce(tx, id).await
     }
 
     /// The keys with a certificate policy whose current version has no
@@ -575,21 +689,21 @@ impl Catalog {
 
     /// Makes `next` (version `current.version + 1`, already created in the backend)
     /// the current version of `current`'s key and puts `current` in grace until
-    /// `grace_until`, in one transaction. Returns false, changing nothing, when the
-    /// key is no longer at `current.version` (another rotation won).
+    /// `grace_until`, in `tx`.
     ///
     /// # Errors
-    /// Database failures.
+    /// [`CatalogError::Conflict`] when the key is no longer at `current.version`
+    /// (another rotation won, or it was deleted); database failures.
     pub async fn rotate(
         &self,
+        tx: &mut Write,
         current: &KeyRecord,
         next: &KeyRecord,
         sealed: Option<&[u8]>,
         grace_until: SystemTime,
-    ) -> Result<bool, CatalogError> {
+    ) -> Result<(), CatalogError> {
         let jwk = serde_json::to_string(&next.public_jwk).expect("a JWK serialises");
         let now = millis(next.created_at);
-        let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE keys SET version = $2, external_id = $3, public_jwk = $4, rotated_at = $5 \
              WHERE kid = $1 AND version = $6",
@@ -600,11 +714,11 @@ impl Catalog {
         .bind(&jwk)
         .bind(now)
         .bind(i64::from(current.version))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
         if moved == 0 {
-            return Ok(false);
+            return Err(CatalogError::Conflict);
         }
         sqlx::query(
             "UPDATE key_versions SET state = 'grace', grace_until = $3 WHERE kid = $1 AND version = $2",
@@ -612,7 +726,7 @@ impl Catalog {
         .bind(&current.id)
         .bind(i64::from(current.version))
         .bind(millis(grace_until))
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         sqlx::query(
             "INSERT INTO key_versions (kid, version, state, external_id, public_jwk, created_at) \
@@ -623,26 +737,20 @@ impl Catalog {
         .bind(&next.external_id)
         .bind(&jwk)
         .bind(now)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if let Some(sealed) = sealed {
             sqlx::query("INSERT INTO db_version_material (id, sealed) VALUES ($1, $2)")
                 .bind(next.backend_id())
                 .bind(STANDARD.encode(sealed))
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
-        self.announce(&mut tx, &current.id).await?;
-        tx.commit().await?;
-        Ok(true)
+        self.announce(tx, &current.id).await
     }
 
     /// On PostgreSQL, tells the other replicas at commit that key `id` changed.
-    async fn announce(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        id: &str,
-    ) -> Result<(), CatalogError> {
+    async fn announce(&self, tx: &mut Write, id: &str) -> Result<(), CatalogError> {
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
                 .bind(DELETE_CHANNEL)
@@ -762,7 +870,7 @@ impl Catalog {
         version: u32,
         now: SystemTime,
     ) -> Result<bool, CatalogError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE key_versions SET state = 'retired', retired_at = $3, grace_until = NULL \
              WHERE kid = $1 AND version = $2 AND state = 'grace'",
@@ -825,37 +933,36 @@ impl Catalog {
             .transpose()
     }
 
-    /// Deletes key `id` and its material in one transaction and, on PostgreSQL,
-    /// announces the deletion to other replicas at commit. Returns whether it existed.
+    /// Deletes key `id` and its material in `tx` and, on PostgreSQL, announces the
+    /// deletion to other replicas at commit.
     ///
     /// # Errors
-    /// Database failures.
-    pub async fn delete(&self, id: &str) -> Result<bool, CatalogError> {
-        let mut tx = self.pool.begin().await?;
+    /// [`CatalogError::Conflict`] when the key is not there (deleted meanwhile);
+    /// database failures.
+    pub async fn delete(&self, tx: &mut Write, id: &str) -> Result<(), CatalogError> {
         sqlx::query("DELETE FROM db_key_material WHERE kid = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         sqlx::query(
             "DELETE FROM db_version_material WHERE substr(id, 1, length($1) + 2) = $1 || '@v'",
         )
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         sqlx::query("DELETE FROM key_versions WHERE kid = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         let deleted = sqlx::query("DELETE FROM keys WHERE kid = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?
             .rows_affected();
-        if deleted > 0 {
-            self.announce(&mut tx, id).await?;
+        if deleted == 0 {
+            return Err(CatalogError::Conflict);
         }
-        tx.commit().await?;
-        Ok(deleted > 0)
+        self.announce(tx, id).await
     }
 
     /// A value from the `meta` table.
@@ -932,7 +1039,7 @@ impl Catalog {
     ) -> Result<(), GuestWriteError> {
         let value = STANDARD.encode(value);
         let size = (key.len() + value.len()) as i64;
-        let mut tx = self.pool.begin().await.map_err(CatalogError::from)?;
+        let mut tx = self.begin_write().await?;
         let (entries, bytes) = lock_usage(&mut tx, provider).await?;
         let old: Option<i64> =
             sqlx::query_scalar("SELECT size FROM guest_kv WHERE provider = $1 AND key = $2")
@@ -945,12 +1052,14 @@ impl Catalog {
         let new_bytes = bytes - old.unwrap_or(0) + size;
         let over = |used: i64, limit: u64| used > i64::try_from(limit).unwrap_or(i64::MAX);
         if new_entries > entries && over(new_entries, quota.entries) {
+            tx.rollback().await;
             return Err(GuestWriteError::Quota(format!(
                 "storage quota reached: {entries} of {} entries in use (limits.storageEntries)",
                 quota.entries
             )));
         }
         if new_bytes > bytes && over(new_bytes, quota.bytes) {
+            tx.rollback().await;
             return Err(GuestWriteError::Quota(format!(
                 "storage quota reached: {bytes} of {} bytes in use, this write needs {size} (limits.storageBytes)",
                 quota.bytes
@@ -968,7 +1077,7 @@ impl Catalog {
         .await
         .map_err(CatalogError::from)?;
         set_usage(&mut tx, provider, new_entries, new_bytes).await?;
-        tx.commit().await.map_err(CatalogError::from)?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -977,7 +1086,7 @@ impl Catalog {
     /// # Errors
     /// Database failures.
     pub async fn guest_delete(&self, provider: &str, key: &str) -> Result<bool, CatalogError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (entries, bytes) = lock_usage(&mut tx, provider).await?;
         let removed: Option<i64> = sqlx::query_scalar(
             "DELETE FROM guest_kv WHERE provider = $1 AND key = $2 RETURNING size",
@@ -1046,10 +1155,7 @@ pub enum GuestWriteError {
 
 /// Locks `provider`'s usage row for this transaction (a row lock on PostgreSQL;
 /// SQLite has one writer) and returns its entries and bytes.
-async fn lock_usage(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    provider: &str,
-) -> Result<(i64, i64), CatalogError> {
+async fn lock_usage(tx: &mut Write, provider: &str) -> Result<(i64, i64), CatalogError> {
     sqlx::query(
         "INSERT INTO guest_usage (provider, entries, bytes) VALUES ($1, 0, 0) \
          ON CONFLICT (provider) DO NOTHING",
@@ -1067,7 +1173,7 @@ async fn lock_usage(
 }
 
 async fn set_usage(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut Write,
     provider: &str,
     entries: i64,
     bytes: i64,
@@ -1081,168 +1187,8 @@ async fn set_usage(
     Ok(())
 }
 
-/// Which audit records [`Catalog::audit_page`] returns.
-#[derive(Debug)]
-pub struct AuditFilter<'a> {
-    /// Records with a greater seq.
-    pub after: i64,
-    pub limit: u32,
-    /// Only this tenant's records (`Some(None)`: only those outside tenants); `None`: all.
-    pub tenant: Option<Option<&'a str>>,
-    pub kid: Option<&'a str>,
-    pub action: Option<Action>,
-}
-
-impl Default for AuditFilter<'_> {
-    fn default() -> Self {
-        AuditFilter {
-            after: 0,
-            limit: 100,
-            tenant: None,
-            kid: None,
-            action: None,
-        }
-    }
-}
-
-/// The columns of `audit_log`, in the order the queries below use.
-macro_rules! audit_columns {
-    () => {
-        "seq, time, api_key, tenant, action, kid, provider, outcome, message_sha256, prev_hash, hash"
-    };
-}
-/// Rows per audit INSERT statement (11 parameters each; far below both databases'
-/// parameter limits).
-const AUDIT_ROWS_PER_INSERT: usize = 64;
 /// Keys per usage UPDATE statement (3 parameters each).
 const USAGE_ROWS_PER_UPDATE: usize = 256;
-/// The advisory lock replicas on PostgreSQL take to extend the audit chain.
-const AUDIT_LOCK: i64 = 0x6b6d_7367_7761_7564;
-
-/// The audit log's storage. Absent optional fields are stored as ''.
-impl Catalog {
-    /// Appends `events` after `head` (`None`: not known, read it; `Some(None)`:
-    /// the log is empty), in one transaction; returns the new head. On PostgreSQL
-    /// the head is always read under an advisory lock, as other replicas append too.
-    ///
-    /// # Errors
-    /// Database failures (nothing is written then).
-    pub async fn audit_append(
-        &self,
-        head: Option<Option<AuditRecord>>,
-        events: &[(i64, Event)],
-    ) -> Result<AuditRecord, CatalogError> {
-        let mut tx = self.pool.begin().await?;
-        let mut head = match (self.backend, head) {
-            (Backend::Sqlite, Some(head)) => head,
-            (backend, _) => {
-                if backend == Backend::Postgres {
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                        .bind(AUDIT_LOCK)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let row = sqlx::query(concat!(
-                    "SELECT ",
-                    audit_columns!(),
-                    " FROM audit_log ORDER BY seq DESC LIMIT 1"
-                ))
-                .fetch_optional(&mut *tx)
-                .await?;
-                row.map(|r| audit_record_of(&r)).transpose()?
-            }
-        };
-        let mut records = Vec::with_capacity(events.len());
-        for (time, event) in events {
-            let record = AuditRecord::chained(records.last().or(head.as_ref()), *time, event);
-            records.push(record);
-        }
-        // Several rows per statement: one round trip to the driver per chunk.
-        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-            let sql = format!(
-                concat!("INSERT INTO audit_log (", audit_columns!(), ") VALUES {}"),
-                self.placeholders(chunk.len(), 11)
-            );
-            // The statement is built only from our own placeholders.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for record in chunk {
-                query = query
-                    .bind(record.seq)
-                    .bind(record.time)
-                    .bind(record.api_key.as_deref().unwrap_or(""))
-                    .bind(record.tenant.as_deref().unwrap_or(""))
-                    .bind(record.action.as_str())
-                    .bind(record.kid.as_deref().unwrap_or(""))
-                    .bind(record.provider.as_deref().unwrap_or(""))
-                    .bind(record.outcome.as_str())
-                    .bind(
-                        record
-                            .stored_message_hashes()
-                            .map(Cow::into_owned)
-                            .unwrap_or_default(),
-                    )
-                    .bind(record.prev_hash.as_str())
-                    .bind(record.hash.as_str());
-            }
-            query.execute(&mut *tx).await?;
-        }
-        if let Some(last) = records.pop() {
-            head = Some(last);
-        }
-        tx.commit().await?;
-        head.ok_or_else(|| CatalogError::Corrupt("audit batch".into()))
-    }
-
-    /// Audit records matching `filter`, by seq.
-    ///
-    /// # Errors
-    /// Database failures.
-    pub async fn audit_page(
-        &self,
-        filter: &AuditFilter<'_>,
-    ) -> Result<Vec<AuditRecord>, CatalogError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            audit_columns!(),
-            " FROM audit_log WHERE seq > $1 AND ($2 = '*' OR tenant = $2) \
-             AND ($3 = '' OR kid = $3) AND ($4 = '' OR action = $4) ORDER BY seq LIMIT $5"
-        ))
-        .bind(filter.after)
-        .bind(match filter.tenant {
-            None => "*",
-            Some(tenant) => tenant.unwrap_or(""),
-        })
-        .bind(filter.kid.unwrap_or(""))
-        .bind(filter.action.map_or("", Action::as_str))
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(audit_record_of).collect()
-    }
-}
-
-fn audit_record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, CatalogError> {
-    let text = |name: &str| -> Result<String, CatalogError> { Ok(row.try_get(name)?) };
-    let optional = |name: &str| -> Result<Option<String>, CatalogError> {
-        Ok(Some(text(name)?).filter(|v| !v.is_empty()))
-    };
-    let hashes = optional("message_sha256")?;
-    Ok(AuditRecord {
-        seq: row.try_get("seq")?,
-        time: row.try_get("time")?,
-        api_key: optional("api_key")?,
-        tenant: optional("tenant")?,
-        action: text("action")?,
-        kid: optional("kid")?,
-        provider: optional("provider")?,
-        outcome: text("outcome")?,
-        message_sha256: None,
-        message_sha256s: Vec::new(),
-        prev_hash: text("prev_hash")?,
-        hash: text("hash")?,
-    }
-    .with_stored_message_hashes(hashes))
-}
 
 fn millis(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::audit::Actor;
 use crate::catalog::{Catalog, KeyRecord};
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk};
@@ -236,7 +237,7 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
                 alg: Some(alg),
                 ..NewKey::default()
             };
-            match gateway.create_key(None, request).await {
+            match gateway.create_key(Actor::default(), request).await {
                 Ok(record) => {
                     report.line(
                         &format!("generate-key ({alg})"),
@@ -261,7 +262,10 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
                 alg.as_str().to_ascii_lowercase()
             );
             let known = PrivateKey::generate(alg, None)?;
-            match gateway.import_key(None, kid, &known, Some(alg), None).await {
+            match gateway
+                .import_key(Actor::default(), kid, &known, Some(alg), None)
+                .await
+            {
                 Ok(record) => {
                     let name = format!("import → sign → verify ({alg})");
                     sign_and_verify(&mut report, &gateway, &record, &name).await;
@@ -325,7 +329,7 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
     match (caps.can_delete, generated) {
         (true, Some(record)) => {
             let started = Instant::now();
-            let outcome = match gateway.delete_key(None, &record.kid).await {
+            let outcome = match gateway.delete_key(Actor::default(), &record.kid).await {
                 Err(e) => Outcome::Fail(e.to_string()),
                 Ok(_) => match provider.sign(&record, b"x", record.alg).await {
                     Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),

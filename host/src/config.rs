@@ -285,6 +285,7 @@ pub enum EgressAuthKind {
 pub struct WasmLimits {
     pub memory_mb: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub generate_timeout_ms: Option<u64>,
     pub instances: Option<u32>,
     pub storage_bytes: Option<u64>,
     pub storage_entries: Option<u64>,

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::config::{BearerAuth, GoogleServiceAccountAuth, OAuth2Auth};
 use crate::crypto::{Alg, KeyKind, PrivateKey, base64url};
+use crate::redact::Redactor;
 
 /// A token is fetched again this long before it expires.
 const EARLY_REFRESH: Duration = Duration::from_secs(30);
@@ -73,6 +74,8 @@ pub struct Credentials {
     source: Source,
     cached: Mutex<Option<(SecretString, Instant)>>,
     fetches: AtomicU64,
+    /// The secrets above and every token and assertion made with them.
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -103,27 +106,39 @@ struct TokenAnswer {
 }
 
 impl Credentials {
-    fn with(source: Source) -> Self {
+    fn with(source: Source, secrets: &[&str]) -> Self {
         Credentials {
             source,
             cached: Mutex::new(None),
             fetches: AtomicU64::new(0),
+            redactor: Redactor::new(secrets.iter().copied()),
         }
+    }
+
+    /// What to remove from a backend's texts: these credentials' secrets and
+    /// the tokens obtained with them.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// A fixed bearer token.
     pub fn bearer(auth: BearerAuth) -> Self {
-        Self::with(Source::Fixed(auth.token))
+        let secret = auth.token.expose_secret().to_owned();
+        Self::with(Source::Fixed(auth.token), &[secret.as_str()])
     }
 
     /// OAuth2 client credentials.
     pub fn client_credentials(auth: OAuth2Auth) -> Self {
-        Self::with(Source::ClientCredentials {
-            token_url: auth.token_url,
-            client_id: auth.client_id,
-            client_secret: auth.client_secret,
-            scope: auth.scope,
-        })
+        let secret = auth.client_secret.expose_secret().to_owned();
+        Self::with(
+            Source::ClientCredentials {
+                token_url: auth.token_url,
+                client_id: auth.client_id,
+                client_secret: auth.client_secret,
+                scope: auth.scope,
+            },
+            &[secret.as_str()],
+        )
     }
 
     /// A Google service account from its key file (read now, relative paths from `base_dir`).
@@ -164,8 +179,8 @@ impl Credentials {
         let key = PrivateKey::from_pkcs8(KeyKind::Rsa, &der).map_err(|_| {
             CredentialError::Setup(format!("{shown}: private_key is not an RSA PKCS#8 key"))
         })?;
-        Ok(Self::with(Source::ServiceAccount(Box::new(
-            ServiceAccount {
+        Ok(Self::with(
+            Source::ServiceAccount(Box::new(ServiceAccount {
                 token_url: file.token_uri,
                 client_email: file.client_email,
                 key_id: file.private_key_id,
@@ -174,8 +189,9 @@ impl Credentials {
                     .scope
                     .clone()
                     .unwrap_or_else(|| GOOGLE_DEFAULT_SCOPE.to_owned()),
-            },
-        ))))
+            })),
+            &[file.private_key.expose_secret()],
+        ))
     }
 
     /// Whether a refused token is worth replacing (false for a fixed token).
@@ -210,7 +226,12 @@ impl Credentials {
         }
         let (url, form) = self.token_request()?;
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let answer = fetch(client, url, &form).await?;
+        if let Some((_, assertion)) = form.iter().find(|(name, _)| *name == "assertion") {
+            // A signed assertion is a credential for its lifetime.
+            self.redactor.add_obtained(assertion);
+        }
+        let answer = fetch(client, url, &form, &self.redactor).await?;
+        self.redactor.add_obtained(&answer.access_token);
         let lifetime = answer
             .expires_in
             .map_or(DEFAULT_LIFETIME, Duration::from_secs);
@@ -295,11 +316,12 @@ async fn fetch(
     client: &reqwest::Client,
     url: &Url,
     form: &[(&'static str, Zeroizing<String>)],
+    redactor: &Redactor,
 ) -> Result<TokenAnswer, CredentialError> {
     let shown = url.as_str().to_owned();
     let unreachable = |e: reqwest::Error| CredentialError::Unreachable {
         url: shown.clone(),
-        reason: e.without_url().to_string(),
+        reason: redactor.scrub(&e.without_url().to_string()),
     };
     let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let response = client
@@ -312,14 +334,14 @@ async fn fetch(
     let body = response.bytes().await.map_err(unreachable)?;
     let refused = |reason: String| CredentialError::Refused {
         url: shown.clone(),
-        reason,
+        reason: redactor.scrub(&reason),
     };
     if body.len() > MAX_TOKEN_ANSWER {
         return Err(refused(format!("answer of {} bytes", body.len())));
     }
     if !status.is_success() {
         return Err(refused(crate::providers::remote::backend_message(
-            status, &body,
+            status, &body, redactor,
         )));
     }
     serde_json::from_slice(&body).map_err(|_| refused(format!("{status} without an access_token")))

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use prometheus::{Histogram, HistogramOpts, HistogramVec};
 use quick_cache::sync::Cache;
 
+use crate::audit::{Action, Actor, Audit};
 use crate::catalog::{
     Catalog, CatalogError, KeyRecord, KeyUsage, KeyVersion, RotationPolicy, VersionState, key_id,
 };
@@ -170,6 +171,8 @@ pub struct Gateway {
     rotations: [AtomicU64; 2],
     /// Certificates issued, and issues that failed.
     certificates: [AtomicU64; 2],
+    /// Where every change is recorded, in the transaction that makes it.
+    audit: Audit,
     /// Each tenant's JWKS document as last built (`""`: outside tenants).
     jwks_documents: DashMap<String, Arc<JwksDocument>>,
 }
@@ -211,6 +214,7 @@ impl Gateway {
         let registry = Self::registry_of(&sign_seconds, providers, default_provider, None);
         Gateway {
             usage: Arc::new(Usage::new(catalog.clone(), true)),
+            audit: Audit::off(catalog.clone()),
             rotations: [AtomicU64::new(0), AtomicU64::new(0)],
             certificates: [AtomicU64::new(0), AtomicU64::new(0)],
             registry: ArcSwap::from_pointee(registry),
@@ -290,6 +294,17 @@ impl Gateway {
         self
     }
 
+    /// The same gateway recording its changes in `audit` (default: no records).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
     /// The same gateway counting key usage with `usage`.
     pub fn with_usage(mut self, usage: Arc<Usage>) -> Self {
         self.usage = usage;
@@ -346,15 +361,17 @@ impl Gateway {
         }
     }
 
-    /// Creates a key in `tenant` as `request` says.
+    /// Creates a key in `actor`'s tenant as `request` says; the key and its
+    /// audit record commit together.
     ///
     /// # Errors
     /// Unknown provider, taken kid, unsupported alg or size, backend failures.
     pub async fn create_key(
         &self,
-        tenant: Option<&str>,
+        actor: Actor<'_>,
         request: NewKey,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let tenant = actor.tenant;
         let NewKey {
             kid,
             alg,
@@ -392,25 +409,27 @@ impl Gateway {
         let material = provider
             .generate_key(&id, KeySpec { alg, rsa_bits })
             .await?;
-        self.commit(provider.as_ref(), tenant, kid, alg, material, rotation)
+        let new = (kid, alg, material);
+        self.commit(provider.as_ref(), actor, Action::Create, new, rotation)
             .await
     }
 
-    /// Imports `key` under `kid` in `tenant` into `provider` (default: the default
-    /// provider). Without `alg`, the key's kind decides: ES256/384/512 by curve,
-    /// EdDSA, or RS256 for RSA.
+    /// Imports `key` under `kid` in `actor`'s tenant into `provider` (default: the
+    /// default provider). Without `alg`, the key's kind decides: ES256/384/512 by
+    /// curve, EdDSA, or RS256 for RSA.
     ///
     /// # Errors
     /// Unknown provider, taken kid, an `alg` that does not fit the key, a provider
     /// that cannot import, backend failures.
     pub async fn import_key(
         &self,
-        tenant: Option<&str>,
+        actor: Actor<'_>,
         kid: String,
         key: &PrivateKey,
         alg: Option<Alg>,
         provider: Option<&str>,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let tenant = actor.tenant;
         let provider = self.provider(provider)?;
         if !provider.capabilities().can_import {
             return Err(GatewayError::Unsupported(format!(
@@ -448,10 +467,9 @@ impl Gateway {
         }
         self.commit(
             provider.as_ref(),
-            tenant,
-            kid,
-            alg,
-            material,
+            actor,
+            Action::Import,
+            (kid, alg, material),
             RotationPolicy::default(),
         )
         .await
@@ -488,19 +506,18 @@ impl Gateway {
         (record, material.sealed_secret)
     }
 
-    /// Records a key the backend now holds; if its public key is unusable or the
-    /// record cannot be written, removes it from the backend again so nothing is
-    /// left half-written.
+    /// Records a key the backend now holds, with the audit record of `action`;
+    /// if its public key is unusable or the records cannot be written, removes it
+    /// from the backend again so nothing is left half-written.
     async fn commit(
         &self,
         provider: &dyn Provider,
-        tenant: Option<&str>,
-        kid: String,
-        alg: Alg,
-        material: crate::providers::KeyMaterial,
+        actor: Actor<'_>,
+        action: Action,
+        (kid, alg, material): (String, Alg, crate::providers::KeyMaterial),
         rotation: RotationPolicy,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
-        let (record, sealed) = Self::record_of(provider, tenant, kid, alg, material, 1);
+        let (record, sealed) = Self::record_of(provider, actor.tenant, kid, alg, material, 1);
         if let Err(e) = record.public_jwk.check(alg) {
             self.discard_orphan(provider, &record).await;
             return Err(ProviderError::Backend(format!(
@@ -509,11 +526,15 @@ impl Gateway {
             ))
             .into());
         }
-        if let Err(e) = self
-            .catalog
-            .insert(&record, sealed.as_deref(), rotation)
-            .await
-        {
+        let event = actor.event(action, &record.kid, &record.provider, "ok");
+        let inserted = async {
+            let mut tx = self.audit.begin().await?;
+            self.catalog
+                .insert(&mut tx, &record, sealed.as_deref(), rotation)
+                .await?;
+            tx.commit(event).await
+        };
+        if let Err(e) = inserted.await {
             // A backend that names keys by kid may hold the key of whichever request won
             // a race for that kid; only a backend-chosen name is surely ours to remove.
             if record.external_id != record.id {
@@ -546,6 +567,10 @@ impl Gateway {
         tenant: Option<&str>,
         kid: &str,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
+        // A kid no key can have is not looked up (PostgreSQL refuses a NUL in text).
+        if !valid_kid(kid) {
+            return Err(GatewayError::KeyNotFound(crate::audit::recorded(kid)));
+        }
         let record = match tenant {
             None => self.record(kid).await?,
             Some(_) => self.record(&key_id(tenant, kid)).await?,
@@ -723,17 +748,17 @@ impl Gateway {
             .map(|i| Arc::clone(&registry.providers[i].provider))
     }
 
-    /// Deletes `kid` of `tenant` from its backend, then from the catalog. Returns
-    /// the deleted key's record.
+    /// Deletes `kid` of `actor`'s tenant from its backend, then from the catalog
+    /// with its audit record. Returns the deleted key's record.
     ///
     /// # Errors
     /// Unknown kid, a provider that cannot delete, backend failures (the key stays).
     pub async fn delete_key(
         &self,
-        tenant: Option<&str>,
+        actor: Actor<'_>,
         kid: &str,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
-        let record = self.stored_record(tenant, kid).await?;
+        let record = self.stored_record(actor.tenant, kid).await?;
         let provider = self.provider_of(&record)?;
         if !provider.capabilities().can_delete {
             return Err(GatewayError::Unsupported(format!(
@@ -743,7 +768,7 @@ impl Gateway {
         }
         provider.delete_key(&record).await?;
         self.delete_graces(provider.as_ref(), &record).await?;
-        self.forget(kid, record).await
+        self.forget(actor, Action::Delete, kid, record).await
     }
 
     /// Deletes the backend keys of `record`'s versions still in grace.
@@ -771,18 +796,18 @@ impl Gateway {
         Ok(())
     }
 
-    /// Retracts `kid` of `tenant` from the catalog (and so from the JWKS) whatever
-    /// its backend says: the backend is asked to delete the key when its provider is
-    /// configured and can, and the answer says why it may still hold it.
+    /// Retracts `kid` of `actor`'s tenant from the catalog (and so from the JWKS)
+    /// whatever its backend says: the backend is asked to delete the key when its
+    /// provider is configured and can, and the answer says why it may still hold it.
     ///
     /// # Errors
     /// Unknown kid, catalog failures.
     pub async fn retract_key(
         &self,
-        tenant: Option<&str>,
+        actor: Actor<'_>,
         kid: &str,
     ) -> Result<Retraction, GatewayError> {
-        let record = self.stored_record(tenant, kid).await?;
+        let record = self.stored_record(actor.tenant, kid).await?;
         let backend = match self.provider_of(&record) {
             Err(gone) => Err(gone.to_string()),
             Ok(provider) if !provider.capabilities().can_delete => {
@@ -800,7 +825,7 @@ impl Gateway {
             tracing::warn!(kid = %record.kid, provider = %record.provider, external_id = %record.external_id,
                 %reason, "key retracted from the catalog; its backend may still hold it");
         }
-        let record = self.forget(kid, record).await?;
+        let record = self.forget(actor, Action::ForceDelete, kid, record).await?;
         Ok(Retraction { record, backend })
     }
 
@@ -810,6 +835,10 @@ impl Gateway {
         tenant: Option<&str>,
         kid: &str,
     ) -> Result<KeyRecord, GatewayError> {
+        // A kid no key can have is not looked up (PostgreSQL refuses a NUL in text).
+        if !valid_kid(kid) {
+            return Err(GatewayError::KeyNotFound(crate::audit::recorded(kid)));
+        }
         self.catalog
             .get(&key_id(tenant, kid))
             .await?
@@ -817,14 +846,27 @@ impl Gateway {
             .ok_or_else(|| GatewayError::KeyNotFound(kid.to_owned()))
     }
 
-    /// Removes `record` from the catalog and every cache.
-    async fn forget(&self, kid: &str, record: KeyRecord) -> Result<Arc<KeyRecord>, GatewayError> {
-        let existed = self.catalog.delete(&record.id).await?;
+    /// Removes `record` from the catalog, with the audit record of `action`, and
+    /// from every cache.
+    async fn forget(
+        &self,
+        actor: Actor<'_>,
+        action: Action,
+        kid: &str,
+        record: KeyRecord,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
+        let event = actor.event(action, &record.kid, &record.provider, "ok");
+        let deleted = async {
+            let mut tx = self.audit.begin().await?;
+            self.catalog.delete(&mut tx, &record.id).await?;
+            tx.commit(event).await
+        }
+        .await;
         self.invalidate(&record.id);
-        if existed {
-            Ok(Arc::new(record))
-        } else {
-            Err(GatewayError::KeyNotFound(kid.to_owned()))
+        match deleted {
+            Ok(()) => Ok(Arc::new(record)),
+            Err(CatalogError::Conflict) => Err(GatewayError::KeyNotFound(kid.to_owned())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -834,24 +876,32 @@ impl Gateway {
     /// # Errors
     /// Unknown kid, a provider that cannot create keys or is gone, backend failures,
     /// [`GatewayError::KeyExists`] when another rotation of the key won a race.
-    pub async fn rotate(&self, tenant: Option<&str>, kid: &str) -> Result<Rotated, GatewayError> {
-        let current = self.stored_record(tenant, kid).await?;
-        self.rotate_and_certify(&current).await
+    pub async fn rotate(&self, actor: Actor<'_>, kid: &str) -> Result<Rotated, GatewayError> {
+        let current = self.stored_record(actor.tenant, kid).await?;
+        self.rotate_and_certify(actor, &current).await
     }
 
     /// Rotates `current`'s key and certifies the new version under its policy.
-    async fn rotate_and_certify(&self, current: &KeyRecord) -> Result<Rotated, GatewayError> {
-        let result = self.rotate_record(current).await;
+    async fn rotate_and_certify(
+        &self,
+        actor: Actor<'_>,
+        current: &KeyRecord,
+    ) -> Result<Rotated, GatewayError> {
+        let result = self.rotate_record(actor, current).await;
         self.rotations[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
         let record = result?;
-        let certificate = self.certify_new_version(&record).await;
+        let certificate = self.certify_new_version(actor, &record).await;
         Ok(Rotated {
             record,
             certificate,
         })
     }
 
-    async fn rotate_record(&self, current: &KeyRecord) -> Result<Arc<KeyRecord>, GatewayError> {
+    async fn rotate_record(
+        &self,
+        actor: Actor<'_>,
+        current: &KeyRecord,
+    ) -> Result<Arc<KeyRecord>, GatewayError> {
         let provider = self.provider_of(current)?;
         if !provider.capabilities().can_create {
             return Err(GatewayError::Unsupported(format!(
@@ -898,16 +948,22 @@ impl Gateway {
             .await?
             .grace
             .unwrap_or(DEFAULT_GRACE);
-        let committed = self
-            .catalog
-            .rotate(current, &next, sealed.as_deref(), next.created_at + grace)
-            .await;
+        let event = actor.event(Action::Rotate, &current.kid, &current.provider, "ok");
+        let committed = async {
+            let mut tx = self.audit.begin().await?;
+            let grace_until = next.created_at + grace;
+            self.catalog
+                .rotate(&mut tx, current, &next, sealed.as_deref(), grace_until)
+                .await?;
+            tx.commit(event).await
+        }
+        .await;
         match committed {
-            Ok(true) => {
+            Ok(()) => {
                 self.invalidate(&current.id);
                 Ok(Arc::new(next))
             }
-            Ok(false) => {
+            Err(CatalogError::Conflict) => {
                 self.discard_orphan(provider.as_ref(), &next).await;
                 Err(GatewayError::KeyExists(format!(
                     "{} (rotated concurrently; try again)",
@@ -948,7 +1004,8 @@ impl Gateway {
             let Ok(Some(current)) = self.catalog.get(&id).await else {
                 continue;
             };
-            let result = self.rotate_and_certify(&current).await;
+            let actor = Actor::scheduler(current.tenant.as_deref());
+            let result = self.rotate_and_certify(actor, &current).await;
             done.push((current, result));
         }
         done

@@ -34,6 +34,7 @@ pub mod crypto;
 pub mod gateway;
 pub mod metrics;
 pub mod providers;
+pub mod redact;
 pub mod reload;
 pub mod scaffold;
 pub mod scheduler;

@@ -143,6 +143,22 @@ pub enum ProviderError {
     Internal(String),
 }
 
+impl ProviderError {
+    /// This error with `redactor`'s secrets removed from its text.
+    #[must_use]
+    pub fn scrubbed(self, redactor: &crate::redact::Redactor) -> Self {
+        match self {
+            ProviderError::KeyNotFound(t) => ProviderError::KeyNotFound(redactor.scrub(&t)),
+            ProviderError::Unsupported(t) => ProviderError::Unsupported(redactor.scrub(&t)),
+            ProviderError::InvalidInput(t) => ProviderError::InvalidInput(redactor.scrub(&t)),
+            ProviderError::Unavailable(t) => ProviderError::Unavailable(redactor.scrub(&t)),
+            ProviderError::Backend(t) => ProviderError::Backend(redactor.scrub(&t)),
+            ProviderError::Internal(t) => ProviderError::Internal(redactor.scrub(&t)),
+            ProviderError::Timeout => ProviderError::Timeout,
+        }
+    }
+}
+
 /// One backend that holds keys and signs with them.
 #[async_trait]
 pub trait Provider: Send + Sync {

@@ -118,7 +118,7 @@ impl Reloader {
             .to_owned(),
             message_sha256s: Vec::new(),
         };
-        if let Err(e) = self.audit.record(event).await {
+        if let Err(e) = self.audit.record_durably(event).await {
             tracing::warn!(error = %e, "the reload could not be audited");
         }
         result

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::api::error::ApiError;
-use crate::audit::{Action, Audit, Event};
+use crate::audit::{Action, Actor, Audit};
 use crate::catalog::KeyRecord;
 use crate::gateway::{Gateway, GatewayError};
 
@@ -32,47 +32,36 @@ pub async fn run_once(gateway: &Gateway, audit: &Audit) {
         match result {
             Ok(rotated) => {
                 tracing::info!(kid = %record.kid, version = rotated.record.version, "scheduled rotation");
-                record_event(audit, &record, Action::Rotate, Ok(())).await;
-                if let Some(certified) = rotated.certificate {
-                    record_event(audit, &rotated.record, Action::CertificateIssue, certified).await;
+                if let Some(Err(e)) = rotated.certificate {
+                    record_failure(audit, &rotated.record, Action::CertificateIssue, e).await;
                 }
             }
             Err(e) => {
                 tracing::warn!(kid = %record.kid, error = %e, "scheduled rotation failed");
-                record_event(audit, &record, Action::Rotate, Err(e)).await;
+                record_failure(audit, &record, Action::Rotate, e).await;
             }
         }
     }
     for (record, result) in gateway.renew_certificates(now).await {
-        match &result {
+        match result {
             Ok(()) => {
                 tracing::info!(kid = %record.kid, version = record.version, "certificate renewed")
             }
-            Err(e) => tracing::warn!(kid = %record.kid, error = %e, "certificate renewal failed"),
+            Err(e) => {
+                tracing::warn!(kid = %record.kid, error = %e, "certificate renewal failed");
+                record_failure(audit, &record, Action::CertificateIssue, e).await;
+            }
         }
-        record_event(audit, &record, Action::CertificateIssue, result).await;
     }
     gateway.end_graces(now).await;
 }
 
-/// Audits what the scheduler did to `record`'s key.
-async fn record_event(
-    audit: &Audit,
-    record: &KeyRecord,
-    action: Action,
-    outcome: Result<(), GatewayError>,
-) {
-    let event = Event {
-        api_key: Some("scheduler".into()),
-        tenant: record.tenant.clone(),
-        action,
-        kid: Some(record.kid.clone()),
-        provider: Some(record.provider.clone()),
-        outcome: outcome
-            .map_or_else(|e| ApiError::from(e).code(), |()| "ok")
-            .to_owned(),
-        message_sha256s: Vec::new(),
-    };
+/// Audits a failure of the scheduler's work on `record`'s key (what it did is
+/// recorded by the gateway, with the change).
+async fn record_failure(audit: &Audit, record: &KeyRecord, action: Action, error: GatewayError) {
+    let code = ApiError::from(error).code();
+    let actor = Actor::scheduler(record.tenant.as_deref());
+    let event = actor.event(action, &record.kid, &record.provider, code);
     if let Err(e) = audit.record(event).await {
         tracing::warn!(kid = %record.kid, error = %e, action = action.as_str(),
             "the scheduler's work could not be audited");

@@ -158,10 +158,12 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     let providers = built.iter().map(Built::registered).collect();
     let usage = Arc::new(Usage::new(catalog.clone(), config.usage.enabled));
     usage.spawn_flusher(Duration::from_millis(config.usage.flush_ms));
+    let audit = Audit::start(&config.audit, catalog.clone());
     let gateway = Arc::new(
         Gateway::new(providers, config.default_provider, catalog.clone())
             .with_cache(config.cache.keys)
-            .with_usage(usage),
+            .with_usage(usage)
+            .with_audit(audit.clone()),
     );
     if catalog.backend() == Backend::Postgres {
         follow_deletions(&database_url, Arc::clone(&gateway)).await?;
@@ -171,7 +173,6 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         let gateway = Arc::clone(&gateway);
         async move { gateway.not_ready().await }
     });
-    let audit = Audit::start(&config.audit, catalog.clone());
     let interval = config.scheduler.interval().map_err(|message| {
         StartError::Config(ConfigError::Invalid {
             source_name: source_name.clone(),
@@ -286,7 +287,9 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| StartError::setup("server", e))?;
-    audit.flush().await;
+    if !audit.flush(Duration::from_secs(10)).await {
+        tracing::error!("audit records still queued at shutdown could not be written");
+    }
     if let Err(e) = usage.flush().await {
         tracing::warn!(error = %e, "key usage of the last flush interval could not be written");
     }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use der::asn1::{BitString, Ia5String, OctetString, UintRef};
+use der::asn1::{BitString, OctetString, UintRef};
 use der::{Decode, Encode, EncodePem, Sequence};
 use signature::Keypair;
 use x509_cert::builder::profile::BuilderProfile;
@@ -30,6 +30,14 @@ use x509_cert::spki::{
 use x509_cert::time::Validity;
 
 use crate::crypto::{Alg, Curve, KeyKind, PublicJwk, decode_base64};
+
+mod names;
+pub use names::{MAX_ALT_NAMES, MAX_ATTRIBUTES, MAX_SUBJECT, MAX_URI, alt_names, subject};
+
+/// Most certificates in an imported chain.
+pub const MAX_CHAIN: usize = 10;
+/// Largest imported chain, PEM bytes.
+pub const MAX_CHAIN_PEM: usize = 64 * 1024;
 
 /// Why a request or certificate could not be made, or a chain was refused. The
 /// codes are the API's.
@@ -58,6 +66,27 @@ pub enum CertError {
         "key `{0}` has no CA certificate to issue with (issue it one with `ca: true`, or import one)"
     )]
     IssuerNotCa(String),
+    /// `issuer_certificate_not_ca`: an issuing certificate of an imported chain
+    /// may not issue (no basic constraints `cA`, no `keyCertSign`, or more CAs
+    /// below it than its path length allows).
+    #[error("certificate {index} of the chain may not issue certificate {below}: {why}")]
+    IssuerMayNotIssue {
+        index: usize,
+        below: usize,
+        why: &'static str,
+    },
+    /// `invalid_subject`
+    #[error("{0}")]
+    InvalidSubject(String),
+    /// `invalid_dns_name`
+    #[error("{0}")]
+    InvalidDnsName(String),
+    /// `invalid_uri`
+    #[error("{0}")]
+    InvalidUri(String),
+    /// `certificate_input_too_large`: past a documented bound.
+    #[error("{0}")]
+    TooLarge(String),
     /// `invalid_certificate_request`
     #[error("{0}")]
     Invalid(String),
@@ -75,6 +104,11 @@ impl CertError {
             CertError::NotValidNow { .. } => "certificate_not_valid_now",
             CertError::ChainBroken { .. } => "certificate_chain_broken",
             CertError::IssuerNotCa(_) => "issuer_not_ca",
+            CertError::IssuerMayNotIssue { .. } => "issuer_certificate_not_ca",
+            CertError::InvalidSubject(_) => "invalid_subject",
+            CertError::InvalidDnsName(_) => "invalid_dns_name",
+            CertError::InvalidUri(_) => "invalid_uri",
+            CertError::TooLarge(_) => "certificate_input_too_large",
             CertError::Invalid(_) => "invalid_certificate_request",
             CertError::Encoding(_) => "certificate_encoding",
         }
@@ -294,58 +328,6 @@ impl<B: Builder> Prepared<B> {
     }
 }
 
-/// A subject such as `CN=issuer.example.org, O=Example` (RFC 4514).
-///
-/// # Errors
-/// [`CertError::Invalid`] when it does not parse or is empty.
-pub fn subject(text: &str) -> Result<Name, CertError> {
-    let name: Name = without_spaces_between_rdns(text).parse().map_err(|e| {
-        CertError::Invalid(format!("subject `{text}` is not an RFC 4514 name: {e}"))
-    })?;
-    if name.is_empty() {
-        return Err(CertError::Invalid("the subject is empty".into()));
-    }
-    Ok(name)
-}
-
-/// `CN=a, O=b` as `CN=a,O=b`: people put a space after the separating commas,
-/// which RFC 4514 (and the parser) does not allow; escaped commas stay.
-fn without_spaces_between_rdns(text: &str) -> String {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let mut escaped = false;
-    for c in text.chars() {
-        if c == ',' && !escaped {
-            parts.push(std::mem::take(&mut current));
-            continue;
-        }
-        escaped = c == '\\' && !escaped;
-        current.push(c);
-    }
-    parts.push(current);
-    parts
-        .iter()
-        .map(|part| part.trim_start())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// DNS names and URIs as subject alternative names.
-fn alt_names(dns_names: &[String], uris: &[String]) -> Result<Vec<GeneralName>, CertError> {
-    let ia5 = |text: &String, what: &str| {
-        Ia5String::new(text)
-            .map_err(|_| CertError::Invalid(format!("{what} `{text}` is not ASCII")))
-    };
-    let mut names = Vec::new();
-    for name in dns_names {
-        names.push(GeneralName::DnsName(ia5(name, "DNS name")?));
-    }
-    for uri in uris {
-        names.push(GeneralName::UniformResourceIdentifier(ia5(uri, "URI")?));
-    }
-    Ok(names)
-}
-
 /// A PKCS#10 request for the key `jwk` (signed with `alg`), with `subject` and,
 /// when given, subject alternative names.
 ///
@@ -516,25 +498,63 @@ fn key_id(certificate: &Certificate) -> Option<OctetString> {
         .map(|(_, id)| id.0)
 }
 
-/// Whether a certificate is a CA certificate (basic constraints `cA`).
-pub fn is_ca(certificate: &Certificate) -> bool {
-    certificate
-        .tbs_certificate()
+/// Whether a certificate may issue certificates with `below` CA certificates
+/// under it: basic constraints `cA`, `keyCertSign` when it has a key usage, and a
+/// path length (when it sets one) of at least `below`.
+///
+/// # Errors
+/// What it lacks.
+pub fn may_issue(certificate: &Certificate, below: usize) -> Result<(), &'static str> {
+    let tbs = certificate.tbs_certificate();
+    let constraints = tbs
         .get_extension::<BasicConstraints>()
         .ok()
         .flatten()
-        .is_some_and(|(_, bc)| bc.ca)
+        .map(|(_, bc)| bc);
+    let Some(constraints) = constraints.filter(|bc| bc.ca) else {
+        return Err("it is not a CA certificate (basic constraints cA)");
+    };
+    let usage = tbs.get_extension::<KeyUsage>().ok().flatten();
+    if usage.is_some_and(|(_, usage)| !usage.0.contains(KeyUsages::KeyCertSign)) {
+        return Err("its key usage lacks keyCertSign");
+    }
+    if constraints
+        .path_len_constraint
+        .is_some_and(|limit| usize::from(limit) < below)
+    {
+        return Err("its path length constraint allows fewer CAs below it");
+    }
+    Ok(())
+}
+
+/// Whether a certificate is a CA certificate that may issue leaves.
+pub fn is_ca(certificate: &Certificate) -> bool {
+    may_issue(certificate, 0).is_ok()
 }
 
 /// The certificates of a PEM chain, leaf first.
 ///
 /// # Errors
-/// [`CertError::NotPem`] when the text holds no certificate or anything else.
+/// [`CertError::NotPem`] when the text holds no certificate or anything else;
+/// [`CertError::TooLarge`] past [`MAX_CHAIN_PEM`] bytes or [`MAX_CHAIN`]
+/// certificates.
 pub fn parse_chain(pem: &str) -> Result<Vec<Certificate>, CertError> {
+    if pem.len() > MAX_CHAIN_PEM {
+        return Err(CertError::TooLarge(format!(
+            "the chain is {} bytes of PEM; at most {MAX_CHAIN_PEM}",
+            pem.len()
+        )));
+    }
     let chain = Certificate::load_pem_chain(pem.as_bytes())
         .map_err(|e| CertError::NotPem(e.to_string()))?;
     if chain.is_empty() {
         return Err(CertError::NotPem("no CERTIFICATE block".into()));
+    }
+    if chain.len() > MAX_CHAIN {
+        return Err(CertError::TooLarge(format!(
+            "the chain holds {} certificates; at most {MAX_CHAIN}",
+            chain.len()
+        )));
     }
     Ok(chain)
 }
@@ -609,8 +629,8 @@ pub fn validity(certificate: &Certificate) -> (SystemTime, SystemTime) {
 const NOT_BEFORE_LEEWAY: Duration = Duration::from_secs(60);
 
 /// Checks an imported chain for the key `key` at `now`: the leaf certifies `key`,
-/// every certificate is within its validity period, and each is signed by the
-/// next.
+/// every certificate is within its validity period, each is signed by the next,
+/// and each issuer may issue ([`may_issue`]: CA, keyCertSign, path length).
 ///
 /// # Errors
 /// The [`CertError`] of the first check that fails.
@@ -646,6 +666,12 @@ pub fn check_chain(
                 next: index + 1,
             });
         }
+        // CAs below the issuer, the leaf not counted.
+        may_issue(&pair[1], index).map_err(|why| CertError::IssuerMayNotIssue {
+            index: index + 1,
+            below: index,
+            why,
+        })?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, JsonBody};
-use super::keys::{KeyResponse, audit, audited_record};
+use super::keys::{KeyResponse, audited_record, event};
 use super::openapi::ErrorResponses;
 use super::{AppState, Caller};
 use crate::audit::Action;
@@ -77,6 +77,8 @@ pub async fn csr(
     JsonBody(req): JsonBody<CsrRequest>,
 ) -> Result<Json<CsrResponse>, ApiError> {
     principal.require(Scope::KeysCreate)?;
+    // A CSR is a signature: its place in the audit queue comes first, like a sign's.
+    let slot = state.audit.reserve().await?;
     let result = state
         .gateway
         .csr(
@@ -88,15 +90,9 @@ pub async fn csr(
         )
         .await
         .map_err(ApiError::from);
-    audit(
-        &state,
-        &principal,
-        Action::Csr,
-        (Some(&kid), None),
-        Vec::new(),
-        &result,
-    )
-    .await?;
+    let target = (Some(kid.as_str()), None);
+    slot.record(event(&principal, Action::Csr, target, Vec::new(), &result))
+        .await?;
     Ok(Json(CsrResponse { csr: result? }))
 }
 
@@ -115,7 +111,7 @@ pub async fn import(
     principal.require(Scope::KeysCreate)?;
     let result = state
         .gateway
-        .import_certificate(principal.tenant.as_deref(), &kid, &req.certificate)
+        .import_certificate(principal.actor(), &kid, &req.certificate)
         .await
         .map_err(ApiError::from);
     let action = Action::CertificateImport;
@@ -145,7 +141,7 @@ pub async fn issue(
     };
     let result = state
         .gateway
-        .issue_certificate(principal.tenant.as_deref(), &kid, &request)
+        .issue_certificate(principal.actor(), &kid, &request)
         .await
         .map_err(ApiError::from);
     let action = Action::CertificateIssue;

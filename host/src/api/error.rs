@@ -75,6 +75,7 @@ impl ApiError {
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use crate::catalog::CatalogError as C;
         use GatewayError as G;
         use ProviderError as P;
         match self {
@@ -100,7 +101,12 @@ impl ApiError {
                 G::ProviderGone { .. } => {
                     (StatusCode::SERVICE_UNAVAILABLE, "provider_not_configured")
                 }
-                G::Catalog(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+                G::Catalog(c) => match c {
+                    C::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
+                    C::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
+                    C::Conflict => (StatusCode::CONFLICT, "key_changed"),
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+                },
                 G::Certificate(c) => match c {
                     crate::x509::CertError::Encoding(_) => {
                         (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
@@ -124,10 +130,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let error = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        let error = if status == StatusCode::INTERNAL_SERVER_ERROR
+            || matches!(&self, ApiError::Gateway(GatewayError::Catalog(_)))
+        {
             // The detail may name storage internals; it goes to the log only.
             tracing::error!(error = %self, "internal error");
-            "internal error; see the gateway log".to_owned()
+            match code {
+                "storage_full" => "the gateway's database has no room for this write; nothing \
+                                   was written (reads and signs of existing keys go on)"
+                    .to_owned(),
+                "storage_unavailable" => {
+                    "the gateway's database is unavailable; nothing was written".to_owned()
+                }
+                _ => "internal error; see the gateway log".to_owned(),
+            }
         } else {
             if status.is_server_error() {
                 tracing::warn!(error = %self, "backend failure");

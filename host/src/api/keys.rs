@@ -20,7 +20,7 @@ use crate::catalog::{
 };
 use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
-use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction};
+use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction, valid_kid};
 use crate::providers::Alg;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -239,7 +239,8 @@ impl KeyResponse {
     }
 }
 
-/// Audits an operation that produced a key record, then answers with its full record.
+/// Answers with the full record of a change the gateway made (and recorded with
+/// it, in one transaction), or records the refusal.
 pub(super) async fn audited_record(
     state: &AppState,
     principal: &Principal,
@@ -247,7 +248,7 @@ pub(super) async fn audited_record(
     target: (Option<&str>, Option<&str>),
     result: Result<Arc<KeyRecord>, ApiError>,
 ) -> Result<Json<KeyResponse>, ApiError> {
-    audit(state, principal, action, target, Vec::new(), &result).await?;
+    audit_refusal(state, principal, action, target, &result).await?;
     let record = result?;
     Ok(Json(full_record(state, &record).await?))
 }
@@ -341,31 +342,42 @@ fn parse_alg(alg: Option<&str>) -> Result<Option<Alg>, ApiError> {
     .transpose()
 }
 
-/// Appends the audit record of an operation on a key; `result` gives the outcome.
-pub(super) async fn audit<T>(
-    state: &AppState,
+/// The audit record of `action` on `target` (kid, provider) with `result`'s outcome.
+pub(super) fn event<T>(
     principal: &Principal,
     action: Action,
     target: (Option<&str>, Option<&str>),
     message_sha256s: Vec<String>,
     result: &Result<T, ApiError>,
-) -> Result<(), ApiError> {
+) -> Event {
     let (kid, provider) = target;
-    state
-        .audit
-        .record(Event {
-            api_key: principal.key_id.clone(),
-            tenant: principal.tenant.clone(),
-            action,
-            kid: kid.map(str::to_owned),
-            provider: provider.map(str::to_owned),
-            outcome: result
-                .as_ref()
-                .map_or_else(ApiError::code, |_| "ok")
-                .to_owned(),
-            message_sha256s,
-        })
-        .await?;
+    Event {
+        api_key: principal.key_id.clone(),
+        tenant: principal.tenant.clone(),
+        action,
+        kid: kid.map(str::to_owned),
+        provider: provider.map(str::to_owned),
+        outcome: result
+            .as_ref()
+            .map_or_else(ApiError::code, |_| "ok")
+            .to_owned(),
+        message_sha256s,
+    }
+}
+
+/// Records the refusal of a change; a change that was made is recorded by the
+/// gateway in the transaction that made it.
+pub(super) async fn audit_refusal<T>(
+    state: &AppState,
+    principal: &Principal,
+    action: Action,
+    target: (Option<&str>, Option<&str>),
+    result: &Result<T, ApiError>,
+) -> Result<(), ApiError> {
+    if result.is_err() {
+        let event = event(principal, action, target, Vec::new(), result);
+        state.audit.record(event).await?;
+    }
     Ok(())
 }
 
@@ -398,10 +410,7 @@ pub async fn create(
                 .check_certificate_policy(principal.tenant.as_deref(), policy)
                 .await?;
         }
-        Ok(state
-            .gateway
-            .create_key(principal.tenant.as_deref(), request)
-            .await?)
+        Ok(state.gateway.create_key(principal.actor(), request).await?)
     }
     .await;
     let (kid, provider) = match &result {
@@ -415,26 +424,22 @@ pub async fn create(
     audited_record(&state, &principal, Action::Create, target, result).await
 }
 
-/// Issues `record`'s version its leaf when its key has a certificate policy, and
-/// audits the outcome; a failed issue leaves the key usable (the scheduler tries
-/// again) and is reported in the audit log and `/metrics`.
+/// Issues `record`'s version its leaf when its key has a certificate policy; a
+/// failed issue leaves the key usable (the scheduler tries again) and is
+/// reported in the audit log and `/metrics`.
 async fn certify_under_policy(
     state: &AppState,
     principal: &Principal,
     record: &KeyRecord,
 ) -> Result<(), ApiError> {
-    if let Some(certified) = state.gateway.certify_new_version(record).await {
+    let certified = state
+        .gateway
+        .certify_new_version(principal.actor(), record)
+        .await;
+    if let Some(certified) = certified {
         let target = (Some(record.kid.as_str()), Some(record.provider.as_str()));
         let result = certified.map_err(ApiError::from);
-        audit(
-            state,
-            principal,
-            Action::CertificateIssue,
-            target,
-            Vec::new(),
-            &result,
-        )
-        .await?;
+        audit_refusal(state, principal, Action::CertificateIssue, target, &result).await?;
     }
     Ok(())
 }
@@ -459,7 +464,7 @@ pub async fn import(
         Ok(state
             .gateway
             .import_key(
-                principal.tenant.as_deref(),
+                principal.actor(),
                 kid.clone(),
                 &key,
                 alg,
@@ -488,6 +493,8 @@ pub async fn sign(
     JsonBody(req): JsonBody<SignRequest>,
 ) -> Result<Json<SignResponse>, ApiError> {
     principal.require(Scope::Sign)?;
+    // A place for the record first: a sign answered 200 always has its record.
+    let slot = state.audit.reserve().await?;
     let message = decode_base64(&req.data).map_err(|_| {
         ApiError::bad_request(
             "invalid_base64",
@@ -508,14 +515,14 @@ pub async fn sign(
     }
     .await;
     let provider = result.as_ref().ok().map(|(_, r)| r.provider.as_str());
-    audit(
-        &state,
+    let target = (Some(kid.as_str()), provider);
+    slot.record(event(
         &principal,
         Action::Sign,
-        (Some(&kid), provider),
+        target,
         message_hashes,
         &result,
-    )
+    ))
     .await?;
     let (signature, record) = result?;
     Ok(Json(SignResponse {
@@ -565,6 +572,7 @@ pub async fn sign_batch(
     JsonBody(req): JsonBody<SignBatchRequest>,
 ) -> Result<Json<SignBatchResponse>, ApiError> {
     principal.require(Scope::Sign)?;
+    let slot = state.audit.reserve().await?;
     let messages: Result<Vec<Vec<u8>>, ApiError> = if (1..=MAX_BATCH).contains(&req.data.len()) {
         req.data
             .iter()
@@ -612,7 +620,8 @@ pub async fn sign_batch(
     } else {
         Vec::new()
     };
-    audit(&state, &principal, Action::Sign, target, hashes, &result).await?;
+    slot.record(event(&principal, Action::Sign, target, hashes, &result))
+        .await?;
     let (signatures, record) = result?;
     Ok(Json(SignBatchResponse {
         signatures: signatures.iter().map(|s| base64url(s)).collect(),
@@ -664,7 +673,7 @@ pub async fn rotate(
     principal.require(Scope::KeysCreate)?;
     let result = state
         .gateway
-        .rotate(principal.tenant.as_deref(), &kid)
+        .rotate(principal.actor(), &kid)
         .await
         .map_err(ApiError::from);
     let provider = result.as_ref().ok().map(|r| r.record.provider.clone());
@@ -674,7 +683,7 @@ pub async fn rotate(
             if let Some(certified) = rotated.certificate {
                 let certified = certified.map_err(ApiError::from);
                 let action = Action::CertificateIssue;
-                audit(&state, &principal, action, target, Vec::new(), &certified).await?;
+                audit_refusal(&state, &principal, action, target, &certified).await?;
             }
             Ok(rotated.record)
         }
@@ -748,16 +757,14 @@ pub async fn delete(
     }
     let result = state
         .gateway
-        .delete_key(principal.tenant.as_deref(), &kid)
+        .delete_key(principal.actor(), &kid)
         .await
         .map_err(ApiError::from);
-    let provider = result.as_ref().ok().map(|r| r.provider.as_str());
-    audit(
+    audit_refusal(
         &state,
         &principal,
         Action::Delete,
-        (Some(&kid), provider),
-        Vec::new(),
+        (Some(&kid), None),
         &result,
     )
     .await?;
@@ -772,19 +779,11 @@ async fn force_delete(
 ) -> Result<Response, ApiError> {
     let result = state
         .gateway
-        .retract_key(principal.tenant.as_deref(), &kid)
+        .retract_key(principal.actor(), &kid)
         .await
         .map_err(ApiError::from);
-    let provider = result.as_ref().ok().map(|r| r.record.provider.as_str());
-    audit(
-        state,
-        principal,
-        Action::ForceDelete,
-        (Some(&kid), provider),
-        Vec::new(),
-        &result,
-    )
-    .await?;
+    let action = Action::ForceDelete;
+    audit_refusal(state, principal, action, (Some(&kid), None), &result).await?;
     let Retraction { record, backend } = result?;
     let may_remain = backend.err().map(|reason| {
         format!(
@@ -843,6 +842,15 @@ pub async fn list(
                 })
         })
         .transpose()?;
+    if let Some(cursor) = query.cursor.as_deref().filter(|c| !valid_kid(c)) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "cursor `{}` is not a kid (use the nextCursor of the previous page)",
+                crate::audit::recorded(cursor)
+            ),
+        ));
+    }
     let records = state
         .gateway
         .list(

@@ -38,9 +38,12 @@ pub enum ErrorResponses {
     /// The backend refused or answered nonsense.
     #[response(status = 502)]
     BadGateway(ErrorBody),
-    /// The backend (or the audit log) is unavailable.
+    /// The backend, the database or the audit log is unavailable.
     #[response(status = 503)]
     Unavailable(ErrorBody),
+    /// The gateway's database is full: nothing was written.
+    #[response(status = 507)]
+    InsufficientStorage(ErrorBody),
     /// The backend or guest did not answer in time.
     #[response(status = 504)]
     Timeout(ErrorBody),

@@ -13,8 +13,8 @@ use super::error::{ApiError, ErrorBody};
 use super::openapi::ErrorResponses;
 use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
+use crate::audit::AuditFilter;
 use crate::audit::{Action, AuditRecord, Verification};
-use crate::catalog::AuditFilter;
 use crate::config::Scope;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::{Capabilities, ProviderKind};
@@ -221,10 +221,23 @@ pub async fn audit_page(
         Some(name) => Some(Action::parse(name).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_query",
-                "`action` must be one of create, import, delete, sign",
+                "`action` must be one of create, import, delete, force-delete, sign, rotate, \
+                 csr, certificate-import, certificate-issue, reload",
             )
         })?),
     };
+    // Records hold no control characters (they are escaped), so such a filter
+    // matches nothing; PostgreSQL would refuse a NUL.
+    if query
+        .kid
+        .as_deref()
+        .is_some_and(|kid| kid.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`kid` holds a control character; recorded kids show them escaped (\\u{0})",
+        ));
+    }
     let filter = AuditFilter {
         after: query.after.unwrap_or(0),
         limit,

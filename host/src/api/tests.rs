@@ -30,7 +30,7 @@ async fn state(dir: &tempfile::TempDir, max_body_bytes: usize) -> AppState {
     }];
     let audit = Audit::start(&AuditConfig::default(), catalog.clone());
     AppState::new(
-        Arc::new(Gateway::new(registered, "db".into(), catalog)),
+        Arc::new(Gateway::new(registered, "db".into(), catalog).with_audit(audit.clone())),
         max_body_bytes,
         ApiKeys::new(&AuthConfig::default()),
         audit,

@@ -12,7 +12,8 @@ use base64::engine::general_purpose::STANDARD;
 use x509_cert::certificate::Certificate;
 
 use super::{Gateway, GatewayError};
-use crate::catalog::{CertificatePolicy, KeyRecord};
+use crate::audit::{Action, Actor};
+use crate::catalog::{CatalogError, CertificatePolicy, KeyRecord};
 use crate::x509::{self, CertError, CertificateSpec, IssuerSpec};
 
 /// The longest certificate validity accepted, in days (about 100 years).
@@ -94,14 +95,15 @@ impl Gateway {
     /// Unknown kid, [`GatewayError::Certificate`] naming the failed check.
     pub async fn import_certificate(
         &self,
-        tenant: Option<&str>,
+        actor: Actor<'_>,
         kid: &str,
         pem: &str,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
-        let record = self.key(tenant, kid).await?;
+        let record = self.key(actor.tenant, kid).await?;
         let chain = x509::parse_chain(pem)?;
         x509::check_chain(&chain, &record.public_jwk, SystemTime::now())?;
-        self.store_chain(&record, &chain).await?;
+        self.store_chain(actor, Action::CertificateImport, &record, &chain)
+            .await?;
         Ok(record)
     }
 
@@ -113,12 +115,12 @@ impl Gateway {
     /// Unknown kids, an issuer without a CA certificate, bad input, backend failures.
     pub async fn issue_certificate(
         &self,
-        tenant: Option<&str>,
+        actor: Actor<'_>,
         kid: &str,
         request: &IssueRequest,
     ) -> Result<Arc<KeyRecord>, GatewayError> {
-        let record = self.key(tenant, kid).await?;
-        self.certify(&record, request).await?;
+        let record = self.key(actor.tenant, kid).await?;
+        self.certify(actor, &record, request).await?;
         Ok(record)
     }
 
@@ -160,42 +162,53 @@ impl Gateway {
         Ok(Some(x509::from_der(&der)?))
     }
 
+    /// Stores `chain` for `record`'s version with the audit record of `action`.
     async fn store_chain(
         &self,
+        actor: Actor<'_>,
+        action: Action,
         record: &KeyRecord,
         chain: &[Certificate],
     ) -> Result<(), GatewayError> {
         let der = x509::to_der(chain)?;
-        let stored = self
-            .catalog
-            .set_certificate(
-                &record.id,
-                record.version,
-                &x5c(&der),
-                x509::validity(&chain[0]),
-            )
-            .await?;
+        let event = actor.event(action, &record.kid, &record.provider, "ok");
+        let stored = async {
+            let mut tx = self.audit.begin().await?;
+            self.catalog
+                .set_certificate(
+                    &mut tx,
+                    &record.id,
+                    record.version,
+                    &x5c(&der),
+                    x509::validity(&chain[0]),
+                )
+                .await?;
+            tx.commit(event).await
+        }
+        .await;
         self.invalidate(&record.id);
-        if stored {
-            Ok(())
-        } else {
-            Err(GatewayError::KeyNotFound(record.kid.clone()))
+        match stored {
+            Ok(()) => Ok(()),
+            Err(CatalogError::Conflict) => Err(GatewayError::KeyNotFound(record.kid.clone())),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Makes and stores a certificate for `record`'s version as `request` says.
     async fn certify(
         &self,
+        actor: Actor<'_>,
         record: &KeyRecord,
         request: &IssueRequest,
     ) -> Result<(), GatewayError> {
-        let result = self.certify_unchecked(record, request).await;
+        let result = self.certify_unchecked(actor, record, request).await;
         self.certificates[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
         result
     }
 
     async fn certify_unchecked(
         &self,
+        actor: Actor<'_>,
         record: &KeyRecord,
         request: &IssueRequest,
     ) -> Result<(), GatewayError> {
@@ -243,7 +256,8 @@ impl Gateway {
                 chain
             }
         };
-        self.store_chain(record, &chain).await
+        self.store_chain(actor, Action::CertificateIssue, record, &chain)
+            .await
     }
 
     /// Checks that a certificate policy can issue: its subject parses and its
@@ -274,13 +288,16 @@ impl Gateway {
     /// if there is one; `None` without a policy.
     pub async fn certify_new_version(
         &self,
+        actor: Actor<'_>,
         record: &KeyRecord,
     ) -> Option<Result<(), GatewayError>> {
         let policy = match self.catalog.policy(&record.id).await {
             Ok(policy) => policy.certificate?,
             Err(e) => return Some(Err(e.into())),
         };
-        let result = self.certify(record, &IssueRequest::from(&policy)).await;
+        let result = self
+            .certify(actor, record, &IssueRequest::from(&policy))
+            .await;
         if let Err(e) = &result {
             tracing::warn!(kid = %record.kid, version = record.version, error = %e,
                 "the new version got no certificate; the scheduler tries again");
@@ -306,7 +323,8 @@ impl Gateway {
             let Ok(Some(record)) = self.catalog.get(&id).await else {
                 continue;
             };
-            if let Some(result) = self.certify_new_version(&record).await {
+            let actor = Actor::scheduler(record.tenant.as_deref());
+            if let Some(result) = self.certify_new_version(actor, &record).await {
                 done.push((record, result));
             }
         }

@@ -20,6 +20,7 @@ use crate::catalog::KeyRecord;
 use crate::config::{BearerAuth, HttpAuth, HttpConfig};
 use crate::credentials::{CredentialError, Credentials};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
+use crate::redact::Redactor;
 
 /// Why an `http` provider entry cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub struct HttpProvider {
     health_path: String,
     /// Credentials for the `Authorization` header; `None` with no auth or mTLS.
     auth: Option<Credentials>,
+    /// Keeps the credentials out of what the remote KMS says back.
+    redactor: Redactor,
     capabilities: Capabilities,
 }
 
@@ -97,8 +100,10 @@ impl HttpProvider {
             .map_or(remote::DEFAULT_TIMEOUT, Duration::from_millis);
         let client = remote::client(connect, timeout, identity, ca)
             .map_err(|e| HttpSetupError::Tls(e.to_string()))?;
+        let redactor = Redactor::default().joined(auth.as_ref().map(Credentials::redactor));
         Ok(HttpProvider {
             id,
+            redactor,
             client,
             base: config.base_url.as_str().trim_end_matches('/').to_owned(),
             keys_path: config.keys_path.unwrap_or_else(|| "/keys".into()),
@@ -135,11 +140,16 @@ impl HttpProvider {
         let token = credentials
             .token(&self.client, fresh_token)
             .await
-            .map_err(|e| match e {
-                CredentialError::Unreachable { .. } => ProviderError::Unavailable(e.to_string()),
-                CredentialError::Refused { .. } | CredentialError::Setup(_) => {
-                    ProviderError::Backend(e.to_string())
+            .map_err(|e| {
+                match e {
+                    CredentialError::Unreachable { .. } => {
+                        ProviderError::Unavailable(e.to_string())
+                    }
+                    CredentialError::Refused { .. } | CredentialError::Setup(_) => {
+                        ProviderError::Backend(e.to_string())
+                    }
                 }
+                .scrubbed(&self.redactor)
             })?;
         Ok(request.bearer_auth(token.expose_secret()))
     }
@@ -159,15 +169,11 @@ impl HttpProvider {
                 request = request.json(body);
             }
             let request = self.authorised(request, fresh_token).await?;
-            let response = request
-                .send()
-                .await
-                .map_err(|e| transport_error("remote KMS", &e))?;
+            let unreachable = |e| transport_error("remote KMS", &e, &self.redactor);
+            let response = request.send().await.map_err(unreachable)?;
             let status = response.status();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| transport_error("remote KMS", &e))?;
+            let bytes = response.bytes().await.map_err(unreachable)?;
+            let said = || backend_message(status, &bytes, &self.redactor);
             match status {
                 s if s.is_success() => return Ok(bytes.to_vec()),
                 StatusCode::UNAUTHORIZED
@@ -176,25 +182,22 @@ impl HttpProvider {
                     fresh_token = true
                 }
                 StatusCode::NOT_FOUND => {
-                    return Err(ProviderError::KeyNotFound(backend_message(status, &bytes)));
+                    return Err(ProviderError::KeyNotFound(said()));
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                     return Err(ProviderError::Backend(format!(
                         "remote KMS refused the gateway's credentials: {}",
-                        backend_message(status, &bytes)
+                        said()
                     )));
                 }
                 _ => {
-                    return Err(ProviderError::Backend(format!(
-                        "remote KMS: {}",
-                        backend_message(status, &bytes)
-                    )));
+                    return Err(ProviderError::Backend(format!("remote KMS: {}", said())));
                 }
             }
         }
     }
 
-    fn public_jwk(body: &[u8]) -> Result<PublicJwk, ProviderError> {
+    fn public_jwk(&self, body: &[u8]) -> Result<PublicJwk, ProviderError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct KeyAnswer {
@@ -204,6 +207,7 @@ impl HttpProvider {
             ProviderError::Backend(format!(
                 "remote KMS answered without a usable publicJwk: {e}"
             ))
+            .scrubbed(&self.redactor)
         })?;
         // The gateway checks the key against the algorithm when it records it.
         Ok(answer.public_jwk.unlabelled())
@@ -233,7 +237,7 @@ impl Provider for HttpProvider {
         let body = self.call(Method::POST, &url, Some(&request)).await?;
         Ok(KeyMaterial {
             external_id: kid.to_owned(),
-            public_jwk: Self::public_jwk(&body)?,
+            public_jwk: self.public_jwk(&body)?,
             sealed_secret: None,
         })
     }
@@ -260,7 +264,7 @@ impl Provider for HttpProvider {
         let body = self
             .call(Method::POST, &self.key_url(kid, "/import"), Some(&request))
             .await?;
-        let returned = Self::public_jwk(&body)?;
+        let returned = self.public_jwk(&body)?;
         Ok(KeyMaterial {
             external_id: kid.to_owned(),
             public_jwk: returned,
@@ -283,6 +287,7 @@ impl Provider for HttpProvider {
         let body = retrying(|| self.call(Method::POST, &url, Some(&request))).await?;
         let answer: SignAnswer = serde_json::from_slice(&body).map_err(|e| {
             ProviderError::Backend(format!("remote KMS answered without a signature: {e}"))
+                .scrubbed(&self.redactor)
         })?;
         decode_base64(&answer.signature).map_err(|_| {
             ProviderError::Backend("remote KMS returned a signature that is not base64url".into())

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::ProviderError;
+use crate::redact::Redactor;
 
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,8 +41,9 @@ pub fn client(
     builder.build()
 }
 
-/// A transport failure: no answer in time is a timeout, anything else unavailability.
-pub fn transport_error(backend: &str, e: &reqwest::Error) -> ProviderError {
+/// A transport failure: no answer in time is a timeout, anything else
+/// unavailability; `redactor`'s secrets removed from the cause.
+pub fn transport_error(backend: &str, e: &reqwest::Error, redactor: &Redactor) -> ProviderError {
     if e.is_timeout() {
         ProviderError::Timeout
     } else {
@@ -52,14 +54,18 @@ pub fn transport_error(backend: &str, e: &reqwest::Error) -> ProviderError {
             cause = format!("{cause}: {inner}");
             source = inner.source();
         }
-        ProviderError::Unavailable(format!("{backend} unreachable: {}", clean(&cause)))
+        ProviderError::Unavailable(format!(
+            "{backend} unreachable: {}",
+            clean(&redactor.scrub(&cause))
+        ))
     }
 }
 
 /// The message of an error answer, for a person: the JSON `error`, `message` or
-/// `errors` field when there is one, else the text; control characters removed
-/// and cut to a readable length.
-pub fn backend_message(status: reqwest::StatusCode, body: &[u8]) -> String {
+/// `errors` field when there is one, else the text; `redactor`'s secrets
+/// removed (before anything is cut, so no part of one remains), control
+/// characters removed and cut to a readable length.
+pub fn backend_message(status: reqwest::StatusCode, body: &[u8], redactor: &Redactor) -> String {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(json) => match (&json["error"], &json["message"], &json["errors"]) {
             // OAuth2 token endpoints (RFC 6749 §5.2): `error` and `error_description`.
@@ -81,7 +87,7 @@ pub fn backend_message(status: reqwest::StatusCode, body: &[u8]) -> String {
         },
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    let text = clean(&text);
+    let text = clean(&redactor.scrub(&text));
     if text.is_empty() {
         format!("HTTP {status}")
     } else {
@@ -126,16 +132,27 @@ mod tests {
     #[test]
     fn backend_messages_are_extracted_cleaned_and_cut() {
         let status = reqwest::StatusCode::BAD_REQUEST;
+        let none = Redactor::default();
         assert_eq!(
-            backend_message(status, br#"{"error":"bad\nkid"}"#),
+            backend_message(status, br#"{"error":"bad\nkid"}"#, &none),
             "HTTP 400 Bad Request: bad kid"
         );
         assert_eq!(
-            backend_message(status, br#"{"errors":["a","b"]}"#),
+            backend_message(status, br#"{"errors":["a","b"]}"#, &none),
             "HTTP 400 Bad Request: a; b"
         );
         let long = "x".repeat(500);
-        assert!(backend_message(status, long.as_bytes()).chars().count() < 230);
-        assert_eq!(backend_message(status, b""), "HTTP 400 Bad Request");
+        assert!(
+            backend_message(status, long.as_bytes(), &none)
+                .chars()
+                .count()
+                < 230
+        );
+        assert_eq!(backend_message(status, b"", &none), "HTTP 400 Bad Request");
+        // A secret that straddles the cut leaves no prefix behind.
+        let secret = "s".repeat(30);
+        let echo = format!("{}{secret}", "x".repeat(190));
+        let said = backend_message(status, echo.as_bytes(), &Redactor::new([secret.as_str()]));
+        assert!(!said.contains("ssss"), "{said}");
     }
 }

@@ -28,6 +28,7 @@ use super::{
 use crate::catalog::KeyRecord;
 use crate::config::VaultConfig;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
+use crate::redact::Redactor;
 
 /// Messages longer than this are hashed on the host and signed as a digest.
 pub const PREHASH_ABOVE: usize = 32 * 1024;
@@ -38,6 +39,8 @@ pub struct VaultProvider {
     client: reqwest::Client,
     base: String,
     token: SecretString,
+    /// Keeps the token out of what Vault says back.
+    redactor: Redactor,
     mount: String,
     mount_ready: AtomicBool,
     capabilities: Capabilities,
@@ -109,6 +112,7 @@ impl VaultProvider {
                 None,
             )?,
             base: config.vault_url.as_str().trim_end_matches('/').to_owned(),
+            redactor: Redactor::new([config.vault_token.expose_secret()]),
             token: config.vault_token,
             mount: config.mount.trim_matches('/').to_owned(),
             mount_ready: AtomicBool::new(false),
@@ -136,15 +140,10 @@ impl VaultProvider {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| transport_error("Vault", &e))?;
+        let unreachable = |e| transport_error("Vault", &e, &self.redactor);
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| transport_error("Vault", &e))?;
+        let bytes = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {
             let value = if bytes.is_empty() {
                 Value::Null
@@ -157,7 +156,7 @@ impl VaultProvider {
         } else {
             Ok(Err(Refusal {
                 status,
-                message: backend_message(status, &bytes),
+                message: backend_message(status, &bytes, &self.redactor),
             }))
         }
     }
@@ -329,6 +328,7 @@ impl VaultProvider {
             .into_iter()
             .map(|result| {
                 if let Some(error) = result["error"].as_str().filter(|e| !e.is_empty()) {
+                    let error = self.redactor.scrub(error);
                     return Err(ProviderError::Backend(format!("Vault: {error}")));
                 }
                 let text = result["signature"].as_str().ok_or_else(|| {

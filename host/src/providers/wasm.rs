@@ -35,6 +35,7 @@ use crate::catalog::{Catalog, KeyRecord};
 use crate::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
+use crate::redact::Redactor;
 
 /// How to run one guest provider.
 pub struct WasmOptions {
@@ -115,17 +116,17 @@ pub(crate) fn guest_call_outcome<T>(
 
 /// A guest's error becomes the provider error of its kind, its text cut and
 /// escaped before it reaches a client or the log.
-impl From<GuestError> for ProviderError {
-    fn from(e: GuestError) -> Self {
-        let text = |m: String| sanitize(&m, MAX_GUEST_TEXT_BYTES);
-        match e {
-            GuestError::NotFound(m) => ProviderError::KeyNotFound(text(m)),
-            GuestError::Unsupported(m) => ProviderError::Unsupported(text(m)),
-            GuestError::InvalidInput(m) => ProviderError::InvalidInput(text(m)),
-            GuestError::Denied(m) => ProviderError::Backend(format!("denied: {}", text(m))),
-            GuestError::Unavailable(m) => ProviderError::Unavailable(text(m)),
-            GuestError::Internal(m) => ProviderError::Backend(text(m)),
-        }
+/// A guest's error as a provider error: its text with the egress credentials'
+/// secrets removed (before it is cut, so no part of one remains), escaped and cut.
+fn guest_error(e: GuestError, redactor: &Redactor) -> ProviderError {
+    let text = |m: String| sanitize(&redactor.scrub(&m), MAX_GUEST_TEXT_BYTES);
+    match e {
+        GuestError::NotFound(m) => ProviderError::KeyNotFound(text(m)),
+        GuestError::Unsupported(m) => ProviderError::Unsupported(text(m)),
+        GuestError::InvalidInput(m) => ProviderError::InvalidInput(text(m)),
+        GuestError::Denied(m) => ProviderError::Backend(format!("denied: {}", text(m))),
+        GuestError::Unavailable(m) => ProviderError::Unavailable(text(m)),
+        GuestError::Internal(m) => ProviderError::Backend(text(m)),
     }
 }
 
@@ -160,9 +161,18 @@ pub struct WasmProvider {
     shared: Arc<GuestShared>,
 }
 
-/// Runs a call on a leased instance under the pool's deadline and settles it.
+/// Runs a call on a leased instance under the call deadline (or the one given)
+/// and settles it.
 macro_rules! guest_call {
-    ($self:ident, $op:literal, |$exports:ident, $store:ident| $call:expr) => {{
+    ($self:ident, $op:literal, |$exports:ident, $store:ident| $call:expr) => {
+        guest_call!(
+            $self,
+            $op,
+            $self.shared.limits.timeout(),
+            |$exports, $store| $call
+        )
+    };
+    ($self:ident, $op:literal, $deadline:expr, |$exports:ident, $store:ident| $call:expr) => {{
         let mut lease = $self
             .pool
             .acquire()
@@ -172,7 +182,7 @@ macro_rules! guest_call {
             let instance = lease.instance();
             let $store = &mut instance.store;
             let $exports = &instance.guest;
-            tokio::time::timeout($self.pool_timeout(), $call).await
+            tokio::time::timeout($deadline, $call).await
         };
         $self.settle($op, lease, outcome)
     }};
@@ -208,12 +218,13 @@ impl WasmProvider {
             id: options.id.clone(),
             reason,
         };
+        let scrubbed = |text: &str| sanitize(&shared.redactor.scrub(text), MAX_GUEST_TEXT_BYTES);
         let caps = pool.warm_up().await.map_err(|e| match e {
             GuestFailure::Config(message) => {
-                let (field, message) = config_field(&sanitize(&message, MAX_GUEST_TEXT_BYTES));
+                let (field, message) = config_field(&scrubbed(&message));
                 WasmStartError::Config { field, message }
             }
-            other => init_error(sanitize(&other.to_string(), MAX_GUEST_TEXT_BYTES)),
+            other => init_error(scrubbed(&other.to_string())),
         })?;
         let capabilities = Capabilities {
             can_create: caps.can_create,
@@ -238,17 +249,16 @@ impl WasmProvider {
         })
     }
 
-    fn pool_timeout(&self) -> std::time::Duration {
-        self.shared.limits.timeout()
-    }
-
     fn failure(&self, op: &str, failure: GuestFailure, stderr: Option<String>) -> ProviderError {
         match failure {
-            GuestFailure::Guest(e) => e.into(),
+            GuestFailure::Guest(e) => guest_error(e, &self.shared.redactor),
             GuestFailure::Trap(detail) => {
                 self.shared.counters.traps.fetch_add(1, Ordering::Relaxed);
-                let stderr = sanitize(&stderr.unwrap_or_default(), 4 * MAX_GUEST_TEXT_BYTES);
-                tracing::error!(provider = %self.id, op, trap = %sanitize(&detail, 4 * MAX_GUEST_TEXT_BYTES), stderr,
+                let shown = |text: &str| {
+                    sanitize(&self.shared.redactor.scrub(text), 4 * MAX_GUEST_TEXT_BYTES)
+                };
+                let stderr = shown(&stderr.unwrap_or_default());
+                tracing::error!(provider = %self.id, op, trap = %shown(&detail), stderr,
                     "guest trapped; its instance is replaced");
                 ProviderError::Backend(format!("guest `{}` crashed during {op}", self.id))
             }
@@ -267,7 +277,7 @@ impl WasmProvider {
                 ProviderError::Unavailable(format!(
                     "guest `{}`: {}",
                     self.id,
-                    sanitize(&reason, MAX_GUEST_TEXT_BYTES)
+                    sanitize(&self.shared.redactor.scrub(&reason), MAX_GUEST_TEXT_BYTES)
                 ))
             }
         }
@@ -286,7 +296,7 @@ impl WasmProvider {
             }
             Err(GuestFailure::Guest(e)) => {
                 lease.release();
-                Err(e.into())
+                Err(guest_error(e, &self.shared.redactor))
             }
             // The instance may be mid-way through anything: drop it with the lease.
             Err(failure) => {
@@ -360,7 +370,9 @@ impl Provider for WasmProvider {
                 0
             },
         };
-        let material = guest_call!(self, "generate-key", |guest, store| guest
+        // Key generation (RSA above all) takes far longer in wasm than a sign.
+        let deadline = self.shared.limits.generate_timeout();
+        let material = guest_call!(self, "generate-key", deadline, |guest, store| guest
             .generate_key(store, kid, spec))?;
         self.material(material)
     }

@@ -403,3 +403,203 @@ async fn a_certificate_policy_certifies_new_versions_and_renews_near_expiry() {
         "{body}"
     );
 }
+
+/// A CA outside kmsgw with the given basic constraints and key usages.
+fn outside_ca_with(
+    name: &str,
+    is_ca: rcgen::IsCa,
+    usages: Vec<rcgen::KeyUsagePurpose>,
+    signer: Option<&OutsideCa>,
+) -> OutsideCa {
+    use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = is_ca;
+    params.key_usages = usages;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let pem = match signer {
+        None => params.self_signed(&key).unwrap().pem(),
+        Some(ca) => params.signed_by(&key, &ca.issuer).unwrap().pem(),
+    };
+    OutsideCa {
+        pem,
+        issuer: Issuer::new(params, key),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_inputs_are_checked_and_a_refused_one_stores_nothing() {
+    use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose};
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start();
+    let key = gw.create(json!({"kid": "k"})).await;
+    let names = |dns: Value, uris: Value| json!({"subject": "CN=k", "dnsNames": dns, "uris": uris, "validityDays": 5});
+    let subject = |text: &str| json!({"subject": text, "validityDays": 5});
+    let many: Vec<String> = (0..10_000).map(|i| format!("h{i}.example.org")).collect();
+    let refusals = [
+        (subject("CN=\"a,O=evil\""), "invalid_subject"),
+        (subject("CN=a\u{0}b"), "invalid_subject"),
+        (subject("CN=dangling\\"), "invalid_subject"),
+        (subject("CN=a;O=b"), "invalid_subject"),
+        (subject("XX=unknown"), "invalid_subject"),
+        (subject(""), "invalid_subject"),
+        (
+            subject(&format!("CN={}", "a".repeat(100_000))),
+            "invalid_subject",
+        ),
+        (names(json!([""]), json!([])), "invalid_dns_name"),
+        (names(json!(["a b.example"]), json!([])), "invalid_dns_name"),
+        (
+            names(json!(["a\u{0}.example"]), json!([])),
+            "invalid_dns_name",
+        ),
+        (
+            names(json!([format!("{}.example", "a".repeat(300))]), json!([])),
+            "invalid_dns_name",
+        ),
+        (
+            names(json!(["evil.example, DNS:bank.example"]), json!([])),
+            "invalid_dns_name",
+        ),
+        (names(json!(["a.*.example"]), json!([])), "invalid_dns_name"),
+        (names(json!([]), json!(["not a uri"])), "invalid_uri"),
+        (names(json!([]), json!(["http://[::1"])), "invalid_uri"),
+        (names(json!([]), json!(["://nohost"])), "invalid_uri"),
+        (names(json!(many), json!([])), "certificate_input_too_large"),
+    ];
+    for (body, code) in &refusals {
+        for route in ["csr", "certificate/issue"] {
+            let mut body = body.clone();
+            if route == "csr" {
+                body.as_object_mut().unwrap().remove("validityDays");
+            }
+            let (status, answer) = gw.post(&format!("/keys/k/{route}"), body.clone()).await;
+            assert_eq!(
+                (status, answer["code"].as_str().unwrap_or_default()),
+                (StatusCode::BAD_REQUEST, *code),
+                "{route} {}: {answer}",
+                &body.to_string()[..body.to_string().len().min(120)]
+            );
+        }
+    }
+    let (_, record) = gw.get("/keys/k").await;
+    assert!(record.get("x5c").is_none(), "{record}");
+
+    // Chains whose issuers may not issue, and one past the length bound.
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    let point = point_of(&key["publicJwk"]);
+    let not_ca = outside_ca_with("not a CA", IsCa::ExplicitNoCa, vec![], None);
+    let no_cert_sign = outside_ca_with(
+        "CA without keyCertSign",
+        IsCa::Ca(BasicConstraints::Unconstrained),
+        vec![KeyUsagePurpose::DigitalSignature],
+        None,
+    );
+    let root0 = outside_ca_with(
+        "root with path length 0",
+        IsCa::Ca(BasicConstraints::Constrained(0)),
+        vec![],
+        None,
+    );
+    let intermediate = outside_ca_with(
+        "intermediate",
+        IsCa::Ca(BasicConstraints::Unconstrained),
+        vec![],
+        Some(&root0),
+    );
+    let root = outside_ca("good root");
+    let chains = [
+        (
+            format!(
+                "{}{}",
+                outside_leaf(&not_ca, &point, now - day, now + day),
+                not_ca.pem
+            ),
+            "issuer_certificate_not_ca",
+        ),
+        (
+            format!(
+                "{}{}",
+                outside_leaf(&no_cert_sign, &point, now - day, now + day),
+                no_cert_sign.pem
+            ),
+            "issuer_certificate_not_ca",
+        ),
+        (
+            format!(
+                "{}{}{}",
+                outside_leaf(&intermediate, &point, now - day, now + day),
+                intermediate.pem,
+                root0.pem
+            ),
+            "issuer_certificate_not_ca",
+        ),
+        (
+            format!(
+                "{}{}",
+                outside_leaf(&root, &point, now - day, now + day),
+                root.pem.repeat(10)
+            ),
+            "certificate_input_too_large",
+        ),
+    ];
+    for (pem, code) in &chains {
+        let (status, answer) = gw
+            .post("/keys/k/certificate", json!({"certificate": pem}))
+            .await;
+        assert_eq!(
+            (status, answer["code"].as_str().unwrap_or_default()),
+            (StatusCode::BAD_REQUEST, *code),
+            "{answer}"
+        );
+    }
+    let (_, record) = gw.get("/keys/k").await;
+    assert!(record.get("x5c").is_none(), "{record}");
+    // The same leaf under the root that may issue is taken.
+    let good = format!(
+        "{}{}",
+        outside_leaf(&root, &point, now - day, now + day),
+        root.pem
+    );
+    let (status, answer) = gw
+        .post("/keys/k/certificate", json!({"certificate": good}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Well-formed names, escapes and a wildcard still make certificates OpenSSL takes.
+    gw.create(json!({"kid": "odd", "alg": "ES384"})).await;
+    let (status, answer) = gw
+        .post(
+            "/keys/odd/certificate/issue",
+            json!({"subject": "CN=Doe\\, Jane+UID=jd, O=A\\+B, C=DE", "validityDays": 5, "ca": true,
+                   "dnsNames": ["*.example.org", "xn--bcher-kva.example"], "uris": ["https://example.org/a?b=c#d"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let chain = certificate(&gw, "odd").await;
+    openssl_verify(&chain, &chain).unwrap();
+    let (ok, text) = openssl(
+        &[
+            "x509",
+            "-in",
+            "{c.pem}",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+            "-nameopt",
+            "RFC2253",
+        ],
+        &[("c.pem", &chain)],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("CN=Doe\\, Jane+UID=jd") || text.contains("UID=jd+CN=Doe\\, Jane"),
+        "{text}"
+    );
+    assert!(
+        text.contains("O=A\\+B") && text.contains("DNS:*.example.org"),
+        "{text}"
+    );
+}

@@ -404,3 +404,45 @@ async fn a_0_1_guest_and_a_0_2_guest_serve_side_by_side() {
         "{text}"
     );
 }
+
+/// Key generation has its own deadline (`limits.generateTimeoutMs`): past it a
+/// create is 504, while imports and signs keep the call deadline and work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_generation_has_its_own_deadline() {
+    let _serial = GUEST_SERIAL.lock().await;
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start_configured(&json!({
+        "defaultProvider": "db",
+        "providers": [
+            {"id": "db", "type": "db"},
+            wasm_entry("tight", "soft_signer", json!({"limits": {"instances": 1, "generateTimeoutMs": 1}})),
+            wasm_entry("roomy", "soft_signer", json!({"limits": {"instances": 1}})),
+        ]
+    }));
+    let (status, answer) = gw
+        .post(
+            "/keys",
+            json!({"provider": "tight", "alg": "RS256", "keySize": 4096}),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, Some("backend_timeout")),
+        "{answer}"
+    );
+    assert_eq!(gw.get("/keys").await.1["keys"], json!([]));
+    import_known_key_and_verify(&gw, "imported", "tight").await;
+    // The default deadline leaves room for RSA-4096 in wasm, also on a busy machine.
+    let started = std::time::Instant::now();
+    let key = gw
+        .create_and_sign(
+            json!({"provider": "roomy", "alg": "RS256", "keySize": 4096}),
+            b"m",
+        )
+        .await;
+    eprintln!(
+        "RSA-4096 generation in the soft-signer guest: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(key["provider"], "roomy");
+}

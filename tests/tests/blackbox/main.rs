@@ -14,6 +14,7 @@ mod contract;
 mod crash;
 mod guests;
 mod http;
+mod integrity;
 mod javascript;
 mod openapi;
 mod reload;

@@ -61,4 +61,11 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .unwrap_or_else(|| panic!("no case count in:\n{stdout}"));
     assert!(generated >= 500, "only {generated} cases:\n{stdout}");
     assert!(!gw.log_text().contains("panicked"), "a handler panicked");
+    // Whatever the fuzzer sent, the audit chain holds.
+    let (status, verdict) = gw
+        .call(Some(ADMIN), reqwest::Method::GET, "/audit/verify", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{verdict}");
+    assert_eq!(verdict["ok"], true, "{verdict}");
+    assert!(verdict["checked"].as_u64().unwrap() > 3, "{verdict}");
 }

@@ -29,6 +29,7 @@ use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
 use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
 use crate::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
+use crate::redact::Redactor;
 
 /// Largest guest storage key, in bytes.
 const MAX_STORAGE_KEY: usize = 256;
@@ -118,6 +119,9 @@ pub struct GuestShared {
     pub catalog: Catalog,
     pub master: Arc<MasterKey>,
     pub counters: GuestCounters,
+    /// The egress credentials' secrets and tokens, kept out of what the guest
+    /// reports (an echoing backend can hand them to it).
+    pub redactor: Redactor,
     log_budget: Mutex<LogBudget>,
 }
 
@@ -131,7 +135,9 @@ impl GuestShared {
         master: Arc<MasterKey>,
     ) -> Self {
         let per_second = f64::from(limits.log_lines_per_second);
+        let redactor = Redactor::default().joined(egress_auth.iter().map(|(_, c)| c.redactor()));
         GuestShared {
+            redactor,
             provider_id: Arc::from(provider_id),
             allowed,
             egress_auth,
@@ -607,7 +613,10 @@ impl HostState {
                 "guest log lines dropped: the guest logged more than limits.logLinesPerSecond"
             );
         }
-        let message = sanitize(message, shared.limits.log_line_bytes);
+        let message = sanitize(
+            &shared.redactor.scrub(message),
+            shared.limits.log_line_bytes,
+        );
         match level {
             LogLevel::Trace => tracing::trace!(provider, "guest: {message}"),
             LogLevel::Debug => tracing::debug!(provider, "guest: {message}"),

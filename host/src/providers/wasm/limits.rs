@@ -29,8 +29,10 @@ pub const BODY_CHUNK_BYTES: usize = 16 * 1024;
 pub struct GuestLimits {
     /// Linear memory per instance, MiB.
     pub memory_mb: u64,
-    /// Deadline of every call, ms.
+    /// Deadline of every call but key generation, ms.
     pub timeout_ms: u64,
+    /// Deadline of key generation (create, rotate), ms.
+    pub generate_timeout_ms: u64,
     /// Instances kept warm (concurrent calls).
     pub instances: usize,
     /// Storage: key + sealed value bytes over all entries.
@@ -56,6 +58,7 @@ impl Default for GuestLimits {
         GuestLimits {
             memory_mb: 64,
             timeout_ms: 2000,
+            generate_timeout_ms: 60_000,
             instances: std::thread::available_parallelism().map_or(2, |n| n.get()),
             storage_bytes: 16 << 20,
             storage_entries: 10_000,
@@ -95,6 +98,11 @@ impl GuestLimits {
         let mut resources = limits.resources as u64;
         set("memoryMb", given.memory_mb, &mut limits.memory_mb);
         set("timeoutMs", given.timeout_ms, &mut limits.timeout_ms);
+        set(
+            "generateTimeoutMs",
+            given.generate_timeout_ms,
+            &mut limits.generate_timeout_ms,
+        );
         set("instances", given.instances.map(u64::from), &mut instances);
         set(
             "storageBytes",
@@ -150,9 +158,14 @@ impl GuestLimits {
             .saturating_mul(1 << 20)
     }
 
-    /// The deadline of every call.
+    /// The deadline of every call but key generation.
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The deadline of key generation.
+    pub fn generate_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.generate_timeout_ms)
     }
 }
 
