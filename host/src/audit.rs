@@ -36,8 +36,6 @@ pub const ENCODING: u8 = 2;
 const MAX_BATCH: usize = 1024;
 /// How long batched sign records may wait for company before their commit.
 const LINGER: Duration = Duration::from_millis(5);
-/// Records waiting for the writer before appends wait for room.
-const QUEUE: usize = 64 * 1024;
 /// How long a sign or refusal waits for room in a full queue before it is
 /// refused with `audit_unavailable`.
 const ROOM_WAIT: Duration = Duration::from_secs(2);
@@ -489,7 +487,7 @@ impl Audit {
     pub fn start(config: &AuditConfig, catalog: Catalog) -> Audit {
         let head = Head::default();
         let queue = config.enabled.then(|| {
-            let (tx, rx) = mpsc::channel(QUEUE);
+            let (tx, rx) = mpsc::channel(config.queue_records.max(1));
             tokio::spawn(write_batches(catalog.clone(), Arc::clone(&head), rx));
             tx
         });

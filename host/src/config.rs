@@ -370,6 +370,14 @@ pub struct AuditConfig {
     /// How sign records are written (default `batched`).
     #[serde(default)]
     pub signs: SignAudit,
+    /// Records that may wait for the writer in memory (default 65536); when
+    /// that many wait, a sign waits for room and is then refused.
+    #[serde(default = "default_audit_queue")]
+    pub queue_records: usize,
+}
+
+fn default_audit_queue() -> usize {
+    64 * 1024
 }
 
 impl Default for AuditConfig {
@@ -377,6 +385,7 @@ impl Default for AuditConfig {
         AuditConfig {
             enabled: true,
             signs: SignAudit::default(),
+            queue_records: default_audit_queue(),
         }
     }
 }
@@ -700,6 +709,9 @@ fn decode_root(
     }
     if cache.keys == 0 {
         problem(problems, "cache.keys", "must be greater than zero");
+    }
+    if audit.queue_records == 0 {
+        problem(problems, "audit.queueRecords", "must be greater than zero");
     }
     Some(Config {
         default_provider,

@@ -682,6 +682,12 @@ mod tests {
     use crate::crypto::PrivateKey;
 
     #[test]
+    fn chains_past_their_bounds_are_refused_before_parsing() {
+        let big = "A".repeat(MAX_CHAIN_PEM + 1);
+        assert!(matches!(parse_chain(&big), Err(CertError::TooLarge(m)) if m.contains("65536")));
+    }
+
+    #[test]
     fn subjects_read_as_people_write_them() {
         let spaced = subject("CN=issuer.example.org, O=Example").unwrap();
         assert_eq!(spaced, subject("CN=issuer.example.org,O=Example").unwrap());

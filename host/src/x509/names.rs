@@ -472,6 +472,8 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let long = format!("https://example.org/{}", "a".repeat(MAX_URI));
+        assert!(matches!(check_uri(&long), Err(CertError::InvalidUri(m)) if m.contains("2048")));
         let names: Vec<String> = (0..101).map(|i| format!("h{i}.example.org")).collect();
         assert!(matches!(
             alt_names(&names, &[]),

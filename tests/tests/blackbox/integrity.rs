@@ -604,3 +604,86 @@ async fn backend_errors_never_carry_our_secrets() {
         assert!(!log.contains(secret), "`{secret}` reached the log");
     }
 }
+
+/// The writer's queue is bounded (`audit.queueRecords`): while the database
+/// refuses records, signs go on until the queue is full, then wait a moment and
+/// are refused with 503 `audit_unavailable` without signing; every sign answered
+/// 200 gets its record once the database takes records again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_queue_refuses_signs_without_signing() {
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start_configured(&json!({
+        "providers": [{"id": "db", "type": "db"}],
+        "audit": {"queueRecords": 20},
+    }));
+    let key = gw.create(json!({"kid": "k"})).await;
+    execute(
+        &site,
+        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+           BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"],
+    )
+    .await;
+    let mut answered = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..60 {
+        let message = format!("m{i}").into_bytes();
+        let started = Instant::now();
+        let (status, answer) = gw
+            .post("/keys/k/sign", json!({"data": b64(&message)}))
+            .await;
+        match status {
+            StatusCode::OK => {
+                assert_verifies(
+                    &key["publicJwk"],
+                    &message,
+                    answer["signature"].as_str().unwrap(),
+                );
+                answered.push(message);
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(answer["code"], "audit_unavailable", "{answer}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(4),
+                    "{:?}",
+                    started.elapsed()
+                );
+                refused.push(message);
+                if refused.len() == 2 {
+                    break;
+                }
+            }
+            other => panic!("{other} {answer}"),
+        }
+    }
+    // The writer holds one batch and the queue 20 more.
+    assert!(
+        (20..=22).contains(&answered.len()) && refused.len() == 2,
+        "{} answered, {} refused",
+        answered.len(),
+        refused.len()
+    );
+    execute(&site, &["DROP TRIGGER refuse_audit"]).await;
+    let last = json!(sha256_hex_of(answered.last().unwrap()));
+    wait_until(Duration::from_secs(10), "the queued records", || async {
+        all_records(&gw)
+            .await
+            .iter()
+            .any(|r| r["messageSha256"] == last)
+    })
+    .await;
+    let records = all_records(&gw).await;
+    let hashes: BTreeSet<&str> = records
+        .iter()
+        .filter_map(|r| r["messageSha256"].as_str())
+        .collect();
+    for message in &answered {
+        assert!(hashes.contains(sha256_hex_of(message).as_str()));
+    }
+    for message in &refused {
+        assert!(!hashes.contains(sha256_hex_of(message).as_str()));
+    }
+    assert_eq!(verify(&gw).await["ok"], true);
+    // A refused sign did not sign: the key counts the answered ones only.
+    let (_, record) = gw.get("/keys/k").await;
+    assert_eq!(record["signCount"], answered.len(), "{record}");
+}
