@@ -10,7 +10,7 @@ use crate::catalog::Catalog;
 use crate::config::{
     ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry, WasmConfig,
 };
-use crate::credentials::Credentials;
+use crate::providers::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::gateway::Registered;
 use crate::providers::Provider;
@@ -315,7 +315,7 @@ pub(crate) fn wasm_options(
                 if oauth.token_url.scheme() != "https"
                     && !AllowedHost::is_loopback(oauth.token_url.host_str().unwrap_or_default()) =>
             {
-                Err(crate::credentials::CredentialError::Setup(
+                Err(crate::providers::credentials::CredentialError::Setup(
                     "tokenUrl must be https:// (http:// only on loopback): the client secret travels in it".into(),
                 ))
             }

@@ -326,9 +326,9 @@ impl AuditRecord {
 }
 
 /// A client-given value as a record keeps it: as given when it is at most
-/// [`MAX_FIELD`] characters without control characters (every valid kid and
+/// 256 characters without control characters (every valid kid and
 /// provider id is), else with control characters escaped (`\u{0}`; PostgreSQL
-/// text holds no NUL) and cut to [`MAX_FIELD`] characters, marked with `…`.
+/// text holds no NUL) and cut to 256 characters, marked with `…`.
 pub fn recorded(value: &str) -> String {
     if value.chars().count() <= MAX_FIELD && !value.chars().any(char::is_control) {
         return value.to_owned();

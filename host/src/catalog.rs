@@ -11,7 +11,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
 use crate::crypto::PublicJwk;
-use crate::providers::Alg;
+use crate::crypto::Alg;
 
 /// The PostgreSQL channel on which deletions and rotations are announced to other
 /// replicas (they forget what they cached about the key).

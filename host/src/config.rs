@@ -12,12 +12,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use url::Url;
 
-use crate::providers::ProviderKind;
 
 /// The whole configuration.
 #[derive(Debug)]
@@ -60,8 +59,48 @@ pub const SHIPPED_ADAPTERS: [(&str, &str); 3] = [
     ("gcp-kms", "gcp_kms.wasm"),
 ];
 
-/// The built-in provider types.
-const BUILT_IN_TYPES: [&str; 6] = ["db", "vault", "aws-kms", "pkcs11", "http", "wasm"];
+/// The closed set of built-in provider types. Their kms.json names, the decoder
+/// of provider entries and the lists that errors show all come from here, so a
+/// new type fails to compile until each is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Db,
+    Vault,
+    AwsKms,
+    Pkcs11,
+    Http,
+    Wasm,
+}
+
+impl ProviderKind {
+    /// Every built-in type, in the order errors list them.
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Db,
+        ProviderKind::Vault,
+        ProviderKind::AwsKms,
+        ProviderKind::Pkcs11,
+        ProviderKind::Http,
+        ProviderKind::Wasm,
+    ];
+
+    /// The `type` value of this kind in kms.json.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Db => "db",
+            ProviderKind::Vault => "vault",
+            ProviderKind::AwsKms => "aws-kms",
+            ProviderKind::Pkcs11 => "pkcs11",
+            ProviderKind::Http => "http",
+            ProviderKind::Wasm => "wasm",
+        }
+    }
+
+    /// The built-in type named `name` in kms.json, if any.
+    pub fn parse(name: &str) -> Option<ProviderKind> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
 
 /// Where the shipped adapters are: `$KMSGW_ADAPTER_DIR`, else `adapters/` beside
 /// the kmsgw binary.
@@ -772,7 +811,7 @@ fn decode_adapters(
     let mut adapters = std::collections::BTreeMap::new();
     for (name, entry) in entries {
         let path = format!("adapters.{name}");
-        if BUILT_IN_TYPES.contains(&name.as_str()) {
+        if ProviderKind::parse(&name).is_some() {
             problem(
                 problems,
                 path,
@@ -970,7 +1009,7 @@ fn decode_provider(
         None => None,
     };
     if let Some(name) = kind.as_deref()
-        && !BUILT_IN_TYPES.contains(&name)
+        && ProviderKind::parse(name).is_none()
         && let Some(component) = types.component(name)
     {
         let config = decode_named(name, component, map, path, problems);
@@ -982,31 +1021,15 @@ fn decode_provider(
         });
     }
     let rest = Value::Object(map);
-    let config = match kind.as_deref() {
-        Some("db") => typed(rest, path, problems).map(ProviderConfig::Db),
-        Some("vault") => typed(rest, path, problems).map(ProviderConfig::Vault),
-        Some("aws-kms") => typed(rest, path, problems).map(ProviderConfig::AwsKms),
-        Some("pkcs11") => typed(rest, path, problems).map(ProviderConfig::Pkcs11),
-        Some("http") => typed::<HttpConfig>(rest, path, problems).and_then(|http| {
-            if http.api_key.is_some() && http.auth.is_some() {
-                problem(
-                    problems,
-                    format!("{path}.apiKey"),
-                    "give either `apiKey` or `auth`, not both",
-                );
-                None
-            } else {
-                Some(ProviderConfig::Http(http))
-            }
-        }),
-        Some("wasm") => typed(rest, path, problems).map(ProviderConfig::Wasm),
-        Some(other) => {
+    let config = match kind.as_deref().map(|name| (name, ProviderKind::parse(name))) {
+        Some((_, Some(kind))) => decode_built_in(kind, rest, path, problems),
+        Some((other, None)) => {
             problem(
                 problems,
                 format!("{path}.type"),
                 format!(
                     "unknown provider type `{other}`; expected one of {}, or a guest type: {} (add others under `adapters`)",
-                    quoted(BUILT_IN_TYPES.iter().map(|t| (*t).to_owned())),
+                    quoted(ProviderKind::ALL.iter().map(|k| k.as_str().to_owned())),
                     quoted(types.names().into_iter()),
                 ),
             );
@@ -1023,6 +1046,34 @@ fn decode_provider(
         config: config?,
         fingerprint,
     })
+}
+
+/// The type-specific fields of an entry of built-in type `kind`.
+fn decode_built_in(
+    kind: ProviderKind,
+    rest: Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<ProviderConfig> {
+    match kind {
+        ProviderKind::Db => typed(rest, path, problems).map(ProviderConfig::Db),
+        ProviderKind::Vault => typed(rest, path, problems).map(ProviderConfig::Vault),
+        ProviderKind::AwsKms => typed(rest, path, problems).map(ProviderConfig::AwsKms),
+        ProviderKind::Pkcs11 => typed(rest, path, problems).map(ProviderConfig::Pkcs11),
+        ProviderKind::Http => typed::<HttpConfig>(rest, path, problems).and_then(|http| {
+            if http.api_key.is_some() && http.auth.is_some() {
+                problem(
+                    problems,
+                    format!("{path}.apiKey"),
+                    "give either `apiKey` or `auth`, not both",
+                );
+                None
+            } else {
+                Some(ProviderConfig::Http(http))
+            }
+        }),
+        ProviderKind::Wasm => typed(rest, path, problems).map(ProviderConfig::Wasm),
+    }
 }
 
 fn quoted(names: impl Iterator<Item = String>) -> String {

@@ -2,6 +2,7 @@
 //! types it speaks.
 
 pub mod aws_kms;
+pub mod credentials;
 pub mod db;
 pub mod http;
 pub mod pkcs11;
@@ -12,6 +13,7 @@ pub mod wasm;
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::config::ProviderKind;
 pub use crate::crypto::Alg;
 
 use async_trait::async_trait;
@@ -37,32 +39,6 @@ impl KeySpec {
         KeySpec {
             alg,
             rsa_bits: 2048,
-        }
-    }
-}
-
-/// The closed set of provider types.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProviderKind {
-    Db,
-    Vault,
-    AwsKms,
-    Pkcs11,
-    Http,
-    Wasm,
-}
-
-impl ProviderKind {
-    /// The `type` value of this kind in kms.json.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Db => "db",
-            ProviderKind::Vault => "vault",
-            ProviderKind::AwsKms => "aws-kms",
-            ProviderKind::Pkcs11 => "pkcs11",
-            ProviderKind::Http => "http",
-            ProviderKind::Wasm => "wasm",
         }
     }
 }

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, JsonBody};
 use super::keys::{KeyResponse, audited_record, event};
-use super::openapi::ErrorResponses;
+use super::error::ErrorResponses;
 use super::{AppState, Caller};
 use crate::audit::Action;
 use crate::config::Scope;

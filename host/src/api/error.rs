@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 use super::AppState;
 use crate::audit::AuditError;
@@ -58,6 +58,48 @@ pub struct ErrorBody {
     pub error: String,
     /// A stable snake_case code, for a program.
     pub code: &'static str,
+}
+
+/// Every error status a route may answer, each with [`ErrorBody`].
+#[derive(IntoResponses)]
+#[allow(dead_code)] // only read by the OpenAPI generator
+pub enum ErrorResponses {
+    /// Bad input: malformed JSON, a wrong type, bad base64, an invalid kid or JWK.
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No API key, or one that is not valid.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The API key lacks the route's scope.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Unknown key, provider or route.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The provider cannot do this, or the method is not allowed.
+    #[response(status = 405)]
+    Unsupported(ErrorBody),
+    /// The kid is taken.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// The body exceeds the limit.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The gateway failed; details are in its log.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The backend refused or answered nonsense.
+    #[response(status = 502)]
+    BadGateway(ErrorBody),
+    /// The backend, the database or the audit log is unavailable.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// The gateway's database is full: nothing was written.
+    #[response(status = 507)]
+    InsufficientStorage(ErrorBody),
+    /// The backend or guest did not answer in time.
+    #[response(status = 504)]
+    Timeout(ErrorBody),
 }
 
 impl ApiError {

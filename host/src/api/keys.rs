@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, JsonBody};
-use super::openapi::ErrorResponses;
+use super::error::ErrorResponses;
 use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::{Action, Event};
@@ -21,7 +21,7 @@ use crate::catalog::{
 use crate::config::Scope;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
 use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction, valid_kid};
-use crate::providers::Alg;
+use crate::crypto::Alg;
 use std::sync::Arc;
 use std::time::SystemTime;
 

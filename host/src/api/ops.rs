@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
-use super::openapi::ErrorResponses;
+use super::error::ErrorResponses;
 use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::AuditFilter;

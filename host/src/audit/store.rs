@@ -28,7 +28,7 @@ pub struct Link {
     pub hash: String,
 }
 
-/// Which records [`page`] returns.
+/// Which records [`super::Audit::page`] returns.
 #[derive(Debug)]
 pub struct AuditFilter<'a> {
     /// Records with a greater seq.

@@ -195,3 +195,29 @@ fn egress_auth_items_are_strict() {
         "{text:?}"
     );
 }
+
+/// Every provider kind is in `ProviderKind::ALL` and parses from its own name: a
+/// new kind added to the enum fails this match until it is given an index, and
+/// this test until it is listed.
+#[test]
+fn every_provider_kind_is_listed_and_named_once() {
+    fn index(kind: ProviderKind) -> usize {
+        match kind {
+            ProviderKind::Db => 0,
+            ProviderKind::Vault => 1,
+            ProviderKind::AwsKms => 2,
+            ProviderKind::Pkcs11 => 3,
+            ProviderKind::Http => 4,
+            ProviderKind::Wasm => 5,
+        }
+    }
+    for (i, kind) in ProviderKind::ALL.into_iter().enumerate() {
+        assert_eq!(index(kind), i);
+        assert_eq!(ProviderKind::parse(kind.as_str()), Some(kind));
+        assert_eq!(
+            serde_json::to_value(kind).unwrap(),
+            serde_json::json!(kind.as_str())
+        );
+    }
+    assert_eq!(ProviderKind::parse("aws_kms"), None);
+}

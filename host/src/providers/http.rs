@@ -18,7 +18,7 @@ use super::{
 };
 use crate::catalog::KeyRecord;
 use crate::config::{BearerAuth, HttpAuth, HttpConfig};
-use crate::credentials::{CredentialError, Credentials};
+use crate::providers::credentials::{CredentialError, Credentials};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
 use crate::redact::Redactor;
 

@@ -32,7 +32,7 @@ use super::{
     ProviderKind,
 };
 use crate::catalog::{Catalog, KeyRecord};
-use crate::credentials::Credentials;
+use crate::providers::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
 use crate::redact::Redactor;

@@ -27,7 +27,7 @@ use secrecy::ExposeSecret;
 
 use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
 use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
-use crate::credentials::Credentials;
+use crate::providers::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::redact::Redactor;
 

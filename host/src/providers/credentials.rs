@@ -340,7 +340,7 @@ async fn fetch(
         return Err(refused(format!("answer of {} bytes", body.len())));
     }
     if !status.is_success() {
-        return Err(refused(crate::providers::remote::backend_message(
+        return Err(refused(super::remote::backend_message(
             status, &body, redactor,
         )));
     }
