@@ -10,11 +10,11 @@ use crate::catalog::Catalog;
 use crate::config::{
     ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry, WasmConfig,
 };
-use crate::providers::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::gateway::Registered;
 use crate::providers::Provider;
 use crate::providers::aws_kms::AwsKmsProvider;
+use crate::providers::credentials::Credentials;
 use crate::providers::db::DbProvider;
 use crate::providers::http::HttpProvider;
 use crate::providers::pkcs11::Pkcs11Provider;

@@ -12,11 +12,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
-
 
 /// The whole configuration.
 #[derive(Debug)]
@@ -1021,7 +1020,10 @@ fn decode_provider(
         });
     }
     let rest = Value::Object(map);
-    let config = match kind.as_deref().map(|name| (name, ProviderKind::parse(name))) {
+    let config = match kind
+        .as_deref()
+        .map(|name| (name, ProviderKind::parse(name)))
+    {
         Some((_, Some(kind))) => decode_built_in(kind, rest, path, problems),
         Some((other, None)) => {
             problem(

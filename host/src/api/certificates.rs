@@ -8,9 +8,9 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::error::ErrorResponses;
 use super::error::{ApiError, JsonBody};
 use super::keys::{KeyResponse, audited_record, event};
-use super::error::ErrorResponses;
 use super::{AppState, Caller};
 use crate::audit::Action;
 use crate::config::Scope;

@@ -9,8 +9,8 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, JsonBody};
 use super::error::ErrorResponses;
+use super::error::{ApiError, JsonBody};
 use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::{Action, Event};
@@ -19,9 +19,9 @@ use crate::catalog::{
     CertificatePolicy, KeyRecord, KeyUsage, KeyVersion, RotationPolicy, VersionState, version_id,
 };
 use crate::config::Scope;
+use crate::crypto::Alg;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
 use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction, valid_kid};
-use crate::crypto::Alg;
 use std::sync::Arc;
 use std::time::SystemTime;
 

@@ -9,8 +9,8 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ErrorBody};
 use super::error::ErrorResponses;
+use super::error::{ApiError, ErrorBody};
 use super::paging::{page_limit, query_of};
 use super::{AppState, Caller};
 use crate::audit::AuditFilter;

@@ -18,8 +18,8 @@ use super::{
 };
 use crate::catalog::KeyRecord;
 use crate::config::{BearerAuth, HttpAuth, HttpConfig};
-use crate::providers::credentials::{CredentialError, Credentials};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
+use crate::providers::credentials::{CredentialError, Credentials};
 use crate::redact::Redactor;
 
 /// Why an `http` provider entry cannot be used.

@@ -32,9 +32,9 @@ use super::{
     ProviderKind,
 };
 use crate::catalog::{Catalog, KeyRecord};
-use crate::providers::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
+use crate::providers::credentials::Credentials;
 use crate::redact::Redactor;
 
 /// How to run one guest provider.

@@ -27,8 +27,8 @@ use secrecy::ExposeSecret;
 
 use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
 use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
-use crate::providers::credentials::Credentials;
 use crate::crypto::seal::MasterKey;
+use crate::providers::credentials::Credentials;
 use crate::redact::Redactor;
 
 /// Largest guest storage key, in bytes.
