@@ -58,9 +58,10 @@ pub const SHIPPED_ADAPTERS: [(&str, &str); 3] = [
     ("gcp-kms", "gcp_kms.wasm"),
 ];
 
-/// The closed set of built-in provider types. Their kms.json names, the decoder
-/// of provider entries and the lists that errors show all come from here, so a
-/// new type fails to compile until each is given.
+// Their kms.json names, the decoder of provider entries and the lists that
+// errors show all come from this one enum, so a new type fails to compile until
+// each is given. (The doc line below is also the OpenAPI schema's description.)
+/// The closed set of provider types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {

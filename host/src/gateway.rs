@@ -30,6 +30,7 @@ pub use rotation::{DEFAULT_GRACE, Rotated};
 use crate::audit::Audit;
 use crate::catalog::{Catalog, CatalogError, KeyRecord, key_id};
 use crate::config::CacheConfig;
+use crate::error_code::ErrorCode;
 use crate::providers::{Alg, Provider, ProviderError};
 use crate::usage::Usage;
 
@@ -98,6 +99,40 @@ pub fn valid_kid(kid: &str) -> bool {
         && kid
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '~'))
+}
+
+impl GatewayError {
+    /// The stable code (and so the status) a client gets for this error.
+    pub fn code(&self) -> ErrorCode {
+        use CatalogError as C;
+        use ProviderError as P;
+        match self {
+            GatewayError::KeyNotFound(_) => ErrorCode::KeyNotFound,
+            GatewayError::ProviderNotFound(_) => ErrorCode::ProviderNotFound,
+            GatewayError::KeyExists(_) => ErrorCode::KeyExists,
+            GatewayError::InvalidInput(_) => ErrorCode::InvalidRequest,
+            GatewayError::InvalidJwk(_) => ErrorCode::InvalidJwk,
+            GatewayError::Unsupported(_) => ErrorCode::UnsupportedOperation,
+            GatewayError::UnsupportedAlg { .. } => ErrorCode::UnsupportedAlgByProvider,
+            GatewayError::ProviderGone { .. } => ErrorCode::ProviderNotConfigured,
+            GatewayError::Catalog(c) => match c {
+                C::StorageFull(_) => ErrorCode::StorageFull,
+                C::Unavailable(_) => ErrorCode::StorageUnavailable,
+                C::Conflict => ErrorCode::KeyChanged,
+                _ => ErrorCode::InternalError,
+            },
+            GatewayError::Certificate(c) => c.code(),
+            GatewayError::Provider(p) => match p {
+                P::KeyNotFound(_) => ErrorCode::KeyNotFound,
+                P::Unsupported(_) => ErrorCode::UnsupportedOperation,
+                P::InvalidInput(_) => ErrorCode::InvalidRequest,
+                P::Unavailable(_) => ErrorCode::BackendUnavailable,
+                P::Timeout => ErrorCode::BackendTimeout,
+                P::Backend(_) => ErrorCode::BackendError,
+                P::Internal(_) => ErrorCode::InternalError,
+            },
+        }
+    }
 }
 
 impl Gateway {

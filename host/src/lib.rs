@@ -5,6 +5,7 @@
 //! - [`crypto`]: the algorithms, JWKs of every key type, private keys and host
 //!   signers, signature checks, base64 forms, and [`crypto::seal`] (AES-256-GCM
 //!   sealing under the master key).
+//! - [`error_code`]: the stable error codes of the API, each with its one status.
 //! - [`redact`]: keeping a provider entry's secrets out of what its backend says.
 //! - [`config`]: `kms.json` → typed [`config::Config`], with `${VAR}` expansion,
 //!   validation that reports every problem with its JSON path, and the
@@ -40,6 +41,7 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod crypto;
+pub mod error_code;
 pub mod gateway;
 pub mod metrics;
 pub mod providers;

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::api::error::ApiError;
 use crate::audit::{Action, Actor, Audit};
 use crate::catalog::KeyRecord;
 use crate::gateway::{Gateway, GatewayError};
@@ -59,7 +58,7 @@ pub async fn run_once(gateway: &Gateway, audit: &Audit) {
 /// Audits a failure of the scheduler's work on `record`'s key (what it did is
 /// recorded by the gateway, with the change).
 async fn record_failure(audit: &Audit, record: &KeyRecord, action: Action, error: GatewayError) {
-    let code = ApiError::from(error).code();
+    let code = error.code().as_str();
     let actor = Actor::scheduler(record.tenant.as_deref());
     let event = actor.event(action, &record.kid, &record.provider, code);
     if let Err(e) = audit.record(event).await {

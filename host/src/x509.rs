@@ -30,6 +30,7 @@ use x509_cert::spki::{
 use x509_cert::time::Validity;
 
 use crate::crypto::{Alg, Curve, KeyKind, PublicJwk, decode_base64};
+use crate::error_code::ErrorCode;
 
 mod names;
 pub use names::{MAX_ALT_NAMES, MAX_ATTRIBUTES, MAX_SUBJECT, MAX_URI, alt_names, subject};
@@ -97,20 +98,21 @@ pub enum CertError {
 
 impl CertError {
     /// The stable code the API answers with.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            CertError::NotPem(_) => "certificate_not_pem",
-            CertError::KeyMismatch => "certificate_key_mismatch",
-            CertError::NotValidNow { .. } => "certificate_not_valid_now",
-            CertError::ChainBroken { .. } => "certificate_chain_broken",
-            CertError::IssuerNotCa(_) => "issuer_not_ca",
-            CertError::IssuerMayNotIssue { .. } => "issuer_certificate_not_ca",
-            CertError::InvalidSubject(_) => "invalid_subject",
-            CertError::InvalidDnsName(_) => "invalid_dns_name",
-            CertError::InvalidUri(_) => "invalid_uri",
-            CertError::TooLarge(_) => "certificate_input_too_large",
-            CertError::Invalid(_) => "invalid_certificate_request",
-            CertError::Encoding(_) => "certificate_encoding",
+            CertError::NotPem(_) => ErrorCode::CertificateNotPem,
+            CertError::KeyMismatch => ErrorCode::CertificateKeyMismatch,
+            CertError::NotValidNow { .. } => ErrorCode::CertificateNotValidNow,
+            CertError::ChainBroken { .. } => ErrorCode::CertificateChainBroken,
+            CertError::IssuerNotCa(_) => ErrorCode::IssuerNotCa,
+            CertError::IssuerMayNotIssue { .. } => ErrorCode::IssuerCertificateNotCa,
+            CertError::InvalidSubject(_) => ErrorCode::InvalidSubject,
+            CertError::InvalidDnsName(_) => ErrorCode::InvalidDnsName,
+            CertError::InvalidUri(_) => ErrorCode::InvalidUri,
+            CertError::TooLarge(_) => ErrorCode::CertificateInputTooLarge,
+            CertError::Invalid(_) => ErrorCode::InvalidCertificateRequest,
+            // A bug or an unusable key: not the client's mistake.
+            CertError::Encoding(_) => ErrorCode::InternalError,
         }
     }
 }

@@ -14,6 +14,7 @@ use super::keys::{KeyResponse, audited_record, event};
 use super::{AppState, Caller};
 use crate::audit::Action;
 use crate::config::Scope;
+use crate::error_code::ErrorCode;
 use crate::gateway::IssueRequest;
 
 /// `POST /keys/{kid}/csr`.
@@ -171,7 +172,7 @@ pub async fn chain(
             pem,
         )),
         None => Err(ApiError::NotFoundCode {
-            code: "certificate_not_found",
+            code: ErrorCode::CertificateNotFound,
             message: format!("key `{kid}` has no certificate for its current version"),
         }),
     }

@@ -14,22 +14,22 @@ use super::AppState;
 use crate::audit::AuditError;
 use crate::auth::AuthError;
 use crate::config::Scope;
+use crate::error_code::ErrorCode;
 use crate::gateway::GatewayError;
-use crate::providers::ProviderError;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The client sent something unusable; `code` says which kind.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("no route for {0}")]
     RouteNotFound(String),
     /// Something the request names does not exist; `code` says what.
     #[error("{message}")]
-    NotFoundCode { code: &'static str, message: String },
+    NotFoundCode { code: ErrorCode, message: String },
     #[error("method not allowed on this route")]
     MethodNotAllowed,
     #[error(transparent)]
@@ -104,84 +104,49 @@ pub enum ErrorResponses {
 
 impl ApiError {
     /// A 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError::BadRequest {
             code,
             message: message.into(),
         }
     }
 
-    /// The stable code a client gets for this error (also the audit log's outcome).
-    pub fn code(&self) -> &'static str {
-        self.status_and_code().1
-    }
-
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use crate::catalog::CatalogError as C;
-        use GatewayError as G;
-        use ProviderError as P;
+    /// The stable code a client gets for this error (its `outcome` in the audit
+    /// log), which decides the status.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
-            ApiError::PayloadTooLarge { .. } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-            }
-            ApiError::RouteNotFound(_) => (StatusCode::NOT_FOUND, "route_not_found"),
-            ApiError::NotFoundCode { code, .. } => (StatusCode::NOT_FOUND, code),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
-            ApiError::Panicked => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
-            ApiError::Gateway(e) => match e {
-                G::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
-                G::ProviderNotFound(_) => (StatusCode::NOT_FOUND, "provider_not_found"),
-                G::KeyExists(_) => (StatusCode::CONFLICT, "key_exists"),
-                G::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-                G::InvalidJwk(_) => (StatusCode::BAD_REQUEST, "invalid_jwk"),
-                G::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_operation"),
-                G::UnsupportedAlg { .. } => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_alg"),
-                G::ProviderGone { .. } => {
-                    (StatusCode::SERVICE_UNAVAILABLE, "provider_not_configured")
-                }
-                G::Catalog(c) => match c {
-                    C::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
-                    C::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
-                    C::Conflict => (StatusCode::CONFLICT, "key_changed"),
-                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
-                },
-                G::Certificate(c) => match c {
-                    crate::x509::CertError::Encoding(_) => {
-                        (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-                    }
-                    other => (StatusCode::BAD_REQUEST, other.code()),
-                },
-                G::Provider(p) => match p {
-                    P::KeyNotFound(_) => (StatusCode::NOT_FOUND, "key_not_found"),
-                    P::Unsupported(_) => (StatusCode::METHOD_NOT_ALLOWED, "unsupported_operation"),
-                    P::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-                    P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable"),
-                    P::Timeout => (StatusCode::GATEWAY_TIMEOUT, "backend_timeout"),
-                    P::Backend(_) => (StatusCode::BAD_GATEWAY, "backend_error"),
-                    P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
-                },
-            },
+            ApiError::BadRequest { code, .. } | ApiError::NotFoundCode { code, .. } => *code,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::RouteNotFound(_) => ErrorCode::RouteNotFound,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::Unauthorized(_) => ErrorCode::Unauthorized,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::Audit(_) => ErrorCode::AuditUnavailable,
+            ApiError::Panicked => ErrorCode::InternalError,
+            ApiError::Gateway(e) => e.code(),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+        let code = self.code();
+        let status = code.status();
         let error = if status == StatusCode::INTERNAL_SERVER_ERROR
             || matches!(&self, ApiError::Gateway(GatewayError::Catalog(_)))
         {
             // The detail may name storage internals; it goes to the log only.
             tracing::error!(error = %self, "internal error");
             match code {
-                "storage_full" => "the gateway's database has no room for this write; nothing \
+                ErrorCode::StorageFull => {
+                    "the gateway's database has no room for this write; nothing \
                                    was written (reads and signs of existing keys go on)"
-                    .to_owned(),
-                "storage_unavailable" => {
+                        .to_owned()
+                }
+                ErrorCode::KeyChanged => {
+                    "the key was rotated or deleted meanwhile; nothing was written".to_owned()
+                }
+                ErrorCode::StorageUnavailable => {
                     "the gateway's database is unavailable; nothing was written".to_owned()
                 }
                 _ => "internal error; see the gateway log".to_owned(),
@@ -192,7 +157,11 @@ impl IntoResponse for ApiError {
             }
             self.to_string()
         };
-        let mut response = (status, Json(ErrorBody { error, code })).into_response();
+        let body = ErrorBody {
+            error,
+            code: code.as_str(),
+        };
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
@@ -216,7 +185,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     limit: state.max_body_bytes,
                 }
             } else {
-                ApiError::bad_request("unreadable_body", rejection.body_text())
+                ApiError::bad_request(ErrorCode::UnreadableBody, rejection.body_text())
             }
         })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -226,9 +195,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         };
         serde_json::from_slice(bytes).map(JsonBody).map_err(|e| {
             if e.is_data() {
-                ApiError::bad_request("invalid_field", e.to_string())
+                ApiError::bad_request(ErrorCode::InvalidField, e.to_string())
             } else {
-                ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+                ApiError::bad_request(
+                    ErrorCode::MalformedJson,
+                    format!("the body is not valid JSON: {e}"),
+                )
             }
         })
     }

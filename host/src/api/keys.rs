@@ -21,6 +21,7 @@ use crate::catalog::{
 use crate::config::Scope;
 use crate::crypto::Alg;
 use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
+use crate::error_code::ErrorCode;
 use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction, valid_kid};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -67,7 +68,7 @@ impl RotationRequest {
                         .filter(|d| !d.is_zero() || field == "grace")
                         .ok_or_else(|| {
                             ApiError::bad_request(
-                                "invalid_field",
+                                ErrorCode::InvalidField,
                                 format!("rotation.{field} `{text}` is not a duration like 30s, 12h or 7d"),
                             )
                         })
@@ -331,7 +332,7 @@ fn parse_alg(alg: Option<&str>) -> Result<Option<Alg>, ApiError> {
         Alg::parse(name).ok_or_else(|| {
             let known: Vec<_> = Alg::ALL.iter().map(|a| a.as_str()).collect();
             ApiError::bad_request(
-                "unsupported_alg",
+                ErrorCode::UnknownAlg,
                 format!(
                     "algorithm `{name}` is not supported; use one of {}",
                     known.join(", ")
@@ -359,7 +360,7 @@ pub(super) fn event<T>(
         provider: provider.map(str::to_owned),
         outcome: result
             .as_ref()
-            .map_or_else(ApiError::code, |_| "ok")
+            .map_or_else(|e| e.code().as_str(), |_| "ok")
             .to_owned(),
         message_sha256s,
     }
@@ -460,7 +461,7 @@ pub async fn import(
         let jwk_alg = req.private_jwk.get("alg").and_then(|a| a.as_str());
         let alg = parse_alg(req.alg.as_deref().or(jwk_alg))?;
         let key = PrivateKey::from_jwk(&req.private_jwk)
-            .map_err(|e| ApiError::bad_request("invalid_jwk", e.to_string()))?;
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidJwk, e.to_string()))?;
         Ok(state
             .gateway
             .import_key(
@@ -497,7 +498,7 @@ pub async fn sign(
     let slot = state.audit.reserve().await?;
     let message = decode_base64(&req.data).map_err(|_| {
         ApiError::bad_request(
-            "invalid_base64",
+            ErrorCode::InvalidBase64,
             "`data` is neither standard nor url-safe base64",
         )
     });
@@ -580,7 +581,7 @@ pub async fn sign_batch(
             .map(|(i, text)| {
                 decode_base64(text).map_err(|_| {
                     ApiError::bad_request(
-                        "invalid_base64",
+                        ErrorCode::InvalidBase64,
                         format!("`data[{i}]` is neither standard nor url-safe base64"),
                     )
                 })
@@ -588,7 +589,7 @@ pub async fn sign_batch(
             .collect()
     } else {
         Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!(
                 "`data` holds {} messages; a batch is 1 to {MAX_BATCH}",
                 req.data.len()
@@ -646,7 +647,7 @@ pub async fn verify(
     principal.require(Scope::KeysRead)?;
     let invalid = |field: &str| {
         ApiError::bad_request(
-            "invalid_base64",
+            ErrorCode::InvalidBase64,
             format!("`{field}` is neither standard nor url-safe base64"),
         )
     };
@@ -836,7 +837,7 @@ pub async fn list(
                 .and_then(|d| SystemTime::now().checked_sub(d))
                 .ok_or_else(|| {
                     ApiError::bad_request(
-                        "invalid_query",
+                        ErrorCode::InvalidQuery,
                         format!("unusedFor `{text}` is not a duration like 30s, 12h or 30d"),
                     )
                 })
@@ -844,7 +845,7 @@ pub async fn list(
         .transpose()?;
     if let Some(cursor) = query.cursor.as_deref().filter(|c| !valid_kid(c)) {
         return Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!(
                 "cursor `{}` is not a kid (use the nextCursor of the previous page)",
                 crate::audit::recorded(cursor)

@@ -16,6 +16,7 @@ use super::{AppState, Caller};
 use crate::audit::AuditFilter;
 use crate::audit::{Action, AuditRecord, Verification};
 use crate::config::Scope;
+use crate::error_code::ErrorCode;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::{Capabilities, ProviderKind};
 
@@ -212,7 +213,7 @@ pub async fn audit_page(
     let limit = page_limit(query.limit)?;
     if query.after.is_some_and(|a| a < 0) {
         return Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "`after` must be at least 0",
         ));
     }
@@ -220,7 +221,7 @@ pub async fn audit_page(
         None => None,
         Some(name) => Some(Action::parse(name).ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "`action` must be one of create, import, delete, force-delete, sign, rotate, \
                  csr, certificate-import, certificate-issue, reload",
             )
@@ -234,7 +235,7 @@ pub async fn audit_page(
         .is_some_and(|kid| kid.chars().any(char::is_control))
     {
         return Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "`kid` holds a control character; recorded kids show them escaped (\\u{0})",
         ));
     }
@@ -285,20 +286,20 @@ pub async fn reload(
     principal.require(Scope::Admin)?;
     let Some(reloader) = &state.reloader else {
         return Err(ApiError::bad_request(
-            "no_config_file",
+            ErrorCode::NoConfigFile,
             "this gateway cannot reload",
         ));
     };
     let actor = principal.key_id.as_deref().unwrap_or("anonymous");
     reloader.reload(actor).await.map(Json).map_err(|e| match e {
         crate::reload::ReloadError::NoFile => {
-            ApiError::bad_request("no_config_file", e.to_string())
+            ApiError::bad_request(ErrorCode::NoConfigFile, e.to_string())
         }
         crate::reload::ReloadError::Config(_) => {
-            ApiError::bad_request("invalid_config", e.to_string())
+            ApiError::bad_request(ErrorCode::InvalidConfig, e.to_string())
         }
         crate::reload::ReloadError::Refused(_) => {
-            ApiError::bad_request("reload_refused", e.to_string())
+            ApiError::bad_request(ErrorCode::ReloadRefused, e.to_string())
         }
     })
 }

@@ -4,6 +4,7 @@ use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 
 use super::error::ApiError;
+use crate::error_code::ErrorCode;
 
 /// Largest page of a paged route.
 pub const MAX_PAGE: u32 = 1000;
@@ -14,7 +15,7 @@ pub const DEFAULT_PAGE: u32 = 100;
 pub fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     query
         .map(|Query(query)| query)
-        .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidQuery, e.body_text()))
 }
 
 /// `limit`, defaulted, or a 400 when it is outside 1 to [`MAX_PAGE`].
@@ -24,7 +25,7 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
         Ok(limit)
     } else {
         Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("`limit` must be between 1 and {MAX_PAGE}"),
         ))
     }
