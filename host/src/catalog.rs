@@ -309,6 +309,15 @@ fn optional_millis(duration: Option<Duration>) -> Option<i64> {
     duration.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Records for the unit tests of the catalog's users.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// A record of key `kid` outside tenants.
+    pub(crate) fn record(kid: &str) -> super::KeyRecord {
+        super::keys::tests::record(None, kid)
+    }
+}
+
 /// An empty catalog in a fresh SQLite file, for the unit tests of its parts.
 #[cfg(test)]
 pub(crate) async fn test_catalog(dir: &tempfile::TempDir) -> Catalog {

@@ -8,20 +8,34 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
 use crate::audit::{Action, Actor, Audit};
 use crate::catalog::KeyRecord;
 use crate::gateway::{Gateway, GatewayError};
 
-/// Runs the scheduler until the process ends.
-pub fn spawn(gateway: Arc<Gateway>, audit: Audit, interval: Duration) {
+/// Runs the scheduler until `stop` turns true; a pass under way is finished.
+pub fn spawn(
+    gateway: Arc<Gateway>,
+    audit: Audit,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = stop.wait_for(|stop| *stop) => true,
+            };
+            if stopping {
+                return;
+            }
             run_once(&gateway, &audit).await;
         }
-    });
+    })
 }
 
 /// One pass: due rotations, due certificate renewals, then ended grace periods.

@@ -11,6 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
 use crate::assembly::{Assembler, Built};
@@ -70,6 +72,39 @@ pub fn load_config(options: &ServeOptions) -> Result<Config, ConfigError> {
 pub struct Prepared {
     pub state: AppState,
     pub listen: SocketAddr,
+    /// The background tasks and the signal that stops them.
+    background: Background,
+}
+
+/// The gateway's background tasks (usage flusher, scheduler, PostgreSQL
+/// deletion follower) and the signal that stops them: at a graceful stop each
+/// finishes what it is doing (the flusher writes what it counted) before the
+/// process ends.
+struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    fn new() -> Self {
+        Background {
+            stop: watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Stops every task and waits for them, at most `limit` in all.
+    async fn stop(self, limit: Duration) {
+        let _ = self.stop.send(true);
+        let all = futures::future::join_all(self.tasks);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("background tasks did not finish within {limit:?} of the stop");
+        }
+    }
 }
 
 /// Builds the gateway: config, data directory, master key, catalog, providers.
@@ -157,7 +192,11 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         })?;
     let providers = built.iter().map(Built::registered).collect();
     let usage = Arc::new(Usage::new(catalog.clone(), config.usage.enabled));
-    usage.spawn_flusher(Duration::from_millis(config.usage.flush_ms));
+    let mut background = Background::new();
+    background.tasks.extend(usage.spawn_flusher(
+        Duration::from_millis(config.usage.flush_ms),
+        background.stopping(),
+    ));
     let audit = Audit::start(&config.audit, catalog.clone());
     let gateway = Arc::new(
         Gateway::new(providers, config.default_provider, catalog.clone())
@@ -166,7 +205,9 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             .with_audit(audit.clone()),
     );
     if catalog.backend() == Backend::Postgres {
-        follow_deletions(&database_url, Arc::clone(&gateway)).await?;
+        let follower =
+            follow_deletions(&database_url, Arc::clone(&gateway), background.stopping()).await?;
+        background.tasks.push(follower);
     }
     // The first readiness probe, so `/ready` turns 200 without waiting for a caller.
     tokio::spawn({
@@ -182,7 +223,12 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             }],
         })
     })?;
-    crate::scheduler::spawn(Arc::clone(&gateway), audit.clone(), interval);
+    background.tasks.push(crate::scheduler::spawn(
+        Arc::clone(&gateway),
+        audit.clone(),
+        interval,
+        background.stopping(),
+    ));
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         database = ?catalog.backend(),
@@ -207,7 +253,11 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         audit,
         running: built,
     })));
-    Ok(Prepared { state, listen })
+    Ok(Prepared {
+        state,
+        listen,
+        background,
+    })
 }
 
 /// Refuses to start with a master key other than the one the database was made with,
@@ -236,7 +286,11 @@ async fn check_master_key(catalog: &Catalog, master: &MasterKey) -> Result<(), S
 /// Subscribes to deletions announced by other replicas and drops the deleted keys
 /// from this replica's caches. After a lost connection everything cached is dropped,
 /// since announcements may have been missed.
-async fn follow_deletions(url: &str, gateway: Arc<Gateway>) -> Result<(), StartError> {
+async fn follow_deletions(
+    url: &str,
+    gateway: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, StartError> {
     let mut listener = PgListener::connect(url)
         .await
         .map_err(|e| StartError::setup("cannot listen for deletions on PostgreSQL", e))?;
@@ -244,9 +298,13 @@ async fn follow_deletions(url: &str, gateway: Arc<Gateway>) -> Result<(), StartE
         .listen(DELETE_CHANNEL)
         .await
         .map_err(|e| StartError::setup("cannot listen for deletions on PostgreSQL", e))?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         loop {
-            match listener.try_recv().await {
+            let received = tokio::select! {
+                received = listener.try_recv() => received,
+                _ = stop.wait_for(|stop| *stop) => return,
+            };
+            match received {
                 Ok(Some(notification)) => gateway.invalidate(notification.payload()),
                 Ok(None) => {
                     tracing::warn!("lost the PostgreSQL deletion feed; dropping all cached keys");
@@ -259,8 +317,7 @@ async fn follow_deletions(url: &str, gateway: Arc<Gateway>) -> Result<(), StartE
                 }
             }
         }
-    });
-    Ok(())
+    }))
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish.
@@ -279,7 +336,6 @@ pub async fn serve(
         .map_err(|e| StartError::setup("listener", e))?;
     tracing::info!(addr = %local, "listening on http://{local}");
     let audit = prepared.state.audit.clone();
-    let usage = Arc::clone(prepared.state.gateway.usage());
     if let Some(reloader) = &prepared.state.reloader {
         crate::reload::on_sighup(Arc::clone(reloader));
     }
@@ -287,12 +343,14 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| StartError::setup("server", e))?;
+    // In-flight requests are done: the background tasks finish their last
+    // work (a scheduled rotation under way, the usage flush), then the audit
+    // queue is written.
+    prepared.background.stop(Duration::from_secs(10)).await;
     if !audit.flush(Duration::from_secs(10)).await {
         tracing::error!("audit records still queued at shutdown could not be written");
     }
-    if let Err(e) = usage.flush().await {
-        tracing::warn!(error = %e, "key usage of the last flush interval could not be written");
-    }
+
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use dashmap::DashMap;
 
@@ -93,22 +95,32 @@ impl Usage {
         Ok(())
     }
 
-    /// Flushes every `interval` until the process ends.
-    pub fn spawn_flusher(self: &Arc<Self>, interval: Duration) {
+    /// Flushes every `interval` until `stop` turns true, then once more.
+    pub fn spawn_flusher(
+        self: &Arc<Self>,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<JoinHandle<()>> {
         if !self.enabled {
-            return;
+            return None;
         }
         let usage = Arc::clone(self);
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = stop.wait_for(|stop| *stop) => true,
+                };
                 if let Err(e) = usage.flush().await {
                     tracing::warn!(error = %e, "key usage could not be written; retrying at the next flush");
                 }
+                if stopping {
+                    return;
+                }
             }
-        });
+        }))
     }
 
     /// The usage of key `id` as this replica knows it: flushed, then read.
@@ -118,5 +130,44 @@ impl Usage {
     pub async fn of(&self, id: &str) -> Result<KeyUsage, CatalogError> {
         self.flush().await?;
         self.catalog.usage(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::test_catalog;
+
+    #[tokio::test]
+    async fn a_stopped_flusher_writes_what_it_counted_before_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = test_catalog(&dir).await;
+        let mut tx = catalog.begin_write().await.unwrap();
+        let record = crate::catalog::tests_support::record("k");
+        catalog
+            .insert(&mut tx, &record, None, Default::default())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let usage = Arc::new(Usage::new(catalog.clone(), true));
+        let (stop, stopping) = watch::channel(false);
+        // An interval far beyond the test: only the stop makes it write.
+        let task = usage
+            .spawn_flusher(Duration::from_secs(3600), stopping)
+            .unwrap();
+        // The first tick of an interval is at once; let it pass.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        usage.record("k", 3);
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the flusher ends when told")
+            .unwrap();
+        assert_eq!(catalog.usage("k").await.unwrap().sign_count, 3);
+        let off = Arc::new(Usage::new(catalog, false));
+        assert!(
+            off.spawn_flusher(Duration::from_secs(1), stop.subscribe())
+                .is_none()
+        );
     }
 }
