@@ -50,6 +50,11 @@ pub struct AdapterDef {
     pub sha256: Option<String>,
 }
 
+/// A duration as kms.json and the API write them: `30s`, `12h`, `7d`, `1h 30m`.
+pub fn span(text: &str) -> Option<std::time::Duration> {
+    humantime::parse_duration(text).ok()
+}
+
 /// The guest adapters shipped with kmsgw, known by type name without an
 /// `adapters` entry: the type and the component's file name.
 pub const SHIPPED_ADAPTERS: [(&str, &str); 3] = [
@@ -382,7 +387,8 @@ pub enum Scope {
     /// `GET /keys`, `GET /keys/{kid}`, the JWKS, `GET /providers`.
     #[serde(rename = "keys:read")]
     KeysRead,
-    /// `POST /keys`.
+    /// Making keys and what belongs to them: `POST /keys`, rotation (`POST
+    /// /keys/{kid}/rotate`, `PUT /keys/{kid}/rotation`), CSRs and certificates.
     #[serde(rename = "keys:create")]
     KeysCreate,
     /// `POST /keys/{kid}/import`.
@@ -491,8 +497,7 @@ impl SchedulerConfig {
     pub fn interval(&self) -> Result<std::time::Duration, String> {
         match &self.interval {
             None => Ok(std::time::Duration::from_secs(60)),
-            Some(text) => humantime::parse_duration(text)
-                .ok()
+            Some(text) => span(text)
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| format!("`{text}` is not a positive duration like 30s, 5m or 1h")),
         }

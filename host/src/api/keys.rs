@@ -63,8 +63,7 @@ impl RotationRequest {
         let duration = |field: &str, text: &Option<String>| {
             text.as_deref()
                 .map(|text| {
-                    humantime::parse_duration(text)
-                        .ok()
+                    crate::config::span(text)
                         .filter(|d| !d.is_zero() || field == "grace")
                         .ok_or_else(|| {
                             ApiError::bad_request(
@@ -832,8 +831,7 @@ pub async fn list(
         .unused_for
         .as_deref()
         .map(|text| {
-            humantime::parse_duration(text)
-                .ok()
+            crate::config::span(text)
                 .and_then(|d| SystemTime::now().checked_sub(d))
                 .ok_or_else(|| {
                     ApiError::bad_request(

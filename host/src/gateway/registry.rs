@@ -48,11 +48,6 @@ impl Registry {
         &self.providers
     }
 
-    /// The provider used when a request names none.
-    pub fn default_provider(&self) -> &str {
-        &self.default_provider
-    }
-
     pub(super) fn index_of(&self, id: Option<&str>) -> Result<usize, GatewayError> {
         let id = id.unwrap_or(&self.default_provider);
         self.by_id

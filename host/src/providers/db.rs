@@ -15,7 +15,7 @@ use super::{
 use crate::catalog::{Catalog, KeyRecord};
 use crate::config::CacheConfig;
 use crate::crypto::seal::MasterKey;
-use crate::crypto::{PrivateKey, PublicJwk, Signer};
+use crate::crypto::{KeyKind, PrivateKey, PublicJwk, Signer};
 
 /// Keys sealed in the gateway's own database.
 pub struct DbProvider {
@@ -156,13 +156,23 @@ impl Provider for DbProvider {
         Ok(self.material(kid, key))
     }
 
+    /// Signs in place for the curves (tens of microseconds: a hop to the
+    /// blocking pool would cost more than the signature), on the blocking pool
+    /// for RSA (milliseconds, which would stall an async worker).
     async fn sign(
         &self,
         key: &KeyRecord,
         message: &[u8],
-        _alg: Alg,
+        alg: Alg,
     ) -> Result<Vec<u8>, ProviderError> {
-        Ok(self.signer(key).await?.signer.sign(message))
+        let signer = self.signer(key).await?;
+        if alg.key_kind() != KeyKind::Rsa {
+            return Ok(signer.signer.sign(message));
+        }
+        let message = message.to_vec();
+        tokio::task::spawn_blocking(move || signer.signer.sign(&message))
+            .await
+            .map_err(|e| ProviderError::Internal(format!("signing failed: {e}")))
     }
 
     /// Signs on the blocking pool, the batch split over the cores.

@@ -172,15 +172,8 @@ fn sign_input(alg: Alg, message: &[u8]) -> Vec<u8> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Result<Vec<u8>, ProviderError> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<_, _>>()
+    hex::decode(text)
         .map_err(|_| ProviderError::Internal(format!("external id `{text}` is not hex")))
 }
 
@@ -432,7 +425,7 @@ impl Provider for Pkcs11Provider {
             })
             .await?;
         Ok(KeyMaterial {
-            external_id: hex(&id),
+            external_id: hex::encode(&id),
             public_jwk,
             sealed_secret: None,
         })
@@ -523,7 +516,7 @@ impl Provider for Pkcs11Provider {
         })
         .await?;
         Ok(KeyMaterial {
-            external_id: hex(&id),
+            external_id: hex::encode(&id),
             public_jwk: key.public_jwk().clone(),
             sealed_secret: None,
         })

@@ -1,5 +1,7 @@
 //! What the host grants a guest instance: its store state, the `storage` and `log`
-//! imports, WASI (clocks, random, io; no filesystem, environment or sockets), and
+//! imports, WASI (clocks, random, io; `wasi:filesystem` and `wasi:cli` linked with
+//! no directories and an empty environment, as JavaScript engines import them;
+//! no sockets), and
 //! outgoing HTTP filtered against the provider's `allowedHosts`. Everything a guest
 //! can make the host hold here is bounded by the provider's [`GuestLimits`]:
 //! storage by a quota, the log by line length and rate, outgoing HTTP by body sizes

@@ -156,7 +156,8 @@ impl WasmRuntime {
             path: shown.clone(),
             source,
         })?;
-        let digest = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
+        let digest =
+            hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
         if let Some(expected) = sha256
             && !expected.eq_ignore_ascii_case(&digest)
         {
@@ -238,10 +239,6 @@ impl WasmRuntime {
 fn wasmtime_version() -> &'static str {
     // Pinned in Cargo.toml; the compiled form is only valid for this version.
     "48.0.8"
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.

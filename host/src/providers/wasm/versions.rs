@@ -59,14 +59,6 @@ impl GuestPre {
         })
     }
 
-    /// The component's WIT version.
-    pub fn version(&self) -> WitVersion {
-        match self {
-            GuestPre::V0_1(_) => WitVersion::V0_1,
-            GuestPre::V0_2(_) => WitVersion::V0_2,
-        }
-    }
-
     /// A new instance in `store`.
     ///
     /// # Errors
