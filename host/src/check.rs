@@ -16,7 +16,7 @@ use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use crate::providers::wasm::{WasmOptions, WasmProvider};
-use crate::providers::{Alg, KeySpec, Provider, ProviderError};
+use crate::providers::{Alg, KeyRef, KeySpec, Provider, ProviderError};
 
 /// What to check and how to run it.
 pub struct CheckOptions {
@@ -297,7 +297,7 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
         sealed: None,
     };
     let started = Instant::now();
-    let outcome = match provider.sign(&missing, b"x", caps.default_alg).await {
+    let outcome = match provider.sign(&KeyRef::from(&missing), b"x").await {
         Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
         Err(e) => Outcome::Fail(format!("expected not-found, got: {e}")),
         Ok(_) => Outcome::Fail("signed with a key that does not exist".into()),
@@ -331,7 +331,7 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
             let started = Instant::now();
             let outcome = match gateway.delete_key(Actor::default(), &record.kid).await {
                 Err(e) => Outcome::Fail(e.to_string()),
-                Ok(_) => match provider.sign(&record, b"x", record.alg).await {
+                Ok(_) => match provider.sign(&KeyRef::from(&*record), b"x").await {
                     Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
                     Err(e) => {
                         Outcome::Fail(format!("after delete, sign must be not-found; got: {e}"))

@@ -103,7 +103,7 @@ impl Metrics {
         };
         let registry = gateway.registry();
         for registered in registry.providers() {
-            if let Some(stats) = registered.provider.guest_stats() {
+            if let Some(stats) = registered.provider.describe().map(|g| g.stats) {
                 let id = [registered.provider.id()];
                 let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
                 traps.with_label_values(&id).inc_by(stats.traps);

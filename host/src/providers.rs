@@ -19,7 +19,9 @@ pub use crate::crypto::Alg;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::catalog::KeyRecord;
+use std::borrow::Cow;
+
+use crate::catalog::{KeyRecord, SealedKey, version_id};
 use crate::crypto::{PrivateKey, PublicJwk};
 
 /// How many signs of one batch a provider without a batch operation runs at once.
@@ -52,6 +54,44 @@ pub struct Capabilities {
     pub can_delete: bool,
     pub supported_algs: Vec<Alg>,
     pub default_alg: Alg,
+    /// Whether the provider signs in this process with a key the gateway holds,
+    /// so that its signatures need no check against the public key.
+    #[serde(skip)]
+    pub signs_in_process: bool,
+}
+
+/// What a provider is told of a key version: the names the backend knows it
+/// by, its algorithm and public key, and — for the `db` provider — its sealed
+/// private key when the catalog read it with the record. Nothing else of the
+/// catalog's row.
+#[derive(Clone, Debug)]
+pub struct KeyRef<'a> {
+    /// The gateway-wide id of the key (every version of it).
+    pub key_id: &'a str,
+    /// The id of this version: the key id for version 1, else `<key id>@v<n>`.
+    pub version_id: Cow<'a, str>,
+    /// The backend's own name for this version.
+    pub external_id: &'a str,
+    pub alg: Alg,
+    pub public_jwk: &'a PublicJwk,
+    pub sealed: Option<&'a SealedKey>,
+}
+
+impl<'a> From<&'a KeyRecord> for KeyRef<'a> {
+    fn from(record: &'a KeyRecord) -> Self {
+        KeyRef {
+            key_id: &record.id,
+            version_id: if record.version <= 1 {
+                Cow::Borrowed(record.id.as_str())
+            } else {
+                Cow::Owned(version_id(&record.id, record.version))
+            },
+            external_id: &record.external_id,
+            alg: record.alg,
+            public_jwk: &record.public_jwk,
+            sealed: record.sealed.as_ref(),
+        }
+    }
 }
 
 impl Capabilities {
@@ -165,18 +205,14 @@ pub trait Provider: Send + Sync {
         alg: Alg,
     ) -> Result<KeyMaterial, ProviderError>;
 
-    /// Signs `message` with the key; the result is the JOSE form of the signature
-    /// (raw `r‖s` for ECDSA). Signatures of every provider but `db` are verified by
-    /// the gateway before a client sees them.
+    /// Signs `message` with the key, with its algorithm; the result is the JOSE
+    /// form of the signature (raw `r‖s` for ECDSA). Signatures of every provider
+    /// that does not sign in process are verified by the gateway before a client
+    /// sees them.
     ///
     /// # Errors
     /// [`ProviderError::KeyNotFound`] when the backend lost the key, and backend failures.
-    async fn sign(
-        &self,
-        key: &KeyRecord,
-        message: &[u8],
-        alg: Alg,
-    ) -> Result<Vec<u8>, ProviderError>;
+    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError>;
 
     /// Signs every one of `messages` with the key, in order. Default: one `sign` per
     /// message, [`BATCH_CONCURRENCY`] at a time; backends with a batch operation or
@@ -186,14 +222,13 @@ pub trait Provider: Send + Sync {
     /// As [`Provider::sign`]; one failure fails the batch.
     async fn sign_batch(
         &self,
-        key: &KeyRecord,
+        key: &KeyRef<'_>,
         messages: &[Vec<u8>],
-        alg: Alg,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
         use futures::{StreamExt, TryStreamExt};
         let calls: Vec<_> = messages
             .iter()
-            .map(|message| self.sign(key, message, alg))
+            .map(|message| self.sign(key, message))
             .collect();
         futures::stream::iter(calls)
             .buffered(BATCH_CONCURRENCY)
@@ -205,7 +240,7 @@ pub trait Provider: Send + Sync {
     ///
     /// # Errors
     /// Backend failures; a key the backend no longer has is not an error.
-    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError>;
+    async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError>;
 
     /// Probes the backend.
     async fn health(&self) -> Health;
@@ -216,21 +251,22 @@ pub trait Provider: Send + Sync {
     /// Drops everything cached (deletions may have been missed).
     fn invalidate_all(&self) {}
 
-    /// A guest's counters, for `/metrics`; `None` for native providers.
-    fn guest_stats(&self) -> Option<GuestStats> {
+    /// What only a guest reports: its counters, limits and named type; `None`
+    /// for native providers.
+    fn describe(&self) -> Option<GuestReport<'_>> {
         None
     }
+}
 
-    /// The limits a guest runs under, for `GET /providers`; `None` for native providers.
-    fn guest_limits(&self) -> Option<&wasm::limits::GuestLimits> {
-        None
-    }
-
-    /// The named guest type the provider was configured as (`azure-kv`, …);
-    /// `None` for native providers and plain `wasm` entries.
-    fn adapter_type(&self) -> Option<&str> {
-        None
-    }
+/// What a guest provider reports of itself, for `GET /providers` and `/metrics`.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestReport<'a> {
+    pub stats: GuestStats,
+    /// The limits it runs under.
+    pub limits: &'a wasm::limits::GuestLimits,
+    /// The named guest type it was configured as (`azure-kv`, …); `None` for a
+    /// plain `wasm` entry.
+    pub adapter: Option<&'a str>,
 }
 
 /// What a guest provider has been through, for operators.

@@ -146,13 +146,16 @@ pub async fn providers(
             .registry()
             .providers()
             .iter()
-            .map(|r| ProviderInfo {
-                id: r.provider.id().to_owned(),
-                kind: r.provider.kind(),
-                description: r.description.clone(),
-                capabilities: r.provider.capabilities().clone(),
-                limits: r.provider.guest_limits().cloned(),
-                adapter: r.provider.adapter_type().map(str::to_owned),
+            .map(|r| {
+                let guest = r.provider.describe();
+                ProviderInfo {
+                    id: r.provider.id().to_owned(),
+                    kind: r.provider.kind(),
+                    description: r.description.clone(),
+                    capabilities: r.provider.capabilities().clone(),
+                    limits: guest.map(|g| g.limits.clone()),
+                    adapter: guest.and_then(|g| g.adapter).map(str::to_owned),
+                }
             })
             .collect(),
     ))

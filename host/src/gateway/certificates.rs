@@ -14,6 +14,7 @@ use x509_cert::certificate::Certificate;
 use super::{Gateway, GatewayError};
 use crate::audit::{Action, Actor};
 use crate::catalog::{CatalogError, CertificatePolicy, KeyRecord};
+use crate::providers::KeyRef;
 use crate::x509::{self, CertError, CertificateSpec, IssuerSpec};
 
 /// The longest certificate validity accepted, in days (about 100 years).
@@ -59,7 +60,7 @@ impl Gateway {
     async fn sign_as(&self, record: &KeyRecord, message: &[u8]) -> Result<Vec<u8>, GatewayError> {
         let provider = self.provider_of(record)?;
         let signature = provider
-            .sign(record, message, record.alg)
+            .sign(&KeyRef::from(record), message)
             .await
             .map_err(|e| self.sign_failed(record, e))?;
         self.check_signature(provider.as_ref(), record, message, &signature)?;

@@ -9,7 +9,7 @@ use super::{Gateway, GatewayError, valid_kid};
 use crate::audit::{Action, Actor};
 use crate::catalog::{CatalogError, KeyRecord, KeyUsage, RotationPolicy, VersionState, key_id};
 use crate::crypto::{KeyKind, PrivateKey};
-use crate::providers::{Alg, KeySpec, Provider, ProviderError};
+use crate::providers::{Alg, KeyRef, KeySpec, Provider, ProviderError};
 
 /// What `create_key` makes.
 #[derive(Debug, Default)]
@@ -252,7 +252,7 @@ impl Gateway {
 
     /// Removes a key the backend made but the catalog will not hold.
     pub(super) async fn discard_orphan(&self, provider: &dyn Provider, record: &KeyRecord) {
-        if let Err(e) = provider.delete_key(record).await {
+        if let Err(e) = provider.delete_key(&KeyRef::from(record)).await {
             tracing::warn!(kid = %record.kid, provider = provider.id(), error = %e,
                 "could not remove a backend key whose catalog record was not written");
         }
@@ -276,7 +276,7 @@ impl Gateway {
                 provider.id()
             )));
         }
-        provider.delete_key(&record).await?;
+        provider.delete_key(&KeyRef::from(&record)).await?;
         self.delete_graces(provider.as_ref(), &record).await?;
         self.forget(actor, Action::Delete, kid, record).await
     }
@@ -298,7 +298,7 @@ impl Gateway {
                 sealed: None,
                 ..record.clone()
             };
-            match provider.delete_key(&old).await {
+            match provider.delete_key(&KeyRef::from(&old)).await {
                 Ok(()) | Err(ProviderError::KeyNotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -323,7 +323,7 @@ impl Gateway {
             Ok(provider) if !provider.capabilities().can_delete => {
                 Err(format!("provider `{}` cannot delete keys", provider.id()))
             }
-            Ok(provider) => match provider.delete_key(&record).await {
+            Ok(provider) => match provider.delete_key(&KeyRef::from(&record)).await {
                 Ok(()) | Err(ProviderError::KeyNotFound(_)) => self
                     .delete_graces(provider.as_ref(), &record)
                     .await

@@ -10,7 +10,7 @@ use super::{Gateway, GatewayError};
 use crate::audit::{Action, Actor};
 use crate::catalog::{CatalogError, KeyRecord, KeyVersion, RotationPolicy};
 use crate::crypto::KeyKind;
-use crate::providers::{KeySpec, ProviderError};
+use crate::providers::{KeyRef, KeySpec, ProviderError};
 
 /// A committed rotation.
 #[derive(Debug)]
@@ -178,7 +178,7 @@ impl Gateway {
         };
         for (record, version) in ended {
             match self.provider_of(&record) {
-                Ok(provider) => match provider.delete_key(&record).await {
+                Ok(provider) => match provider.delete_key(&KeyRef::from(&record)).await {
                     Ok(()) | Err(ProviderError::KeyNotFound(_)) => {}
                     Err(e) => {
                         // Kept in grace: tried again at the next run.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Gateway, GatewayError, Registry};
 use crate::catalog::{KeyRecord, VersionState};
 use crate::crypto::KeyKind;
-use crate::providers::{Alg, Provider, ProviderError, ProviderKind};
+use crate::providers::{Alg, KeyRef, Provider, ProviderError};
 
 impl Gateway {
     /// Signs `message` with `kid` of `tenant`; `alg`, when given, must be the key's
@@ -26,7 +26,7 @@ impl Gateway {
         let provider = &registry.providers[index].provider;
         let started = std::time::Instant::now();
         let signature = provider
-            .sign(&record, message, record.alg)
+            .sign(&KeyRef::from(&*record), message)
             .await
             .map_err(|e| self.sign_failed(&record, e))?;
         self.check_signature(provider.as_ref(), &record, message, &signature)?;
@@ -51,7 +51,7 @@ impl Gateway {
         let provider = &registry.providers[index].provider;
         let started = std::time::Instant::now();
         let signatures = provider
-            .sign_batch(&record, messages, record.alg)
+            .sign_batch(&KeyRef::from(&*record), messages)
             .await
             .map_err(|e| self.sign_failed(&record, e))?;
         if signatures.len() != messages.len() {
@@ -112,7 +112,8 @@ impl Gateway {
         message: &[u8],
         signature: &[u8],
     ) -> Result<(), GatewayError> {
-        if provider.kind() == ProviderKind::Db {
+        // A key the gateway holds signs through a library that checks itself.
+        if provider.capabilities().signs_in_process {
             return Ok(());
         }
         let kid = &record.kid;
@@ -185,7 +186,7 @@ mod tests {
     use crate::audit::Actor;
     use crate::crypto::PrivateKey;
     use crate::gateway::{NewKey, Registered, test_gateway};
-    use crate::providers::{Capabilities, Health, KeyMaterial, KeySpec};
+    use crate::providers::{Capabilities, Health, KeyMaterial, KeySpec, ProviderKind};
 
     /// A backend that holds a real key but returns a signature of another message.
     struct Liar {
@@ -219,17 +220,12 @@ mod tests {
         ) -> Result<KeyMaterial, ProviderError> {
             Err(ProviderError::Unsupported("no".into()))
         }
-        async fn sign(
-            &self,
-            _: &KeyRecord,
-            message: &[u8],
-            alg: Alg,
-        ) -> Result<Vec<u8>, ProviderError> {
+        async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
             let mut other = message.to_vec();
             other.push(b'!');
-            Ok(self.key.signer(alg).unwrap().sign(&other))
+            Ok(self.key.signer(key.alg).unwrap().sign(&other))
         }
-        async fn delete_key(&self, _: &KeyRecord) -> Result<(), ProviderError> {
+        async fn delete_key(&self, _: &KeyRef<'_>) -> Result<(), ProviderError> {
             Ok(())
         }
         async fn health(&self) -> Health {
@@ -248,6 +244,7 @@ mod tests {
                 can_delete: true,
                 supported_algs: vec![Alg::ES256],
                 default_alg: Alg::ES256,
+                signs_in_process: false,
             },
         };
         let registered = Registered {

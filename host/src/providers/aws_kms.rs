@@ -22,9 +22,8 @@ use secrecy::ExposeSecret;
 
 use super::remote::{self, retrying};
 use super::{
-    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+    Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
 };
-use crate::catalog::KeyRecord;
 use crate::config::AwsKmsConfig;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, ecdsa_der_to_raw};
 
@@ -121,6 +120,7 @@ impl AwsKmsProvider {
                 can_delete: true,
                 supported_algs: vec![Alg::ES256, Alg::ES384, Alg::ES512, Alg::RS256, Alg::PS256],
                 default_alg: Alg::ES256,
+                signs_in_process: false,
             },
         }
     }
@@ -237,12 +237,8 @@ impl Provider for AwsKmsProvider {
         )))
     }
 
-    async fn sign(
-        &self,
-        key: &KeyRecord,
-        message: &[u8],
-        alg: Alg,
-    ) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let alg = key.alg;
         let (algorithm, hash) = signing(alg);
         // KMS takes 1 to 4096 bytes RAW; anything else goes as its digest.
         let (input, kind) = if (1..=RAW_LIMIT).contains(&message.len()) {
@@ -254,7 +250,7 @@ impl Provider for AwsKmsProvider {
         let answer = retrying(|| async {
             self.client
                 .sign()
-                .key_id(&key.external_id)
+                .key_id(key.external_id)
                 .message(Blob::new(input.clone()))
                 .message_type(kind.clone())
                 .signing_algorithm(algorithm.clone())
@@ -274,11 +270,11 @@ impl Provider for AwsKmsProvider {
         })
     }
 
-    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+    async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {
         let result = self
             .client
             .schedule_key_deletion()
-            .key_id(&key.external_id)
+            .key_id(key.external_id)
             .pending_window_in_days(DELETION_WINDOW_DAYS)
             .send()
             .await;

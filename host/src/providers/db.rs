@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use quick_cache::sync::Cache;
 
 use super::{
-    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+    Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
 };
-use crate::catalog::{Catalog, KeyRecord};
+use crate::catalog::Catalog;
 use crate::config::CacheConfig;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, Signer};
@@ -35,8 +35,8 @@ struct CachedSigner {
 }
 
 impl CachedSigner {
-    fn matches(&self, key: &KeyRecord) -> bool {
-        self.public.same_key(&key.public_jwk)
+    fn matches(&self, key: &KeyRef<'_>) -> bool {
+        self.public.same_key(key.public_jwk)
     }
 }
 
@@ -49,8 +49,8 @@ impl DbProvider {
     /// The signer of `key`, from memory or loaded from the catalog. The catalog
     /// record is the truth: a signer cached for an older key (or version) with the
     /// same id never signs for the new one.
-    async fn signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
-        let cached = self.signers.get(key.id.as_str()).filter(|s| s.matches(key));
+    async fn signer(&self, key: &KeyRef<'_>) -> Result<Arc<CachedSigner>, ProviderError> {
+        let cached = self.signers.get(key.key_id).filter(|s| s.matches(key));
         match cached {
             Some(signer) => Ok(signer),
             None => self.load_signer(key).await,
@@ -69,6 +69,7 @@ impl DbProvider {
                 can_delete: true,
                 supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
+                signs_in_process: true,
             },
             signers: Cache::new(CacheConfig::default().keys),
         }
@@ -88,36 +89,37 @@ impl DbProvider {
         }
     }
 
-    async fn load_signer(&self, key: &KeyRecord) -> Result<Arc<CachedSigner>, ProviderError> {
-        let id = key.backend_id();
+    async fn load_signer(&self, key: &KeyRef<'_>) -> Result<Arc<CachedSigner>, ProviderError> {
+        let id = &key.version_id;
         let fetched;
-        let sealed = match &key.sealed {
+        let sealed = match key.sealed {
             Some(sealed) => sealed.bytes(),
             None => {
                 fetched = self
                     .catalog
-                    .sealed_secret(&id)
+                    .sealed_secret(id)
                     .await
                     .map_err(|e| ProviderError::Internal(e.to_string()))?
-                    .ok_or_else(|| ProviderError::KeyNotFound(id.clone()))?;
+                    .ok_or_else(|| ProviderError::KeyNotFound(id.to_string()))?;
                 &fetched
             }
         };
-        let damaged =
-            |e: &dyn std::fmt::Display| ProviderError::Internal(format!("key `{}`: {e}", key.id));
+        let damaged = |e: &dyn std::fmt::Display| {
+            ProviderError::Internal(format!("key `{}`: {e}", key.key_id))
+        };
         let pkcs8 = self
             .master
-            .open(&aad(&id), sealed)
+            .open(&aad(id), sealed)
             .map_err(|e| damaged(&e))?;
         let (signer, public) = Signer::from_pkcs8(key.alg, &pkcs8).map_err(|e| damaged(&e))?;
         let cached = Arc::new(CachedSigner { signer, public });
         if !cached.matches(key) {
             return Err(ProviderError::Internal(format!(
                 "stored key `{}` does not match its public JWK",
-                key.id
+                key.key_id
             )));
         }
-        self.signers.insert(key.id.clone(), cached.clone());
+        self.signers.insert(key.key_id.to_owned(), cached.clone());
         Ok(cached)
     }
 }
@@ -159,12 +161,8 @@ impl Provider for DbProvider {
     /// Signs in place for the curves (tens of microseconds: a hop to the
     /// blocking pool would cost more than the signature), on the blocking pool
     /// for RSA (milliseconds, which would stall an async worker).
-    async fn sign(
-        &self,
-        key: &KeyRecord,
-        message: &[u8],
-        alg: Alg,
-    ) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let alg = key.alg;
         let signer = self.signer(key).await?;
         if alg.key_kind() != KeyKind::Rsa {
             return Ok(signer.signer.sign(message));
@@ -178,9 +176,8 @@ impl Provider for DbProvider {
     /// Signs on the blocking pool, the batch split over the cores.
     async fn sign_batch(
         &self,
-        key: &KeyRecord,
+        key: &KeyRef<'_>,
         messages: &[Vec<u8>],
-        _alg: Alg,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
         let signer = self.signer(key).await?;
         let messages = messages.to_vec();
@@ -209,9 +206,9 @@ impl Provider for DbProvider {
         .map_err(|e| ProviderError::Internal(format!("batch signing failed: {e}")))
     }
 
-    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+    async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {
         // The material row goes with the catalog row, in the gateway's transaction.
-        self.signers.remove(&key.id);
+        self.signers.remove(key.key_id);
         Ok(())
     }
 

@@ -14,9 +14,8 @@ use zeroize::Zeroizing;
 
 use super::remote::{self, backend_message, retrying, transport_error};
 use super::{
-    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+    Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
 };
-use crate::catalog::KeyRecord;
 use crate::config::{BearerAuth, HttpAuth, HttpConfig};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
 use crate::providers::credentials::{CredentialError, Credentials};
@@ -120,6 +119,7 @@ impl HttpProvider {
                     can_delete: true,
                     default_alg: algs[0],
                     supported_algs: algs,
+                    signs_in_process: false,
                 }
             },
         })
@@ -272,17 +272,13 @@ impl Provider for HttpProvider {
         })
     }
 
-    async fn sign(
-        &self,
-        key: &KeyRecord,
-        message: &[u8],
-        alg: Alg,
-    ) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let alg = key.alg;
         #[derive(Deserialize)]
         struct SignAnswer {
             signature: String,
         }
-        let url = self.key_url(&key.external_id, "/sign");
+        let url = self.key_url(key.external_id, "/sign");
         let request = json!({"data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, message), "alg": alg});
         let body = retrying(|| self.call(Method::POST, &url, Some(&request))).await?;
         let answer: SignAnswer = serde_json::from_slice(&body).map_err(|e| {
@@ -294,9 +290,9 @@ impl Provider for HttpProvider {
         })
     }
 
-    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+    async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {
         match self
-            .call(Method::DELETE, &self.key_url(&key.external_id, ""), None)
+            .call(Method::DELETE, &self.key_url(key.external_id, ""), None)
             .await
         {
             Ok(_) | Err(ProviderError::KeyNotFound(_)) => Ok(()),

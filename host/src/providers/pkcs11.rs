@@ -28,9 +28,8 @@ use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
 
 use super::{
-    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+    Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
 };
-use crate::catalog::KeyRecord;
 use crate::config::{Pkcs11Config, Pkcs11Slot};
 use crate::crypto::{Curve, KeyKind, PrivateKey, PublicJwk};
 
@@ -283,6 +282,7 @@ impl Pkcs11Provider {
                 can_delete: writable,
                 supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
+                signs_in_process: false,
             },
             token: Mutex::new(None),
             permits: Semaphore::new(sessions as usize),
@@ -522,13 +522,9 @@ impl Provider for Pkcs11Provider {
         })
     }
 
-    async fn sign(
-        &self,
-        key: &KeyRecord,
-        message: &[u8],
-        alg: Alg,
-    ) -> Result<Vec<u8>, ProviderError> {
-        let handle = self.private_handle(&key.external_id).await?;
+    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let alg = key.alg;
+        let handle = self.private_handle(key.external_id).await?;
         let input = sign_input(alg, message);
         let signature = self
             .run(move |session| {
@@ -541,16 +537,16 @@ impl Provider for Pkcs11Provider {
             Ok(signature) => Ok(signature),
             Err(e) => {
                 // A stale handle (object gone, token reinitialised): look it up next time.
-                self.handles.remove(&key.external_id);
+                self.handles.remove(key.external_id);
                 Err(e)
             }
         }
     }
 
-    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+    async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {
         self.writable()?;
-        self.handles.remove(&key.external_id);
-        let id = unhex(&key.external_id)?;
+        self.handles.remove(key.external_id);
+        let id = unhex(key.external_id)?;
         self.run(move |session| {
             let objects = session
                 .find_objects(&[Attribute::Id(id)])

@@ -23,9 +23,8 @@ use zeroize::Zeroizing;
 
 use super::remote::{self, backend_message, retrying, transport_error};
 use super::{
-    Alg, Capabilities, Health, KeyMaterial, KeySpec, Provider, ProviderError, ProviderKind,
+    Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
 };
-use crate::catalog::KeyRecord;
 use crate::config::VaultConfig;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
 use crate::redact::Redactor;
@@ -122,6 +121,7 @@ impl VaultProvider {
                 can_delete: true,
                 supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
+                signs_in_process: false,
             },
         })
     }
@@ -268,7 +268,7 @@ impl VaultProvider {
     /// returns the signatures in order.
     async fn sign_messages(
         &self,
-        key: &KeyRecord,
+        key: &KeyRef<'_>,
         messages: &[&[u8]],
         alg: Alg,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
@@ -314,7 +314,7 @@ impl VaultProvider {
                 Ok(answer) => Ok(answer),
                 // Transit answers 400 for a missing key; ask, rather than read the message.
                 Err(r) if r.status == StatusCode::BAD_REQUEST && !self.exists(name).await? => {
-                    Err(ProviderError::KeyNotFound(name.to_owned()))
+                    Err(ProviderError::KeyNotFound(name.to_string()))
                 }
                 Err(r) => Err(self.refused(r)),
             }
@@ -437,12 +437,8 @@ impl Provider for VaultProvider {
         })
     }
 
-    async fn sign(
-        &self,
-        key: &KeyRecord,
-        message: &[u8],
-        alg: Alg,
-    ) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let alg = key.alg;
         let mut signatures = self.sign_messages(key, &[message], alg).await?;
         signatures
             .pop()
@@ -452,15 +448,15 @@ impl Provider for VaultProvider {
     /// One Transit request with `batch_input`.
     async fn sign_batch(
         &self,
-        key: &KeyRecord,
+        key: &KeyRef<'_>,
         messages: &[Vec<u8>],
-        alg: Alg,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let alg = key.alg;
         let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
         self.sign_messages(key, &messages, alg).await
     }
 
-    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+    async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {
         let name = &key.external_id;
         let allow = json!({"deletion_allowed": true});
         match self

@@ -28,10 +28,10 @@ use self::limits::{
 use self::pool::{Lease, Pool};
 use self::runtime::{LoadError, WasmRuntime};
 use super::{
-    Alg, Capabilities, GuestStats, Health, KeyMaterial, KeySpec, Provider, ProviderError,
-    ProviderKind,
+    Alg, Capabilities, GuestReport, GuestStats, Health, KeyMaterial, KeyRef, KeySpec, Provider,
+    ProviderError, ProviderKind,
 };
-use crate::catalog::{Catalog, KeyRecord};
+use crate::catalog::Catalog;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
 use crate::providers::credentials::Credentials;
@@ -232,6 +232,7 @@ impl WasmProvider {
             can_delete: caps.can_delete,
             supported_algs: caps.algs.iter().copied().map(host_alg).collect(),
             default_alg: host_alg(caps.default_alg),
+            signs_in_process: false,
         };
         if capabilities.supported_algs.is_empty()
             || !capabilities.supports(capabilities.default_alg)
@@ -395,18 +396,13 @@ impl Provider for WasmProvider {
         self.material(material)
     }
 
-    async fn sign(
-        &self,
-        key: &KeyRecord,
-        message: &[u8],
-        alg: Alg,
-    ) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
         let started = Instant::now();
         let signature = guest_call!(self, "sign", |guest, store| guest.sign(
             store,
-            &key.external_id,
+            key.external_id,
             message,
-            guest_alg(alg)
+            guest_alg(key.alg)
         ))?;
         // The gateway verifies the signature before a client sees it.
         self.bounded("signature", signature.len(), MAX_SIGNATURE_BYTES)?;
@@ -414,9 +410,9 @@ impl Provider for WasmProvider {
         Ok(signature)
     }
 
-    async fn delete_key(&self, key: &KeyRecord) -> Result<(), ProviderError> {
+    async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {
         match guest_call!(self, "delete-key", |guest, store| guest
-            .delete_key(store, &key.external_id))
+            .delete_key(store, key.external_id))
         {
             Ok(()) | Err(ProviderError::KeyNotFound(_)) => Ok(()),
             Err(e) => Err(e),
@@ -430,24 +426,20 @@ impl Provider for WasmProvider {
         Health::of(started, result)
     }
 
-    fn guest_stats(&self) -> Option<GuestStats> {
+    fn describe(&self) -> Option<GuestReport<'_>> {
         let counters = &self.shared.counters;
-        Some(GuestStats {
-            traps: counters.traps.load(Ordering::Relaxed),
-            timeouts: counters.timeouts.load(Ordering::Relaxed),
-            denied_egress: counters.denied_egress.load(Ordering::Relaxed),
-            log_lines_dropped: counters.log_lines_dropped.load(Ordering::Relaxed),
-            recycled: counters.recycled.load(Ordering::Relaxed),
-            instances_in_use: self.pool.in_use(),
-            instances: self.pool.size(),
+        Some(GuestReport {
+            stats: GuestStats {
+                traps: counters.traps.load(Ordering::Relaxed),
+                timeouts: counters.timeouts.load(Ordering::Relaxed),
+                denied_egress: counters.denied_egress.load(Ordering::Relaxed),
+                log_lines_dropped: counters.log_lines_dropped.load(Ordering::Relaxed),
+                recycled: counters.recycled.load(Ordering::Relaxed),
+                instances_in_use: self.pool.in_use(),
+                instances: self.pool.size(),
+            },
+            limits: &self.shared.limits,
+            adapter: self.adapter.as_deref(),
         })
-    }
-
-    fn guest_limits(&self) -> Option<&GuestLimits> {
-        Some(&self.shared.limits)
-    }
-
-    fn adapter_type(&self) -> Option<&str> {
-        self.adapter.as_deref()
     }
 }
