@@ -741,11 +741,6 @@ mod tests {
         }
     }
 
-    async fn catalog(dir: &tempfile::TempDir) -> Catalog {
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
-        Catalog::connect(&url).await.unwrap()
-    }
-
     async fn append(catalog: &Catalog, head: Option<Link>, events: &[(i64, Event)]) -> Link {
         let mut write = catalog.begin_write().await.unwrap();
         let link = store::append(catalog, &mut write, head, events)
@@ -758,7 +753,7 @@ mod tests {
     #[tokio::test]
     async fn batches_of_many_records_extend_one_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = catalog(&dir).await;
+        let catalog = crate::catalog::test_catalog(&dir).await;
         let batch: Vec<_> = (0..150).map(|i| (i, event(&format!("k{i}")))).collect();
         let head = append(&catalog, None, &batch[..100]).await;
         assert_eq!(head.seq, 100);
@@ -772,7 +767,7 @@ mod tests {
     #[tokio::test]
     async fn a_batch_record_keeps_every_hash_in_order_and_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = catalog(&dir).await;
+        let catalog = crate::catalog::test_catalog(&dir).await;
         let hashes: Vec<String> = (0..3u8).map(|i| format!("{i:02x}").repeat(32)).collect();
         let batch = Event {
             message_sha256s: hashes.clone(),
@@ -824,7 +819,7 @@ mod tests {
     #[tokio::test]
     async fn absent_and_empty_fields_and_hostile_values_read_back_as_hashed() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = catalog(&dir).await;
+        let catalog = crate::catalog::test_catalog(&dir).await;
         let empty = Event {
             kid: Some(String::new()),
             provider: None,
@@ -862,7 +857,7 @@ mod tests {
     #[tokio::test]
     async fn records_of_the_earlier_encoding_still_verify() {
         let dir = tempfile::tempdir().unwrap();
-        let catalog = catalog(&dir).await;
+        let catalog = crate::catalog::test_catalog(&dir).await;
         let mut previous = (0, GENESIS.to_owned());
         for (seq, kid) in [(1, Some("k1")), (2, Some("")), (3, None)] {
             let mut record = AuditRecord::chained(
