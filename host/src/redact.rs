@@ -94,7 +94,7 @@ impl Redactor {
             .extend(forms(secret).into_iter().map(Zeroizing::new));
     }
 
-    /// Remembers a token obtained at run time (the newest [`MAX_OBTAINED`] are kept).
+    /// Remembers a token obtained at run time (the newest 16 are kept).
     pub fn add_obtained(&self, token: &str) {
         let mut set = self.own.write().expect("not poisoned");
         if set.obtained.iter().any(|known| known.as_str() == token) {
