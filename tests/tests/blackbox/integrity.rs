@@ -687,3 +687,50 @@ async fn a_full_audit_queue_refuses_signs_without_signing() {
     let (_, record) = gw.get("/keys/k").await;
     assert_eq!(record["signCount"], answered.len(), "{record}");
 }
+
+/// With `signs: "durable"` a sign is answered only once its record is committed;
+/// when the database does not take it within 10 s the answer is 503
+/// `audit_unavailable` and carries no signature, and the record is written
+/// once the database takes records again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_sign_whose_record_cannot_be_committed_gets_no_signature() {
+    let site = Site::new(Db::Sqlite).await;
+    let gw = site.start_configured(&json!({
+        "providers": [{"id": "db", "type": "db"}],
+        "audit": {"signs": "durable"},
+    }));
+    let key = gw.create(json!({"kid": "k"})).await;
+    assert_verifies(&key["publicJwk"], b"before", &gw.sign("k", b"before").await);
+    execute(
+        &site,
+        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+           BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"],
+    )
+    .await;
+    let started = Instant::now();
+    let (status, answer) = gw
+        .post("/keys/k/sign", json!({"data": b64(b"during")}))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("audit_unavailable")),
+        "{answer}"
+    );
+    assert!(answer.get("signature").is_none(), "{answer}");
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(15)).contains(&took),
+        "{took:?}"
+    );
+    execute(&site, &["DROP TRIGGER refuse_audit"]).await;
+    let during = json!(sha256_hex_of(b"during"));
+    wait_until(Duration::from_secs(10), "the delayed record", || async {
+        all_records(&gw)
+            .await
+            .iter()
+            .any(|r| r["messageSha256"] == during)
+    })
+    .await;
+    assert_eq!(verify(&gw).await["ok"], true);
+    assert_verifies(&key["publicJwk"], b"after", &gw.sign("k", b"after").await);
+}
