@@ -453,10 +453,18 @@ impl Slot {
     /// # Errors
     /// [`AuditError`] when a durable record was not committed in time.
     pub async fn record(self, event: Event) -> Result<(), AuditError> {
-        let Some(permit) = self.permit else {
-            return Ok(());
-        };
-        let (done, committed) = if self.durable {
+        let durable = self.durable;
+        match self.send(event, durable) {
+            Some(committed) => wait_for_commit(committed).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Puts `event` in this place; with `tell`, returns what says when it is
+    /// committed (nothing when the log is off).
+    fn send(self, event: Event, tell: bool) -> Option<oneshot::Receiver<()>> {
+        let permit = self.permit?;
+        let (done, committed) = if tell {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
@@ -467,10 +475,7 @@ impl Slot {
             event: Some(event),
             done,
         });
-        match committed {
-            Some(rx) => wait_for_commit(rx).await,
-            None => Ok(()),
-        }
+        committed
     }
 }
 
@@ -567,16 +572,9 @@ impl Audit {
     /// [`AuditError`] when the queue stays full.
     pub async fn record(&self, event: Event) -> Result<(), AuditError> {
         let slot = self.reserve().await?;
-        let Some(permit) = slot.permit else {
-            return Ok(());
-        };
-        let (done, committed) = oneshot::channel();
-        permit.send(Job {
-            time: now_millis(),
-            event: Some(event),
-            done: Some(done),
-        });
-        let _ = tokio::time::timeout(ORDER_WAIT, committed).await;
+        if let Some(committed) = slot.send(event, true) {
+            let _ = tokio::time::timeout(ORDER_WAIT, committed).await;
+        }
         Ok(())
     }
 

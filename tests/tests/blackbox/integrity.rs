@@ -53,6 +53,18 @@ async fn execute(site: &Site, statements: &[&str]) {
     }
 }
 
+/// Makes the database refuse (or take again) every audit row: a failure
+/// injected between an operation and its record.
+async fn refuse_audit_rows(site: &Site, refuse: bool) {
+    let statement = if refuse {
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
+         BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"
+    } else {
+        "DROP TRIGGER refuse_audit"
+    };
+    execute(site, &[statement]).await;
+}
+
 on_both_databases!(no_malformed_request_breaks_the_audit_chain);
 
 async fn no_malformed_request_breaks_the_audit_chain(db: Db) {
@@ -226,12 +238,7 @@ async fn a_failed_audit_write_leaves_neither_the_change_nor_its_record() {
     let kept = gw.create_and_sign(json!({"kid": "kept"}), b"k").await;
     let before = all_records(&gw).await.len();
 
-    execute(
-        &site,
-        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
-           BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"],
-    )
-    .await;
+    refuse_audit_rows(&site, true).await;
     let (private, _) = known_private_jwk();
     let attempts = [
         (Method::POST, "/keys", Some(json!({"kid": "new"}))),
@@ -273,7 +280,7 @@ async fn a_failed_audit_write_leaves_neither_the_change_nor_its_record() {
     assert_verifies(&kept["publicJwk"], b"during", &signature);
     assert_verifies(&root["publicJwk"], b"r2", &gw.sign("root", b"r2").await);
 
-    execute(&site, &["DROP TRIGGER refuse_audit"]).await;
+    refuse_audit_rows(&site, false).await;
     let r2 = json!(sha256_hex_of(b"r2"));
     wait_until(Duration::from_secs(10), "the queued records", || async {
         all_records(&gw)
@@ -617,12 +624,7 @@ async fn a_full_audit_queue_refuses_signs_without_signing() {
         "audit": {"queueRecords": 20},
     }));
     let key = gw.create(json!({"kid": "k"})).await;
-    execute(
-        &site,
-        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
-           BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"],
-    )
-    .await;
+    refuse_audit_rows(&site, true).await;
     let mut answered = Vec::new();
     let mut refused = Vec::new();
     for i in 0..60 {
@@ -662,7 +664,7 @@ async fn a_full_audit_queue_refuses_signs_without_signing() {
         answered.len(),
         refused.len()
     );
-    execute(&site, &["DROP TRIGGER refuse_audit"]).await;
+    refuse_audit_rows(&site, false).await;
     let last = json!(sha256_hex_of(answered.last().unwrap()));
     wait_until(Duration::from_secs(10), "the queued records", || async {
         all_records(&gw)
@@ -701,12 +703,7 @@ async fn a_durable_sign_whose_record_cannot_be_committed_gets_no_signature() {
     }));
     let key = gw.create(json!({"kid": "k"})).await;
     assert_verifies(&key["publicJwk"], b"before", &gw.sign("k", b"before").await);
-    execute(
-        &site,
-        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log \
-           BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END"],
-    )
-    .await;
+    refuse_audit_rows(&site, true).await;
     let started = Instant::now();
     let (status, answer) = gw
         .post("/keys/k/sign", json!({"data": b64(b"during")}))
@@ -722,7 +719,7 @@ async fn a_durable_sign_whose_record_cannot_be_committed_gets_no_signature() {
         (Duration::from_secs(9)..Duration::from_secs(15)).contains(&took),
         "{took:?}"
     );
-    execute(&site, &["DROP TRIGGER refuse_audit"]).await;
+    refuse_audit_rows(&site, false).await;
     let during = json!(sha256_hex_of(b"during"));
     wait_until(Duration::from_secs(10), "the delayed record", || async {
         all_records(&gw)
