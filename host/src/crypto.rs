@@ -1,5 +1,5 @@
 //! The key model and the host's cryptography: the JOSE algorithms, public JWKs of
-//! every key type (EC P-256/384/521, OKP Ed25519, RSA) and their verification,
+//! every key type (EC P-256/384/521, OKP Ed25519, RSA, AKP ML-DSA) and their verification,
 //! private keys from JWKs or generated, signers backed by aws-lc-rs, and the base64
 //! forms the API accepts.
 
@@ -10,9 +10,10 @@ pub mod seal;
 use std::fmt;
 
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ECDSA_P521_SHA512_FIXED, ED25519,
-    RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256, RsaPublicKeyComponents,
-    UnparsedPublicKey,
+    ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ECDSA_P521_SHA512_FIXED, ED25519, ML_DSA_44,
+    ML_DSA_44_SIGNING, ML_DSA_65, ML_DSA_65_SIGNING, ML_DSA_87, ML_DSA_87_SIGNING,
+    PqdsaSigningAlgorithm, RSA_PKCS1_2048_8192_SHA256, RSA_PSS_2048_8192_SHA256,
+    RsaPublicKeyComponents, UnparsedPublicKey,
 };
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -43,7 +44,8 @@ pub fn base64url(bytes: &[u8]) -> String {
     general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A JOSE signing algorithm the gateway knows (RFC 7518, RFC 8037).
+/// A JOSE signing algorithm the gateway knows (RFC 7518, RFC 8037, RFC 9864,
+/// RFC 9964).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Alg {
     /// ECDSA on P-256 with SHA-256; raw `r‖s`, 64 bytes.
@@ -58,6 +60,20 @@ pub enum Alg {
     RS256,
     /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt; modulus-sized.
     PS256,
+    /// Ed25519 under its fully specified name (RFC 9864); the same signature as `EdDSA`.
+    Ed25519,
+    /// ML-DSA-44 (FIPS 204, pure, empty context); 2420 bytes.
+    #[serde(rename = "ML-DSA-44")]
+    #[schema(rename = "ML-DSA-44")]
+    MlDsa44,
+    /// ML-DSA-65; 3309 bytes.
+    #[serde(rename = "ML-DSA-65")]
+    #[schema(rename = "ML-DSA-65")]
+    MlDsa65,
+    /// ML-DSA-87; 4627 bytes.
+    #[serde(rename = "ML-DSA-87")]
+    #[schema(rename = "ML-DSA-87")]
+    MlDsa87,
 }
 
 impl Alg {
@@ -69,6 +85,10 @@ impl Alg {
         Alg::EdDSA,
         Alg::RS256,
         Alg::PS256,
+        Alg::Ed25519,
+        Alg::MlDsa44,
+        Alg::MlDsa65,
+        Alg::MlDsa87,
     ];
 
     /// The JOSE name of the algorithm.
@@ -80,6 +100,10 @@ impl Alg {
             Alg::EdDSA => "EdDSA",
             Alg::RS256 => "RS256",
             Alg::PS256 => "PS256",
+            Alg::Ed25519 => "Ed25519",
+            Alg::MlDsa44 => "ML-DSA-44",
+            Alg::MlDsa65 => "ML-DSA-65",
+            Alg::MlDsa87 => "ML-DSA-87",
         }
     }
 
@@ -94,9 +118,20 @@ impl Alg {
             Alg::ES256 => KeyKind::Ec(Curve::P256),
             Alg::ES384 => KeyKind::Ec(Curve::P384),
             Alg::ES512 => KeyKind::Ec(Curve::P521),
-            Alg::EdDSA => KeyKind::Ed25519,
+            Alg::EdDSA | Alg::Ed25519 => KeyKind::Ed25519,
             Alg::RS256 | Alg::PS256 => KeyKind::Rsa,
+            Alg::MlDsa44 => KeyKind::MlDsa(MlDsa::L44),
+            Alg::MlDsa65 => KeyKind::MlDsa(MlDsa::L65),
+            Alg::MlDsa87 => KeyKind::MlDsa(MlDsa::L87),
         }
+    }
+
+    /// Whether a key of this algorithm may sign for a request naming `asked`:
+    /// the same algorithm, or the other name of Ed25519 (`EdDSA`/`Ed25519` are
+    /// one signature).
+    pub fn answers_to(self, asked: Alg) -> bool {
+        self == asked
+            || (self.key_kind() == KeyKind::Ed25519 && asked.key_kind() == KeyKind::Ed25519)
     }
 }
 
@@ -158,12 +193,71 @@ impl Curve {
     }
 }
 
+/// An ML-DSA parameter set (FIPS 204).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlDsa {
+    L44,
+    L65,
+    L87,
+}
+
+impl MlDsa {
+    /// The JOSE algorithm of this parameter set.
+    pub fn alg(self) -> Alg {
+        match self {
+            MlDsa::L44 => Alg::MlDsa44,
+            MlDsa::L65 => Alg::MlDsa65,
+            MlDsa::L87 => Alg::MlDsa87,
+        }
+    }
+
+    /// Bytes of a public key.
+    pub fn public_len(self) -> usize {
+        match self {
+            MlDsa::L44 => 1312,
+            MlDsa::L65 => 1952,
+            MlDsa::L87 => 2592,
+        }
+    }
+
+    /// Bytes of a signature.
+    pub fn signature_len(self) -> usize {
+        match self {
+            MlDsa::L44 => 2420,
+            MlDsa::L65 => 3309,
+            MlDsa::L87 => 4627,
+        }
+    }
+
+    /// The DER contents of the algorithm's OID (RFC 9881: id-ml-dsa-44/65/87,
+    /// 2.16.840.1.101.3.4.3.17/18/19), which names both the key and the signature.
+    pub fn oid(self) -> &'static [u8] {
+        match self {
+            MlDsa::L44 => der::ML_DSA_44_OID,
+            MlDsa::L65 => der::ML_DSA_65_OID,
+            MlDsa::L87 => der::ML_DSA_87_OID,
+        }
+    }
+
+    /// Every parameter set.
+    pub const ALL: [MlDsa; 3] = [MlDsa::L44, MlDsa::L65, MlDsa::L87];
+
+    pub(crate) fn signing(self) -> &'static PqdsaSigningAlgorithm {
+        match self {
+            MlDsa::L44 => &ML_DSA_44_SIGNING,
+            MlDsa::L65 => &ML_DSA_65_SIGNING,
+            MlDsa::L87 => &ML_DSA_87_SIGNING,
+        }
+    }
+}
+
 /// The kind of key an algorithm needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
     Ec(Curve),
     Ed25519,
     Rsa,
+    MlDsa(MlDsa),
 }
 
 /// RSA moduli kmsgw accepts, in bits.
@@ -174,8 +268,8 @@ pub const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 #[error("{0}")]
 pub struct JwkError(pub(crate) String);
 
-/// A public key as a JWK (RFC 7517/7518/8037): `EC` (`crv`, `x`, `y`), `OKP`
-/// (`crv: Ed25519`, `x`) or `RSA` (`n`, `e`).
+/// A public key as a JWK (RFC 7517/7518/8037/9964): `EC` (`crv`, `x`, `y`), `OKP`
+/// (`crv: Ed25519`, `x`), `RSA` (`n`, `e`) or `AKP` (`alg`, `pub`: ML-DSA).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PublicJwk {
     pub kty: String,
@@ -189,6 +283,10 @@ pub struct PublicJwk {
     pub n: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e: Option<String>,
+    /// The ML-DSA public key of an `AKP` JWK.
+    #[serde(rename = "pub", skip_serializing_if = "Option::is_none")]
+    #[schema(rename = "pub")]
+    pub pub_: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +316,7 @@ impl PublicJwk {
             y: None,
             n: None,
             e: None,
+            pub_: None,
             kid: None,
             alg: None,
             use_: None,
@@ -273,6 +372,26 @@ impl PublicJwk {
         Ok(jwk)
     }
 
+    /// The `AKP` JWK of an ML-DSA public key.
+    ///
+    /// # Errors
+    /// When it is not the parameter set's length.
+    pub fn ml_dsa(level: MlDsa, public: &[u8]) -> Result<Self, JwkError> {
+        if public.len() != level.public_len() {
+            return Err(JwkError(format!(
+                "an {} public key is {} bytes, not {}",
+                level.alg(),
+                level.public_len(),
+                public.len()
+            )));
+        }
+        Ok(PublicJwk {
+            pub_: Some(base64url(public)),
+            alg: Some(level.alg().as_str().to_owned()),
+            ..Self::bare("AKP", None)
+        })
+    }
+
     /// The JWK of a DER SubjectPublicKeyInfo.
     ///
     /// # Errors
@@ -288,6 +407,7 @@ impl PublicJwk {
             }
             der::SpkiKey::Ed25519(key) => Self::ed25519(key),
             der::SpkiKey::Rsa { n, e } => Self::rsa(n, e),
+            der::SpkiKey::MlDsa { level, key } => Self::ml_dsa(level, key),
         }
     }
 
@@ -302,15 +422,25 @@ impl PublicJwk {
                 .ok_or_else(|| JwkError(format!("curve `{crv}` is not P-256, P-384 or P-521"))),
             ("OKP", Some("Ed25519")) => Ok(KeyKind::Ed25519),
             ("RSA", _) => Ok(KeyKind::Rsa),
+            ("AKP", _) => match self.alg.as_deref().and_then(Alg::parse).map(Alg::key_kind) {
+                Some(kind @ KeyKind::MlDsa(_)) => Ok(kind),
+                _ => Err(JwkError(format!(
+                    "an AKP key needs `alg` ML-DSA-44, ML-DSA-65 or ML-DSA-87{}",
+                    self.alg
+                        .as_deref()
+                        .map(|a| format!(", not `{a}`"))
+                        .unwrap_or_default()
+                ))),
+            },
             (kty, crv) => Err(JwkError(format!(
-                "key type `{kty}`{} is not supported (EC, OKP Ed25519 or RSA)",
+                "key type `{kty}`{} is not supported (EC, OKP Ed25519, RSA or AKP)",
                 crv.map(|c| format!(" `{c}`")).unwrap_or_default()
             ))),
         }
     }
 
     /// The public key bytes aws-lc-rs verifies with: the SEC1 point for EC, the
-    /// 32 bytes for Ed25519, and `(n, e)` for RSA.
+    /// 32 bytes for Ed25519, `(n, e)` for RSA and the raw public key for ML-DSA.
     fn parts(&self) -> Result<(Vec<u8>, Vec<u8>), JwkError> {
         match self.kind()? {
             KeyKind::Ec(curve) => {
@@ -351,6 +481,17 @@ impl PublicJwk {
                     return Err(JwkError("the RSA exponent `e` must be odd".into()));
                 }
                 Ok((n, e))
+            }
+            KeyKind::MlDsa(level) => {
+                let key = decode_part("pub", self.pub_.as_deref())?;
+                if key.len() != level.public_len() {
+                    return Err(JwkError(format!(
+                        "`pub` must be {} bytes for {}",
+                        level.public_len(),
+                        level.alg()
+                    )));
+                }
+                Ok((key, Vec::new()))
             }
         }
     }
@@ -401,29 +542,70 @@ impl PublicJwk {
         }
     }
 
-    /// The length of every `alg` signature by this key: fixed for ECDSA and
-    /// EdDSA, the modulus length for RSA; `None` when the JWK is unusable.
+    /// The length of every `alg` signature by this key: fixed for ECDSA, EdDSA
+    /// and ML-DSA, the modulus length for RSA; `None` when the JWK is unusable.
     pub fn signature_len(&self, alg: Alg) -> Option<usize> {
         match alg.key_kind() {
             KeyKind::Ec(curve) => Some(2 * curve.size()),
             KeyKind::Ed25519 => Some(64),
             KeyKind::Rsa => self.parts().ok().map(|(n, _)| strip_zeros(&n).len()),
+            KeyKind::MlDsa(level) => Some(level.signature_len()),
         }
     }
 
-    /// Whether `other` is the same public key (labels aside).
+    /// Whether `other` is the same public key (labels aside; an AKP key's `alg`
+    /// is part of the key).
     pub fn same_key(&self, other: &PublicJwk) -> bool {
-        (&self.kty, &self.crv, &self.x, &self.y, &self.n, &self.e)
-            == (
-                &other.kty, &other.crv, &other.x, &other.y, &other.n, &other.e,
-            )
+        let akp_alg = |jwk: &PublicJwk| (jwk.kty == "AKP").then(|| jwk.alg.clone());
+        (
+            &self.kty, &self.crv, &self.x, &self.y, &self.n, &self.e, &self.pub_,
+        ) == (
+            &other.kty,
+            &other.crv,
+            &other.x,
+            &other.y,
+            &other.n,
+            &other.e,
+            &other.pub_,
+        ) && akp_alg(self) == akp_alg(other)
     }
 
-    /// `EC P-384`, `OKP Ed25519`, `RSA`: for messages.
+    /// FIPS 204's μ of `message` for this ML-DSA key (pure, empty context):
+    /// SHAKE256(SHAKE256(pk, 64) ‖ 0x00 ‖ 0x00 ‖ message, 64), what a signer
+    /// that takes an external μ signs instead of the message.
+    ///
+    /// # Errors
+    /// When this is not a usable ML-DSA key.
+    pub fn ml_dsa_mu(&self, message: &[u8]) -> Result<[u8; 64], JwkError> {
+        use shake::{ExtendableOutput, Update, XofReader};
+        let KeyKind::MlDsa(_) = self.kind()? else {
+            return Err(JwkError(format!(
+                "a {} key has no ML-DSA μ",
+                self.describe()
+            )));
+        };
+        let (public, _) = self.parts()?;
+        let mut tr = [0u8; 64];
+        shake::Shake256::default()
+            .chain(&public)
+            .finalize_xof()
+            .read(&mut tr);
+        let mut mu = [0u8; 64];
+        shake::Shake256::default()
+            .chain(&tr)
+            .chain(&[0, 0])
+            .chain(message)
+            .finalize_xof()
+            .read(&mut mu);
+        Ok(mu)
+    }
+
+    /// `EC P-384`, `OKP Ed25519`, `RSA`, `AKP ML-DSA-65`: for messages.
     pub fn describe(&self) -> String {
-        match &self.crv {
-            Some(crv) => format!("{} {crv}", self.kty),
-            None => self.kty.clone(),
+        match (&self.crv, &self.alg) {
+            (Some(crv), _) => format!("{} {crv}", self.kty),
+            (None, Some(alg)) if self.kty == "AKP" => format!("AKP {alg}"),
+            _ => self.kty.clone(),
         }
     }
 
@@ -437,26 +619,34 @@ impl PublicJwk {
         }
     }
 
-    /// The key without labels, as a backend returns it.
+    /// The key without labels, as a backend returns it (an AKP key keeps its
+    /// `alg`, which RFC 9964 makes part of the key).
     pub fn unlabelled(&self) -> PublicJwk {
         PublicJwk {
             kid: None,
-            alg: None,
+            alg: if self.kty == "AKP" {
+                self.alg.clone()
+            } else {
+                None
+            },
             use_: None,
             ..self.clone()
         }
     }
 }
 
-/// The aws-lc-rs verification algorithm of an EC or Ed25519 `alg`.
+/// The aws-lc-rs verification algorithm of `alg`.
 fn verification(alg: Alg) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
     match alg {
         Alg::ES256 => &ECDSA_P256_SHA256_FIXED,
         Alg::ES384 => &ECDSA_P384_SHA384_FIXED,
         Alg::ES512 => &ECDSA_P521_SHA512_FIXED,
-        Alg::EdDSA => &ED25519,
+        Alg::EdDSA | Alg::Ed25519 => &ED25519,
         Alg::RS256 => &RSA_PKCS1_2048_8192_SHA256,
         Alg::PS256 => &RSA_PSS_2048_8192_SHA256,
+        Alg::MlDsa44 => &ML_DSA_44,
+        Alg::MlDsa65 => &ML_DSA_65,
+        Alg::MlDsa87 => &ML_DSA_87,
     }
 }
 

@@ -29,7 +29,7 @@ use x509_cert::spki::{
 };
 use x509_cert::time::Validity;
 
-use crate::crypto::{Alg, Curve, KeyKind, PublicJwk, decode_base64};
+use crate::crypto::{Alg, Curve, KeyKind, MlDsa, PublicJwk, decode_base64};
 use crate::error_code::ErrorCode;
 
 mod names;
@@ -138,6 +138,18 @@ const RSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.11354
 const RSA_PSS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.10");
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// id-ml-dsa-44/65/87 (RFC 9881): the key's algorithm and the signature's.
+const ML_DSA_44: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.17");
+const ML_DSA_65: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.18");
+const ML_DSA_87: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.19");
+
+fn ml_dsa_oid(level: MlDsa) -> ObjectIdentifier {
+    match level {
+        MlDsa::L44 => ML_DSA_44,
+        MlDsa::L65 => ML_DSA_65,
+        MlDsa::L87 => ML_DSA_87,
+    }
+}
 
 /// The X.509 signature algorithm of a JOSE algorithm.
 pub fn signature_algorithm(alg: Alg) -> AlgorithmIdentifierOwned {
@@ -145,7 +157,10 @@ pub fn signature_algorithm(alg: Alg) -> AlgorithmIdentifierOwned {
         Alg::ES256 => (ECDSA_SHA256, None),
         Alg::ES384 => (ECDSA_SHA384, None),
         Alg::ES512 => (ECDSA_SHA512, None),
-        Alg::EdDSA => (ED25519, None),
+        Alg::EdDSA | Alg::Ed25519 => (ED25519, None),
+        Alg::MlDsa44 => (ML_DSA_44, None),
+        Alg::MlDsa65 => (ML_DSA_65, None),
+        Alg::MlDsa87 => (ML_DSA_87, None),
         Alg::RS256 => (RSA_SHA256, Some(der::asn1::Null.into())),
         Alg::PS256 => (
             RSA_PSS,
@@ -162,6 +177,11 @@ fn alg_of(algorithm: &AlgorithmIdentifierOwned) -> Option<Alg> {
         ECDSA_SHA384 => Alg::ES384,
         ECDSA_SHA512 => Alg::ES512,
         ED25519 => Alg::EdDSA,
+        // RFC 9881: the parameters are absent.
+        ML_DSA_44 | ML_DSA_65 | ML_DSA_87 if algorithm.parameters.is_some() => return None,
+        ML_DSA_44 => Alg::MlDsa44,
+        ML_DSA_65 => Alg::MlDsa65,
+        ML_DSA_87 => Alg::MlDsa87,
         RSA_SHA256 => Alg::RS256,
         RSA_PSS
             if algorithm
@@ -251,6 +271,13 @@ pub fn spki_of(jwk: &PublicJwk) -> Result<SubjectPublicKeyInfoOwned, CertError> 
                 parameters: None,
             },
             part(&jwk.x, "x")?,
+        ),
+        KeyKind::MlDsa(level) => (
+            AlgorithmIdentifierOwned {
+                oid: ml_dsa_oid(level),
+                parameters: None,
+            },
+            part(&jwk.pub_, "pub")?,
         ),
         KeyKind::Rsa => {
             let (n, e) = (part(&jwk.n, "n")?, part(&jwk.e, "e")?);
@@ -702,8 +729,19 @@ mod tests {
     #[test]
     fn every_algorithm_names_itself_in_x509() {
         for &alg in Alg::ALL {
-            assert_eq!(alg_of(&signature_algorithm(alg)), Some(alg), "{alg}");
+            // X.509 has one identifier for Ed25519, whichever JOSE name the key has.
+            let read = alg_of(&signature_algorithm(alg));
+            assert!(read.is_some_and(|r| alg.answers_to(r)), "{alg}: {read:?}");
         }
+        let with_parameters = AlgorithmIdentifierOwned {
+            parameters: Some(der::asn1::Null.into()),
+            ..signature_algorithm(Alg::MlDsa65)
+        };
+        assert_eq!(
+            alg_of(&with_parameters),
+            None,
+            "RFC 9881: parameters absent"
+        );
     }
 
     /// A self-signed CA certificate of `key`, signed in-process.

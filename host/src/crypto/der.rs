@@ -79,6 +79,8 @@ pub enum SpkiKey<'a> {
     Ed25519(&'a [u8]),
     /// An RSA key: modulus and exponent, big-endian without sign padding.
     Rsa { n: &'a [u8], e: &'a [u8] },
+    /// An ML-DSA key: its parameter set and raw public key.
+    MlDsa { level: super::MlDsa, key: &'a [u8] },
 }
 
 /// OID contents of id-ecPublicKey, rsaEncryption and id-Ed25519.
@@ -89,6 +91,10 @@ const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 pub const P256_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 pub const P384_OID: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 pub const P521_OID: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
+/// OID contents of id-ml-dsa-44, -65 and -87 (2.16.840.1.101.3.4.3.17/18/19).
+pub const ML_DSA_44_OID: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x11];
+pub const ML_DSA_65_OID: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x12];
+pub const ML_DSA_87_OID: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x13];
 
 /// Reads a DER SubjectPublicKeyInfo.
 ///
@@ -120,7 +126,11 @@ pub fn spki(der: &[u8]) -> Result<SpkiKey<'_>, String> {
                 e: unsigned(e),
             })
         }
-        _ => Err("the public key's algorithm is not EC, Ed25519 or RSA".into()),
+        _ => match super::MlDsa::ALL.into_iter().find(|l| l.oid() == oid) {
+            Some(level) if params.is_empty() => Ok(SpkiKey::MlDsa { level, key }),
+            Some(_) => Err("an ML-DSA key's algorithm has parameters (RFC 9881: absent)".into()),
+            None => Err("the public key's algorithm is not EC, Ed25519, RSA or ML-DSA".into()),
+        },
     }
 }
 
@@ -144,6 +154,27 @@ pub fn rsa_private_parts(pkcs8: &[u8]) -> Result<[&[u8]; 8], String> {
         body = rest;
     }
     Ok(parts)
+}
+
+/// The 32-byte seed of an ML-DSA private key in seed-form PKCS#8 (RFC 9881's
+/// `ML-DSA-PrivateKey` choice `seed [0] IMPLICIT OCTET STRING`, alone or with
+/// the expanded key).
+///
+/// # Errors
+/// When the DER is not such a key or carries no seed.
+pub fn ml_dsa_seed(pkcs8: &[u8]) -> Result<&[u8], String> {
+    let (info, _) = expect(pkcs8, 0x30, "PrivateKeyInfo")?;
+    let (_, rest) = expect(info, 0x02, "the PKCS#8 version")?;
+    let (_, rest) = expect(rest, 0x30, "the algorithm")?;
+    let (key, _) = expect(rest, 0x04, "the private key OCTET STRING")?;
+    let key = match element(key)? {
+        (0x30, both, _) => both,
+        _ => key,
+    };
+    match element(key)? {
+        (0x80, seed, _) if seed.len() == 32 => Ok(seed),
+        _ => Err("the stored ML-DSA key holds no 32-byte seed".into()),
+    }
 }
 
 #[cfg(test)]

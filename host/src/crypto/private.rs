@@ -9,12 +9,12 @@ use aws_lc_rs::rsa::{KeyPairComponents, KeySize, PublicKeyComponents};
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
     ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair,
-    RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair,
+    PqdsaKeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaKeyPair,
 };
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{Alg, Curve, JwkError, KeyKind, PublicJwk, URL_SAFE_ANY_PAD, base64url};
+use super::{Alg, Curve, JwkError, KeyKind, MlDsa, PublicJwk, URL_SAFE_ANY_PAD, base64url};
 use base64::Engine;
 
 /// A validated private key: its kind, its PKCS#8 form, its public JWK and, where
@@ -49,6 +49,11 @@ struct Fields {
     dp: Option<String>,
     dq: Option<String>,
     qi: Option<String>,
+    alg: Option<String>,
+    #[serde(rename = "pub")]
+    pub_: Option<String>,
+    #[serde(rename = "priv")]
+    priv_: Option<String>,
 }
 
 fn secret(name: &str, text: Option<&str>) -> Result<Zeroizing<Vec<u8>>, JwkError> {
@@ -77,8 +82,9 @@ fn ecdh(curve: Curve) -> &'static agreement::Algorithm {
 
 impl PrivateKey {
     /// Validates a private JWK: `EC` on P-256/384/521 with `d` (and `x`/`y`, when
-    /// given, belonging to `d`), `OKP` Ed25519 with `d` (and `x`), or `RSA` with
-    /// `n`, `e`, `d` and the CRT parameters `p`, `q`, `dp`, `dq`, `qi`.
+    /// given, belonging to `d`), `OKP` Ed25519 with `d` (and `x`), `RSA` with
+    /// `n`, `e`, `d` and the CRT parameters `p`, `q`, `dp`, `dq`, `qi`, or `AKP`
+    /// with `alg`, `priv` (the 32-byte ML-DSA seed) and the `pub` derived from it.
     ///
     /// # Errors
     /// A [`JwkError`] naming what is wrong.
@@ -91,9 +97,13 @@ impl PrivateKey {
             .ok_or_else(|| JwkError("privateJwk has no `kty`".into()))?;
         let kind = PublicJwk {
             crv: f.crv.clone(),
+            alg: f.alg.clone(),
             ..PublicJwk::bare(&kty, None)
         }
         .kind()?;
+        if let KeyKind::MlDsa(level) = kind {
+            return Self::from_akp_jwk(level, &f);
+        }
         if f.d.is_none() {
             return Err(JwkError(
                 "privateJwk has no private part `d` (a public JWK cannot be imported)".into(),
@@ -137,8 +147,52 @@ impl PrivateKey {
                 key
             }
             KeyKind::Rsa => Self::from_rsa_jwk(&f)?,
+            KeyKind::MlDsa(_) => unreachable!("AKP keys returned above"),
         };
         Ok(key)
+    }
+
+    fn from_akp_jwk(level: MlDsa, f: &Fields) -> Result<Self, JwkError> {
+        if f.priv_.is_none() {
+            return Err(JwkError(
+                "privateJwk has no private part `priv` (a public JWK cannot be imported)".into(),
+            ));
+        }
+        let seed = secret("priv", f.priv_.as_deref())?;
+        let key = Self::from_ml_dsa_seed(level, &seed)?;
+        match &f.pub_ {
+            Some(given) if Some(given) != key.public.pub_.as_ref() => Err(JwkError(
+                "`pub` is not the public key derived from the seed `priv`".into(),
+            )),
+            Some(_) => Ok(key),
+            None => Err(JwkError("privateJwk has no `pub`".into())),
+        }
+    }
+
+    /// The ML-DSA key that `seed` (FIPS 204's ξ, 32 bytes) expands to.
+    fn from_ml_dsa_seed(level: MlDsa, seed: &[u8]) -> Result<Self, JwkError> {
+        if seed.len() != 32 {
+            return Err(JwkError(format!(
+                "`priv` must be the 32-byte {} seed, got {} bytes",
+                level.alg(),
+                seed.len()
+            )));
+        }
+        let internal = |what: &str| JwkError(format!("cannot {what} the {} key", level.alg()));
+        let pair =
+            PqdsaKeyPair::from_seed(level.signing(), seed).map_err(|_| internal("expand"))?;
+        let public = PublicJwk::ml_dsa(level, pair.public_key().as_ref())?;
+        let pkcs8 = pair.to_pkcs8v1().map_err(|_| internal("encode"))?;
+        let private_jwk = serde_json::json!({
+            "kty": "AKP", "alg": level.alg().as_str(), "pub": public.pub_,
+            "priv": base64url(seed),
+        });
+        Ok(PrivateKey {
+            kind: KeyKind::MlDsa(level),
+            pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
+            private_jwk: Some(Zeroizing::new(private_jwk.to_string())),
+            public,
+        })
     }
 
     fn from_ec_scalar(curve: Curve, d: &[u8]) -> Result<Self, JwkError> {
@@ -307,6 +361,11 @@ impl PrivateKey {
                 };
                 Self::from_rsa(&RsaKeyPair::generate(size).map_err(|_| failed())?)
             }
+            KeyKind::MlDsa(level) => {
+                let mut seed = Zeroizing::new([0u8; 32]);
+                aws_lc_rs::rand::fill(seed.as_mut()).map_err(|_| failed())?;
+                Self::from_ml_dsa_seed(level, seed.as_ref())
+            }
         }
     }
 
@@ -327,6 +386,9 @@ impl PrivateKey {
                 Self::from_ed25519(&Ed25519KeyPair::from_pkcs8(der).map_err(|_| bad())?)
             }
             KeyKind::Rsa => Self::from_rsa(&RsaKeyPair::from_pkcs8(der).map_err(|_| bad())?),
+            KeyKind::MlDsa(level) => {
+                Self::from_ml_dsa_seed(level, super::der::ml_dsa_seed(der).map_err(JwkError)?)
+            }
         }
     }
 
@@ -379,6 +441,8 @@ impl PrivateKey {
             "dp" => fields.dp,
             "dq" => fields.dq,
             "qi" => fields.qi,
+            "pub" => fields.pub_,
+            "priv" => fields.priv_,
             _ => None,
         };
         secret(name, value.as_deref())
@@ -406,6 +470,9 @@ impl PrivateKey {
             KeyKind::Rsa => Signer::Rsa(
                 RsaKeyPair::from_pkcs8(&self.pkcs8).map_err(|_| bad())?,
                 rsa_encoding(alg),
+            ),
+            KeyKind::MlDsa(level) => Signer::MlDsa(
+                PqdsaKeyPair::from_pkcs8(level.signing(), &self.pkcs8).map_err(|_| bad())?,
             ),
         })
     }
@@ -435,6 +502,7 @@ pub enum Signer {
         RsaKeyPair,
         &'static aws_lc_rs::signature::RsaSignatureEncoding,
     ),
+    MlDsa(PqdsaKeyPair),
 }
 
 impl Signer {
@@ -465,6 +533,11 @@ impl Signer {
                 let public = rsa_public(&pair)?;
                 Ok((Signer::Rsa(pair, rsa_encoding(alg)), public))
             }
+            KeyKind::MlDsa(level) => {
+                let pair = PqdsaKeyPair::from_pkcs8(level.signing(), der).map_err(|_| bad())?;
+                let public = PublicJwk::ml_dsa(level, pair.public_key().as_ref())?;
+                Ok((Signer::MlDsa(pair), public))
+            }
         }
     }
 
@@ -483,6 +556,12 @@ impl Signer {
                 let mut signature = vec![0u8; pair.public_modulus_len()];
                 pair.sign(*encoding, &rng, message, &mut signature)
                     .expect("RSA signing with a loaded key does not fail");
+                signature
+            }
+            Signer::MlDsa(pair) => {
+                let mut signature = vec![0u8; pair.algorithm().signature_len()];
+                pair.sign(message, &mut signature)
+                    .expect("ML-DSA signing with a loaded key does not fail");
                 signature
             }
         }
@@ -524,6 +603,46 @@ mod tests {
                     .0
                     .contains("`d`")
             );
+        }
+    }
+
+    #[test]
+    fn akp_private_jwks_round_trip_and_bad_ones_are_refused() {
+        for alg in [Alg::MlDsa44, Alg::MlDsa65, Alg::MlDsa87] {
+            let key = PrivateKey::generate(alg, None).unwrap();
+            let jwk: serde_json::Value = serde_json::from_str(key.private_jwk().unwrap()).unwrap();
+            assert_eq!(jwk["kty"], "AKP");
+            assert_eq!(jwk["alg"], alg.as_str());
+            let parsed = PrivateKey::from_jwk(&jwk).unwrap();
+            assert!(parsed.public_jwk().same_key(key.public_jwk()), "{alg}");
+            let reloaded = PrivateKey::from_pkcs8(key.kind(), key.pkcs8()).unwrap();
+            assert_eq!(reloaded.private_jwk().unwrap(), key.private_jwk().unwrap());
+
+            let refused = |change: &dyn Fn(&mut serde_json::Value), says: &str| {
+                let mut bad = jwk.clone();
+                change(&mut bad);
+                let error = PrivateKey::from_jwk(&bad).unwrap_err().0;
+                assert!(error.contains(says), "{alg}: {error}");
+            };
+            let other = PrivateKey::generate(alg, None).unwrap();
+            refused(
+                &|j| j["pub"] = other.public_jwk().pub_.clone().into(),
+                "not the public key derived",
+            );
+            refused(&|j| j["priv"] = base64url(&[7; 31]).into(), "32-byte");
+            refused(
+                &|j| {
+                    j.as_object_mut().unwrap().remove("priv");
+                },
+                "`priv`",
+            );
+            refused(
+                &|j| {
+                    j.as_object_mut().unwrap().remove("pub");
+                },
+                "`pub`",
+            );
+            refused(&|j| j["alg"] = "ES256".into(), "AKP key needs");
         }
     }
 

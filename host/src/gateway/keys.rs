@@ -149,6 +149,7 @@ impl Gateway {
                 KeyKind::Ec(curve) => curve.alg(),
                 KeyKind::Ed25519 => Alg::EdDSA,
                 KeyKind::Rsa => Alg::RS256,
+                KeyKind::MlDsa(level) => level.alg(),
             },
         };
         let alg = Self::choose_alg(provider.as_ref(), Some(alg))?;

@@ -80,7 +80,7 @@ impl Gateway {
     ) -> Result<(Arc<KeyRecord>, Arc<Registry>, usize), GatewayError> {
         let record = self.key(tenant, kid).await?;
         if let Some(alg) = alg
-            && alg != record.alg
+            && !record.alg.answers_to(alg)
         {
             return Err(GatewayError::InvalidInput(format!(
                 "key `{kid}` is a {} key and cannot sign with {alg}",

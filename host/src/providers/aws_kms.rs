@@ -118,7 +118,16 @@ impl AwsKmsProvider {
                 can_create: true,
                 can_import: false,
                 can_delete: true,
-                supported_algs: vec![Alg::ES256, Alg::ES384, Alg::ES512, Alg::RS256, Alg::PS256],
+                supported_algs: vec![
+                    Alg::ES256,
+                    Alg::ES384,
+                    Alg::ES512,
+                    Alg::RS256,
+                    Alg::PS256,
+                    Alg::MlDsa44,
+                    Alg::MlDsa65,
+                    Alg::MlDsa87,
+                ],
                 default_alg: Alg::ES256,
                 signs_in_process: false,
             },
@@ -153,23 +162,60 @@ fn key_spec(spec: KeySpec) -> Result<AwsKeySpec, ProviderError> {
         (Alg::RS256 | Alg::PS256, 3072) => AwsKeySpec::Rsa3072,
         (Alg::RS256 | Alg::PS256, 4096) => AwsKeySpec::Rsa4096,
         (Alg::RS256 | Alg::PS256, _) => AwsKeySpec::Rsa2048,
-        (Alg::EdDSA, _) => {
-            return Err(ProviderError::Unsupported(
-                "aws-kms does not support EdDSA".into(),
-            ));
+        (Alg::MlDsa44, _) => AwsKeySpec::MlDsa44,
+        (Alg::MlDsa65, _) => AwsKeySpec::MlDsa65,
+        (Alg::MlDsa87, _) => AwsKeySpec::MlDsa87,
+        (alg @ (Alg::EdDSA | Alg::Ed25519), _) => {
+            return Err(ProviderError::Unsupported(format!(
+                "aws-kms does not support {alg}"
+            )));
         }
     })
 }
 
-/// The KMS signing algorithm of `alg`, and the digest a `DIGEST` message needs.
-fn signing(alg: Alg) -> (SigningAlgorithmSpec, &'static aws_lc_rs::digest::Algorithm) {
+/// What AWS KMS's Sign takes for one message under `key`: the signing
+/// algorithm, the message type and the bytes. ECDSA and RSA send 1 to 4096
+/// bytes `RAW`, else their digest; ML-DSA sends 1 to 4096 bytes `RAW`, else
+/// FIPS 204's μ (`EXTERNAL_MU`), which it has no digest form instead of.
+fn sign_input(
+    key: &KeyRef<'_>,
+    message: &[u8],
+) -> Result<(SigningAlgorithmSpec, MessageType, Vec<u8>), ProviderError> {
     use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
-    match alg {
+    let (algorithm, hash) = match key.alg {
         Alg::ES384 => (SigningAlgorithmSpec::EcdsaSha384, &SHA384),
         Alg::ES512 => (SigningAlgorithmSpec::EcdsaSha512, &SHA512),
         Alg::RS256 => (SigningAlgorithmSpec::RsassaPkcs1V15Sha256, &SHA256),
         Alg::PS256 => (SigningAlgorithmSpec::RsassaPssSha256, &SHA256),
-        Alg::ES256 | Alg::EdDSA => (SigningAlgorithmSpec::EcdsaSha256, &SHA256),
+        Alg::ES256 => (SigningAlgorithmSpec::EcdsaSha256, &SHA256),
+        Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => {
+            if (1..=RAW_LIMIT).contains(&message.len()) {
+                return Ok((
+                    SigningAlgorithmSpec::MlDsaShake256,
+                    MessageType::Raw,
+                    message.to_vec(),
+                ));
+            }
+            let mu = key.public_jwk.ml_dsa_mu(message).map_err(|e| {
+                ProviderError::Internal(format!("cannot compute the ML-DSA μ: {e}"))
+            })?;
+            return Ok((
+                SigningAlgorithmSpec::MlDsaShake256,
+                MessageType::ExternalMu,
+                mu.to_vec(),
+            ));
+        }
+        alg @ (Alg::EdDSA | Alg::Ed25519) => {
+            return Err(ProviderError::Unsupported(format!(
+                "aws-kms does not support {alg}"
+            )));
+        }
+    };
+    if (1..=RAW_LIMIT).contains(&message.len()) {
+        Ok((algorithm, MessageType::Raw, message.to_vec()))
+    } else {
+        let digest = aws_lc_rs::digest::digest(hash, message);
+        Ok((algorithm, MessageType::Digest, digest.as_ref().to_vec()))
     }
 }
 
@@ -239,14 +285,7 @@ impl Provider for AwsKmsProvider {
 
     async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
         let alg = key.alg;
-        let (algorithm, hash) = signing(alg);
-        // KMS takes 1 to 4096 bytes RAW; anything else goes as its digest.
-        let (input, kind) = if (1..=RAW_LIMIT).contains(&message.len()) {
-            (message.to_vec(), MessageType::Raw)
-        } else {
-            let digest = aws_lc_rs::digest::digest(hash, message);
-            (digest.as_ref().to_vec(), MessageType::Digest)
-        };
+        let (algorithm, kind, input) = sign_input(key, message)?;
         let answer = retrying(|| async {
             self.client
                 .sign()
@@ -262,7 +301,7 @@ impl Provider for AwsKmsProvider {
         let der = answer.signature().ok_or_else(|| {
             ProviderError::Backend("AWS KMS answered Sign without a signature".into())
         })?;
-        if alg.key_kind() == KeyKind::Rsa {
+        if matches!(alg.key_kind(), KeyKind::Rsa | KeyKind::MlDsa(_)) {
             return Ok(der.as_ref().to_vec());
         }
         ecdsa_der_to_raw(alg, der.as_ref()).map_err(|e| {

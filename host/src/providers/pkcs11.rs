@@ -143,32 +143,48 @@ fn read_public(
     }
 }
 
-/// The `C_Sign` mechanism of `alg`.
+/// The algorithms the provider offers: all but ML-DSA, which PKCS#11 3.2
+/// defines (`CKM_ML_DSA`) but SoftHSM2 and most tokens do not implement yet.
+fn offered() -> Vec<Alg> {
+    Alg::ALL
+        .iter()
+        .copied()
+        .filter(|alg| !matches!(alg.key_kind(), KeyKind::MlDsa(_)))
+        .collect()
+}
+
+fn not_offered(alg: Alg) -> ProviderError {
+    ProviderError::Unsupported(format!("the pkcs11 provider does not offer {alg}"))
+}
+
+/// The `C_Sign` mechanism of `alg` (one [`sign_input`] accepted).
 fn mechanism(alg: Alg) -> Mechanism<'static> {
     match alg {
-        Alg::ES256 | Alg::ES384 | Alg::ES512 => Mechanism::Ecdsa,
-        Alg::EdDSA => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+        Alg::EdDSA | Alg::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
         Alg::RS256 => Mechanism::RsaPkcs,
         Alg::PS256 => Mechanism::RsaPkcsPss(PkcsPssParams {
             hash_alg: MechanismType::SHA256,
             mgf: PkcsMgfType::MGF1_SHA256,
             s_len: 32.into(),
         }),
+        _ => Mechanism::Ecdsa,
     }
 }
 
 /// What `C_Sign` signs for `alg`: the hash (ECDSA, PSS), the SHA-256 DigestInfo
 /// (PKCS#1 v1.5) or the message itself (EdDSA).
-fn sign_input(alg: Alg, message: &[u8]) -> Vec<u8> {
+fn sign_input(alg: Alg, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
     use aws_lc_rs::digest::{SHA256, SHA384, SHA512, digest};
-    match alg {
-        // SoftHSM2 does not check the digest length: each gets exactly its hash.
-        Alg::ES256 | Alg::PS256 => digest(&SHA256, message).as_ref().to_vec(),
-        Alg::ES384 => digest(&SHA384, message).as_ref().to_vec(),
-        Alg::ES512 => digest(&SHA512, message).as_ref().to_vec(),
-        Alg::EdDSA => message.to_vec(),
-        Alg::RS256 => [&SHA256_DIGEST_INFO[..], digest(&SHA256, message).as_ref()].concat(),
-    }
+    let hashed = |hash| digest(hash, message).as_ref().to_vec();
+    // SoftHSM2 does not check the digest length: each gets exactly its hash.
+    Ok(match alg {
+        Alg::ES256 | Alg::PS256 => hashed(&SHA256),
+        Alg::ES384 => hashed(&SHA384),
+        Alg::ES512 => hashed(&SHA512),
+        Alg::EdDSA | Alg::Ed25519 => message.to_vec(),
+        Alg::RS256 => [&SHA256_DIGEST_INFO[..], &hashed(&SHA256)].concat(),
+        Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => return Err(not_offered(alg)),
+    })
 }
 
 fn unhex(text: &str) -> Result<Vec<u8>, ProviderError> {
@@ -280,7 +296,7 @@ impl Pkcs11Provider {
                 can_create: writable,
                 can_import: writable,
                 can_delete: writable,
-                supported_algs: Alg::ALL.to_vec(),
+                supported_algs: offered(),
                 default_alg: Alg::ES256,
                 signs_in_process: false,
             },
@@ -394,6 +410,9 @@ impl Provider for Pkcs11Provider {
         let id = random_id();
         let (kid_owned, id_owned) = (kid.to_owned(), id.clone());
         let kind = spec.alg.key_kind();
+        if let KeyKind::MlDsa(_) = kind {
+            return Err(not_offered(spec.alg));
+        }
         let public_jwk = self
             .run(move |session| {
                 // Domain parameters go in the public template only: the private key
@@ -416,6 +435,7 @@ impl Provider for Pkcs11Provider {
                         ]);
                         Mechanism::RsaPkcsKeyPairGen
                     }
+                    KeyKind::MlDsa(_) => unreachable!("refused above"),
                 };
                 let private = private_template(&kid_owned, &id_owned);
                 let (public, _) = session
@@ -495,6 +515,7 @@ impl Provider for Pkcs11Provider {
                     Attribute::PublicExponent(part("e")?),
                 ]);
             }
+            KeyKind::MlDsa(level) => return Err(not_offered(level.alg())),
         }
         self.run(move |session| {
             let private = session.create_object(&private).map_err(|e| match e {
@@ -525,7 +546,7 @@ impl Provider for Pkcs11Provider {
     async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
         let alg = key.alg;
         let handle = self.private_handle(key.external_id).await?;
-        let input = sign_input(alg, message);
+        let input = sign_input(alg, message)?;
         let signature = self
             .run(move |session| {
                 session

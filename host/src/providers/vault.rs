@@ -26,7 +26,7 @@ use super::{
     Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
 };
 use crate::config::VaultConfig;
-use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
+use crate::crypto::{KeyKind, MlDsa, PrivateKey, PublicJwk, decode_base64};
 use crate::redact::Redactor;
 
 /// Messages longer than this are hashed on the host and signed as a digest.
@@ -74,18 +74,23 @@ fn key_type(alg: Alg, rsa_bits: u32) -> String {
         Alg::ES256 => "ecdsa-p256".into(),
         Alg::ES384 => "ecdsa-p384".into(),
         Alg::ES512 => "ecdsa-p521".into(),
-        Alg::EdDSA => "ed25519".into(),
+        Alg::EdDSA | Alg::Ed25519 => "ed25519".into(),
         Alg::RS256 | Alg::PS256 => format!("rsa-{rsa_bits}"),
+        Alg::MlDsa44 => "mldsa-44".into(),
+        Alg::MlDsa65 => "mldsa-65".into(),
+        Alg::MlDsa87 => "mldsa-87".into(),
     }
 }
 
-/// Transit's name for the hash of `alg`, and the digest for `prehashed` input.
-fn hash(alg: Alg) -> (&'static str, &'static aws_lc_rs::digest::Algorithm) {
+/// Transit's name for the hash of an ECDSA or RSA `alg`, and the digest for
+/// `prehashed` input; `None` for the algorithms that sign the message itself.
+fn hash(alg: Alg) -> Option<(&'static str, &'static aws_lc_rs::digest::Algorithm)> {
     use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
     match alg {
-        Alg::ES384 => ("sha2-384", &SHA384),
-        Alg::ES512 | Alg::EdDSA => ("sha2-512", &SHA512),
-        Alg::ES256 | Alg::RS256 | Alg::PS256 => ("sha2-256", &SHA256),
+        Alg::ES384 => Some(("sha2-384", &SHA384)),
+        Alg::ES512 => Some(("sha2-512", &SHA512)),
+        Alg::ES256 | Alg::RS256 | Alg::PS256 => Some(("sha2-256", &SHA256)),
+        Alg::EdDSA | Alg::Ed25519 | Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => None,
     }
 }
 
@@ -255,13 +260,20 @@ impl VaultProvider {
                 "Vault key `{name}` has an unusable public key: {e}"
             ))
         };
-        // ECDSA and RSA keys come as PEM; an Ed25519 key as the base64 of its 32 bytes.
+        // ECDSA and RSA keys come as PEM; Ed25519 and ML-DSA keys as the base64
+        // of their raw bytes.
         if public.starts_with("-----BEGIN") {
-            PublicJwk::from_spki(&pem_body(public)?).map_err(|e| unusable(&e))
-        } else {
-            let raw = decode_base64(public).map_err(|e| unusable(&e))?;
-            PublicJwk::ed25519(&raw).map_err(|e| unusable(&e))
+            return PublicJwk::from_spki(&pem_body(public)?).map_err(|e| unusable(&e));
         }
+        let raw = decode_base64(public).map_err(|e| unusable(&e))?;
+        let ml_dsa = |level| PublicJwk::ml_dsa(level, &raw);
+        match key["data"]["type"].as_str() {
+            Some("mldsa-44") => ml_dsa(MlDsa::L44),
+            Some("mldsa-65") => ml_dsa(MlDsa::L65),
+            Some("mldsa-87") => ml_dsa(MlDsa::L87),
+            _ => PublicJwk::ed25519(&raw),
+        }
+        .map_err(|e| unusable(&e))
     }
 
     /// One Transit sign request (`messages` of one: `input`; more: `batch_input`);
@@ -272,15 +284,14 @@ impl VaultProvider {
         messages: &[&[u8]],
         alg: Alg,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
-        let (hash_name, digest) = hash(alg);
+        let hash = hash(alg);
         // A batch shares `prehashed`: all are hashed here when one is large.
-        let prehash = alg != Alg::EdDSA && messages.iter().any(|m| m.len() > PREHASH_ABOVE);
-        let encode = |message: &[u8]| {
-            if prehash {
+        let prehash = hash.filter(|_| messages.iter().any(|m| m.len() > PREHASH_ABOVE));
+        let encode = |message: &[u8]| match prehash {
+            Some((_, digest)) => {
                 STANDARD.encode(aws_lc_rs::digest::digest(digest, message).as_ref())
-            } else {
-                STANDARD.encode(message)
             }
+            None => STANDARD.encode(message),
         };
         let mut request = match messages {
             [message] => json!({"input": encode(message)}),
@@ -288,7 +299,7 @@ impl VaultProvider {
                 json!({"batch_input": messages.iter().map(|m| json!({"input": encode(m)})).collect::<Vec<_>>()})
             }
         };
-        if prehash {
+        if prehash.is_some() {
             request["prehashed"] = true.into();
         }
         match alg.key_kind() {
@@ -299,18 +310,15 @@ impl VaultProvider {
                 // The JOSE PS256 salt is as long as the hash; Transit's default is the longest.
                 request["salt_length"] = "hash".into();
             }
-            KeyKind::Ed25519 => {}
+            KeyKind::Ed25519 | KeyKind::MlDsa(_) => {}
         }
         let name = &key.external_id;
+        let path = match hash {
+            Some((hash_name, _)) => format!("sign/{name}/{hash_name}"),
+            None => format!("sign/{name}"),
+        };
         let answer = retrying(|| async {
-            match self
-                .key_op(
-                    Method::POST,
-                    &format!("sign/{name}/{hash_name}"),
-                    Some(&request),
-                )
-                .await?
-            {
+            match self.key_op(Method::POST, &path, Some(&request)).await? {
                 Ok(answer) => Ok(answer),
                 // Transit answers 400 for a missing key; ask, rather than read the message.
                 Err(r) if r.status == StatusCode::BAD_REQUEST && !self.exists(name).await? => {

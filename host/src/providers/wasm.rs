@@ -18,15 +18,16 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use self::bindings::kmsgw::adapter::types::{
-    Alg as GuestAlg, Error as GuestError, KeyMaterial as GuestKeyMaterial, KeySpec as GuestKeySpec,
+    Error as GuestError, KeyMaterial as GuestKeyMaterial, KeySpec as GuestKeySpec,
 };
 use self::host::{AllowedHost, GuestShared};
 use self::limits::{
     GuestLimits, MAX_EXTERNAL_ID_BYTES, MAX_GUEST_TEXT_BYTES, MAX_PUBLIC_JWK_BYTES,
-    MAX_SIGNATURE_BYTES, sanitize,
+    max_signature_bytes, sanitize,
 };
 use self::pool::{Lease, Pool};
 use self::runtime::{LoadError, WasmRuntime};
+use self::versions::{guest_alg, host_alg};
 use super::{
     Alg, Capabilities, GuestReport, GuestStats, Health, KeyMaterial, KeyRef, KeySpec, Provider,
     ProviderError, ProviderKind,
@@ -130,26 +131,13 @@ fn guest_error(e: GuestError, redactor: &Redactor) -> ProviderError {
     }
 }
 
-fn guest_alg(alg: Alg) -> GuestAlg {
-    match alg {
-        Alg::ES256 => GuestAlg::Es256,
-        Alg::ES384 => GuestAlg::Es384,
-        Alg::ES512 => GuestAlg::Es512,
-        Alg::EdDSA => GuestAlg::Eddsa,
-        Alg::RS256 => GuestAlg::Rs256,
-        Alg::PS256 => GuestAlg::Ps256,
+/// The algorithms a guest signs, with `Ed25519` beside `EdDSA` (one signature
+/// under two JOSE names).
+fn with_ed25519(mut algs: Vec<Alg>) -> Vec<Alg> {
+    if algs.contains(&Alg::EdDSA) && !algs.contains(&Alg::Ed25519) {
+        algs.push(Alg::Ed25519);
     }
-}
-
-fn host_alg(alg: GuestAlg) -> Alg {
-    match alg {
-        GuestAlg::Es256 => Alg::ES256,
-        GuestAlg::Es384 => Alg::ES384,
-        GuestAlg::Es512 => Alg::ES512,
-        GuestAlg::Eddsa => Alg::EdDSA,
-        GuestAlg::Rs256 => Alg::RS256,
-        GuestAlg::Ps256 => Alg::PS256,
-    }
+    algs
 }
 
 /// A guest adapter as a provider.
@@ -230,7 +218,7 @@ impl WasmProvider {
             can_create: caps.can_create,
             can_import: caps.can_import,
             can_delete: caps.can_delete,
-            supported_algs: caps.algs.iter().copied().map(host_alg).collect(),
+            supported_algs: with_ed25519(caps.algs.iter().copied().map(host_alg).collect()),
             default_alg: host_alg(caps.default_alg),
             signs_in_process: false,
         };
@@ -405,7 +393,7 @@ impl Provider for WasmProvider {
             guest_alg(key.alg)
         ))?;
         // The gateway verifies the signature before a client sees it.
-        self.bounded("signature", signature.len(), MAX_SIGNATURE_BYTES)?;
+        self.bounded("signature", signature.len(), max_signature_bytes(key.alg))?;
         tracing::debug!(provider = %self.id, elapsed_us = started.elapsed().as_micros() as u64, "guest signed");
         Ok(signature)
     }

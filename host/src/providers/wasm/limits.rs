@@ -6,14 +6,21 @@
 use serde::Serialize;
 
 use crate::config::WasmLimits;
+use crate::crypto::{Alg, KeyKind};
 
 /// Largest external id a guest may return for a key, in bytes (it is stored and
 /// sent back on every sign).
 pub const MAX_EXTERNAL_ID_BYTES: usize = 1024;
 /// Largest public JWK a guest may return, in bytes of JSON (an RSA-4096 JWK is ~750).
 pub const MAX_PUBLIC_JWK_BYTES: usize = 16 * 1024;
-/// Largest signature a guest may return, in bytes (RSA-8192 would be 1024).
-pub const MAX_SIGNATURE_BYTES: usize = 1024;
+/// Largest signature a guest may return for `alg`, in bytes: an ML-DSA
+/// signature's fixed length, else 1024 (RSA-8192's).
+pub fn max_signature_bytes(alg: Alg) -> usize {
+    match alg.key_kind() {
+        KeyKind::MlDsa(level) => level.signature_len(),
+        _ => 1024,
+    }
+}
 /// How much of a guest's own text (an error message, stderr) reaches a client or
 /// the log, in bytes; the rest is cut.
 pub const MAX_GUEST_TEXT_BYTES: usize = 512;

@@ -1,6 +1,6 @@
 //! The WIT versions a guest may be built against, behind one face: a component's
-//! version is read from its export, its calls go through [`Guest`], and answers of
-//! 0.1.0 guests are converted to the current types (Zed's model: the old package
+//! version is read from its export, its calls go through [`Guest`], and calls to
+//! and answers of 0.1.0 and 0.2.0 guests are converted from and to the current types (Zed's model: the old package
 //! frozen, conversions on the host). The `storage` and `log` imports of every
 //! version delegate to the one implementation in `host`.
 
@@ -10,23 +10,26 @@ use wasmtime::component::InstancePre;
 use super::bindings::kmsgw::adapter::types::{
     Alg, Capabilities, Error as GuestError, KeyMaterial, KeySpec,
 };
-use super::bindings::{v0_1, v0_2};
+use super::bindings::{v0_1, v0_2, v0_3};
 use super::host::{HostState, LogLevel};
+use crate::crypto::Alg as HostAlg;
 
 /// The WIT package versions the host runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WitVersion {
     V0_1,
     V0_2,
+    V0_3,
 }
 
 impl WitVersion {
     /// The version of the `kmsgw:adapter/adapter` interface a component exports
-    /// (`export_name` like `kmsgw:adapter/adapter@0.2.0`).
+    /// (`export_name` like `kmsgw:adapter/adapter@0.3.0`).
     pub fn of_export(export_name: &str) -> Option<WitVersion> {
         match export_name.strip_prefix("kmsgw:adapter/adapter@")? {
             "0.1.0" => Some(WitVersion::V0_1),
             "0.2.0" => Some(WitVersion::V0_2),
+            "0.3.0" => Some(WitVersion::V0_3),
             _ => None,
         }
     }
@@ -36,15 +39,17 @@ impl WitVersion {
         match self {
             WitVersion::V0_1 => "0.1.0",
             WitVersion::V0_2 => "0.2.0",
+            WitVersion::V0_3 => "0.3.0",
         }
     }
 }
 
-/// A linked component, ready to instantiate, of either version.
+/// A linked component, ready to instantiate, of any version.
 #[derive(Clone)]
 pub enum GuestPre {
     V0_1(v0_1::ProviderPre<HostState>),
     V0_2(v0_2::ProviderPre<HostState>),
+    V0_3(v0_3::ProviderPre<HostState>),
 }
 
 impl GuestPre {
@@ -56,6 +61,7 @@ impl GuestPre {
         Ok(match version {
             WitVersion::V0_1 => GuestPre::V0_1(v0_1::ProviderPre::new(pre)?),
             WitVersion::V0_2 => GuestPre::V0_2(v0_2::ProviderPre::new(pre)?),
+            WitVersion::V0_3 => GuestPre::V0_3(v0_3::ProviderPre::new(pre)?),
         })
     }
 
@@ -67,37 +73,69 @@ impl GuestPre {
         Ok(match self {
             GuestPre::V0_1(pre) => Guest::V0_1(pre.instantiate_async(store).await?),
             GuestPre::V0_2(pre) => Guest::V0_2(pre.instantiate_async(store).await?),
+            GuestPre::V0_3(pre) => Guest::V0_3(pre.instantiate_async(store).await?),
         })
     }
 }
 
-/// A live guest instance's exports, of either version.
+/// A live guest instance's exports, of any version.
 pub enum Guest {
     V0_1(v0_1::Provider),
     V0_2(v0_2::Provider),
+    V0_3(v0_3::Provider),
 }
 
 /// What a guest call gives: a trap (outer) or the guest's answer (inner).
 type Call<T> = wasmtime::Result<Result<T, GuestError>>;
 
+/// Calls `$call` on whichever version `$guest` is (the same text, typed by each
+/// version's bindings), converting an older version's answer with `$convert`.
+macro_rules! each_version {
+    ($guest:expr, |$adapter:ident| $call:expr, |$answer:ident| $convert:expr) => {
+        match $guest {
+            Guest::V0_3(g) => {
+                let $adapter = g.kmsgw_adapter_adapter();
+                $call
+            }
+            Guest::V0_2(g) => {
+                let $adapter = g.kmsgw_adapter_adapter();
+                let $answer = $call?;
+                Ok($convert)
+            }
+            Guest::V0_1(g) => {
+                let $adapter = g.kmsgw_adapter_adapter();
+                let $answer = $call?;
+                Ok($convert)
+            }
+        }
+    };
+}
+
 impl Guest {
+    /// The WIT version of this instance.
+    fn version(&self) -> WitVersion {
+        match self {
+            Guest::V0_1(_) => WitVersion::V0_1,
+            Guest::V0_2(_) => WitVersion::V0_2,
+            Guest::V0_3(_) => WitVersion::V0_3,
+        }
+    }
+
     /// `init`.
     pub async fn init(&self, store: &mut Store<HostState>, config: &str) -> Call<Capabilities> {
-        match self {
-            Guest::V0_2(g) => g.kmsgw_adapter_adapter().call_init(store, config).await,
-            Guest::V0_1(g) => Ok(g
-                .kmsgw_adapter_adapter()
-                .call_init(store, config)
-                .await?
+        each_version!(
+            self,
+            |adapter| adapter.call_init(store, config).await,
+            |answer| answer
                 .map(|c| Capabilities {
                     can_create: c.can_create,
                     can_import: c.can_import,
                     can_delete: c.can_delete,
-                    algs: c.algs.into_iter().map(from_v0_1_alg).collect(),
-                    default_alg: from_v0_1_alg(c.default_alg),
+                    algs: c.algs.into_iter().map(Older::current).collect(),
+                    default_alg: c.default_alg.current(),
                 })
-                .map_err(from_v0_1_error)),
-        }
+                .map_err(Older::current)
+        )
     }
 
     /// `generate-key`.
@@ -107,22 +145,32 @@ impl Guest {
         kid: &str,
         spec: KeySpec,
     ) -> Call<KeyMaterial> {
+        let Some(alg) = self.older_alg(spec.alg) else {
+            return Ok(Err(self.cannot(spec.alg)));
+        };
         match self {
-            Guest::V0_2(g) => {
+            Guest::V0_3(g) => {
                 g.kmsgw_adapter_adapter()
                     .call_generate_key(store, kid, spec)
                     .await
             }
-            Guest::V0_1(g) => {
-                let Some(alg) = to_v0_1_alg(spec.alg) else {
-                    return Ok(Err(only_es256()));
+            Guest::V0_2(g) => {
+                let spec = v0_2::kmsgw::adapter::types::KeySpec {
+                    alg: alg.v0_2,
+                    rsa_bits: spec.rsa_bits,
                 };
                 Ok(g.kmsgw_adapter_adapter()
-                    .call_generate_key(store, kid, alg)
+                    .call_generate_key(store, kid, spec)
                     .await?
-                    .map(from_v0_1_material)
-                    .map_err(from_v0_1_error))
+                    .map(Older::current)
+                    .map_err(Older::current))
             }
+            Guest::V0_1(g) => Ok(g
+                .kmsgw_adapter_adapter()
+                .call_generate_key(store, kid, alg.v0_1)
+                .await?
+                .map(Older::current)
+                .map_err(Older::current)),
         }
     }
 
@@ -134,23 +182,18 @@ impl Guest {
         private_jwk: &str,
         alg: Alg,
     ) -> Call<KeyMaterial> {
-        match self {
-            Guest::V0_2(g) => {
-                g.kmsgw_adapter_adapter()
-                    .call_import_key(store, kid, private_jwk, alg)
+        let Some(old) = self.older_alg(alg) else {
+            return Ok(Err(self.cannot(alg)));
+        };
+        each_version!(
+            self,
+            |adapter| {
+                adapter
+                    .call_import_key(store, kid, private_jwk, old.pick(alg))
                     .await
-            }
-            Guest::V0_1(g) => {
-                let Some(alg) = to_v0_1_alg(alg) else {
-                    return Ok(Err(only_es256()));
-                };
-                Ok(g.kmsgw_adapter_adapter()
-                    .call_import_key(store, kid, private_jwk, alg)
-                    .await?
-                    .map(from_v0_1_material)
-                    .map_err(from_v0_1_error))
-            }
-        }
+            },
+            |answer| answer.map(Older::current).map_err(Older::current)
+        )
     }
 
     /// `sign`.
@@ -161,85 +204,196 @@ impl Guest {
         message: &[u8],
         alg: Alg,
     ) -> Call<Vec<u8>> {
-        match self {
-            Guest::V0_2(g) => {
-                g.kmsgw_adapter_adapter()
-                    .call_sign(store, external_id, message, alg)
+        let Some(old) = self.older_alg(alg) else {
+            return Ok(Err(self.cannot(alg)));
+        };
+        each_version!(
+            self,
+            |adapter| {
+                adapter
+                    .call_sign(store, external_id, message, old.pick(alg))
                     .await
-            }
-            Guest::V0_1(g) => {
-                let Some(alg) = to_v0_1_alg(alg) else {
-                    return Ok(Err(only_es256()));
-                };
-                Ok(g.kmsgw_adapter_adapter()
-                    .call_sign(store, external_id, message, alg)
-                    .await?
-                    .map_err(from_v0_1_error))
-            }
-        }
+            },
+            |answer| answer.map_err(Older::current)
+        )
     }
 
     /// `delete-key`.
     pub async fn delete_key(&self, store: &mut Store<HostState>, external_id: &str) -> Call<()> {
-        match self {
-            Guest::V0_2(g) => {
-                g.kmsgw_adapter_adapter()
-                    .call_delete_key(store, external_id)
-                    .await
-            }
-            Guest::V0_1(g) => Ok(g
-                .kmsgw_adapter_adapter()
-                .call_delete_key(store, external_id)
-                .await?
-                .map_err(from_v0_1_error)),
-        }
+        each_version!(
+            self,
+            |adapter| adapter.call_delete_key(store, external_id).await,
+            |answer| answer.map_err(Older::current)
+        )
     }
 
     /// `health`.
     pub async fn health(&self, store: &mut Store<HostState>) -> Call<()> {
+        each_version!(self, |adapter| adapter.call_health(store).await, |answer| {
+            answer.map_err(Older::current)
+        })
+    }
+
+    /// `alg` in each older version's terms; `None` when this instance's version
+    /// lacks it.
+    fn older_alg(&self, alg: Alg) -> Option<OlderAlg> {
+        let v0_2 = v0_2_alg(alg);
+        let v0_1 = (alg == Alg::Es256).then_some(v0_1::kmsgw::adapter::types::Alg::Es256);
+        let known = match self.version() {
+            WitVersion::V0_3 => true,
+            WitVersion::V0_2 => v0_2.is_some(),
+            WitVersion::V0_1 => v0_1.is_some(),
+        };
+        known.then(|| OlderAlg {
+            v0_2: v0_2.unwrap_or(v0_2::kmsgw::adapter::types::Alg::Es256),
+            v0_1: v0_1::kmsgw::adapter::types::Alg::Es256,
+        })
+    }
+
+    fn cannot(&self, alg: Alg) -> GuestError {
+        GuestError::Unsupported(format!(
+            "guests built against kmsgw:adapter@{} cannot sign {}",
+            self.version().as_str(),
+            host_alg(alg)
+        ))
+    }
+}
+
+/// The guest's name of a host algorithm (`Ed25519` is `eddsa`: one signature).
+pub fn guest_alg(alg: HostAlg) -> Alg {
+    match alg {
+        HostAlg::ES256 => Alg::Es256,
+        HostAlg::ES384 => Alg::Es384,
+        HostAlg::ES512 => Alg::Es512,
+        HostAlg::EdDSA | HostAlg::Ed25519 => Alg::Eddsa,
+        HostAlg::RS256 => Alg::Rs256,
+        HostAlg::PS256 => Alg::Ps256,
+        HostAlg::MlDsa44 => Alg::MlDsa44,
+        HostAlg::MlDsa65 => Alg::MlDsa65,
+        HostAlg::MlDsa87 => Alg::MlDsa87,
+    }
+}
+
+/// The host's name of a guest algorithm.
+pub fn host_alg(alg: Alg) -> HostAlg {
+    match alg {
+        Alg::Es256 => HostAlg::ES256,
+        Alg::Es384 => HostAlg::ES384,
+        Alg::Es512 => HostAlg::ES512,
+        Alg::Eddsa => HostAlg::EdDSA,
+        Alg::Rs256 => HostAlg::RS256,
+        Alg::Ps256 => HostAlg::PS256,
+        Alg::MlDsa44 => HostAlg::MlDsa44,
+        Alg::MlDsa65 => HostAlg::MlDsa65,
+        Alg::MlDsa87 => HostAlg::MlDsa87,
+    }
+}
+
+/// An algorithm as each older version spells it (checked to exist there).
+#[derive(Clone, Copy)]
+struct OlderAlg {
+    v0_2: v0_2::kmsgw::adapter::types::Alg,
+    v0_1: v0_1::kmsgw::adapter::types::Alg,
+}
+
+/// Picks the spelling of the version whose call it is passed to.
+trait PickAlg<T> {
+    fn pick(self, current: Alg) -> T;
+}
+
+impl PickAlg<Alg> for OlderAlg {
+    fn pick(self, current: Alg) -> Alg {
+        current
+    }
+}
+
+impl PickAlg<v0_2::kmsgw::adapter::types::Alg> for OlderAlg {
+    fn pick(self, _: Alg) -> v0_2::kmsgw::adapter::types::Alg {
+        self.v0_2
+    }
+}
+
+impl PickAlg<v0_1::kmsgw::adapter::types::Alg> for OlderAlg {
+    fn pick(self, _: Alg) -> v0_1::kmsgw::adapter::types::Alg {
+        self.v0_1
+    }
+}
+
+fn v0_2_alg(alg: Alg) -> Option<v0_2::kmsgw::adapter::types::Alg> {
+    use v0_2::kmsgw::adapter::types::Alg as Old;
+    Some(match alg {
+        Alg::Es256 => Old::Es256,
+        Alg::Es384 => Old::Es384,
+        Alg::Es512 => Old::Es512,
+        Alg::Eddsa => Old::Eddsa,
+        Alg::Rs256 => Old::Rs256,
+        Alg::Ps256 => Old::Ps256,
+        Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => return None,
+    })
+}
+
+/// A type of an older WIT version that has a current counterpart.
+trait Older {
+    type Current;
+    fn current(self) -> Self::Current;
+}
+
+impl Older for v0_2::kmsgw::adapter::types::Alg {
+    type Current = Alg;
+    fn current(self) -> Alg {
+        use v0_2::kmsgw::adapter::types::Alg as Old;
         match self {
-            Guest::V0_2(g) => g.kmsgw_adapter_adapter().call_health(store).await,
-            Guest::V0_1(g) => Ok(g
-                .kmsgw_adapter_adapter()
-                .call_health(store)
-                .await?
-                .map_err(from_v0_1_error)),
+            Old::Es256 => Alg::Es256,
+            Old::Es384 => Alg::Es384,
+            Old::Es512 => Alg::Es512,
+            Old::Eddsa => Alg::Eddsa,
+            Old::Rs256 => Alg::Rs256,
+            Old::Ps256 => Alg::Ps256,
         }
     }
 }
 
-fn only_es256() -> GuestError {
-    GuestError::Unsupported("guests built against kmsgw:adapter@0.1.0 sign ES256 only".into())
-}
-
-fn to_v0_1_alg(alg: Alg) -> Option<v0_1::kmsgw::adapter::types::Alg> {
-    (alg == Alg::Es256).then_some(v0_1::kmsgw::adapter::types::Alg::Es256)
-}
-
-fn from_v0_1_alg(alg: v0_1::kmsgw::adapter::types::Alg) -> Alg {
-    match alg {
-        v0_1::kmsgw::adapter::types::Alg::Es256 => Alg::Es256,
+impl Older for v0_1::kmsgw::adapter::types::Alg {
+    type Current = Alg;
+    fn current(self) -> Alg {
+        match self {
+            v0_1::kmsgw::adapter::types::Alg::Es256 => Alg::Es256,
+        }
     }
 }
 
-fn from_v0_1_material(m: v0_1::kmsgw::adapter::types::KeyMaterial) -> KeyMaterial {
-    KeyMaterial {
-        external_id: m.external_id,
-        public_jwk: m.public_jwk,
-    }
+/// The key material and error types, the same in every older version.
+macro_rules! older_shared_types {
+    ($version:ident) => {
+        impl Older for $version::kmsgw::adapter::types::KeyMaterial {
+            type Current = KeyMaterial;
+            fn current(self) -> KeyMaterial {
+                KeyMaterial {
+                    external_id: self.external_id,
+                    public_jwk: self.public_jwk,
+                }
+            }
+        }
+
+        impl Older for $version::kmsgw::adapter::types::Error {
+            type Current = GuestError;
+            fn current(self) -> GuestError {
+                use $version::kmsgw::adapter::types::Error as Old;
+                match self {
+                    Old::NotFound(m) => GuestError::NotFound(m),
+                    Old::Unsupported(m) => GuestError::Unsupported(m),
+                    Old::InvalidInput(m) => GuestError::InvalidInput(m),
+                    Old::Denied(m) => GuestError::Denied(m),
+                    Old::Unavailable(m) => GuestError::Unavailable(m),
+                    Old::Internal(m) => GuestError::Internal(m),
+                }
+            }
+        }
+    };
 }
 
-fn from_v0_1_error(e: v0_1::kmsgw::adapter::types::Error) -> GuestError {
-    use v0_1::kmsgw::adapter::types::Error as Old;
-    match e {
-        Old::NotFound(m) => GuestError::NotFound(m),
-        Old::Unsupported(m) => GuestError::Unsupported(m),
-        Old::InvalidInput(m) => GuestError::InvalidInput(m),
-        Old::Denied(m) => GuestError::Denied(m),
-        Old::Unavailable(m) => GuestError::Unavailable(m),
-        Old::Internal(m) => GuestError::Internal(m),
-    }
-}
+older_shared_types!(v0_1);
+older_shared_types!(v0_2);
 
 /// Implements one version's `storage` and `log` imports by delegating to `host`.
 macro_rules! host_imports {
@@ -277,6 +431,7 @@ macro_rules! host_imports {
 
 host_imports!(v0_1);
 host_imports!(v0_2);
+host_imports!(v0_3);
 
 /// Adds every version's `storage` and `log` imports to `linker`.
 ///
@@ -290,5 +445,7 @@ pub fn add_host_imports(
     v0_1::kmsgw::adapter::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     v0_2::kmsgw::adapter::storage::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     v0_2::kmsgw::adapter::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    v0_3::kmsgw::adapter::storage::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    v0_3::kmsgw::adapter::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     Ok(())
 }
