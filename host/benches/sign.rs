@@ -10,8 +10,10 @@ use std::sync::Arc;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING,
-    ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, RSA_PKCS1_SHA256,
-    RSA_PSS_SHA256, RsaKeyPair,
+    ECDSA_P521_SHA512_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ML_DSA_44,
+    ML_DSA_44_SIGNING, ML_DSA_65, ML_DSA_65_SIGNING, ML_DSA_87, ML_DSA_87_SIGNING, PqdsaKeyPair,
+    PqdsaSigningAlgorithm, PqdsaVerificationAlgorithm, RSA_PKCS1_SHA256, RSA_PSS_SHA256,
+    RsaKeyPair, UnparsedPublicKey,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsgw::audit::Actor;
@@ -24,6 +26,21 @@ use kmsgw::providers::db::DbProvider;
 /// Signs a message; returns the signature's length.
 type RawSigner = Box<dyn Fn(&[u8]) -> usize>;
 
+/// aws-lc-rs's signing and verification algorithms of an ML-DSA `alg`.
+fn ml_dsa(
+    alg: Alg,
+) -> Option<(
+    &'static PqdsaSigningAlgorithm,
+    &'static PqdsaVerificationAlgorithm,
+)> {
+    match alg {
+        Alg::MlDsa44 => Some((&ML_DSA_44_SIGNING, &ML_DSA_44)),
+        Alg::MlDsa65 => Some((&ML_DSA_65_SIGNING, &ML_DSA_65)),
+        Alg::MlDsa87 => Some((&ML_DSA_87_SIGNING, &ML_DSA_87)),
+        _ => None,
+    }
+}
+
 /// aws-lc-rs's own sign call for `key`, with nothing of kmsgw around it.
 fn raw_signer(alg: Alg, key: &PrivateKey) -> RawSigner {
     let ecdsa = |curve| {
@@ -35,9 +52,17 @@ fn raw_signer(alg: Alg, key: &PrivateKey) -> RawSigner {
         Alg::ES256 => ecdsa(&ECDSA_P256_SHA256_FIXED_SIGNING),
         Alg::ES384 => ecdsa(&ECDSA_P384_SHA384_FIXED_SIGNING),
         Alg::ES512 => ecdsa(&ECDSA_P521_SHA512_FIXED_SIGNING),
-        Alg::EdDSA => {
+        Alg::EdDSA | Alg::Ed25519 => {
             let pair = Ed25519KeyPair::from_pkcs8(key.pkcs8()).unwrap();
             Box::new(move |m| pair.sign(m).as_ref().len())
+        }
+        Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => {
+            let (signing, _) = ml_dsa(alg).unwrap();
+            let pair = PqdsaKeyPair::from_pkcs8(signing, key.pkcs8()).unwrap();
+            Box::new(move |m| {
+                let mut signature = vec![0; signing.signature_len()];
+                pair.sign(m, &mut signature).unwrap()
+            })
         }
         Alg::RS256 | Alg::PS256 => {
             let rng = SystemRandom::new();
@@ -107,6 +132,18 @@ fn sign(c: &mut Criterion) {
         group.bench_function(format!("{alg}/verify"), |b| {
             b.iter(|| assert!(public.verify(alg, &message, &signature)))
         });
+        // ML-DSA verification straight from aws-lc-rs, beside kmsgw's (JWK) one.
+        if let Some((signing, verification)) = ml_dsa(alg) {
+            let pair = PqdsaKeyPair::from_pkcs8(signing, key.pkcs8()).unwrap();
+            let raw_public = pair.public_key().as_ref().to_vec();
+            group.bench_function(format!("{alg}/verify-aws-lc"), |b| {
+                b.iter(|| {
+                    UnparsedPublicKey::new(verification, &raw_public)
+                        .verify(&message, &signature)
+                        .unwrap()
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -260,6 +260,19 @@ pub enum KeyKind {
     MlDsa(MlDsa),
 }
 
+impl KeyKind {
+    /// The algorithm a key of this kind signs with when no request names one:
+    /// the curve's ECDSA, `EdDSA`, `RS256` or the parameter set's ML-DSA.
+    pub fn default_alg(self) -> Alg {
+        match self {
+            KeyKind::Ec(curve) => curve.alg(),
+            KeyKind::Ed25519 => Alg::EdDSA,
+            KeyKind::Rsa => Alg::RS256,
+            KeyKind::MlDsa(level) => level.alg(),
+        }
+    }
+}
+
 /// RSA moduli kmsgw accepts, in bits.
 pub const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 
@@ -592,8 +605,8 @@ impl PublicJwk {
             .read(&mut tr);
         let mut mu = [0u8; 64];
         shake::Shake256::default()
-            .chain(&tr)
-            .chain(&[0, 0])
+            .chain(tr)
+            .chain([0, 0])
             .chain(message)
             .finalize_xof()
             .read(&mut mu);

@@ -487,10 +487,82 @@ impl Drop for Gateway {
     }
 }
 
-/// Verifies a JOSE signature with RustCrypto (`p256`, `p384`, `p521`,
-/// `ed25519-dalek`, `rsa`), independently of the gateway's aws-lc. The algorithm is
-/// the JWK's `alg`, else the one its key type implies (RS256 for RSA).
+/// Whether `alg` is one of the ML-DSA algorithms.
+pub fn is_ml_dsa(alg: &str) -> bool {
+    alg.starts_with("ML-DSA-")
+}
+
+/// Verifies ML-DSA signatures (`AKP` JWK, message, base64url signature) with
+/// Python `cryptography` (OpenSSL's ML-DSA): neither the gateway's aws-lc nor
+/// soft-signer's RustCrypto `ml-dsa`. One process checks them all; the answer
+/// holds one result per item, in order.
+pub fn verify_ml_dsa(items: &[(&Value, &[u8], &str)]) -> Vec<Result<(), String>> {
+    const SCRIPT: &str = r#"
+import base64, json, sys
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import mldsa
+KEYS = {"ML-DSA-44": mldsa.MLDSA44PublicKey, "ML-DSA-65": mldsa.MLDSA65PublicKey, "ML-DSA-87": mldsa.MLDSA87PublicKey}
+def unb64u(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+results = []
+for item in json.load(sys.stdin):
+    jwk = item["jwk"]
+    try:
+        if jwk.get("kty") != "AKP" or jwk.get("alg") not in KEYS:
+            raise ValueError(f"not an AKP ML-DSA JWK: {jwk.get('kty')} {jwk.get('alg')}")
+        key = KEYS[jwk["alg"]].from_public_bytes(unb64u(jwk["pub"]))
+        key.verify(unb64u(item["signature"]), base64.b64decode(item["message"]))
+        results.append("ok")
+    except InvalidSignature:
+        results.append("the signature does not verify (Python cryptography)")
+    except Exception as e:
+        results.append(f"{type(e).__name__}: {e}")
+print(json.dumps(results))
+"#;
+    let input: Vec<Value> = items
+        .iter()
+        .map(|(jwk, message, signature)| {
+            serde_json::json!({
+                "jwk": jwk,
+                "message": base64::engine::general_purpose::STANDARD.encode(message),
+                "signature": signature,
+            })
+        })
+        .collect();
+    let mut child = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&input).unwrap())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "python cryptography failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Vec<String> = serde_json::from_slice(&output.stdout).expect("a result list");
+    answers
+        .into_iter()
+        .map(|a| if a == "ok" { Ok(()) } else { Err(a) })
+        .collect()
+}
+
+/// Verifies a JOSE signature independently of the gateway's aws-lc: RustCrypto
+/// (`p256`, `p384`, `p521`, `ed25519-dalek`, `rsa`) for the classic algorithms,
+/// Python `cryptography` for ML-DSA. The algorithm is the JWK's `alg`, else the
+/// one its key type implies (RS256 for RSA).
 pub fn verify(jwk: &Value, message: &[u8], signature_b64url: &str) -> Result<(), String> {
+    if jwk["kty"] == "AKP" {
+        return verify_ml_dsa(&[(jwk, message, signature_b64url)]).remove(0);
+    }
     let part = |name: &str| -> Result<Vec<u8>, String> {
         let text = jwk[name].as_str().ok_or(format!("JWK without {name}"))?;
         URL_SAFE_NO_PAD
@@ -534,7 +606,7 @@ pub fn verify(jwk: &Value, message: &[u8], signature_b64url: &str) -> Result<(),
                 .map_err(|e| format!("not a raw r‖s of 132 bytes ({}): {e}", raw.len()))?;
             key.verify(message, &signature).map_err(|e| bad(&e))
         }
-        "EdDSA" => {
+        "EdDSA" | "Ed25519" => {
             let x: [u8; 32] = part("x")?.try_into().map_err(|_| "x is not 32 bytes")?;
             let key = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|e| bad(&e))?;
             let signature = ed25519_dalek::Signature::from_slice(&raw).map_err(|e| bad(&e))?;
@@ -567,11 +639,11 @@ pub fn verify(jwk: &Value, message: &[u8], signature_b64url: &str) -> Result<(),
 }
 
 /// A private JWK for `alg` made outside kmsgw (Python `cryptography`, i.e.
-/// OpenSSL); RSA keys are 2048 bits.
+/// OpenSSL); RSA keys are 2048 bits, ML-DSA keys `AKP` with the seed as `priv`.
 pub fn external_private_jwk(alg: &str) -> Value {
     const SCRIPT: &str = r#"
 import base64, json, sys
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
 from cryptography.hazmat.primitives import serialization
 def b64(n, size=None):
     if isinstance(n, int):
@@ -584,7 +656,10 @@ if alg in ("ES256", "ES384", "ES512"):
     key = ec.generate_private_key(curve)
     pub = key.public_key().public_numbers()
     jwk = {"kty": "EC", "crv": name, "x": b64(pub.x, size), "y": b64(pub.y, size), "d": b64(key.private_numbers().private_value, size)}
-elif alg == "EdDSA":
+elif alg.startswith("ML-DSA-"):
+    key = {"ML-DSA-44": mldsa.MLDSA44PrivateKey, "ML-DSA-65": mldsa.MLDSA65PrivateKey, "ML-DSA-87": mldsa.MLDSA87PrivateKey}[alg].generate()
+    jwk = {"kty": "AKP", "alg": alg, "pub": b64(key.public_key().public_bytes_raw()), "priv": b64(key.private_bytes_raw())}
+elif alg in ("EdDSA", "Ed25519"):
     key = ed25519.Ed25519PrivateKey.generate()
     d = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     x = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -803,10 +878,25 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
 }
 
 /// Every JOSE algorithm kmsgw knows.
-pub const ALGS: [&str; 6] = ["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"];
+pub const ALGS: [&str; 10] = [
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+    "RS256",
+    "PS256",
+    "Ed25519",
+    "ML-DSA-44",
+    "ML-DSA-65",
+    "ML-DSA-87",
+];
 
-/// Messages every algorithm test signs: empty, one byte, 5000 bytes.
-pub const ALG_MESSAGES: [&[u8]; 3] = [b"", b"x", &[0x5c; 5000]];
+/// The six classic algorithms (what 0.2.0 guests and most backends sign).
+pub const CLASSIC_ALGS: [&str; 6] = ["ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256"];
+
+/// Messages every algorithm test signs: empty, one byte, 5000 bytes (past AWS
+/// KMS's 4096-byte `RAW`) and 100 000 bytes (past Vault's 32 KiB prehash bound).
+pub const ALG_MESSAGES: [&[u8]; 4] = [b"", b"x", &[0x5c; 5000], &[0xa7; 100_000]];
 
 /// The algorithms `provider` advertises in `GET /providers`.
 pub async fn supported_algs(gw: &Gateway, provider: &str) -> Vec<String> {
@@ -825,19 +915,59 @@ pub async fn supported_algs(gw: &Gateway, provider: &str) -> Vec<String> {
         .collect()
 }
 
-/// Signs each of [`ALG_MESSAGES`] with `kid` (public key `jwk`, algorithm `alg`)
-/// and checks each signature with an independent implementation and with
-/// `POST /keys/{kid}/verify`, which must also refuse it for another message.
+/// Checks each `(message, signature)` by `jwk` with an independent
+/// implementation (one Python run for all ML-DSA signatures).
+fn verify_each(jwk: &Value, signed: &[(&[u8], String)]) -> Result<(), String> {
+    let results: Vec<Result<(), String>> = if jwk["kty"] == "AKP" {
+        let items: Vec<(&Value, &[u8], &str)> = signed
+            .iter()
+            .map(|(message, signature)| (jwk, *message, signature.as_str()))
+            .collect();
+        verify_ml_dsa(&items)
+    } else {
+        signed
+            .iter()
+            .map(|(message, signature)| verify(jwk, message, signature))
+            .collect()
+    };
+    for ((message, _), result) in signed.iter().zip(results) {
+        result.map_err(|e| format!("a {}-byte message: {e}", message.len()))?;
+    }
+    Ok(())
+}
+
+/// Signs each of [`ALG_MESSAGES`] with `kid` (public key `jwk`, algorithm `alg`),
+/// singly and in one batch, and checks each signature with an independent
+/// implementation and with `POST /keys/{kid}/verify`, which must also refuse it
+/// for another message.
 pub async fn sign_all_and_verify(gw: &Gateway, kid: &str, jwk: &Value, alg: &str) {
     assert_eq!(jwk["alg"], alg, "{jwk}");
+    let mut signed = Vec::new();
     for message in ALG_MESSAGES {
-        let signature = gw.sign(kid, message).await;
-        if let Err(e) = verify(jwk, message, &signature) {
-            panic!(
-                "{alg} signature of a {}-byte message by {kid}: {e}",
-                message.len()
-            );
-        }
+        signed.push((message, gw.sign(kid, message).await));
+    }
+    let data: Vec<String> = ALG_MESSAGES
+        .iter()
+        .map(|m| base64::engine::general_purpose::STANDARD.encode(m))
+        .collect();
+    let (status, batch) = gw
+        .post(
+            &format!("/keys/{kid}/sign/batch"),
+            serde_json::json!({"data": data}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{kid} batch: {batch}");
+    assert_eq!(batch["alg"], alg, "{batch}");
+    for (message, signature) in ALG_MESSAGES
+        .iter()
+        .zip(batch["signatures"].as_array().unwrap())
+    {
+        signed.push((*message, signature.as_str().unwrap().to_owned()));
+    }
+    if let Err(e) = verify_each(jwk, &signed) {
+        panic!("{alg} signature by {kid}: {e}");
+    }
+    for (message, signature) in &signed[..ALG_MESSAGES.len()] {
         let b64 = base64::engine::general_purpose::STANDARD.encode(message);
         let (status, answer) = gw
             .post(
@@ -848,7 +978,7 @@ pub async fn sign_all_and_verify(gw: &Gateway, kid: &str, jwk: &Value, alg: &str
         assert_eq!(
             (status, &answer["valid"]),
             (StatusCode::OK, &Value::Bool(true)),
-            "{answer}"
+            "{kid}: {answer}"
         );
         let (_, answer) = gw
             .post(
@@ -900,7 +1030,7 @@ pub async fn alg_matrix(gw: &Gateway, provider: &str, import: bool) -> Vec<Strin
                 )
                 .await;
             assert_eq!(status, StatusCode::OK, "{provider} {alg} import: {key}");
-            for member in ["x", "y", "n", "e"] {
+            for member in ["x", "y", "n", "e", "pub"] {
                 assert_eq!(key["publicJwk"][member], private[member], "{member}");
             }
             sign_all_and_verify(gw, &kid, &key["publicJwk"], alg).await;

@@ -19,7 +19,10 @@ Strict where the real service refuses:
   NOT_FOUND), an existing or malformed cryptoKeyId (409 ALREADY_EXISTS, 400
   INVALID_ARGUMENT), a version still generating or scheduled for destruction
   (400 FAILED_PRECONDITION), a digest of the wrong kind or size for the key's
-  algorithm, or data for a key that signs digests (400 INVALID_ARGUMENT).
+  algorithm, data for a key that signs digests or a digest for a key that signs
+  data (400 INVALID_ARGUMENT); a public key of a post-quantum (`PQ_SIGN_*`) key
+  asked for without `publicKeyFormat=NIST_PQC`, or NIST_PQC for a classic key
+  (400 INVALID_ARGUMENT).
 New versions stay PENDING_GENERATION for `--generation-ms` (default 150) like
 the real service's asynchronous generation. CRC32C fields are not returned.
 
@@ -37,13 +40,15 @@ import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, padding, rsa, utils
 
 from emulator_base import Handler, Tokens, serve
 
 SCOPES = ("https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/cloudkms")
 ID = re.compile(r"^[a-zA-Z0-9_-]{1,63}$")
 DIGEST = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384()}
+ML_DSA = {"PQ_SIGN_ML_DSA_44": mldsa.MLDSA44PrivateKey, "PQ_SIGN_ML_DSA_65": mldsa.MLDSA65PrivateKey,
+          "PQ_SIGN_ML_DSA_87": mldsa.MLDSA87PrivateKey}
 
 
 def algorithm_spec(name):
@@ -54,6 +59,8 @@ def algorithm_spec(name):
         return (lambda: ec.generate_private_key(ec.SECP384R1()), "sha384", None)
     if name == "EC_SIGN_ED25519":
         return (ed25519.Ed25519PrivateKey.generate, None, None)
+    if name in ML_DSA:
+        return (ML_DSA[name].generate, None, None)
     m = re.fullmatch(r"RSA_SIGN_(PKCS1|PSS)_(2048|3072|4096)_SHA256", name or "")
     if m:
         bits = int(m.group(2))
@@ -165,10 +172,7 @@ class GcpHandler(Handler):
         if method == "GET" and m.group(3) and not verb:
             if state != "ENABLED":
                 return self.precondition(version_name, state)
-            pem = version["key"].public_key().public_bytes(serialization.Encoding.PEM,
-                                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-            return self.reply(200, {"pem": pem, "algorithm": key["algorithm"], "name": version_name,
-                                    "protectionLevel": key["protection"]})
+            return self.public_key(key, version, version_name, query.get("publicKeyFormat"))
         if method == "POST" and verb == "asymmetricSign" and not m.group(3):
             if state != "ENABLED":
                 return self.precondition(version_name, state)
@@ -179,6 +183,21 @@ class GcpHandler(Handler):
             version["state"] = "DESTROY_SCHEDULED"
             return self.reply(200, self.describe(version_name, key, version))
         self.fail(400, "INVALID_ARGUMENT", f"Unsupported request {method} {name}:{verb}")
+
+    def public_key(self, key, version, name, key_format):
+        answer = {"algorithm": key["algorithm"], "name": name, "protectionLevel": key["protection"]}
+        public = version["key"].public_key()
+        if key["algorithm"] in ML_DSA:
+            if key_format != "NIST_PQC":
+                return self.fail(400, "INVALID_ARGUMENT", f"The public key format {key_format or 'PUBLIC_KEY_FORMAT_UNSPECIFIED'} is not supported for algorithm {key['algorithm']}; use NIST_PQC.")
+            answer["publicKey"] = {"data": b64(public.public_bytes_raw())}
+            answer["publicKeyFormat"] = "NIST_PQC"
+            return self.reply(200, answer)
+        if key_format not in (None, "PEM"):
+            return self.fail(400, "INVALID_ARGUMENT", f"The public key format {key_format} is not supported for algorithm {key['algorithm']}.")
+        answer["pem"] = public.public_bytes(serialization.Encoding.PEM,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        return self.reply(200, answer)
 
     @staticmethod
     def state(version):
@@ -220,7 +239,7 @@ class GcpHandler(Handler):
         private = version["key"]
         if digest_name is None:
             if "data" not in body or "digest" in body:
-                return self.fail(400, "INVALID_ARGUMENT", "EC_SIGN_ED25519 keys sign data, not a digest.")
+                return self.fail(400, "INVALID_ARGUMENT", f"{key['algorithm']} keys sign data, not a digest.")
             signature = private.sign(base64.b64decode(body["data"]))
         else:
             digest = (body.get("digest") or {})

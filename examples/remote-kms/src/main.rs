@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use clap::Parser;
-use kmsgw::crypto::{Alg, KeyKind, PrivateKey};
+use kmsgw::crypto::{Alg, PrivateKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -200,11 +200,7 @@ async fn import(
             Ok(alg) => alg,
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         },
-        None => match private.kind() {
-            KeyKind::Ec(curve) => curve.alg(),
-            KeyKind::Ed25519 => Alg::EdDSA,
-            KeyKind::Rsa => Alg::RS256,
-        },
+        None => private.kind().default_alg(),
     };
     if alg.key_kind() != private.kind() {
         return error(

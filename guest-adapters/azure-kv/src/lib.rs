@@ -50,10 +50,11 @@ fn key_request(alg: Alg, rsa_bits: u32) -> Result<Value, Error> {
         Alg::Es384 => json!({"kty": "EC", "crv": "P-384"}),
         Alg::Es512 => json!({"kty": "EC", "crv": "P-521"}),
         Alg::Rs256 | Alg::Ps256 => json!({"kty": "RSA", "key_size": rsa_bits.max(2048)}),
-        Alg::Eddsa => {
-            return Err(Error::Unsupported(
-                "Azure Key Vault has no Ed25519 keys".into(),
-            ));
+        Alg::Eddsa | Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => {
+            return Err(Error::Unsupported(format!(
+                "Azure Key Vault has no {} keys",
+                alg.name()
+            )));
         }
     })
 }

@@ -10,7 +10,7 @@
 use kmsgw_guest_sdk::http::{Request, Response, status_error};
 use kmsgw_guest_sdk::{
     Adapter, Alg, Capabilities, Error, KeyMaterial, KeySpec, base64std, config, crypto,
-    export_adapter, serde_json, sleep, unique_key_name,
+    export_adapter, jwk, serde_json, sleep, unique_key_name,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -61,6 +61,9 @@ fn algorithm(alg: Alg, rsa_bits: u32) -> Result<String, Error> {
         Alg::Eddsa => "EC_SIGN_ED25519".into(),
         Alg::Rs256 => format!("RSA_SIGN_PKCS1_{}_SHA256", bits()?),
         Alg::Ps256 => format!("RSA_SIGN_PSS_{}_SHA256", bits()?),
+        Alg::MlDsa44 => "PQ_SIGN_ML_DSA_44".into(),
+        Alg::MlDsa65 => "PQ_SIGN_ML_DSA_65".into(),
+        Alg::MlDsa87 => "PQ_SIGN_ML_DSA_87".into(),
         Alg::Es512 => {
             return Err(Error::Unsupported(
                 "Cloud KMS has no P-521 signing keys".into(),
@@ -93,13 +96,25 @@ impl CloudKms {
         status_error(response.status, &message)
     }
 
-    /// The public key of `version` as a JWK, waiting while it is being generated.
-    fn public_jwk(&self, version: &str) -> Result<String, Error> {
-        let url = self.url(&format!("{version}/publicKey"));
+    /// The public key of `version` (an `alg` key) as a JWK, waiting while it is
+    /// being generated. Post-quantum keys have no PEM form: Cloud KMS gives them
+    /// only as `publicKeyFormat=NIST_PQC`, the raw FIPS 204 encoding.
+    fn public_jwk(&self, version: &str, alg: Alg) -> Result<String, Error> {
+        let post_quantum = matches!(alg, Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87);
+        let mut url = self.url(&format!("{version}/publicKey"));
+        if post_quantum {
+            url.push_str("?publicKeyFormat=NIST_PQC");
+        }
         for _ in 0..PENDING_POLLS {
             let response = Request::get(url.as_str()).send()?;
             if (200..300).contains(&response.status) {
                 let key: Value = response.json()?;
+                if post_quantum {
+                    let data = key["publicKey"]["data"].as_str().ok_or_else(|| {
+                        Error::Internal("Cloud KMS returned no publicKey.data".into())
+                    })?;
+                    return Ok(jwk::akp_public_jwk(alg, &base64std::decode(data)?));
+                }
                 let pem = key["pem"]
                     .as_str()
                     .ok_or_else(|| Error::Internal("Cloud KMS returned no pem".into()))?;
@@ -148,7 +163,16 @@ impl Adapter for CloudKms {
             can_create: true,
             can_import: false,
             can_delete: true,
-            algs: vec![Alg::Es256, Alg::Es384, Alg::Eddsa, Alg::Rs256, Alg::Ps256],
+            algs: vec![
+                Alg::Es256,
+                Alg::Es384,
+                Alg::Eddsa,
+                Alg::Rs256,
+                Alg::Ps256,
+                Alg::MlDsa44,
+                Alg::MlDsa65,
+                Alg::MlDsa87,
+            ],
             default_alg: Alg::Es256,
         }
     }
@@ -171,7 +195,7 @@ impl Adapter for CloudKms {
             .as_str()
             .ok_or_else(|| Error::Internal("Cloud KMS returned a key without name".into()))?;
         let version = format!("{name}/cryptoKeyVersions/1");
-        let public_jwk = self.public_jwk(&version)?;
+        let public_jwk = self.public_jwk(&version, spec.alg)?;
         Ok(KeyMaterial {
             external_id: version,
             public_jwk,

@@ -1,5 +1,5 @@
 // The kmsgw guest SDK for JavaScript: typed helpers over the bindings that
-// componentize-js generates for `kmsgw:adapter@0.2.0`.
+// componentize-js generates for `kmsgw:adapter@0.3.0`.
 //
 //   import { defineAdapter, fail, storage, jwk, ALG } from '../sdk/kmsgw.js';
 //   export const adapter = defineAdapter({ capabilities, generateKey, sign, ... });
@@ -8,12 +8,13 @@
 // gateway (`not-found` 404, `unsupported` 405, `invalid-input` 400, `denied` 502,
 // `unavailable` 503, `internal` 502); anything else thrown becomes `internal`.
 
-import * as wit from 'kmsgw:adapter/storage@0.2.0';
-import { log as witLog } from 'kmsgw:adapter/log@0.2.0';
+import * as wit from 'kmsgw:adapter/storage@0.3.0';
+import { log as witLog } from 'kmsgw:adapter/log@0.3.0';
 
 /** The algorithms of the contract, as the bindings spell them. */
 export const ALG = Object.freeze({
   ES256: 'es256', ES384: 'es384', ES512: 'es512', EdDSA: 'eddsa', RS256: 'rs256', PS256: 'ps256',
+  'ML-DSA-44': 'ml-dsa44', 'ML-DSA-65': 'ml-dsa65', 'ML-DSA-87': 'ml-dsa87',
 });
 
 const KINDS = ['not-found', 'unsupported', 'invalid-input', 'denied', 'unavailable', 'internal'];

@@ -100,16 +100,14 @@ impl Adapter for RemoteHttp {
     fn init(config: Value) -> Result<Self, Error> {
         let config: Config = serde_json::from_value(config)
             .map_err(|e| Error::InvalidInput(format!("config: {e}")))?;
-        let algs = config
-            .algs
-            .iter()
-            .map(|name| {
-                Alg::ALL
-                    .into_iter()
-                    .find(|a| a.name() == name)
-                    .ok_or_else(|| Error::InvalidInput(format!("config: unknown alg `{name}`")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut algs = Vec::new();
+        for name in &config.algs {
+            let alg = Alg::from_name(name)
+                .ok_or_else(|| Error::InvalidInput(format!("config: unknown alg `{name}`")))?;
+            if !algs.contains(&alg) {
+                algs.push(alg);
+            }
+        }
         if algs.is_empty() {
             return Err(Error::InvalidInput("config: algs is empty".into()));
         }

@@ -9,14 +9,14 @@ use spki::{DecodePublicKey, SubjectPublicKeyInfoRef};
 
 use crate::{Alg, Error, jwk};
 
-/// The digest an algorithm signs: SHA-256, SHA-384 or SHA-512; `None` for EdDSA,
-/// which signs the message itself.
+/// The digest an algorithm signs: SHA-256, SHA-384 or SHA-512; `None` for EdDSA
+/// and ML-DSA, which sign the message itself.
 pub fn digest(alg: Alg, message: &[u8]) -> Option<Vec<u8>> {
     match alg {
         Alg::Es256 | Alg::Rs256 | Alg::Ps256 => Some(sha2::Sha256::digest(message).to_vec()),
         Alg::Es384 => Some(sha2::Sha384::digest(message).to_vec()),
         Alg::Es512 => Some(sha2::Sha512::digest(message).to_vec()),
-        Alg::Eddsa => None,
+        Alg::Eddsa | Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => None,
     }
 }
 

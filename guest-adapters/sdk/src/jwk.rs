@@ -1,9 +1,9 @@
-//! JWKs: building the public JWK the host expects for each key type, and reading
-//! the base64url parts of a private JWK.
+//! JWKs: building the public JWK the host expects for each key type (EC, OKP,
+//! RSA, AKP), and reading the base64url parts of a private JWK.
 
 use serde_json::{Value, json};
 
-use crate::{Error, base64url};
+use crate::{Alg, Error, base64url};
 
 /// The public JWK (serialised JSON) of an uncompressed SEC1 point `04 ‖ x ‖ y` on
 /// curve `crv` (`P-256`, `P-384` or `P-521`).
@@ -47,6 +47,11 @@ pub fn ed25519_public_jwk(public: &[u8; 32]) -> String {
 /// The public JWK of an RSA key (big-endian modulus and exponent).
 pub fn rsa_public_jwk(n: &[u8], e: &[u8]) -> String {
     json!({"kty": "RSA", "n": base64url::encode(n), "e": base64url::encode(e)}).to_string()
+}
+
+/// The `AKP` public JWK (RFC 9964) of an ML-DSA public key for `alg`.
+pub fn akp_public_jwk(alg: Alg, public: &[u8]) -> String {
+    json!({"kty": "AKP", "alg": alg.name(), "pub": base64url::encode(public)}).to_string()
 }
 
 /// The base64url member `name` of a JWK, decoded.

@@ -15,7 +15,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "kmsgw:adapter/provider@0.2.0",
+        world: "kmsgw:adapter/provider@0.3.0",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_provider",
@@ -34,7 +34,21 @@ pub use bindings::kmsgw::adapter::types::{Alg, Capabilities, Error, KeyMaterial,
 
 impl Alg {
     /// Every algorithm of the contract.
-    pub const ALL: [Alg; 6] = [
+    pub const ALL: [Alg; 9] = [
+        Alg::Es256,
+        Alg::Es384,
+        Alg::Es512,
+        Alg::Eddsa,
+        Alg::Rs256,
+        Alg::Ps256,
+        Alg::MlDsa44,
+        Alg::MlDsa65,
+        Alg::MlDsa87,
+    ];
+
+    /// The classic algorithms (ECDSA, EdDSA, RSA): what a backend without
+    /// post-quantum keys offers.
+    pub const CLASSIC: [Alg; 6] = [
         Alg::Es256,
         Alg::Es384,
         Alg::Es512,
@@ -42,6 +56,15 @@ impl Alg {
         Alg::Rs256,
         Alg::Ps256,
     ];
+
+    /// The algorithm a JOSE name denotes: [`Alg::name`]'s, or `Ed25519` (RFC 9864's
+    /// fully specified name of the EdDSA signature the contract calls `eddsa`).
+    pub fn from_name(name: &str) -> Option<Alg> {
+        if name == "Ed25519" {
+            return Some(Alg::Eddsa);
+        }
+        Alg::ALL.into_iter().find(|a| a.name() == name)
+    }
 
     /// The JOSE name of the algorithm (`ES256`, `EdDSA`, …).
     pub fn name(self) -> &'static str {
@@ -52,6 +75,9 @@ impl Alg {
             Alg::Eddsa => "EdDSA",
             Alg::Rs256 => "RS256",
             Alg::Ps256 => "PS256",
+            Alg::MlDsa44 => "ML-DSA-44",
+            Alg::MlDsa65 => "ML-DSA-65",
+            Alg::MlDsa87 => "ML-DSA-87",
         }
     }
 }

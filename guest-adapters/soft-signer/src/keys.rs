@@ -3,6 +3,7 @@
 
 use kmsgw_guest_sdk::bindings::wasi::random::random::get_random_bytes;
 use kmsgw_guest_sdk::{Alg, Error, KeySpec, jwk};
+use ml_dsa::signature::Keypair;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
 use rsa::traits::PublicKeyParts;
@@ -16,6 +17,27 @@ pub enum SoftKey {
     P521(p521::ecdsa::SigningKey),
     Ed25519(ed25519_dalek::SigningKey),
     Rsa(Box<PrivateKey>),
+    MlDsa44(Box<ml_dsa::SigningKey<ml_dsa::MlDsa44>>),
+    MlDsa65(Box<ml_dsa::SigningKey<ml_dsa::MlDsa65>>),
+    MlDsa87(Box<ml_dsa::SigningKey<ml_dsa::MlDsa87>>),
+}
+
+/// The ML-DSA key of `alg` expanded from a 32-byte seed (FIPS 204's ξ); `None`
+/// for other algorithms.
+fn ml_dsa_from_seed(alg: Alg, seed: &[u8; 32]) -> Option<SoftKey> {
+    let seed = ml_dsa::Seed::from(*seed);
+    Some(match alg {
+        Alg::MlDsa44 => SoftKey::MlDsa44(Box::new(ml_dsa::SigningKey::from_seed(&seed))),
+        Alg::MlDsa65 => SoftKey::MlDsa65(Box::new(ml_dsa::SigningKey::from_seed(&seed))),
+        Alg::MlDsa87 => SoftKey::MlDsa87(Box::new(ml_dsa::SigningKey::from_seed(&seed))),
+        _ => return None,
+    })
+}
+
+fn random_seed() -> Result<[u8; 32], Error> {
+    get_random_bytes(32)
+        .try_into()
+        .map_err(|_| Error::Internal("short random read".into()))
 }
 
 /// Randomness from `wasi:random`, for RSA key generation and PSS salts.
@@ -79,11 +101,9 @@ impl SoftKey {
             Alg::Es512 => SoftKey::P521(random_scalar(66, |b| {
                 p521::ecdsa::SigningKey::from_slice(b).ok()
             })?),
-            Alg::Eddsa => {
-                let seed: [u8; 32] = get_random_bytes(32)
-                    .try_into()
-                    .map_err(|_| Error::Internal("short random read".into()))?;
-                SoftKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&seed))
+            Alg::Eddsa => SoftKey::Ed25519(ed25519_dalek::SigningKey::from_bytes(&random_seed()?)),
+            Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => {
+                ml_dsa_from_seed(spec.alg, &random_seed()?).expect("an ML-DSA alg")
             }
             Alg::Rs256 | Alg::Ps256 => {
                 if !matches!(spec.rsa_bits, 2048 | 3072 | 4096) {
@@ -102,6 +122,9 @@ impl SoftKey {
     /// [`Error::InvalidInput`] when the JWK is malformed, inconsistent or of another kind.
     pub fn from_jwk(private_jwk: &Value, alg: Alg) -> Result<SoftKey, Error> {
         let (kty, crv) = (private_jwk["kty"].as_str(), private_jwk["crv"].as_str());
+        if kty == Some("AKP") {
+            return Self::from_akp_jwk(private_jwk, alg);
+        }
         let d = jwk::part(private_jwk, "d")?;
         let key = match (alg, kty, crv) {
             (Alg::Es256, Some("EC"), Some("P-256")) => SoftKey::P256(
@@ -161,6 +184,28 @@ impl SoftKey {
         Ok(key)
     }
 
+    /// The key of an `AKP` private JWK: `priv` is the 32-byte seed, and `pub`
+    /// must be the public key it expands to.
+    fn from_akp_jwk(private_jwk: &Value, alg: Alg) -> Result<SoftKey, Error> {
+        if private_jwk["alg"].as_str() != Some(alg.name()) {
+            return Err(invalid(&format!(
+                "the AKP JWK is not an {} key",
+                alg.name()
+            )));
+        }
+        let seed: [u8; 32] = jwk::part(private_jwk, "priv")?
+            .try_into()
+            .map_err(|_| invalid("`priv` must be the 32-byte ML-DSA seed"))?;
+        let key = ml_dsa_from_seed(alg, &seed)
+            .ok_or_else(|| invalid(&format!("{} is not an ML-DSA algorithm", alg.name())))?;
+        let public: Value =
+            serde_json::from_str(&key.public_jwk()?).map_err(|e| Error::Internal(e.to_string()))?;
+        if private_jwk.get("pub") != public.get("pub") {
+            return Err(invalid("`pub` is not the public key of the seed `priv`"));
+        }
+        Ok(key)
+    }
+
     /// The stored form: a tag byte and the private key (scalar, seed, or PKCS#8).
     ///
     /// # Errors
@@ -178,6 +223,9 @@ impl SoftKey {
                     .as_bytes()
                     .to_vec(),
             ),
+            SoftKey::MlDsa44(k) => (6, k.to_seed().to_vec()),
+            SoftKey::MlDsa65(k) => (7, k.to_seed().to_vec()),
+            SoftKey::MlDsa87(k) => (8, k.to_seed().to_vec()),
         };
         Ok([&[tag][..], &bytes].concat())
     }
@@ -205,6 +253,11 @@ impl SoftKey {
             5 => SoftKey::Rsa(Box::new(
                 PrivateKey::from_pkcs8_der(bytes).map_err(|_| damaged())?,
             )),
+            6..=8 => {
+                let alg = [Alg::MlDsa44, Alg::MlDsa65, Alg::MlDsa87][usize::from(tag - 6)];
+                ml_dsa_from_seed(alg, bytes.try_into().map_err(|_| damaged())?)
+                    .expect("an ML-DSA alg")
+            }
             _ => return Err(damaged()),
         })
     }
@@ -220,6 +273,18 @@ impl SoftKey {
             SoftKey::P521(k) => jwk::ec_public_jwk("P-521", &k.verifying_key().to_sec1_bytes()),
             SoftKey::Ed25519(k) => Ok(jwk::ed25519_public_jwk(&k.verifying_key().to_bytes())),
             SoftKey::Rsa(k) => Ok(jwk::rsa_public_jwk(&k.n_bytes(), &k.e_bytes())),
+            SoftKey::MlDsa44(k) => Ok(jwk::akp_public_jwk(
+                Alg::MlDsa44,
+                &k.verifying_key().encode(),
+            )),
+            SoftKey::MlDsa65(k) => Ok(jwk::akp_public_jwk(
+                Alg::MlDsa65,
+                &k.verifying_key().encode(),
+            )),
+            SoftKey::MlDsa87(k) => Ok(jwk::akp_public_jwk(
+                Alg::MlDsa87,
+                &k.verifying_key().encode(),
+            )),
         }
     }
 
@@ -255,6 +320,10 @@ impl SoftKey {
                     .map_err(|e| Error::Internal(format!("RSA signing failed: {e}")))?
                     .to_vec()
             }
+            // FIPS 204's deterministic variant, empty context.
+            (SoftKey::MlDsa44(k), Alg::MlDsa44) => k.sign(message).encode().to_vec(),
+            (SoftKey::MlDsa65(k), Alg::MlDsa65) => k.sign(message).encode().to_vec(),
+            (SoftKey::MlDsa87(k), Alg::MlDsa87) => k.sign(message).encode().to_vec(),
             _ => return Err(mismatch()),
         })
     }

@@ -1,7 +1,7 @@
 //! `soft-signer`: keys generated and used inside the guest with RustCrypto (`p256`,
-//! `p384`, `p521`, `ed25519-dalek`, `rsa`), kept in the provider's sealed storage.
-//! Signs every algorithm of the contract: ES256, ES384, ES512, EdDSA, RS256 and
-//! PS256. Supports import. RSA key generation searches for primes inside the
+//! `p384`, `p521`, `ed25519-dalek`, `rsa`, `ml-dsa`), kept in the provider's sealed
+//! storage. Signs every algorithm of the contract: ES256, ES384, ES512, EdDSA,
+//! RS256, PS256 and ML-DSA-44/65/87. Supports import. RSA key generation searches for primes inside the
 //! guest: give the provider a `timeoutMs` of several seconds if it creates RSA keys.
 //!
 //! Each key's external id is its kid plus a random suffix, so a kid that is

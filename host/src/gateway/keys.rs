@@ -145,12 +145,7 @@ impl Gateway {
                 )));
             }
             Some(alg) => alg,
-            None => match key.kind() {
-                KeyKind::Ec(curve) => curve.alg(),
-                KeyKind::Ed25519 => Alg::EdDSA,
-                KeyKind::Rsa => Alg::RS256,
-                KeyKind::MlDsa(level) => level.alg(),
-            },
+            None => key.kind().default_alg(),
         };
         let alg = Self::choose_alg(provider.as_ref(), Some(alg))?;
         Self::check_new_kid(&kid)?;

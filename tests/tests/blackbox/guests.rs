@@ -133,7 +133,7 @@ async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_ge
             "{text}"
         );
     }
-    assert!(text.contains("all 23 checks passed"), "{text}");
+    assert!(text.contains("all 35 checks passed"), "{text}");
 
     // remote-http advertises what its config lists, and refuses the rest.
     let remote_site = Site::new(Db::Sqlite).await;
@@ -371,38 +371,52 @@ async fn a_stale_sha256_refuses_to_start_and_the_compiled_cache_is_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_0_1_guest_and_a_0_2_guest_serve_side_by_side() {
+async fn guests_built_against_0_1_and_0_2_serve_beside_a_0_3_guest() {
     let _serial = GUEST_SERIAL.lock().await;
-    let frozen = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/guests/soft_signer-0.1.0.wasm");
+    let fixture = |version: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("fixtures/guests/soft_signer-{version}.wasm"))
+    };
+    let (v0_1, v0_2) = (fixture("0.1.0"), fixture("0.2.0"));
     let site = Site::new(Db::Sqlite).await;
     let gw = site.start_configured(&json!({
         "defaultProvider": "db",
         "providers": [
             {"id": "db", "type": "db"},
-            {"id": "old", "type": "wasm", "component": frozen, "limits": {"instances": 1}},
+            {"id": "oldest", "type": "wasm", "component": v0_1, "limits": {"instances": 1}},
+            {"id": "old", "type": "wasm", "component": v0_2, "limits": {"instances": 1}},
             wasm_entry("new", "soft_signer", json!({"limits": {"instances": 1}})),
         ]
     }));
     let log = gw.log_text();
-    assert!(
-        log.contains("wit=\"0.1.0\"") && log.contains("wit=\"0.2.0\""),
-        "{log}"
-    );
-    assert_eq!(supported_algs(&gw, "old").await, ["ES256"]);
-    assert_eq!(alg_matrix(&gw, "old", true).await, ["ES256"]);
+    for version in ["0.1.0", "0.2.0", "0.3.0"] {
+        assert!(
+            log.contains(&format!("wit=\"{version}\"")),
+            "{version}: {log}"
+        );
+    }
+    // Each signs what its contract has; ML-DSA (and, for 0.1.0, all but ES256)
+    // is 405 naming the provider.
+    assert_eq!(supported_algs(&gw, "oldest").await, ["ES256"]);
+    assert_eq!(alg_matrix(&gw, "oldest", true).await, ["ES256"]);
+    let mut classic = CLASSIC_ALGS.to_vec();
+    classic.push("Ed25519");
+    assert_eq!(alg_matrix(&gw, "old", true).await, classic);
     assert_eq!(alg_matrix(&gw, "new", true).await, ALGS);
-    // The 0.1.0 build still passes the conformance run, ES256 only.
-    let (code, text) = adapter_check_file(&frozen, &[]);
-    assert_eq!(code, Some(0), "{text}");
-    assert!(
-        text.contains("PASS  import → sign → verify (ES256)"),
-        "{text}"
-    );
-    assert!(
-        text.contains("PASS  EdDSA: unadvertised → refused"),
-        "{text}"
-    );
+    // The older builds still pass the conformance run, refusing what they lack
+    // (the host refuses ML-DSA for them without calling the guest).
+    for (component, signs, lacks) in [(&v0_1, "ES256", "EdDSA"), (&v0_2, "PS256", "ML-DSA-65")] {
+        let (code, text) = adapter_check_file(component, &[]);
+        assert_eq!(code, Some(0), "{text}");
+        assert!(
+            text.contains(&format!("PASS  import → sign → verify ({signs})")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("PASS  {lacks}: unadvertised → refused")),
+            "{text}"
+        );
+    }
 }
 
 /// Key generation has its own deadline (`limits.generateTimeoutMs`): past it a

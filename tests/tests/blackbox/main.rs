@@ -17,6 +17,7 @@ mod http;
 mod integrity;
 mod javascript;
 mod openapi;
+mod post_quantum;
 mod reload;
 mod replicas;
 mod rotation;

@@ -9,7 +9,7 @@ use kmsgw_tests::*;
 use serde_json::json;
 
 /// An OpenBao dev server on a loopback port, stopped when dropped.
-struct OpenBao {
+pub(crate) struct OpenBao {
     child: Child,
     port: u16,
 }
@@ -55,7 +55,7 @@ fn answers_ok(url: &str) -> bool {
 
 /// A new OpenBao, and a gateway on `site` with a `db` provider and it as `vault`
 /// (with the scheduler every 250 ms when `scheduler`).
-fn beside_openbao(site: &Site, scheduler: bool) -> (OpenBao, Gateway) {
+pub(crate) fn beside_openbao(site: &Site, scheduler: bool) -> (OpenBao, Gateway) {
     let port = free_port();
     let bao = OpenBao::start(port, site.dir.path());
     let providers = json!([
