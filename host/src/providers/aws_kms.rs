@@ -338,3 +338,68 @@ impl Provider for AwsKmsProvider {
         Health::of(started, result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    fn key_ref<'a>(alg: Alg, public_jwk: &'a PublicJwk) -> KeyRef<'a> {
+        KeyRef {
+            key_id: "k",
+            version_id: Cow::Borrowed("k"),
+            external_id: "external",
+            alg,
+            public_jwk,
+            sealed: None,
+        }
+    }
+
+    #[test]
+    fn ml_dsa_sends_raw_up_to_4096_bytes_and_external_mu_otherwise() {
+        let key = PrivateKey::generate(Alg::MlDsa65, None).unwrap();
+        let key = key_ref(Alg::MlDsa65, key.public_jwk());
+        for (len, expected) in [
+            (0, MessageType::ExternalMu),
+            (1, MessageType::Raw),
+            (4096, MessageType::Raw),
+            (4097, MessageType::ExternalMu),
+        ] {
+            let message = vec![7u8; len];
+            let (algorithm, kind, input) = sign_input(&key, &message).unwrap();
+            assert_eq!(algorithm, SigningAlgorithmSpec::MlDsaShake256);
+            assert_eq!(kind, expected, "{len} bytes");
+            let sent = if kind == MessageType::Raw {
+                message.clone()
+            } else {
+                key.public_jwk.ml_dsa_mu(&message).unwrap().to_vec()
+            };
+            assert_eq!(input, sent, "{len} bytes");
+        }
+        // μ depends on the key and the message.
+        let other = PrivateKey::generate(Alg::MlDsa65, None).unwrap();
+        assert_ne!(
+            key.public_jwk.ml_dsa_mu(b"m").unwrap(),
+            other.public_jwk().ml_dsa_mu(b"m").unwrap()
+        );
+        assert_ne!(
+            key.public_jwk.ml_dsa_mu(b"m").unwrap(),
+            key.public_jwk.ml_dsa_mu(b"n").unwrap()
+        );
+    }
+
+    #[test]
+    fn ecdsa_and_rsa_send_a_digest_past_4096_bytes_and_eddsa_is_refused() {
+        let key = PrivateKey::generate(Alg::ES384, None).unwrap();
+        let key = key_ref(Alg::ES384, key.public_jwk());
+        let (_, kind, input) = sign_input(&key, &[1; 5000]).unwrap();
+        assert_eq!((kind, input.len()), (MessageType::Digest, 48));
+        let ed = PrivateKey::generate(Alg::Ed25519, None).unwrap();
+        let ed = key_ref(Alg::Ed25519, ed.public_jwk());
+        assert!(matches!(
+            sign_input(&ed, b"m"),
+            Err(ProviderError::Unsupported(_))
+        ));
+    }
+}

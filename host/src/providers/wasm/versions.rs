@@ -449,3 +449,34 @@ pub fn add_host_imports(
     v0_3::kmsgw::adapter::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_algorithm_crosses_the_boundary_and_back() {
+        for &alg in crate::crypto::Alg::ALL {
+            let back = host_alg(guest_alg(alg));
+            assert!(back.answers_to(alg), "{alg} came back as {back}");
+        }
+    }
+
+    #[test]
+    fn a_0_2_guest_has_the_classic_algorithms_and_no_ml_dsa() {
+        for alg in [
+            Alg::Es256,
+            Alg::Es384,
+            Alg::Es512,
+            Alg::Eddsa,
+            Alg::Rs256,
+            Alg::Ps256,
+        ] {
+            let old = v0_2_alg(alg).unwrap();
+            assert_eq!(old.current(), alg);
+        }
+        for alg in [Alg::MlDsa44, Alg::MlDsa65, Alg::MlDsa87] {
+            assert!(v0_2_alg(alg).is_none());
+        }
+    }
+}
