@@ -487,9 +487,29 @@ impl Drop for Gateway {
     }
 }
 
-/// Whether `alg` is one of the ML-DSA algorithms.
-pub fn is_ml_dsa(alg: &str) -> bool {
-    alg.starts_with("ML-DSA-")
+/// Runs the Python `script` with `input` as JSON on its stdin; returns the JSON
+/// it prints. Panics, with Python's stderr, when it fails.
+pub fn python_json(script: &str, input: &Value) -> Value {
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(input).unwrap())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("Python printed JSON")
 }
 
 /// Verifies ML-DSA signatures (`AKP` JWK, message, base64url signature) with
@@ -529,26 +549,8 @@ print(json.dumps(results))
             })
         })
         .collect();
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(&input).unwrap())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "python cryptography failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let answers: Vec<String> = serde_json::from_slice(&output.stdout).expect("a result list");
+    let answers: Vec<String> =
+        serde_json::from_value(python_json(SCRIPT, &Value::from(input))).expect("a result list");
     answers
         .into_iter()
         .map(|a| if a == "ok" { Ok(()) } else { Err(a) })

@@ -4,9 +4,6 @@
 //! Python `cryptography`, and X.509 with ML-DSA subjects and issuers (mixed
 //! chains too), parsed and verified outside kmsgw.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kmsgw_tests::*;
@@ -230,26 +227,8 @@ for item in json.load(sys.stdin):
         out.append(f"{item['what']}: {type(e).__name__}: {e}")
 print(json.dumps(out))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(items).unwrap())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Vec<String> = serde_json::from_slice(&output.stdout).unwrap();
+    let results: Vec<String> =
+        serde_json::from_value(python_json(SCRIPT, &Value::from(items.to_vec()))).unwrap();
     assert_eq!(results.len(), items.len());
     let failed: Vec<_> = results.iter().filter(|r| *r != "ok").collect();
     assert!(failed.is_empty(), "{failed:#?}");

@@ -4,50 +4,36 @@
 
 pub use self::v0_3::*;
 
+/// The bindings of the `provider` world of the WIT package at `$path`, with the
+/// host's own WASI bindings for the interfaces the world imports.
+macro_rules! adapter_bindings {
+    ($path:tt) => {
+        wasmtime::component::bindgen!({
+            path: $path,
+            world: "kmsgw:adapter/provider",
+            imports: { default: async },
+            exports: { default: async },
+            with: {
+                "wasi:io": wasmtime_wasi::p2::bindings::io,
+                "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+                "wasi:random": wasmtime_wasi::p2::bindings::random,
+                "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            },
+        });
+    };
+}
+
 /// `kmsgw:adapter@0.3.0`.
 pub mod v0_3 {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "kmsgw:adapter/provider",
-        imports: { default: async },
-        exports: { default: async },
-        with: {
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-        },
-    });
+    adapter_bindings!("../wit");
 }
 
 /// `kmsgw:adapter@0.2.0`, frozen: the six classic algorithms.
 pub mod v0_2 {
-    wasmtime::component::bindgen!({
-        path: "../wit/frozen/0.2.0",
-        world: "kmsgw:adapter/provider",
-        imports: { default: async },
-        exports: { default: async },
-        with: {
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-        },
-    });
+    adapter_bindings!("../wit/frozen/0.2.0");
 }
 
 /// `kmsgw:adapter@0.1.0`, frozen: ES256 only.
 pub mod v0_1 {
-    wasmtime::component::bindgen!({
-        path: "../wit/frozen/0.1.0",
-        world: "kmsgw:adapter/provider",
-        imports: { default: async },
-        exports: { default: async },
-        with: {
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "wasi:random": wasmtime_wasi::p2::bindings::random,
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-        },
-    });
+    adapter_bindings!("../wit/frozen/0.1.0");
 }
