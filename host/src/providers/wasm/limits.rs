@@ -206,6 +206,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_guest_signature_may_be_as_long_as_its_algorithm_needs_and_no_longer() {
+        assert_eq!(max_signature_bytes(Alg::MlDsa44), 2420);
+        assert_eq!(max_signature_bytes(Alg::MlDsa87), 4627);
+        // RSA-8192's length bounds every classic algorithm.
+        for alg in [Alg::ES256, Alg::EdDSA, Alg::PS256] {
+            assert_eq!(max_signature_bytes(alg), 1024, "{alg}");
+        }
+    }
+
+    #[test]
     fn sanitize_escapes_line_breaks_and_cuts_long_text() {
         assert_eq!(sanitize("a\nb\r\u{1b}[31m", 100), r"a\nb\r\u{1b}[31m");
         assert_eq!(sanitize("x\u{2028}y", 100), r"x\u{2028}y");
