@@ -12,11 +12,11 @@ use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
 use kmsgw::crypto::seal::MasterKey;
 use kmsgw::gateway::{Gateway, NewKey, Registered};
-use kmsgw::providers::Provider;
 use kmsgw::providers::db::DbProvider;
 use kmsgw::providers::wasm::limits::GuestLimits;
 use kmsgw::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use kmsgw::providers::wasm::{WasmOptions, WasmProvider};
+use kmsgw::providers::{Provider, ToSign};
 
 fn guests_dir() -> PathBuf {
     std::env::var_os("KMSGW_GUESTS_DIR").map_or_else(
@@ -106,8 +106,14 @@ fn guest(c: &mut Criterion) {
             )
             .await
             .unwrap();
-        gateway.sign(None, "on-db", b"warm", None).await.unwrap();
-        gateway.sign(None, "on-guest", b"warm", None).await.unwrap();
+        gateway
+            .sign(None, "on-db", ToSign::Message(b"warm"), None)
+            .await
+            .unwrap();
+        gateway
+            .sign(None, "on-guest", ToSign::Message(b"warm"), None)
+            .await
+            .unwrap();
         (gateway, soft)
     });
     let message = [0x5au8; 100];
@@ -118,14 +124,14 @@ fn guest(c: &mut Criterion) {
     group.bench_function("sign_soft_signer_warm", |b| {
         b.iter(|| {
             runtime
-                .block_on(gateway.sign(None, "on-guest", &message, None))
+                .block_on(gateway.sign(None, "on-guest", ToSign::Message(&message), None))
                 .unwrap()
         })
     });
     group.bench_function("sign_db_warm", |b| {
         b.iter(|| {
             runtime
-                .block_on(gateway.sign(None, "on-db", &message, None))
+                .block_on(gateway.sign(None, "on-db", ToSign::Message(&message), None))
                 .unwrap()
         })
     });

@@ -17,6 +17,7 @@ use kmsgw::catalog::Catalog;
 use kmsgw::config::{Pkcs11Config, Pkcs11Slot};
 use kmsgw::crypto::seal::MasterKey;
 use kmsgw::gateway::{Gateway, NewKey, Registered};
+use kmsgw::providers::ToSign;
 use kmsgw::providers::db::DbProvider;
 use kmsgw::providers::pkcs11::Pkcs11Provider;
 
@@ -92,7 +93,7 @@ fn pkcs11(c: &mut Criterion) {
             .await
             .unwrap();
         gateway
-            .sign(None, "bench-key", b"warm", None)
+            .sign(None, "bench-key", ToSign::Message(b"warm"), None)
             .await
             .unwrap();
         gateway
@@ -103,7 +104,7 @@ fn pkcs11(c: &mut Criterion) {
     group.bench_function("gateway_sign", |b| {
         b.iter(|| {
             runtime
-                .block_on(gateway.sign(None, "bench-key", &message, None))
+                .block_on(gateway.sign(None, "bench-key", ToSign::Message(&message), None))
                 .unwrap()
         })
     });

@@ -19,7 +19,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
 use kmsgw::crypto::seal::MasterKey;
-use kmsgw::crypto::{Alg, PrivateKey};
+use kmsgw::crypto::{Alg, PrivateKey, ToSign};
 use kmsgw::gateway::{Gateway, Registered};
 use kmsgw::providers::db::DbProvider;
 
@@ -117,12 +117,15 @@ fn sign(c: &mut Criterion) {
                 .await
                 .unwrap();
             // The first sign loads the key; the measured ones find it in memory.
-            gateway.sign(None, kid, &message, None).await.unwrap();
+            gateway
+                .sign(None, kid, ToSign::Message(&message), None)
+                .await
+                .unwrap();
         });
         group.bench_function(format!("{alg}/db"), |b| {
             b.iter(|| {
                 runtime
-                    .block_on(gateway.sign(None, kid, &message, None))
+                    .block_on(gateway.sign(None, kid, ToSign::Message(&message), None))
                     .unwrap()
             })
         });

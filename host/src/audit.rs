@@ -61,6 +61,8 @@ pub enum Action {
     /// A delete with `force=true`: the key left the catalog whatever its backend said.
     ForceDelete,
     Sign,
+    /// A sign of digests the client computed; the record holds those digests.
+    SignDigest,
     /// A new version of a key became current (by an API key or the scheduler).
     Rotate,
     /// A certification request was signed for a key.
@@ -84,6 +86,7 @@ impl Action {
             Action::ForceDelete => "force-delete",
             Action::Rotate => "rotate",
             Action::Sign => "sign",
+            Action::SignDigest => "sign-digest",
             Action::Csr => "csr",
             Action::CertificateImport => "certificate-import",
             Action::CertificateIssue => "certificate-issue",
@@ -99,6 +102,7 @@ impl Action {
             Action::Delete,
             Action::ForceDelete,
             Action::Sign,
+            Action::SignDigest,
             Action::Rotate,
             Action::Csr,
             Action::CertificateImport,

@@ -16,7 +16,7 @@ use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::limits::GuestLimits;
 use crate::providers::wasm::runtime::{PoolSizing, WasmRuntime};
 use crate::providers::wasm::{WasmOptions, WasmProvider};
-use crate::providers::{Alg, KeyRef, KeySpec, Provider, ProviderError};
+use crate::providers::{Alg, KeyRef, KeySpec, Provider, ProviderError, ToSign};
 
 /// What to check and how to run it.
 pub struct CheckOptions {
@@ -297,7 +297,10 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
         sealed: None,
     };
     let started = Instant::now();
-    let outcome = match provider.sign(&KeyRef::from(&missing), b"x").await {
+    let outcome = match provider
+        .sign(&KeyRef::from(&missing), ToSign::Message(b"x"))
+        .await
+    {
         Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
         Err(e) => Outcome::Fail(format!("expected not-found, got: {e}")),
         Ok(_) => Outcome::Fail("signed with a key that does not exist".into()),
@@ -331,7 +334,10 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
             let started = Instant::now();
             let outcome = match gateway.delete_key(Actor::default(), &record.kid).await {
                 Err(e) => Outcome::Fail(e.to_string()),
-                Ok(_) => match provider.sign(&KeyRef::from(&*record), b"x").await {
+                Ok(_) => match provider
+                    .sign(&KeyRef::from(&*record), ToSign::Message(b"x"))
+                    .await
+                {
                     Err(ProviderError::KeyNotFound(_)) => Outcome::Pass(String::new()),
                     Err(e) => {
                         Outcome::Fail(format!("after delete, sign must be not-found; got: {e}"))
@@ -366,7 +372,9 @@ async fn sign_and_verify(report: &mut Report, gateway: &Gateway, record: &KeyRec
     let mut total = Duration::ZERO;
     for message in MESSAGES {
         let started = Instant::now();
-        let result = gateway.sign(None, &record.kid, message, None).await;
+        let result = gateway
+            .sign(None, &record.kid, ToSign::Message(message), None)
+            .await;
         total += started.elapsed();
         let failure = match result {
             Ok((signature, _)) => verify(&record.public_jwk, record.alg, message, &signature).err(),

@@ -44,6 +44,37 @@ pub fn base64url(bytes: &[u8]) -> String {
     general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// What a signature covers: the message itself, or the digest of it that a
+/// client computed with the algorithm's hash ([`Alg::prehash`]). `T` is one
+/// input (`&[u8]`) or a batch of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToSign<T> {
+    Message(T),
+    Digest(T),
+}
+
+impl<T> ToSign<T> {
+    /// The message or digest.
+    pub fn bytes(&self) -> &T {
+        match self {
+            ToSign::Message(bytes) | ToSign::Digest(bytes) => bytes,
+        }
+    }
+
+    /// The same kind of input around other bytes.
+    pub fn with<U>(&self, bytes: U) -> ToSign<U> {
+        match self {
+            ToSign::Message(_) => ToSign::Message(bytes),
+            ToSign::Digest(_) => ToSign::Digest(bytes),
+        }
+    }
+
+    /// Whether this is a client's digest.
+    pub fn is_digest(&self) -> bool {
+        matches!(self, ToSign::Digest(_))
+    }
+}
+
 /// A JOSE signing algorithm the gateway knows (RFC 7518, RFC 8037, RFC 9864,
 /// RFC 9964).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -123,6 +154,18 @@ impl Alg {
             Alg::MlDsa44 => KeyKind::MlDsa(MlDsa::L44),
             Alg::MlDsa65 => KeyKind::MlDsa(MlDsa::L65),
             Alg::MlDsa87 => KeyKind::MlDsa(MlDsa::L87),
+        }
+    }
+
+    /// The hash the algorithm signs over, whose digest a client may send instead
+    /// of the message; `None` for Ed25519 and ML-DSA, which sign the message itself.
+    pub fn prehash(self) -> Option<&'static aws_lc_rs::digest::Algorithm> {
+        use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
+        match self {
+            Alg::ES256 | Alg::RS256 | Alg::PS256 => Some(&SHA256),
+            Alg::ES384 => Some(&SHA384),
+            Alg::ES512 => Some(&SHA512),
+            Alg::EdDSA | Alg::Ed25519 | Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => None,
         }
     }
 
@@ -553,6 +596,37 @@ impl PublicJwk {
                 .verify(message, signature)
                 .is_ok(),
         }
+    }
+
+    /// Whether `signature` is a valid `alg` signature of what `input` names: a
+    /// message, or the digest of one under the algorithm's hash.
+    pub fn verify_input(&self, alg: Alg, input: ToSign<&[u8]>, signature: &[u8]) -> bool {
+        let digest = match input {
+            ToSign::Message(message) => return self.verify(alg, message, signature),
+            ToSign::Digest(digest) => digest,
+        };
+        let Some(digest) = alg
+            .prehash()
+            .and_then(|hash| aws_lc_rs::digest::Digest::import_less_safe(digest, hash).ok())
+        else {
+            return false;
+        };
+        let Ok((key, exponent)) = self.parts() else {
+            return false;
+        };
+        if self.kind().ok() != Some(alg.key_kind()) {
+            return false;
+        }
+        let key = match alg.key_kind() {
+            KeyKind::Rsa => match der::rsa_public_key(strip_zeros(&key), strip_zeros(&exponent)) {
+                Ok(key) => key,
+                Err(_) => return false,
+            },
+            _ => key,
+        };
+        UnparsedPublicKey::new(verification(alg), &key)
+            .verify_digest(&digest, signature)
+            .is_ok()
     }
 
     /// The length of every `alg` signature by this key: fixed for ECDSA, EdDSA

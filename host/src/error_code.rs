@@ -33,6 +33,10 @@ pub enum ErrorCode {
     IssuerCertificateNotCa,
     IssuerNotCa,
     InvalidCertificateRequest,
+    /// A digest whose length is not that of the key algorithm's hash.
+    InvalidDigest,
+    /// A digest for a key whose algorithm signs the message itself (EdDSA, ML-DSA).
+    DigestNotSupported,
     // 401, 403.
     Unauthorized,
     Forbidden,
@@ -89,6 +93,8 @@ impl ErrorCode {
             E::IssuerCertificateNotCa => "issuer_certificate_not_ca",
             E::IssuerNotCa => "issuer_not_ca",
             E::InvalidCertificateRequest => "invalid_certificate_request",
+            E::InvalidDigest => "invalid_digest",
+            E::DigestNotSupported => "digest_not_supported",
             E::Unauthorized => "unauthorized",
             E::Forbidden => "forbidden",
             E::KeyNotFound => "key_not_found",
@@ -136,7 +142,9 @@ impl ErrorCode {
             | E::CertificateChainBroken
             | E::IssuerCertificateNotCa
             | E::IssuerNotCa
-            | E::InvalidCertificateRequest => StatusCode::BAD_REQUEST,
+            | E::InvalidCertificateRequest
+            | E::InvalidDigest
+            | E::DigestNotSupported => StatusCode::BAD_REQUEST,
             E::Unauthorized => StatusCode::UNAUTHORIZED,
             E::Forbidden => StatusCode::FORBIDDEN,
             E::KeyNotFound | E::ProviderNotFound | E::RouteNotFound | E::CertificateNotFound => {

@@ -50,6 +50,12 @@ pub enum GatewayError {
     InvalidJwk(String),
     #[error("{0}")]
     Unsupported(String),
+    /// A digest of the wrong length for the key's algorithm.
+    #[error("{0}")]
+    InvalidDigest(String),
+    /// A digest for a key whose algorithm signs the message itself.
+    #[error("{0}")]
+    DigestNotSupported(String),
     /// A known algorithm the chosen provider cannot do.
     #[error("provider `{provider}` does not support {alg}")]
     UnsupportedAlg { provider: String, alg: Alg },
@@ -113,6 +119,8 @@ impl GatewayError {
             GatewayError::InvalidInput(_) => ErrorCode::InvalidRequest,
             GatewayError::InvalidJwk(_) => ErrorCode::InvalidJwk,
             GatewayError::Unsupported(_) => ErrorCode::UnsupportedOperation,
+            GatewayError::InvalidDigest(_) => ErrorCode::InvalidDigest,
+            GatewayError::DigestNotSupported(_) => ErrorCode::DigestNotSupported,
             GatewayError::UnsupportedAlg { .. } => ErrorCode::UnsupportedAlgByProvider,
             GatewayError::ProviderGone { .. } => ErrorCode::ProviderNotConfigured,
             GatewayError::Catalog(c) => match c {

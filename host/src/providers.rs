@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use crate::config::ProviderKind;
-pub use crate::crypto::Alg;
+pub use crate::crypto::{Alg, ToSign};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -54,6 +54,9 @@ pub struct Capabilities {
     pub can_delete: bool,
     pub supported_algs: Vec<Alg>,
     pub default_alg: Alg,
+    /// Whether the provider signs a client's digest (`digest` in a sign request)
+    /// with the algorithms among `supported_algs` that sign over a hash.
+    pub signs_digests: bool,
     /// Whether the provider signs in this process with a key the gateway holds,
     /// so that its signatures need no check against the public key.
     #[serde(skip)]
@@ -205,17 +208,18 @@ pub trait Provider: Send + Sync {
         alg: Alg,
     ) -> Result<KeyMaterial, ProviderError>;
 
-    /// Signs `message` with the key, with its algorithm; the result is the JOSE
-    /// form of the signature (raw `r‖s` for ECDSA). Signatures of every provider
-    /// that does not sign in process are verified by the gateway before a client
-    /// sees them.
+    /// Signs a message, or a digest of one (only when the capabilities say
+    /// `signs_digests`; the gateway has checked its length), with the key and
+    /// its algorithm; the result is the JOSE form of the signature (raw `r‖s`
+    /// for ECDSA). Signatures of every provider that does not sign in process
+    /// are verified by the gateway before a client sees them.
     ///
     /// # Errors
     /// [`ProviderError::KeyNotFound`] when the backend lost the key, and backend failures.
-    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError>;
+    async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError>;
 
-    /// Signs every one of `messages` with the key, in order. Default: one `sign` per
-    /// message, [`BATCH_CONCURRENCY`] at a time; backends with a batch operation or
+    /// Signs every one of `inputs` with the key, in order. Default: one `sign` per
+    /// input, [`BATCH_CONCURRENCY`] at a time; backends with a batch operation or
     /// in-process keys do better.
     ///
     /// # Errors
@@ -223,12 +227,13 @@ pub trait Provider: Send + Sync {
     async fn sign_batch(
         &self,
         key: &KeyRef<'_>,
-        messages: &[Vec<u8>],
+        inputs: ToSign<&[Vec<u8>]>,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
         use futures::{StreamExt, TryStreamExt};
-        let calls: Vec<_> = messages
+        let calls: Vec<_> = inputs
+            .bytes()
             .iter()
-            .map(|message| self.sign(key, message))
+            .map(|bytes| self.sign(key, inputs.with(bytes.as_slice())))
             .collect();
         futures::stream::iter(calls)
             .buffered(BATCH_CONCURRENCY)

@@ -9,8 +9,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use der::asn1::{BitString, OctetString, UintRef};
-use der::{Decode, Encode, EncodePem, Sequence};
+use der::asn1::{BitString, OctetString};
+use der::{Decode, Encode, EncodePem};
 use signature::Keypair;
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder, RequestBuilder};
@@ -196,31 +196,13 @@ fn alg_of(algorithm: &AlgorithmIdentifierOwned) -> Option<Alg> {
     })
 }
 
-#[derive(Sequence)]
-struct EcdsaSignature<'a> {
-    r: UintRef<'a>,
-    s: UintRef<'a>,
-}
-
-#[derive(Sequence)]
-struct RsaPublicKey<'a> {
-    n: UintRef<'a>,
-    e: UintRef<'a>,
-}
-
 /// A JOSE signature as X.509 wants it: ECDSA `r‖s` as a DER `SEQUENCE { r, s }`,
 /// the others as they are.
 fn x509_signature(alg: Alg, jose: &[u8]) -> Result<Vec<u8>, CertError> {
     if !matches!(alg, Alg::ES256 | Alg::ES384 | Alg::ES512) {
         return Ok(jose.to_vec());
     }
-    let (r, s) = jose.split_at(jose.len() / 2);
-    EcdsaSignature {
-        r: UintRef::new(r).map_err(encoding)?,
-        s: UintRef::new(s).map_err(encoding)?,
-    }
-    .to_der()
-    .map_err(encoding)
+    crate::crypto::der::ecdsa_raw_to_der(jose).map_err(encoding)
 }
 
 /// An X.509 signature as the JOSE form [`PublicJwk::verify`] takes.
@@ -281,12 +263,7 @@ pub fn spki_of(jwk: &PublicJwk) -> Result<SubjectPublicKeyInfoOwned, CertError> 
         ),
         KeyKind::Rsa => {
             let (n, e) = (part(&jwk.n, "n")?, part(&jwk.e, "e")?);
-            let key = RsaPublicKey {
-                n: UintRef::new(&n).map_err(encoding)?,
-                e: UintRef::new(&e).map_err(encoding)?,
-            }
-            .to_der()
-            .map_err(encoding)?;
+            let key = crate::crypto::der::rsa_public_key(&n, &e).map_err(encoding)?;
             (
                 AlgorithmIdentifierOwned {
                     oid: RSA_ENCRYPTION,

@@ -20,7 +20,7 @@ use crate::catalog::{
 };
 use crate::config::Scope;
 use crate::crypto::Alg;
-use crate::crypto::{PrivateKey, PublicJwk, base64url, decode_base64};
+use crate::crypto::{PrivateKey, PublicJwk, ToSign, base64url, decode_base64};
 use crate::error_code::ErrorCode;
 use crate::gateway::{DEFAULT_GRACE, GatewayError, NewKey, Retraction, valid_kid};
 use std::sync::Arc;
@@ -95,14 +95,69 @@ pub struct ImportKeyRequest {
     provider: Option<String>,
 }
 
-/// `POST /keys/{kid}/sign`.
+/// `POST /keys/{kid}/sign`: `data` or `digest`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
     /// The message, base64 (standard or url-safe, padded or not).
-    data: String,
+    data: Option<String>,
+    /// Instead of `data`: the hash of the message under the key algorithm's
+    /// hash, base64 (ES256, RS256, PS256: SHA-256, 32 bytes; ES384: SHA-384;
+    /// ES512: SHA-512). EdDSA and ML-DSA keys sign messages only.
+    digest: Option<String>,
     /// When given, must be the key's algorithm.
     alg: Option<String>,
+}
+
+/// What a sign request names: exactly one of `data` and `digest`, decoded by
+/// `decode` (one base64 text, or a batch of them).
+fn to_sign<T, U>(
+    data: Option<T>,
+    digest: Option<T>,
+    decode: impl FnOnce(&'static str, T) -> Result<U, ApiError>,
+) -> Result<ToSign<U>, ApiError> {
+    match (data, digest) {
+        (Some(data), None) => Ok(ToSign::Message(decode("data", data)?)),
+        (None, Some(digest)) => Ok(ToSign::Digest(decode("digest", digest)?)),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "give either `data` (the message) or `digest` (its hash), not both",
+        )),
+        (None, None) => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            "missing field `data` (the message, base64) or `digest` (its hash, base64)",
+        )),
+    }
+}
+
+/// One base64 field of a request.
+fn base64_field(field: &str, text: &str) -> Result<Vec<u8>, ApiError> {
+    decode_base64(text).map_err(|_| {
+        ApiError::bad_request(
+            ErrorCode::InvalidBase64,
+            format!("`{field}` is neither standard nor url-safe base64"),
+        )
+    })
+}
+
+/// The audit action of a sign and, when `hashed`, the hex hash it records of
+/// each input: the SHA-256 of a message, or the client's digest as sent.
+fn sign_record(input: Option<&ToSign<Vec<Vec<u8>>>>, hashed: bool) -> (Action, Vec<String>) {
+    match input {
+        None => (Action::Sign, Vec::new()),
+        Some(ToSign::Message(messages)) => (
+            Action::Sign,
+            messages
+                .iter()
+                .filter(|_| hashed)
+                .map(|m| hex::encode(digest(&SHA256, m)))
+                .collect(),
+        ),
+        Some(ToSign::Digest(digests)) => (
+            Action::SignDigest,
+            digests.iter().filter(|_| hashed).map(hex::encode).collect(),
+        ),
+    }
 }
 
 /// `GET /keys` query.
@@ -495,35 +550,24 @@ pub async fn sign(
     principal.require(Scope::Sign)?;
     // A place for the record first: a sign answered 200 always has its record.
     let slot = state.audit.reserve().await?;
-    let message = decode_base64(&req.data).map_err(|_| {
-        ApiError::bad_request(
-            ErrorCode::InvalidBase64,
-            "`data` is neither standard nor url-safe base64",
-        )
+    let input = to_sign(req.data, req.digest, |field, text| {
+        base64_field(field, &text).map(|bytes| vec![bytes])
     });
-    let message_hashes = match (&message, state.audit.enabled()) {
-        (Ok(message), true) => vec![hex::encode(digest(&SHA256, message))],
-        _ => Vec::new(),
-    };
+    let (action, hashes) = sign_record(input.as_ref().ok(), state.audit.enabled());
     let result = async {
         let alg = parse_alg(req.alg.as_deref())?;
-        let message = message?;
+        let input = input?;
+        let bytes = input.bytes()[0].as_slice();
         Ok(state
             .gateway
-            .sign(principal.tenant.as_deref(), &kid, &message, alg)
+            .sign(principal.tenant.as_deref(), &kid, input.with(bytes), alg)
             .await?)
     }
     .await;
     let provider = result.as_ref().ok().map(|(_, r)| r.provider.as_str());
     let target = (Some(kid.as_str()), provider);
-    slot.record(event(
-        &principal,
-        Action::Sign,
-        target,
-        message_hashes,
-        &result,
-    ))
-    .await?;
+    slot.record(event(&principal, action, target, hashes, &result))
+        .await?;
     let (signature, record) = result?;
     Ok(Json(SignResponse {
         signature: base64url(&signature),
@@ -534,12 +578,14 @@ pub async fn sign(
     }))
 }
 
-/// `POST /keys/{kid}/sign/batch`.
+/// `POST /keys/{kid}/sign/batch`: `data` or `digest`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignBatchRequest {
     /// The messages, each base64 (standard or url-safe); 1 to 1000.
-    data: Vec<String>,
+    data: Option<Vec<String>>,
+    /// Instead of `data`: the messages' hashes, as `digest` of a single sign.
+    digest: Option<Vec<String>>,
     /// When given, must be the key's algorithm.
     alg: Option<String>,
 }
@@ -573,54 +619,42 @@ pub async fn sign_batch(
 ) -> Result<Json<SignBatchResponse>, ApiError> {
     principal.require(Scope::Sign)?;
     let slot = state.audit.reserve().await?;
-    let messages: Result<Vec<Vec<u8>>, ApiError> = if (1..=MAX_BATCH).contains(&req.data.len()) {
-        req.data
+    let input = to_sign(req.data, req.digest, |field, texts: Vec<String>| {
+        if !(1..=MAX_BATCH).contains(&texts.len()) {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "`{field}` holds {} items; a batch is 1 to {MAX_BATCH}",
+                    texts.len()
+                ),
+            ));
+        }
+        texts
             .iter()
             .enumerate()
-            .map(|(i, text)| {
-                decode_base64(text).map_err(|_| {
-                    ApiError::bad_request(
-                        ErrorCode::InvalidBase64,
-                        format!("`data[{i}]` is neither standard nor url-safe base64"),
-                    )
-                })
-            })
-            .collect()
-    } else {
-        Err(ApiError::bad_request(
-            ErrorCode::InvalidRequest,
-            format!(
-                "`data` holds {} messages; a batch is 1 to {MAX_BATCH}",
-                req.data.len()
-            ),
-        ))
-    };
-    let (result, messages) = match messages {
-        Err(e) => (Err(e), Vec::new()),
-        Ok(messages) => {
+            .map(|(i, text)| base64_field(&format!("{field}[{i}]"), text))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let (result, input) = match input {
+        Err(e) => (Err(e), None),
+        Ok(input) => {
             let result = async {
                 let alg = parse_alg(req.alg.as_deref())?;
+                let inputs = input.with(input.bytes().as_slice());
                 Ok(state
                     .gateway
-                    .sign_batch(principal.tenant.as_deref(), &kid, &messages, alg)
+                    .sign_batch(principal.tenant.as_deref(), &kid, inputs, alg)
                     .await?)
             }
             .await;
-            (result, messages)
+            (result, Some(input))
         }
     };
     let provider = result.as_ref().ok().map(|(_, r)| r.provider.clone());
     let target = (Some(kid.as_str()), provider.as_deref());
-    // One record for the batch, holding every message's hash in order.
-    let hashes = if result.is_ok() && state.audit.enabled() {
-        messages
-            .iter()
-            .map(|message| hex::encode(digest(&SHA256, message)))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    slot.record(event(&principal, Action::Sign, target, hashes, &result))
+    // One record for the batch, holding every input's hash in order.
+    let (action, hashes) = sign_record(input.as_ref(), result.is_ok() && state.audit.enabled());
+    slot.record(event(&principal, action, target, hashes, &result))
         .await?;
     let (signatures, record) = result?;
     Ok(Json(SignBatchResponse {

@@ -188,7 +188,7 @@ pub struct AuditQuery {
     limit: Option<u32>,
     /// Only records of this kid.
     kid: Option<String>,
-    /// Only records of this action: create, import, delete, force-delete, sign,
+    /// Only records of this action: create, import, delete, force-delete, sign, sign-digest,
     /// rotate, csr, certificate-import or certificate-issue.
     action: Option<String>,
 }
@@ -225,7 +225,7 @@ pub async fn audit_page(
         Some(name) => Some(Action::parse(name).ok_or_else(|| {
             ApiError::bad_request(
                 ErrorCode::InvalidQuery,
-                "`action` must be one of create, import, delete, force-delete, sign, rotate, \
+                "`action` must be one of create, import, delete, force-delete, sign, sign-digest, rotate, \
                  csr, certificate-import, certificate-issue, reload",
             )
         })?),

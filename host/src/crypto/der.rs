@@ -1,6 +1,47 @@
 //! The little DER kmsgw reads from backends: ECDSA signatures (`SEQUENCE { r, s }`,
 //! what AWS KMS and PKCS#11 wrappers return) and SubjectPublicKeyInfo (what Vault
-//! and AWS KMS return as public keys).
+//! and AWS KMS return as public keys); and the two structures it writes: ECDSA
+//! signatures (X.509, CSC) and RSA public keys.
+
+use der::Encode;
+use der::asn1::UintRef;
+
+#[derive(der::Sequence)]
+struct EcdsaSignature<'a> {
+    r: UintRef<'a>,
+    s: UintRef<'a>,
+}
+
+#[derive(der::Sequence)]
+struct RsaPublicKey<'a> {
+    n: UintRef<'a>,
+    e: UintRef<'a>,
+}
+
+/// Converts a raw `r‖s` ECDSA signature to DER `SEQUENCE { r, s }`.
+///
+/// # Errors
+/// When the halves are not usable integers.
+pub fn ecdsa_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, der::Error> {
+    let (r, s) = raw.split_at(raw.len() / 2);
+    EcdsaSignature {
+        r: UintRef::new(r)?,
+        s: UintRef::new(s)?,
+    }
+    .to_der()
+}
+
+/// PKCS#1 `RSAPublicKey { n, e }` in DER.
+///
+/// # Errors
+/// When a part is not a usable integer.
+pub fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<Vec<u8>, der::Error> {
+    RsaPublicKey {
+        n: UintRef::new(n)?,
+        e: UintRef::new(e)?,
+    }
+    .to_der()
+}
 
 /// One DER element: its tag, its contents, and what follows it.
 fn element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), String> {

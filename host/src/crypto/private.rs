@@ -14,7 +14,8 @@ use aws_lc_rs::signature::{
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::{Alg, Curve, JwkError, KeyKind, MlDsa, PublicJwk, URL_SAFE_ANY_PAD, base64url};
+use super::{Alg, Curve, JwkError, KeyKind, MlDsa, PublicJwk, ToSign, URL_SAFE_ANY_PAD, base64url};
+use aws_lc_rs::digest::Digest;
 use base64::Engine;
 
 /// A validated private key: its kind, its PKCS#8 form, its public JWK and, where
@@ -566,6 +567,39 @@ impl Signer {
             }
         }
     }
+
+    /// Signs what `input` names for `alg`: a message, or a digest of one under
+    /// `alg`'s hash; returns the JOSE form.
+    ///
+    /// # Errors
+    /// When `alg` has no pre-hash form or the digest is not its hash's length.
+    pub fn sign_input(&self, alg: Alg, input: ToSign<&[u8]>) -> Result<Vec<u8>, JwkError> {
+        let digest = match input {
+            ToSign::Message(message) => return Ok(self.sign(message)),
+            ToSign::Digest(digest) => digest,
+        };
+        let digest = alg
+            .prehash()
+            .and_then(|hash| Digest::import_less_safe(digest, hash).ok())
+            .ok_or_else(|| JwkError(format!("{alg} cannot sign this digest")))?;
+        let refused = |_| JwkError(format!("the {alg} key cannot sign a digest"));
+        match self {
+            Signer::Ecdsa(pair) => Ok(pair
+                .sign_digest(&digest)
+                .map_err(refused)?
+                .as_ref()
+                .to_vec()),
+            Signer::Rsa(pair, encoding) => {
+                let mut signature = vec![0u8; pair.public_modulus_len()];
+                pair.sign_digest(*encoding, &digest, &mut signature)
+                    .map_err(refused)?;
+                Ok(signature)
+            }
+            Signer::Ed25519(_) | Signer::MlDsa(_) => Err(JwkError(format!(
+                "{alg} signs the message itself, not a digest"
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -581,6 +615,43 @@ mod tests {
             assert!(!key.public_jwk().verify(alg, b"hellO", &signature), "{alg}");
             let reloaded = PrivateKey::from_pkcs8(key.kind(), key.pkcs8()).unwrap();
             assert!(reloaded.public_jwk().same_key(key.public_jwk()), "{alg}");
+        }
+    }
+
+    #[test]
+    fn digests_sign_like_their_messages_and_only_for_prehash_algorithms() {
+        for &alg in Alg::ALL {
+            let key = PrivateKey::generate(alg, None).unwrap();
+            let signer = key.signer(alg).unwrap();
+            let Some(hash) = alg.prehash() else {
+                assert!(
+                    signer.sign_input(alg, ToSign::Digest(&[0; 32])).is_err(),
+                    "{alg}"
+                );
+                continue;
+            };
+            let digest = aws_lc_rs::digest::digest(hash, b"hello");
+            let signature = signer
+                .sign_input(alg, ToSign::Digest(digest.as_ref()))
+                .unwrap();
+            // A digest's signature is the message's signature.
+            assert!(key.public_jwk().verify(alg, b"hello", &signature), "{alg}");
+            let input = ToSign::Digest(digest.as_ref());
+            assert!(
+                key.public_jwk().verify_input(alg, input, &signature),
+                "{alg}"
+            );
+            let other = aws_lc_rs::digest::digest(hash, b"hellO");
+            let input = ToSign::Digest(other.as_ref());
+            assert!(
+                !key.public_jwk().verify_input(alg, input, &signature),
+                "{alg}"
+            );
+            let short = &digest.as_ref()[1..];
+            assert!(
+                signer.sign_input(alg, ToSign::Digest(short)).is_err(),
+                "{alg}"
+            );
         }
     }
 

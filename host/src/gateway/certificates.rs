@@ -14,7 +14,7 @@ use x509_cert::certificate::Certificate;
 use super::{Gateway, GatewayError};
 use crate::audit::{Action, Actor};
 use crate::catalog::{CatalogError, CertificatePolicy, KeyRecord};
-use crate::providers::KeyRef;
+use crate::providers::{KeyRef, ToSign};
 use crate::x509::{self, CertError, CertificateSpec, IssuerSpec};
 
 /// The longest certificate validity accepted, in days (about 100 years).
@@ -60,10 +60,15 @@ impl Gateway {
     async fn sign_as(&self, record: &KeyRecord, message: &[u8]) -> Result<Vec<u8>, GatewayError> {
         let provider = self.provider_of(record)?;
         let signature = provider
-            .sign(&KeyRef::from(record), message)
+            .sign(&KeyRef::from(record), ToSign::Message(message))
             .await
             .map_err(|e| self.sign_failed(record, e))?;
-        self.check_signature(provider.as_ref(), record, message, &signature)?;
+        self.check_signature(
+            provider.as_ref(),
+            record,
+            ToSign::Message(message),
+            &signature,
+        )?;
         Ok(signature)
     }
 

@@ -244,7 +244,7 @@ mod tests {
     use crate::audit::AuditFilter;
     use crate::catalog::VersionState;
     use crate::gateway::{NewKey, test_gateway};
-    use crate::providers::Alg;
+    use crate::providers::{Alg, ToSign};
 
     #[tokio::test]
     async fn a_replaced_version_verifies_until_its_grace_ends_and_each_rotation_is_recorded() {
@@ -261,11 +261,17 @@ mod tests {
             ..NewKey::default()
         };
         gateway.create_key(Actor::default(), request).await.unwrap();
-        let (old, _) = gateway.sign(None, "k", b"m", None).await.unwrap();
+        let (old, _) = gateway
+            .sign(None, "k", ToSign::Message(b"m"), None)
+            .await
+            .unwrap();
         let rotated = gateway.rotate(Actor::default(), "k").await.unwrap();
         assert_eq!(rotated.record.version, 2);
         assert!(rotated.certificate.is_none(), "no certificate policy");
-        let (new, record) = gateway.sign(None, "k", b"m", None).await.unwrap();
+        let (new, record) = gateway
+            .sign(None, "k", ToSign::Message(b"m"), None)
+            .await
+            .unwrap();
         assert_eq!((record.version, record.jwk_kid().as_str()), (2, "k@v2"));
         assert!(gateway.verify(None, "k", b"m", &old).await.unwrap());
         assert!(gateway.verify(None, "k", b"m", &new).await.unwrap());

@@ -1,57 +1,67 @@
-//! Signing: one message or a batch with a key's current version, every
-//! signature a backend makes checked against the key before it is handed out,
-//! and verification against a key's published versions.
+//! Signing: one message or digest, or a batch, with a key's current version,
+//! every signature a backend makes checked against the key before it is handed
+//! out, and verification against a key's published versions.
 
 use std::sync::Arc;
 
 use super::{Gateway, GatewayError, Registry};
 use crate::catalog::{KeyRecord, VersionState};
 use crate::crypto::KeyKind;
-use crate::providers::{Alg, KeyRef, Provider, ProviderError};
+use crate::providers::{Alg, KeyRef, Provider, ProviderError, ToSign};
 
 impl Gateway {
-    /// Signs `message` with `kid` of `tenant`; `alg`, when given, must be the key's
-    /// algorithm. Returns the signature and the key's record.
+    /// Signs a message, or a client's digest of one, with `kid` of `tenant`;
+    /// `alg`, when given, must be the key's algorithm. Returns the signature and
+    /// the key's record.
     ///
     /// # Errors
-    /// Unknown kid, algorithm mismatch, backend failures.
+    /// Unknown kid, algorithm mismatch, a digest the key cannot sign, backend failures.
     pub async fn sign(
         &self,
         tenant: Option<&str>,
         kid: &str,
-        message: &[u8],
+        input: ToSign<&[u8]>,
         alg: Option<Alg>,
     ) -> Result<(Vec<u8>, Arc<KeyRecord>), GatewayError> {
         let (record, registry, index) = self.signing_key(tenant, kid, alg).await?;
         let provider = &registry.providers[index].provider;
+        if input.is_digest() {
+            digests_allowed(provider.as_ref(), &record, &[input.bytes()])?;
+        }
         let started = std::time::Instant::now();
         let signature = provider
-            .sign(&KeyRef::from(&*record), message)
+            .sign(&KeyRef::from(&*record), input)
             .await
             .map_err(|e| self.sign_failed(&record, e))?;
-        self.check_signature(provider.as_ref(), &record, message, &signature)?;
+        self.check_signature(provider.as_ref(), &record, input, &signature)?;
         registry.sign_timers[index].observe(started.elapsed().as_secs_f64());
         self.usage.record(&record.id, 1);
         Ok((signature, record))
     }
 
-    /// Signs every one of `messages` with `kid` of `tenant`, in order, with one key
-    /// lookup: the provider signs the batch the best way its backend allows.
+    /// Signs every one of `inputs` (messages, or a client's digests) with `kid`
+    /// of `tenant`, in order, with one key lookup: the provider signs the batch
+    /// the best way its backend allows.
     ///
     /// # Errors
-    /// As [`Gateway::sign`]; one failed message fails the batch.
+    /// As [`Gateway::sign`]; one failed input fails the batch.
     pub async fn sign_batch(
         &self,
         tenant: Option<&str>,
         kid: &str,
-        messages: &[Vec<u8>],
+        inputs: ToSign<&[Vec<u8>]>,
         alg: Option<Alg>,
     ) -> Result<(Vec<Vec<u8>>, Arc<KeyRecord>), GatewayError> {
         let (record, registry, index) = self.signing_key(tenant, kid, alg).await?;
         let provider = &registry.providers[index].provider;
+        let messages = *inputs.bytes();
+        if inputs.is_digest() {
+            let digests: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+            digests_allowed(provider.as_ref(), &record, &digests)?;
+        }
         let started = std::time::Instant::now();
         let signatures = provider
-            .sign_batch(&KeyRef::from(&*record), messages)
+            .sign_batch(&KeyRef::from(&*record), inputs)
             .await
             .map_err(|e| self.sign_failed(&record, e))?;
         if signatures.len() != messages.len() {
@@ -64,7 +74,8 @@ impl Gateway {
             .into());
         }
         for (message, signature) in messages.iter().zip(&signatures) {
-            self.check_signature(provider.as_ref(), &record, message, signature)?;
+            let input = inputs.with(message.as_slice());
+            self.check_signature(provider.as_ref(), &record, input, signature)?;
         }
         registry.sign_timers[index].observe(started.elapsed().as_secs_f64());
         self.usage.record(&record.id, messages.len() as u64);
@@ -109,7 +120,7 @@ impl Gateway {
         &self,
         provider: &dyn Provider,
         record: &KeyRecord,
-        message: &[u8],
+        input: ToSign<&[u8]>,
         signature: &[u8],
     ) -> Result<(), GatewayError> {
         // A key the gateway holds signs through a library that checks itself.
@@ -136,7 +147,7 @@ impl Gateway {
             ))
             .into());
         }
-        if !record.public_jwk.verify(record.alg, message, signature) {
+        if !record.public_jwk.verify_input(record.alg, input, signature) {
             tracing::error!(
                 provider = provider.id(),
                 kid,
@@ -176,6 +187,51 @@ impl Gateway {
             .filter(|v| v.state == VersionState::Grace)
             .any(|v| v.public_jwk.verify(record.alg, message, signature)))
     }
+}
+
+/// Refuses digests a key cannot sign: one whose algorithm signs the message
+/// itself (400), one of another length than its hash (400), or one on a
+/// provider that signs only messages (405).
+fn digests_allowed(
+    provider: &dyn Provider,
+    record: &KeyRecord,
+    digests: &[&[u8]],
+) -> Result<(), GatewayError> {
+    let alg = record.alg;
+    let Some(hash) = alg.prehash() else {
+        return Err(GatewayError::DigestNotSupported(format!(
+            "key `{}` is a {alg} key; {alg} signs the message itself and has no pre-hashed form: send `data`",
+            record.kid
+        )));
+    };
+    let expected = hash.output_len;
+    if let Some((i, digest)) = digests
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.len() != expected)
+    {
+        let which = if digests.len() == 1 {
+            "the digest".to_owned()
+        } else {
+            format!("digest {i}")
+        };
+        return Err(GatewayError::InvalidDigest(format!(
+            "{which} is {} bytes; a {alg} digest is the {expected}-byte {} hash of the message",
+            digest.len(),
+            match expected {
+                32 => "SHA-256",
+                48 => "SHA-384",
+                _ => "SHA-512",
+            }
+        )));
+    }
+    if !provider.capabilities().signs_digests {
+        return Err(GatewayError::Unsupported(format!(
+            "provider `{}` signs messages only, not digests: send `data`",
+            provider.id()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -220,10 +276,15 @@ mod tests {
         ) -> Result<KeyMaterial, ProviderError> {
             Err(ProviderError::Unsupported("no".into()))
         }
-        async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
-            let mut other = message.to_vec();
-            other.push(b'!');
-            Ok(self.key.signer(key.alg).unwrap().sign(&other))
+        async fn sign(
+            &self,
+            key: &KeyRef<'_>,
+            input: ToSign<&[u8]>,
+        ) -> Result<Vec<u8>, ProviderError> {
+            let mut other = input.bytes().to_vec();
+            other[0] ^= 1;
+            let signer = self.key.signer(key.alg).unwrap();
+            Ok(signer.sign_input(key.alg, input.with(&other)).unwrap())
         }
         async fn delete_key(&self, _: &KeyRef<'_>) -> Result<(), ProviderError> {
             Ok(())
@@ -244,6 +305,7 @@ mod tests {
                 can_delete: true,
                 supported_algs: vec![Alg::ES256],
                 default_alg: Alg::ES256,
+                signs_digests: true,
                 signs_in_process: false,
             },
         };
@@ -258,15 +320,80 @@ mod tests {
             ..NewKey::default()
         };
         gateway.create_key(Actor::default(), request).await.unwrap();
-        let refused = gateway.sign(None, "k", b"message", None).await;
+        let refused = gateway
+            .sign(None, "k", ToSign::Message(b"message"), None)
+            .await;
         assert!(
             matches!(&refused, Err(GatewayError::Provider(ProviderError::Backend(m))) if m.contains("does not verify")),
             "{refused:?}"
         );
         let batch = gateway
-            .sign_batch(None, "k", &[b"a".to_vec(), b"b".to_vec()], None)
+            .sign_batch(
+                None,
+                "k",
+                ToSign::Message(&[b"a".to_vec(), b"b".to_vec()][..]),
+                None,
+            )
             .await;
         assert!(batch.is_err());
+        let digest = [7u8; 32];
+        let refused = gateway.sign(None, "k", ToSign::Digest(&digest), None).await;
+        assert!(
+            matches!(&refused, Err(GatewayError::Provider(ProviderError::Backend(m))) if m.contains("does not verify")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn digests_sign_as_their_message_and_the_wrong_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, _) = test_gateway(&dir, Vec::new()).await;
+        for (kid, alg) in [("ec", Alg::ES384), ("rsa", Alg::PS256), ("ed", Alg::EdDSA)] {
+            let request = NewKey {
+                kid: Some(kid.into()),
+                alg: Some(alg),
+                ..NewKey::default()
+            };
+            gateway.create_key(Actor::default(), request).await.unwrap();
+        }
+        let hash = |alg: Alg| aws_lc_rs::digest::digest(alg.prehash().unwrap(), b"doc");
+        for (kid, alg) in [("ec", Alg::ES384), ("rsa", Alg::PS256)] {
+            let digest = hash(alg);
+            let digest = ToSign::Digest(digest.as_ref());
+            let (signature, record) = gateway.sign(None, kid, digest, None).await.unwrap();
+            assert!(record.public_jwk.verify(alg, b"doc", &signature), "{alg}");
+            let batch = [hash(alg).as_ref().to_vec(), hash(alg).as_ref().to_vec()];
+            let (signatures, _) = gateway
+                .sign_batch(None, kid, ToSign::Digest(&batch[..]), None)
+                .await
+                .unwrap();
+            assert!(
+                record.public_jwk.verify(alg, b"doc", &signatures[1]),
+                "{alg}"
+            );
+        }
+        let short = gateway
+            .sign(None, "ec", ToSign::Digest(&[0; 32]), None)
+            .await;
+        assert!(
+            matches!(short, Err(GatewayError::InvalidDigest(_))),
+            "{short:?}"
+        );
+        let batch = [vec![0; 32], vec![0; 31]];
+        let short = gateway
+            .sign_batch(None, "rsa", ToSign::Digest(&batch[..]), None)
+            .await;
+        assert!(
+            matches!(&short, Err(GatewayError::InvalidDigest(m)) if m.starts_with("digest 1 is 31 bytes")),
+            "{short:?}"
+        );
+        let ed = gateway
+            .sign(None, "ed", ToSign::Digest(&[0; 32]), None)
+            .await;
+        assert!(
+            matches!(ed, Err(GatewayError::DigestNotSupported(_))),
+            "{ed:?}"
+        );
     }
 
     #[tokio::test]
@@ -279,7 +406,10 @@ mod tests {
             ..NewKey::default()
         };
         let record = gateway.create_key(Actor::default(), request).await.unwrap();
-        let (signature, _) = gateway.sign(None, "k", b"m", None).await.unwrap();
+        let (signature, _) = gateway
+            .sign(None, "k", ToSign::Message(b"m"), None)
+            .await
+            .unwrap();
         assert!(record.public_jwk.verify(Alg::EdDSA, b"m", &signature));
         assert!(gateway.verify(None, "k", b"m", &signature).await.unwrap());
         assert!(
@@ -288,15 +418,22 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let wrong = gateway.sign(None, "k", b"m", Some(Alg::ES256)).await;
+        let wrong = gateway
+            .sign(None, "k", ToSign::Message(b"m"), Some(Alg::ES256))
+            .await;
         assert!(
             matches!(wrong, Err(GatewayError::InvalidInput(_))),
             "{wrong:?}"
         );
-        let unknown = gateway.sign(None, "k\0", b"m", None).await;
+        let unknown = gateway.sign(None, "k\0", ToSign::Message(b"m"), None).await;
         assert!(matches!(unknown, Err(GatewayError::KeyNotFound(_))));
         let (batch, _) = gateway
-            .sign_batch(None, "k", &[b"x".to_vec(), b"y".to_vec()], None)
+            .sign_batch(
+                None,
+                "k",
+                ToSign::Message(&[b"x".to_vec(), b"y".to_vec()][..]),
+                None,
+            )
             .await
             .unwrap();
         assert!(record.public_jwk.verify(Alg::EdDSA, b"y", &batch[1]));

@@ -23,6 +23,7 @@ use secrecy::ExposeSecret;
 use super::remote::{self, retrying};
 use super::{
     Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
+    ToSign,
 };
 use crate::config::AwsKmsConfig;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, ecdsa_der_to_raw};
@@ -129,6 +130,7 @@ impl AwsKmsProvider {
                     Alg::MlDsa87,
                 ],
                 default_alg: Alg::ES256,
+                signs_digests: true,
                 signs_in_process: false,
             },
         }
@@ -173,50 +175,51 @@ fn key_spec(spec: KeySpec) -> Result<AwsKeySpec, ProviderError> {
     })
 }
 
-/// What AWS KMS's Sign takes for one message under `key`: the signing
+/// What AWS KMS's Sign takes for one input under `key`: the signing
 /// algorithm, the message type and the bytes. ECDSA and RSA send 1 to 4096
-/// bytes `RAW`, else their digest; ML-DSA sends 1 to 4096 bytes `RAW`, else
-/// FIPS 204's μ (`EXTERNAL_MU`), which it has no digest form instead of.
+/// bytes `RAW`, else their digest, and a client's digest as `DIGEST`; ML-DSA
+/// sends 1 to 4096 bytes `RAW`, else FIPS 204's μ (`EXTERNAL_MU`), which it has
+/// no digest form instead of.
 fn sign_input(
     key: &KeyRef<'_>,
-    message: &[u8],
+    input: ToSign<&[u8]>,
 ) -> Result<(SigningAlgorithmSpec, MessageType, Vec<u8>), ProviderError> {
-    use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
-    let (algorithm, hash) = match key.alg {
-        Alg::ES384 => (SigningAlgorithmSpec::EcdsaSha384, &SHA384),
-        Alg::ES512 => (SigningAlgorithmSpec::EcdsaSha512, &SHA512),
-        Alg::RS256 => (SigningAlgorithmSpec::RsassaPkcs1V15Sha256, &SHA256),
-        Alg::PS256 => (SigningAlgorithmSpec::RsassaPssSha256, &SHA256),
-        Alg::ES256 => (SigningAlgorithmSpec::EcdsaSha256, &SHA256),
-        Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => {
-            if (1..=RAW_LIMIT).contains(&message.len()) {
-                return Ok((
-                    SigningAlgorithmSpec::MlDsaShake256,
-                    MessageType::Raw,
-                    message.to_vec(),
-                ));
-            }
-            let mu = key.public_jwk.ml_dsa_mu(message).map_err(|e| {
-                ProviderError::Internal(format!("cannot compute the ML-DSA μ: {e}"))
-            })?;
-            return Ok((
-                SigningAlgorithmSpec::MlDsaShake256,
-                MessageType::ExternalMu,
-                mu.to_vec(),
-            ));
-        }
+    let algorithm = match key.alg {
+        Alg::ES256 => SigningAlgorithmSpec::EcdsaSha256,
+        Alg::ES384 => SigningAlgorithmSpec::EcdsaSha384,
+        Alg::ES512 => SigningAlgorithmSpec::EcdsaSha512,
+        Alg::RS256 => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
+        Alg::PS256 => SigningAlgorithmSpec::RsassaPssSha256,
+        Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => SigningAlgorithmSpec::MlDsaShake256,
         alg @ (Alg::EdDSA | Alg::Ed25519) => {
             return Err(ProviderError::Unsupported(format!(
                 "aws-kms does not support {alg}"
             )));
         }
     };
-    if (1..=RAW_LIMIT).contains(&message.len()) {
-        Ok((algorithm, MessageType::Raw, message.to_vec()))
-    } else {
-        let digest = aws_lc_rs::digest::digest(hash, message);
-        Ok((algorithm, MessageType::Digest, digest.as_ref().to_vec()))
-    }
+    let (kind, bytes) = match (input, key.alg.prehash()) {
+        (ToSign::Message(message), _) if (1..=RAW_LIMIT).contains(&message.len()) => {
+            (MessageType::Raw, message.to_vec())
+        }
+        (ToSign::Message(message), Some(hash)) => (
+            MessageType::Digest,
+            aws_lc_rs::digest::digest(hash, message).as_ref().to_vec(),
+        ),
+        (ToSign::Message(message), None) => {
+            let mu = key.public_jwk.ml_dsa_mu(message).map_err(|e| {
+                ProviderError::Internal(format!("cannot compute the ML-DSA μ: {e}"))
+            })?;
+            (MessageType::ExternalMu, mu.to_vec())
+        }
+        (ToSign::Digest(digest), Some(_)) => (MessageType::Digest, digest.to_vec()),
+        (ToSign::Digest(_), None) => {
+            return Err(ProviderError::Unsupported(format!(
+                "{} signs the message itself, not a digest",
+                key.alg
+            )));
+        }
+    };
+    Ok((algorithm, kind, bytes))
 }
 
 #[async_trait]
@@ -283,9 +286,9 @@ impl Provider for AwsKmsProvider {
         )))
     }
 
-    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
         let alg = key.alg;
-        let (algorithm, kind, input) = sign_input(key, message)?;
+        let (algorithm, kind, input) = sign_input(key, input)?;
         let answer = retrying(|| async {
             self.client
                 .sign()
@@ -367,7 +370,7 @@ mod tests {
             (4097, MessageType::ExternalMu),
         ] {
             let message = vec![7u8; len];
-            let (algorithm, kind, input) = sign_input(&key, &message).unwrap();
+            let (algorithm, kind, input) = sign_input(&key, ToSign::Message(&message)).unwrap();
             assert_eq!(algorithm, SigningAlgorithmSpec::MlDsaShake256);
             assert_eq!(kind, expected, "{len} bytes");
             let sent = if kind == MessageType::Raw {
@@ -390,15 +393,24 @@ mod tests {
     }
 
     #[test]
-    fn ecdsa_and_rsa_send_a_digest_past_4096_bytes_and_eddsa_is_refused() {
+    fn ecdsa_and_rsa_send_a_digest_past_4096_bytes_or_a_clients_digest_and_eddsa_is_refused() {
         let key = PrivateKey::generate(Alg::ES384, None).unwrap();
         let key = key_ref(Alg::ES384, key.public_jwk());
-        let (_, kind, input) = sign_input(&key, &[1; 5000]).unwrap();
+        let (_, kind, input) = sign_input(&key, ToSign::Message(&[1; 5000])).unwrap();
         assert_eq!((kind, input.len()), (MessageType::Digest, 48));
+        // A client's digest goes as it is.
+        let (_, kind, input) = sign_input(&key, ToSign::Digest(&[2; 48])).unwrap();
+        assert_eq!((kind, input), (MessageType::Digest, vec![2; 48]));
         let ed = PrivateKey::generate(Alg::Ed25519, None).unwrap();
         let ed = key_ref(Alg::Ed25519, ed.public_jwk());
         assert!(matches!(
-            sign_input(&ed, b"m"),
+            sign_input(&ed, ToSign::Message(b"m")),
+            Err(ProviderError::Unsupported(_))
+        ));
+        let ml = PrivateKey::generate(Alg::MlDsa44, None).unwrap();
+        let ml = key_ref(Alg::MlDsa44, ml.public_jwk());
+        assert!(matches!(
+            sign_input(&ml, ToSign::Digest(&[0; 32])),
             Err(ProviderError::Unsupported(_))
         ));
     }

@@ -11,6 +11,7 @@ use quick_cache::sync::Cache;
 
 use super::{
     Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
+    ToSign,
 };
 use crate::catalog::Catalog;
 use crate::config::CacheConfig;
@@ -69,6 +70,7 @@ impl DbProvider {
                 can_delete: true,
                 supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
+                signs_digests: true,
                 signs_in_process: true,
             },
             signers: Cache::new(CacheConfig::default().keys),
@@ -124,6 +126,18 @@ impl DbProvider {
     }
 }
 
+/// One signature by a cached signer.
+fn sign_one(
+    signer: &CachedSigner,
+    alg: Alg,
+    input: ToSign<&[u8]>,
+) -> Result<Vec<u8>, ProviderError> {
+    signer
+        .signer
+        .sign_input(alg, input)
+        .map_err(|e| ProviderError::InvalidInput(e.0))
+}
+
 #[async_trait]
 impl Provider for DbProvider {
     fn id(&self) -> &str {
@@ -161,49 +175,53 @@ impl Provider for DbProvider {
     /// Signs in place for the curves (tens of microseconds: a hop to the
     /// blocking pool would cost more than the signature), on the blocking pool
     /// for RSA (milliseconds, which would stall an async worker).
-    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
         let alg = key.alg;
         let signer = self.signer(key).await?;
         if alg.key_kind() != KeyKind::Rsa {
-            return Ok(signer.signer.sign(message));
+            return sign_one(&signer, alg, input);
         }
-        let message = message.to_vec();
-        tokio::task::spawn_blocking(move || signer.signer.sign(&message))
+        let input = input.with(input.bytes().to_vec());
+        tokio::task::spawn_blocking(move || sign_one(&signer, alg, input.with(input.bytes())))
             .await
-            .map_err(|e| ProviderError::Internal(format!("signing failed: {e}")))
+            .map_err(|e| ProviderError::Internal(format!("signing failed: {e}")))?
     }
 
     /// Signs on the blocking pool, the batch split over the cores.
     async fn sign_batch(
         &self,
         key: &KeyRef<'_>,
-        messages: &[Vec<u8>],
+        inputs: ToSign<&[Vec<u8>]>,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        let alg = key.alg;
         let signer = self.signer(key).await?;
-        let messages = messages.to_vec();
+        let items = inputs.bytes().to_vec();
+        let kind = inputs.with(());
         tokio::task::spawn_blocking(move || {
             // One part per core this process may run on: the first is signed on
             // this thread, each other one on a thread of its own.
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let chunk = messages.len().div_ceil(cores).max(1);
-            let sign_part = |part: &[Vec<u8>]| -> Vec<Vec<u8>> {
-                part.iter().map(|m| signer.signer.sign(m)).collect()
+            let chunk = items.len().div_ceil(cores).max(1);
+            let sign_part = |part: &[Vec<u8>]| -> Result<Vec<Vec<u8>>, ProviderError> {
+                part.iter()
+                    .map(|bytes| sign_one(&signer, alg, kind.with(bytes)))
+                    .collect()
             };
-            let mut parts = messages.chunks(chunk);
+            let mut parts = items.chunks(chunk);
             let first = parts.next().unwrap_or_default();
             std::thread::scope(|scope| {
                 let others: Vec<_> = parts
                     .map(|part| scope.spawn(move || sign_part(part)))
                     .collect();
-                let mut signatures = sign_part(first);
+                let mut signatures = sign_part(first)?;
                 for other in others {
-                    signatures.extend(other.join().expect("a signing thread does not panic"));
+                    signatures.extend(other.join().expect("a signing thread does not panic")?);
                 }
-                signatures
+                Ok(signatures)
             })
         })
         .await
-        .map_err(|e| ProviderError::Internal(format!("batch signing failed: {e}")))
+        .map_err(|e| ProviderError::Internal(format!("batch signing failed: {e}")))?
     }
 
     async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {

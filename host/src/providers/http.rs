@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 use super::remote::{self, backend_message, retrying, transport_error};
 use super::{
     Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
+    ToSign,
 };
 use crate::config::{BearerAuth, HttpAuth, HttpConfig};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, decode_base64};
@@ -119,6 +120,8 @@ impl HttpProvider {
                     can_delete: true,
                     default_alg: algs[0],
                     supported_algs: algs,
+                    // The remote-KMS contract signs messages only.
+                    signs_digests: false,
                     signs_in_process: false,
                 }
             },
@@ -272,7 +275,12 @@ impl Provider for HttpProvider {
         })
     }
 
-    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
+        let ToSign::Message(message) = input else {
+            return Err(ProviderError::Unsupported(
+                "the remote-KMS contract signs messages, not digests".into(),
+            ));
+        };
         let alg = key.alg;
         #[derive(Deserialize)]
         struct SignAnswer {

@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
+    ToSign,
 };
 use crate::config::{Pkcs11Config, Pkcs11Slot};
 use crate::crypto::{Curve, KeyKind, PrivateKey, PublicJwk};
@@ -171,19 +172,31 @@ fn mechanism(alg: Alg) -> Mechanism<'static> {
     }
 }
 
-/// What `C_Sign` signs for `alg`: the hash (ECDSA, PSS), the SHA-256 DigestInfo
-/// (PKCS#1 v1.5) or the message itself (EdDSA).
-fn sign_input(alg: Alg, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
-    use aws_lc_rs::digest::{SHA256, SHA384, SHA512, digest};
-    let hashed = |hash| digest(hash, message).as_ref().to_vec();
-    // SoftHSM2 does not check the digest length: each gets exactly its hash.
-    Ok(match alg {
-        Alg::ES256 | Alg::PS256 => hashed(&SHA256),
-        Alg::ES384 => hashed(&SHA384),
-        Alg::ES512 => hashed(&SHA512),
-        Alg::EdDSA | Alg::Ed25519 => message.to_vec(),
-        Alg::RS256 => [&SHA256_DIGEST_INFO[..], &hashed(&SHA256)].concat(),
-        Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87 => return Err(not_offered(alg)),
+/// What `C_Sign` signs for `alg`: the hash (ECDSA, PSS) or the SHA-256
+/// DigestInfo (PKCS#1 v1.5) of the message, or of a client's digest as it is,
+/// or the message itself (EdDSA).
+fn sign_input(alg: Alg, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
+    if matches!(alg.key_kind(), KeyKind::MlDsa(_)) {
+        return Err(not_offered(alg));
+    }
+    // The token hashes nothing. SoftHSM2 does not check a digest's length: the
+    // gateway has checked a client's, and each hash here is the algorithm's.
+    let hash = match (input, alg.prehash()) {
+        (ToSign::Message(message), Some(hash)) => {
+            aws_lc_rs::digest::digest(hash, message).as_ref().to_vec()
+        }
+        (ToSign::Digest(digest), Some(_)) => digest.to_vec(),
+        (ToSign::Message(message), None) => return Ok(message.to_vec()),
+        (ToSign::Digest(_), None) => {
+            return Err(ProviderError::Unsupported(format!(
+                "{alg} signs the message itself, not a digest"
+            )));
+        }
+    };
+    Ok(if alg == Alg::RS256 {
+        [&SHA256_DIGEST_INFO[..], &hash].concat()
+    } else {
+        hash
     })
 }
 
@@ -298,6 +311,7 @@ impl Pkcs11Provider {
                 can_delete: writable,
                 supported_algs: offered(),
                 default_alg: Alg::ES256,
+                signs_digests: true,
                 signs_in_process: false,
             },
             token: Mutex::new(None),
@@ -543,10 +557,10 @@ impl Provider for Pkcs11Provider {
         })
     }
 
-    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
         let alg = key.alg;
         let handle = self.private_handle(key.external_id).await?;
-        let input = sign_input(alg, message)?;
+        let input = sign_input(alg, input)?;
         let signature = self
             .run(move |session| {
                 session

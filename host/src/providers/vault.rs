@@ -2,8 +2,8 @@
 //! `ecdsa-p256/p384/p521`, `ed25519` or `rsa-2048/3072/4096`, not exportable;
 //! ECDSA signatures come back in JWS form (raw `r‖s`), RSA-PSS uses a salt as long
 //! as the hash; messages above [`PREHASH_ABOVE`] are hashed here and sent with
-//! `prehashed` (not Ed25519, which signs the message itself). A batch is one
-//! request with `batch_input`.
+//! `prehashed` (not Ed25519, which signs the message itself), and so are a
+//! client's digests. A batch is one request with `batch_input`.
 //! Import uses Transit's BYOK flow: the PKCS#8 key wrapped with an ephemeral
 //! AES-256 key (KWP), that key wrapped with RSA-OAEP-SHA256 under the mount's
 //! wrapping key.
@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 use super::remote::{self, backend_message, retrying, transport_error};
 use super::{
     Alg, Capabilities, Health, KeyMaterial, KeyRef, KeySpec, Provider, ProviderError, ProviderKind,
+    ToSign,
 };
 use crate::config::VaultConfig;
 use crate::crypto::{KeyKind, MlDsa, PrivateKey, PublicJwk, decode_base64};
@@ -126,6 +127,7 @@ impl VaultProvider {
                 can_delete: true,
                 supported_algs: Alg::ALL.to_vec(),
                 default_alg: Alg::ES256,
+                signs_digests: true,
                 signs_in_process: false,
             },
         })
@@ -276,18 +278,22 @@ impl VaultProvider {
         .map_err(|e| unusable(&e))
     }
 
-    /// One Transit sign request (`messages` of one: `input`; more: `batch_input`);
+    /// One Transit sign request (`inputs` of one: `input`; more: `batch_input`);
     /// returns the signatures in order.
-    async fn sign_messages(
+    async fn sign_inputs(
         &self,
         key: &KeyRef<'_>,
-        messages: &[&[u8]],
+        inputs: ToSign<&[&[u8]]>,
         alg: Alg,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
         let hash = hash(alg);
-        // A batch shares `prehashed`: all are hashed here when one is large.
-        let prehash = hash.filter(|_| messages.iter().any(|m| m.len() > PREHASH_ABOVE));
-        let encode = |message: &[u8]| match prehash {
+        let messages = *inputs.bytes();
+        // A batch shares `prehashed`: all are hashed here when one is large; a
+        // client's digests are sent as they are.
+        let hash_here = hash
+            .filter(|_| !inputs.is_digest() && messages.iter().any(|m| m.len() > PREHASH_ABOVE));
+        let prehash = inputs.is_digest() || hash_here.is_some();
+        let encode = |message: &[u8]| match hash_here {
             Some((_, digest)) => {
                 STANDARD.encode(aws_lc_rs::digest::digest(digest, message).as_ref())
             }
@@ -299,7 +305,7 @@ impl VaultProvider {
                 json!({"batch_input": messages.iter().map(|m| json!({"input": encode(m)})).collect::<Vec<_>>()})
             }
         };
-        if prehash.is_some() {
+        if prehash {
             request["prehashed"] = true.into();
         }
         match alg.key_kind() {
@@ -445,9 +451,11 @@ impl Provider for VaultProvider {
         })
     }
 
-    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
         let alg = key.alg;
-        let mut signatures = self.sign_messages(key, &[message], alg).await?;
+        let mut signatures = self
+            .sign_inputs(key, input.with(&[*input.bytes()][..]), alg)
+            .await?;
         signatures
             .pop()
             .ok_or_else(|| ProviderError::Backend("Vault answered without a signature".into()))
@@ -457,11 +465,11 @@ impl Provider for VaultProvider {
     async fn sign_batch(
         &self,
         key: &KeyRef<'_>,
-        messages: &[Vec<u8>],
+        inputs: ToSign<&[Vec<u8>]>,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
         let alg = key.alg;
-        let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-        self.sign_messages(key, &messages, alg).await
+        let items: Vec<&[u8]> = inputs.bytes().iter().map(Vec::as_slice).collect();
+        self.sign_inputs(key, inputs.with(&items[..]), alg).await
     }
 
     async fn delete_key(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {

@@ -30,7 +30,7 @@ use self::runtime::{LoadError, WasmRuntime};
 use self::versions::{guest_alg, host_alg};
 use super::{
     Alg, Capabilities, GuestReport, GuestStats, Health, KeyMaterial, KeyRef, KeySpec, Provider,
-    ProviderError, ProviderKind,
+    ProviderError, ProviderKind, ToSign,
 };
 use crate::catalog::Catalog;
 use crate::crypto::seal::MasterKey;
@@ -220,6 +220,7 @@ impl WasmProvider {
             can_delete: caps.can_delete,
             supported_algs: with_ed25519(caps.algs.iter().copied().map(host_alg).collect()),
             default_alg: host_alg(caps.default_alg),
+            signs_digests: false,
             signs_in_process: false,
         };
         if capabilities.supported_algs.is_empty()
@@ -384,7 +385,12 @@ impl Provider for WasmProvider {
         self.material(material)
     }
 
-    async fn sign(&self, key: &KeyRef<'_>, message: &[u8]) -> Result<Vec<u8>, ProviderError> {
+    async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
+        let ToSign::Message(message) = input else {
+            return Err(ProviderError::Unsupported(
+                "this guest signs messages, not digests".into(),
+            ));
+        };
         let started = Instant::now();
         let signature = guest_call!(self, "sign", |guest, store| guest.sign(
             store,
