@@ -48,6 +48,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Reloads kms.json (absent in tests that build a state by hand).
     pub reloader: Option<Arc<Reloader>>,
+    /// How long a CSC signature activation datum may be used.
+    pub sad_lifetime: std::time::Duration,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             audit,
             metrics,
             reloader: None,
+            sad_lifetime: std::time::Duration::from_secs(120),
         }
     }
 }

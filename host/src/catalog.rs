@@ -2,9 +2,11 @@
 //! run the same queries: the connection, its write transactions ([`Write`]) and
 //! migrations here; what is stored, by what it is, in [`keys`] (key records and
 //! policies), [`versions`] (versions, certificates, rotations), [`usage`] (sign
-//! counts) and [`guest`] (guest storage). The audit log's table belongs to
+//! counts), [`guest`] (guest storage) and [`csc`] (CSC credentials and
+//! signature activation data). The audit log's table belongs to
 //! [`crate::audit`].
 
+mod csc;
 mod guest;
 mod keys;
 mod usage;
@@ -15,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 
+pub use csc::Authorization;
 pub use guest::{GuestWriteError, StorageQuota};
 pub use keys::{CertificatePolicy, KeyRecord, RotationPolicy, SealedKey, version_id};
 pub use usage::KeyUsage;

@@ -40,6 +40,8 @@ pub struct Config {
     pub adapters: std::collections::BTreeMap<String, AdapterDef>,
     /// The `cache` section: how many keys are held in memory.
     pub cache: CacheConfig,
+    /// The `csc` section: the Cloud Signature Consortium API.
+    pub csc: CscConfig,
 }
 
 /// One `adapters` entry: the component a named guest type runs.
@@ -481,6 +483,30 @@ fn default_cache_keys() -> usize {
     10_000
 }
 
+/// The optional `csc` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CscConfig {
+    /// How long a SAD from `credentials/authorize` may be used (`2m` when absent; 1 s to 1 h).
+    pub sad_lifetime: Option<String>,
+}
+
+impl CscConfig {
+    /// The SAD lifetime: 2 minutes by default.
+    ///
+    /// # Errors
+    /// A message when `sadLifetime` is not a duration from 1 s to 1 h.
+    pub fn sad_lifetime(&self) -> Result<std::time::Duration, String> {
+        use std::time::Duration;
+        match &self.sad_lifetime {
+            None => Ok(Duration::from_secs(120)),
+            Some(text) => span(text)
+                .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(d))
+                .ok_or_else(|| format!("`{text}` is not a duration from 1s to 1h")),
+        }
+    }
+}
+
 /// The optional `scheduler` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -594,6 +620,7 @@ impl Config {
             scheduler: SchedulerConfig::default(),
             adapters: std::collections::BTreeMap::new(),
             cache: CacheConfig::default(),
+            csc: CscConfig::default(),
         }
     }
 
@@ -703,6 +730,7 @@ fn decode_root(
     let mut usage = UsageConfig::default();
     let mut scheduler = SchedulerConfig::default();
     let mut cache = CacheConfig::default();
+    let mut csc = CscConfig::default();
     for (key, value) in map {
         match key.as_str() {
             "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
@@ -714,11 +742,12 @@ fn decode_root(
             "usage" => usage = typed(value, &key, problems).unwrap_or_default(),
             "scheduler" => scheduler = typed(value, &key, problems).unwrap_or_default(),
             "cache" => cache = typed(value, &key, problems).unwrap_or_default(),
+            "csc" => csc = typed(value, &key, problems).unwrap_or_default(),
             "$schema" => {}
             other => problem(
                 problems,
                 other,
-                "unknown field; expected one of `defaultProvider`, `providers`, `adapters`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`, `cache`",
+                "unknown field; expected one of `defaultProvider`, `providers`, `adapters`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`, `cache`, `csc`",
             ),
         }
     }
@@ -754,6 +783,9 @@ fn decode_root(
     if cache.keys == 0 {
         problem(problems, "cache.keys", "must be greater than zero");
     }
+    if let Err(message) = csc.sad_lifetime() {
+        problem(problems, "csc.sadLifetime", message);
+    }
     if audit.queue_records == 0 {
         problem(problems, "audit.queueRecords", "must be greater than zero");
     }
@@ -768,6 +800,7 @@ fn decode_root(
         scheduler,
         adapters,
         cache,
+        csc,
     })
 }
 

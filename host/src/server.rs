@@ -243,6 +243,10 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         api_keys,
         audit.clone(),
     );
+    state.sad_lifetime = config
+        .csc
+        .sad_lifetime()
+        .expect("validated with the configuration");
     state.reloader = Some(Arc::new(Reloader::new(ReloaderParts {
         config_path: options.config.clone(),
         assembler,

@@ -10,6 +10,7 @@
 use std::time::{Duration, SystemTime};
 
 use der::asn1::{BitString, OctetString};
+use der::flagset::FlagSet;
 use der::{Decode, Encode, EncodePem};
 use signature::Keypair;
 use x509_cert::builder::profile::BuilderProfile;
@@ -130,6 +131,75 @@ const PSS_SHA256_PARAMS: [u8; 54] = [
     0x00, 0xa2, 0x03, 0x02, 0x01, 0x20,
 ];
 
+/// RSASSA-PSS-params (RFC 4055 §3.1); absent fields take their defaults
+/// (SHA-1, MGF1 with SHA-1, salt 20, trailer 1).
+#[derive(der::Sequence)]
+struct PssParams {
+    #[asn1(context_specific = "0", tag_mode = "EXPLICIT", optional = "true")]
+    hash: Option<AlgorithmIdentifierOwned>,
+    #[asn1(context_specific = "1", tag_mode = "EXPLICIT", optional = "true")]
+    mask_gen: Option<AlgorithmIdentifierOwned>,
+    #[asn1(context_specific = "2", tag_mode = "EXPLICIT", optional = "true")]
+    salt_length: Option<u32>,
+    #[asn1(context_specific = "3", tag_mode = "EXPLICIT", optional = "true")]
+    trailer_field: Option<u32>,
+}
+
+const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+const MGF1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.8");
+
+/// Whether DER RSASSA-PSS-params are PS256's: SHA-256, MGF1 with SHA-256, a
+/// 32-byte salt and trailer 1, with or without NULL hash parameters.
+pub fn is_ps256_params(der: &[u8]) -> bool {
+    let sha256 = |id: &AlgorithmIdentifierOwned| {
+        id.oid == SHA256
+            && id
+                .parameters
+                .as_ref()
+                .is_none_or(|p| p.to_der().ok().as_deref() == Some(&[0x05, 0x00][..]))
+    };
+    let Ok(params) = PssParams::from_der(der) else {
+        return false;
+    };
+    let mgf_sha256 = params.mask_gen.as_ref().is_some_and(|mgf| {
+        mgf.oid == MGF1
+            && mgf
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<AlgorithmIdentifierOwned>().ok())
+                .is_some_and(|h| sha256(&h))
+    });
+    params.hash.as_ref().is_some_and(sha256)
+        && mgf_sha256
+        && params.salt_length == Some(32)
+        && params.trailer_field.is_none_or(|t| t == 1)
+}
+
+/// What a client sees of a certificate: its names, serial and validity.
+pub struct Description {
+    /// RFC 4514.
+    pub subject: String,
+    /// RFC 4514.
+    pub issuer: String,
+    /// Upper-case hex.
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// The names, serial and validity of `certificate`.
+pub fn describe(certificate: &Certificate) -> Description {
+    let tbs = certificate.tbs_certificate();
+    let (not_before, not_after) = validity(certificate);
+    Description {
+        subject: tbs.subject().to_string(),
+        issuer: tbs.issuer().to_string(),
+        serial: hex::encode_upper(tbs.serial_number().as_bytes()),
+        not_before,
+        not_after,
+    }
+}
+
 const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
 const ECDSA_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.4");
@@ -188,7 +258,7 @@ fn alg_of(algorithm: &AlgorithmIdentifierOwned) -> Option<Alg> {
                 .parameters
                 .as_ref()
                 .and_then(|p| p.to_der().ok())
-                .is_some_and(|p| p == PSS_SHA256_PARAMS) =>
+                .is_some_and(|p| is_ps256_params(&p)) =>
         {
             Alg::PS256
         }
@@ -388,6 +458,57 @@ pub struct CertificateSpec<'a> {
     pub ca: bool,
     pub dns_names: &'a [String],
     pub uris: &'a [String],
+    /// The key usage names (RFC 5280's, e.g. `nonRepudiation`); empty: the
+    /// default for a CA or a leaf.
+    pub key_usage: &'a [String],
+}
+
+/// The key usages RFC 5280 names, by the names kmsgw accepts
+/// (`contentCommitment` is X.509's later name for `nonRepudiation`).
+const KEY_USAGES: [(&str, KeyUsages); 8] = [
+    ("digitalSignature", KeyUsages::DigitalSignature),
+    ("nonRepudiation", KeyUsages::NonRepudiation),
+    ("contentCommitment", KeyUsages::NonRepudiation),
+    ("keyEncipherment", KeyUsages::KeyEncipherment),
+    ("dataEncipherment", KeyUsages::DataEncipherment),
+    ("keyAgreement", KeyUsages::KeyAgreement),
+    ("keyCertSign", KeyUsages::KeyCertSign),
+    ("cRLSign", KeyUsages::CRLSign),
+];
+
+/// The key usage a certificate gets: the named ones, or by default
+/// digitalSignature (a leaf) or keyCertSign, cRLSign and digitalSignature (a CA).
+///
+/// # Errors
+/// An unknown name, or a CA without keyCertSign.
+fn key_usage(names: &[String], ca: bool) -> Result<FlagSet<KeyUsages>, CertError> {
+    if names.is_empty() {
+        return Ok(if ca {
+            KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature
+        } else {
+            KeyUsages::DigitalSignature.into()
+        });
+    }
+    let mut usage = FlagSet::default();
+    for name in names {
+        let (_, flag) = KEY_USAGES
+            .iter()
+            .find(|(known, _)| known == name)
+            .ok_or_else(|| {
+                CertError::Invalid(format!(
+                    "keyUsage `{name}` is not one of digitalSignature, nonRepudiation \
+                     (contentCommitment), keyEncipherment, dataEncipherment, keyAgreement, \
+                     keyCertSign, cRLSign"
+                ))
+            })?;
+        usage |= *flag;
+    }
+    if ca && !usage.contains(KeyUsages::KeyCertSign) {
+        return Err(CertError::Invalid(
+            "a CA certificate's keyUsage must include keyCertSign".into(),
+        ));
+    }
+    Ok(usage)
 }
 
 /// The issuer of a certificate being made: its certificate (to name it and
@@ -404,6 +525,7 @@ pub struct Profile {
     issuer: Option<Name>,
     issuer_key_id: Option<OctetString>,
     ca: bool,
+    usage: FlagSet<KeyUsages>,
     alt_names: Vec<GeneralName>,
 }
 
@@ -428,11 +550,7 @@ impl BuilderProfile for Profile {
             Some(id) => id.clone(),
             None => SubjectKeyIdentifier::try_from(issuer_spk)?.0,
         };
-        let usage = if self.ca {
-            KeyUsages::KeyCertSign | KeyUsages::CRLSign | KeyUsages::DigitalSignature
-        } else {
-            KeyUsages::DigitalSignature.into()
-        };
+        let usage = self.usage;
         let mut push = |extension: Extension| extensions.push(extension);
         let subject = tbs.subject();
         push(
@@ -479,6 +597,7 @@ pub fn prepare_certificate(
         issuer: issuer.map(|i| i.certificate.tbs_certificate().subject().clone()),
         issuer_key_id: issuer.and_then(|i| key_id(i.certificate)),
         ca: spec.ca,
+        usage: key_usage(spec.key_usage, spec.ca)?,
         alt_names: alt_names(spec.dns_names, spec.uris)?,
     };
     let builder = CertificateBuilder::new(
@@ -729,6 +848,7 @@ mod tests {
             ca,
             dns_names: &[],
             uris: &[],
+            key_usage: &[],
         };
         let prepared = prepare_certificate(&spec, key.public_jwk(), None, alg).unwrap();
         let signature = key.signer(alg).unwrap().sign(&prepared.to_sign);
@@ -748,6 +868,7 @@ mod tests {
                 ca: false,
                 dns_names: &["leaf.example".to_owned()],
                 uris: &[],
+                key_usage: &[],
             };
             let issuer = IssuerSpec {
                 certificate: &root,
@@ -773,5 +894,35 @@ mod tests {
                 Err(CertError::KeyMismatch)
             ));
         }
+    }
+
+    #[test]
+    fn key_usage_names_map_to_flags_and_a_ca_needs_key_cert_sign() {
+        let names = |list: &[&str]| list.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let usage = key_usage(&names(&["digitalSignature", "nonRepudiation"]), false).unwrap();
+        assert_eq!(usage, KeyUsages::DigitalSignature | KeyUsages::NonRepudiation);
+        let later_name = key_usage(&names(&["contentCommitment"]), false).unwrap();
+        assert_eq!(later_name, FlagSet::from(KeyUsages::NonRepudiation));
+        assert!(key_usage(&names(&["signEverything"]), false).is_err());
+        assert!(key_usage(&names(&["digitalSignature"]), true).is_err());
+        assert!(key_usage(&[], true).unwrap().contains(KeyUsages::KeyCertSign));
+    }
+
+    #[test]
+    fn ps256_parameters_are_recognised_with_and_without_null_hash_parameters() {
+        assert!(is_ps256_params(&PSS_SHA256_PARAMS));
+        // The same without the NULLs (as asn1crypto writes them).
+        let bare: [u8; 50] = [
+            0x30, 0x30, 0xa0, 0x0d, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03,
+            0x04, 0x02, 0x01, 0xa1, 0x1a, 0x30, 0x18, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7,
+            0x0d, 0x01, 0x01, 0x08, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03,
+            0x04, 0x02, 0x01, 0xa2, 0x03, 0x02, 0x01, 0x20,
+        ];
+        assert!(is_ps256_params(&bare));
+        // Another salt, or the defaults (SHA-1), are not PS256.
+        let mut other_salt = PSS_SHA256_PARAMS;
+        other_salt[53] = 0xde;
+        assert!(!is_ps256_params(&other_salt));
+        assert!(!is_ps256_params(&[0x30, 0x00]));
     }
 }

@@ -64,6 +64,11 @@ pub struct IssueCertificateRequest {
     dns_names: Vec<String>,
     #[serde(default)]
     uris: Vec<String>,
+    /// RFC 5280 key usages, e.g. `["nonRepudiation"]` for a document-signing
+    /// leaf (`contentCommitment` is accepted too); absent: `digitalSignature`
+    /// for a leaf, `keyCertSign`, `cRLSign`, `digitalSignature` for a CA.
+    #[serde(default)]
+    key_usage: Vec<String>,
 }
 
 /// Make a PKCS#10 request for a key's current version, signed through its provider.
@@ -139,6 +144,7 @@ pub async fn issue(
         ca: req.ca,
         dns_names: req.dns_names,
         uris: req.uris,
+        key_usage: req.key_usage,
     };
     let result = state
         .gateway

@@ -31,6 +31,8 @@ pub struct IssueRequest {
     pub ca: bool,
     pub dns_names: Vec<String>,
     pub uris: Vec<String>,
+    /// RFC 5280 key usage names; empty: the default of a CA or a leaf.
+    pub key_usage: Vec<String>,
 }
 
 impl From<&CertificatePolicy> for IssueRequest {
@@ -230,6 +232,7 @@ impl Gateway {
             ca: request.ca,
             dns_names: &request.dns_names,
             uris: &request.uris,
+            key_usage: &request.key_usage,
         };
         let chain = match &request.issuer_kid {
             None => {
