@@ -143,7 +143,8 @@ mod tests {
     async fn a_sad_is_taken_once_and_a_holder_of_too_many_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = crate::catalog::test_catalog(&dir).await;
-        let now = SystemTime::now();
+        // Whole milliseconds, as stored.
+        let now = crate::catalog::from_millis(millis(SystemTime::now()));
         let authorization = |key: &str| Authorization {
             key_id: key.into(),
             api_key: "signer".into(),
