@@ -6,6 +6,7 @@
 //! kms.json configures any; each handler then checks the scope it needs.
 
 mod certificates;
+mod csc;
 pub mod error;
 mod keys;
 mod openapi;
@@ -127,6 +128,7 @@ pub fn app(state: AppState) -> Router {
         ));
     let public = Router::new().route("/openapi.json", get(openapi::serve));
     protected
+        .merge(csc::routes(state.clone()))
         .merge(probes)
         .merge(public)
         .fallback(route_not_found)

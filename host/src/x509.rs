@@ -900,12 +900,19 @@ mod tests {
     fn key_usage_names_map_to_flags_and_a_ca_needs_key_cert_sign() {
         let names = |list: &[&str]| list.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
         let usage = key_usage(&names(&["digitalSignature", "nonRepudiation"]), false).unwrap();
-        assert_eq!(usage, KeyUsages::DigitalSignature | KeyUsages::NonRepudiation);
+        assert_eq!(
+            usage,
+            KeyUsages::DigitalSignature | KeyUsages::NonRepudiation
+        );
         let later_name = key_usage(&names(&["contentCommitment"]), false).unwrap();
         assert_eq!(later_name, FlagSet::from(KeyUsages::NonRepudiation));
         assert!(key_usage(&names(&["signEverything"]), false).is_err());
         assert!(key_usage(&names(&["digitalSignature"]), true).is_err());
-        assert!(key_usage(&[], true).unwrap().contains(KeyUsages::KeyCertSign));
+        assert!(
+            key_usage(&[], true)
+                .unwrap()
+                .contains(KeyUsages::KeyCertSign)
+        );
     }
 
     #[test]

@@ -128,14 +128,15 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// What the client is told: the error itself, or, where its detail may name
+    /// storage internals, a plain sentence (the detail goes to the log).
+    pub fn public_message(&self) -> String {
         let code = self.code();
         let status = code.status();
-        let error = if status == StatusCode::INTERNAL_SERVER_ERROR
+        if status == StatusCode::INTERNAL_SERVER_ERROR
             || matches!(&self, ApiError::Gateway(GatewayError::Catalog(_)))
         {
-            // The detail may name storage internals; it goes to the log only.
             tracing::error!(error = %self, "internal error");
             match code {
                 ErrorCode::StorageFull => {
@@ -156,7 +157,15 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %self, "backend failure");
             }
             self.to_string()
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.code();
+        let status = code.status();
+        let error = self.public_message();
         let body = ErrorBody {
             error,
             code: code.as_str(),

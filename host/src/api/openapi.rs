@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{certificates, keys, ops};
+use super::{certificates, csc, keys, ops};
 
 struct BearerScheme;
 
@@ -31,6 +31,8 @@ impl Modify for BearerScheme {
         certificates::csr, certificates::import, certificates::issue, certificates::chain,
         ops::providers, ops::health, ops::ready, ops::health_kms, ops::audit_page,
         ops::audit_verify, ops::metrics, ops::reload, serve,
+        csc::info, csc::credentials_list, csc::credentials_info, csc::credentials_authorize,
+        csc::sign_hash, csc::timestamp, csc::sign_doc,
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerScheme),

@@ -151,15 +151,35 @@ mod tests {
             hashes: vec!["00".repeat(32), "11".repeat(32)],
             expires_at: now + Duration::from_secs(60),
         };
-        assert!(catalog.authorize("a", &authorization("k"), 2, now).await.unwrap());
-        assert!(catalog.authorize("b", &authorization("k"), 2, now).await.unwrap());
-        assert!(!catalog.authorize("c", &authorization("k"), 2, now).await.unwrap());
+        assert!(
+            catalog
+                .authorize("a", &authorization("k"), 2, now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            catalog
+                .authorize("b", &authorization("k"), 2, now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !catalog
+                .authorize("c", &authorization("k"), 2, now)
+                .await
+                .unwrap()
+        );
         let taken = catalog.take_authorization("a").await.unwrap();
         assert_eq!(taken, Some(authorization("k")));
         assert_eq!(catalog.take_authorization("a").await.unwrap(), None);
         // Expired ones leave room when the next is stored.
         let later = now + Duration::from_secs(120);
-        assert!(catalog.authorize("d", &authorization("k"), 1, later).await.unwrap());
+        assert!(
+            catalog
+                .authorize("d", &authorization("k"), 1, later)
+                .await
+                .unwrap()
+        );
         assert_eq!(catalog.take_authorization("b").await.unwrap(), None);
     }
 }
