@@ -941,7 +941,7 @@ fn verify_each(jwk: &Value, signed: &[(&[u8], String)]) -> Result<(), String> {
 /// Signs each of [`ALG_MESSAGES`] with `kid` (public key `jwk`, algorithm `alg`),
 /// singly and in one batch, and checks each signature with an independent
 /// implementation and with `POST /keys/{kid}/verify`, which must also refuse it
-/// for another message.
+/// for another message; then signs their digests ([`sign_digests_and_verify`]).
 pub async fn sign_all_and_verify(gw: &Gateway, kid: &str, jwk: &Value, alg: &str) {
     assert_eq!(jwk["alg"], alg, "{jwk}");
     let mut signed = Vec::new();
@@ -992,6 +992,121 @@ pub async fn sign_all_and_verify(gw: &Gateway, kid: &str, jwk: &Value, alg: &str
             answer["valid"], false,
             "{kid}: a signature verified for another message"
         );
+    }
+    sign_digests_and_verify(gw, kid, jwk, alg).await;
+}
+
+/// The hash `alg` signs over, of `message` (RustCrypto `sha2`); `None` for the
+/// algorithms that sign the message itself.
+pub fn prehash(alg: &str, message: &[u8]) -> Option<Vec<u8>> {
+    use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
+    Some(match alg {
+        "ES256" | "RS256" | "PS256" => Sha256::digest(message).to_vec(),
+        "ES384" => Sha384::digest(message).to_vec(),
+        "ES512" => Sha512::digest(message).to_vec(),
+        _ => return None,
+    })
+}
+
+/// Whether `provider` advertises signing digests in `GET /providers`.
+pub async fn signs_digests(gw: &Gateway, provider: &str) -> bool {
+    let (_, providers) = gw.get("/providers").await;
+    providers
+        .as_array()
+        .expect("a provider list")
+        .iter()
+        .find(|p| p["id"] == provider)
+        .and_then(|p| p["capabilities"]["signsDigests"].as_bool())
+        .unwrap_or_else(|| panic!("no signsDigests for {provider}: {providers}"))
+}
+
+/// Digest signing with `kid` (public key `jwk`, algorithm `alg`): when its
+/// provider signs digests, the digest of each of [`ALG_MESSAGES`] is signed
+/// singly and in one batch and each signature is checked over the *message*
+/// by an independent implementation; else a digest is 405. Always: a digest of
+/// another length is 400 `invalid_digest`, and a key whose algorithm signs the
+/// message itself (EdDSA, ML-DSA) answers 400 `digest_not_supported`.
+pub async fn sign_digests_and_verify(gw: &Gateway, kid: &str, jwk: &Value, alg: &str) {
+    use base64::engine::general_purpose::STANDARD;
+    let (_, key) = gw.get(&format!("/keys/{kid}")).await;
+    let provider = key["provider"].as_str().expect("the key's provider");
+    let Some(sample) = prehash(alg, b"") else {
+        let (status, body) = gw
+            .post(
+                &format!("/keys/{kid}/sign"),
+                serde_json::json!({"digest": STANDARD.encode([0u8; 32])}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{alg} digest: {body}");
+        assert_eq!(body["code"], "digest_not_supported", "{body}");
+        return;
+    };
+    let short = STANDARD.encode(&sample[1..]);
+    for (path, body) in [
+        ("sign", serde_json::json!({"digest": short})),
+        (
+            "sign/batch",
+            serde_json::json!({"digest": [STANDARD.encode(&sample), short]}),
+        ),
+    ] {
+        let (status, answer) = gw.post(&format!("/keys/{kid}/{path}"), body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{alg} short digest: {answer}"
+        );
+        assert_eq!(answer["code"], "invalid_digest", "{answer}");
+    }
+    let digests: Vec<String> = ALG_MESSAGES
+        .iter()
+        .map(|m| STANDARD.encode(prehash(alg, m).unwrap()))
+        .collect();
+    if !signs_digests(gw, provider).await {
+        let (status, answer) = gw
+            .post(
+                &format!("/keys/{kid}/sign"),
+                serde_json::json!({"digest": digests[0]}),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{provider}: {answer}"
+        );
+        assert_eq!(answer["code"], "unsupported_operation", "{answer}");
+        return;
+    }
+    let mut signed = Vec::new();
+    for (message, digest) in ALG_MESSAGES.iter().zip(&digests) {
+        let (status, answer) = gw
+            .post(
+                &format!("/keys/{kid}/sign"),
+                serde_json::json!({"digest": digest}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{provider} {alg} digest: {answer}");
+        assert_eq!(answer["alg"], alg, "{answer}");
+        signed.push((*message, answer["signature"].as_str().unwrap().to_owned()));
+    }
+    let (status, batch) = gw
+        .post(
+            &format!("/keys/{kid}/sign/batch"),
+            serde_json::json!({"digest": digests}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{provider} {alg} digest batch: {batch}"
+    );
+    for (message, signature) in ALG_MESSAGES
+        .iter()
+        .zip(batch["signatures"].as_array().unwrap())
+    {
+        signed.push((*message, signature.as_str().unwrap().to_owned()));
+    }
+    if let Err(e) = verify_each(jwk, &signed) {
+        panic!("{provider} {alg} digest signature by {kid}: {e}");
     }
 }
 

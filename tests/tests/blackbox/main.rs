@@ -12,6 +12,7 @@ mod config;
 mod containment;
 mod contract;
 mod crash;
+mod csc;
 mod guests;
 mod http;
 mod integrity;

@@ -15,7 +15,7 @@ pub(crate) struct OpenBao {
 }
 
 impl OpenBao {
-    fn start(port: u16, log_dir: &Path) -> OpenBao {
+    pub(crate) fn start(port: u16, log_dir: &Path) -> OpenBao {
         let log = std::fs::File::create(log_dir.join(format!("openbao-{port}.log"))).unwrap();
         let child = Command::new("bao")
             .args(["server", "-dev", "-dev-root-token-id=kmsgw-test-root"])
