@@ -901,7 +901,8 @@ async fn redeem(
 
 /// CSC `signatures/timestamp`: not served (501).
 #[utoipa::path(post, path = "/csc/v2/signatures/timestamp", tag = "csc",
-    responses((status = 501, description = "Not served", body = CscErrorBody)),
+    responses((status = 501, description = "Not served", body = CscErrorBody),
+        (status = 401, description = "No API key, or one that is not valid", body = CscErrorBody)),
     security(("bearer" = [])))]
 pub async fn timestamp() -> CscError {
     not_served(
@@ -912,7 +913,8 @@ pub async fn timestamp() -> CscError {
 
 /// CSC `signatures/signDoc`: not served (501).
 #[utoipa::path(post, path = "/csc/v2/signatures/signDoc", tag = "csc",
-    responses((status = 501, description = "Not served", body = CscErrorBody)),
+    responses((status = 501, description = "Not served", body = CscErrorBody),
+        (status = 401, description = "No API key, or one that is not valid", body = CscErrorBody)),
     security(("bearer" = [])))]
 pub async fn sign_doc() -> CscError {
     not_served(

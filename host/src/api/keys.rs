@@ -553,7 +553,7 @@ pub async fn sign(
     let input = to_sign(req.data, req.digest, |field, text| {
         base64_field(field, &text).map(|bytes| vec![bytes])
     });
-    let (action, hashes) = sign_record(input.as_ref().ok(), state.audit.enabled());
+    let (action, mut hashes) = sign_record(input.as_ref().ok(), state.audit.enabled());
     let result = async {
         let alg = parse_alg(req.alg.as_deref())?;
         let input = input?;
@@ -564,6 +564,10 @@ pub async fn sign(
             .await?)
     }
     .await;
+    if action == Action::SignDigest && result.is_err() {
+        // A refused digest may be of any length (even empty): not recorded.
+        hashes.clear();
+    }
     let provider = result.as_ref().ok().map(|(_, r)| r.provider.as_str());
     let target = (Some(kid.as_str()), provider);
     slot.record(event(&principal, action, target, hashes, &result))

@@ -107,6 +107,29 @@ async fn no_malformed_request_breaks_the_audit_chain(db: Db) {
         ("/keys/a%0Ab/sign", json!({"data": b64(b"m")})),
         ("/keys/k1/sign/batch", json!({"data": []})),
         ("/keys/k1/sign/batch", json!({"data": ["!!"]})),
+        ("/keys/k1/sign", json!({"digest": ""})),
+        ("/keys/k1/sign", json!({"digest": b64(&[7; 5000])})),
+        (
+            "/keys/k1/sign",
+            json!({"digest": b64(b"m"), "data": b64(b"m")}),
+        ),
+        (
+            "/keys/k1/sign/batch",
+            json!({"digest": ["", b64(&[1; 32])]}),
+        ),
+        ("/keys/k1/sign/batch", json!({"digest": []})),
+        (
+            "/csc/v2/signatures/signHash",
+            json!({"credentialID": "k1", "hashes": [""], "signAlgo": ""}),
+        ),
+        (
+            "/csc/v2/signatures/signHash",
+            json!({"credentialID": nul, "hashes": [], "signAlgo": nul}),
+        ),
+        (
+            "/csc/v2/credentials/authorize",
+            json!({"credentialID": "k1", "numSignatures": 0, "hashes": [""]}),
+        ),
         ("/keys//import", json!({"privateJwk": private})),
         ("/keys/%00/import", json!({"privateJwk": private})),
         ("/keys/x/import", bad_jwk.clone()),
