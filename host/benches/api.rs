@@ -1,6 +1,7 @@
 //! In-process costs around the signer: a whole sign request through the router
 //! (JSON, base64, API-key check, metrics, audit) without the network, the audit
-//! log's share of it, a catalog lookup, and base64 handling.
+//! log's share of it, CSC `signHash` with 1 and 100 hashes per call, a catalog
+//! lookup, and base64 handling.
 //!
 //! `cargo bench -p kmsgw --bench api`
 
@@ -16,7 +17,7 @@ use kmsgw::catalog::Catalog;
 use kmsgw::config::{AuditConfig, AuthConfig};
 use kmsgw::crypto::seal::MasterKey;
 use kmsgw::crypto::{base64url, decode_base64};
-use kmsgw::gateway::{Gateway, NewKey, Registered};
+use kmsgw::gateway::{Gateway, IssueRequest, NewKey, Registered};
 use kmsgw::providers::db::DbProvider;
 use tower::ServiceExt;
 
@@ -49,6 +50,16 @@ async fn state(dir: &tempfile::TempDir, audit: bool) -> AppState {
                 ..NewKey::default()
             },
         )
+        .await
+        .unwrap();
+    // A certificate makes the key a CSC credential.
+    let certificate = IssueRequest {
+        subject: "CN=bench".into(),
+        validity_days: 1,
+        ..IssueRequest::default()
+    };
+    gateway
+        .issue_certificate(Actor::default(), "bench", &certificate)
         .await
         .unwrap();
     AppState::new(
@@ -87,6 +98,37 @@ fn api(c: &mut Criterion) {
         group.bench_function(name, |b| b.iter(|| runtime.block_on(sign_request(&router))));
     }
 
+    group.finish();
+
+    // CSC signHash on db, audited: per hash, with 1 and 100 hashes per call.
+    let mut group = c.benchmark_group("csc");
+    let dir = tempfile::tempdir().unwrap();
+    let router = runtime.block_on(async { app(state(&dir, true).await) });
+    for hashes in [1usize, 100] {
+        let hash = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [0x42u8; 32]);
+        let body = serde_json::json!({
+            "credentialID": "bench",
+            "hashes": vec![hash; hashes],
+            "hashAlgorithmOID": "2.16.840.1.101.3.4.2.1",
+            "signAlgo": "1.2.840.10045.4.3.2",
+        })
+        .to_string();
+        let call = || async {
+            let request = Request::post("/csc/v2/signatures/signHash")
+                .body(Body::from(body.clone()))
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        };
+        runtime.block_on(call());
+        group.throughput(Throughput::Elements(hashes as u64));
+        group.bench_function(format!("sign_hash_{hashes}"), |b| {
+            b.iter(|| runtime.block_on(call()))
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("api");
     let dir = tempfile::tempdir().unwrap();
     let catalog = runtime.block_on(async {
         let state = state(&dir, false).await;

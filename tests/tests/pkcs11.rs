@@ -145,6 +145,29 @@ fn pkcs11_generates_imports_signs_and_deletes_on_softhsm2() {
         let (_, key) = gw.get("/keys/hsm-es256").await;
         batch_round_trip(&gw, "hsm-es256", &key["publicJwk"]).await;
 
+        // PDFs signed through CSC by token keys with CA-issued certificates:
+        // pyHanko signs and validates them against the root.
+        let (status, root) = gw.post("/keys", json!({"kid": "csc-root", "alg": "ES384"})).await;
+        assert_eq!(status, StatusCode::OK, "{root}");
+        let (status, root) = gw
+            .post("/keys/csc-root/certificate/issue", json!({"subject": "CN=csc root", "validityDays": 2, "ca": true}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{root}");
+        for (kid, alg, pss) in [("csc-hsm-es256", "ES256", false), ("csc-hsm-ps256", "PS256", true)] {
+            gw.create(json!({"kid": kid, "alg": alg, "provider": "hsm"})).await;
+            let issue = json!({"subject": format!("CN={kid}"), "validityDays": 2, "issuerKid": "csc-root",
+                               "keyUsage": ["digitalSignature", "nonRepudiation"]});
+            let (status, body) = gw.post(&format!("/keys/{kid}/certificate/issue"), issue).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let verdict = python_json(
+                include_str!("../fixtures/csc/pyhanko_sign.py"),
+                &json!({"url": gw.base, "credentialID": kid, "root": root["x5c"][0], "md": "sha256", "pss": pss}),
+            );
+            for field in ["signed", "intact", "valid", "trusted", "bottomLine"] {
+                assert_eq!(verdict[field], true, "{kid} {field}: {verdict}");
+            }
+        }
+
         // A rotation makes a new token key; the JWKS publishes both versions.
         let (status, rotated) = gw.post("/keys/hsm-rs256/rotate", json!({})).await;
         assert_eq!(status, StatusCode::OK, "{rotated}");

@@ -930,3 +930,27 @@ fn not_served(method: &str, instead: &str) -> CscError {
         description: format!("{method} is not served by kmsgw: {instead}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_name_the_signature_algorithms_their_certificates_use() {
+        for &alg in Alg::ALL {
+            match sign_algo(alg) {
+                Some(algo) => {
+                    assert_eq!(x509::signature_algorithm(alg).oid.to_string(), algo);
+                    assert!(accepts_sign_algo(alg, algo), "{alg}");
+                    assert!(hash_oid(alg).is_some(), "{alg}");
+                }
+                None => assert!(alg.prehash().is_none() && hash_oid(alg).is_none(), "{alg}"),
+            }
+        }
+        assert!(accepts_sign_algo(Alg::ES384, oid::EC_PUBLIC_KEY));
+        assert!(accepts_sign_algo(Alg::RS256, oid::RSA_ENCRYPTION));
+        assert!(!accepts_sign_algo(Alg::PS256, oid::RSA_ENCRYPTION));
+        assert!(!accepts_sign_algo(Alg::ES256, oid::ECDSA_SHA384));
+        assert!(!accepts_sign_algo(Alg::EdDSA, "1.3.101.112"));
+    }
+}

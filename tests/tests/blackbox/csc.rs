@@ -545,3 +545,54 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sad_is_redeemed_once_across_replicas() {
+    let mut site = Site::new(Db::Postgres).await;
+    site.master_key = Some(random_master_key());
+    let config = json!({
+        "providers": [{"id": "db", "type": "db"}],
+        "auth": {"apiKeys": [{"id": "acme-signer", "token": ACME, "scopes": ["admin"], "tenant": "acme"}]},
+    });
+    let a = site.start_configured(&config);
+    let b = site.replica().start_configured(&config);
+    root(&a, ACME, "ES256").await;
+    let key = signer(&a, ACME, "doc", "db", "ES256", "ca-es256").await;
+    for round in 0..5 {
+        let message = format!("round {round}");
+        let hash = STANDARD.encode(prehash("ES256", message.as_bytes()).unwrap());
+        let (status, sad) = post(
+            &a,
+            Some(ACME),
+            "/csc/v2/credentials/authorize",
+            json!({"credentialID": "doc", "numSignatures": 1, "hashes": [hash]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{sad}");
+        let body = json!({"credentialID": "doc", "SAD": sad["SAD"], "hashes": [hash],
+                          "signAlgo": "1.2.840.10045.4.3.2"});
+        // Both replicas redeem it at once: exactly one signs.
+        let (on_a, on_b) = tokio::join!(
+            post(&a, Some(ACME), "/csc/v2/signatures/signHash", body.clone()),
+            post(&b, Some(ACME), "/csc/v2/signatures/signHash", body.clone()),
+        );
+        let mut statuses = [on_a.0, on_b.0];
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [StatusCode::OK, StatusCode::BAD_REQUEST],
+            "{on_a:?} {on_b:?}"
+        );
+        let signed = if on_a.0 == StatusCode::OK {
+            on_a.1
+        } else {
+            on_b.1
+        };
+        let der = STANDARD
+            .decode(signed["signatures"][0].as_str().unwrap())
+            .unwrap();
+        let signature = p256::ecdsa::Signature::from_der(&der).unwrap();
+        let jose = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.to_bytes());
+        assert_verifies(&key["publicJwk"], message.as_bytes(), &jose);
+    }
+}
