@@ -116,7 +116,10 @@ pub fn app(state: AppState) -> Router {
         .route("/audit/verify", get(ops::audit_verify))
         .route("/metrics", get(ops::metrics))
         .route("/admin/reload", post(ops::reload))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::<ApiError>,
+        ));
     // Probes need no credential, but one that is presented must be valid: a client's
     // health check then reveals its own wrong or expired token.
     let probes = Router::new()
@@ -151,17 +154,22 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Resolves the caller from `Authorization: Bearer …` (401 when that fails).
-async fn authenticate(
+/// Resolves the caller from `Authorization: Bearer …`; a failure is a 401 in
+/// the error shape `E` of the routes it guards (the REST API's, CSC's).
+async fn authenticate<E: From<ApiError>>(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Result<Response, E> {
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let principal = state.api_keys.load().authenticate(header)?;
+    let principal = state
+        .api_keys
+        .load()
+        .authenticate(header)
+        .map_err(|e| E::from(e.into()))?;
     request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }

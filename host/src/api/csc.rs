@@ -14,7 +14,7 @@ use aws_lc_rs::digest::{SHA256, digest};
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -115,7 +115,10 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/csc/v2/signatures/signHash", post(sign_hash))
         .route("/csc/v2/signatures/timestamp", post(timestamp))
         .route("/csc/v2/signatures/signDoc", post(sign_doc))
-        .route_layer(middleware::from_fn_with_state(state, authenticate));
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            super::authenticate::<CscError>,
+        ));
     Router::new()
         .route("/csc/v2/info", post(info).get(info))
         .merge(protected)
@@ -233,25 +236,6 @@ impl<T: DeserializeOwned> FromRequest<AppState> for CscBody<T> {
         let JsonBody(body) = JsonBody::from_request(req, state).await?;
         Ok(CscBody(body))
     }
-}
-
-/// Resolves the caller from the bearer token, answering CSC's 401.
-async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, CscError> {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    let principal = state
-        .api_keys
-        .load()
-        .authenticate(header)
-        .map_err(ApiError::from)?;
-    request.extensions_mut().insert(principal);
-    Ok(next.run(request).await)
 }
 
 /// `info`: what this service is and serves.
