@@ -368,13 +368,34 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Signs every one of [`MESSAGES`] with `record`'s key and verifies each
+/// signature; then, when the guest signs digests, their digests too.
 async fn sign_and_verify(report: &mut Report, gateway: &Gateway, record: &KeyRecord, name: &str) {
+    sign_each(report, gateway, record, name, None).await;
+    if let (true, Some(hash)) = (gateway.signs_digests(record), record.alg.prehash()) {
+        let name = format!("{name}, digests");
+        sign_each(report, gateway, record, &name, Some(hash)).await;
+    }
+}
+
+/// One report line: every message signed, or its `hash` digest when given,
+/// each signature verified over the message.
+async fn sign_each(
+    report: &mut Report,
+    gateway: &Gateway,
+    record: &KeyRecord,
+    name: &str,
+    hash: Option<&'static aws_lc_rs::digest::Algorithm>,
+) {
     let mut total = Duration::ZERO;
     for message in MESSAGES {
+        let digest = hash.map(|hash| aws_lc_rs::digest::digest(hash, message));
+        let input = match &digest {
+            Some(digest) => ToSign::Digest(digest.as_ref()),
+            None => ToSign::Message(message),
+        };
         let started = Instant::now();
-        let result = gateway
-            .sign(None, &record.kid, ToSign::Message(message), None)
-            .await;
+        let result = gateway.sign(None, &record.kid, input, None).await;
         total += started.elapsed();
         let failure = match result {
             Ok((signature, _)) => verify(&record.public_jwk, record.alg, message, &signature).err(),

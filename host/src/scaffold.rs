@@ -10,7 +10,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 
 /// The WIT package version new projects are built against.
-pub const WIT_VERSION: &str = "0.3.0";
+pub const WIT_VERSION: &str = "0.4.0";
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "kmsgw-adapter.toml";

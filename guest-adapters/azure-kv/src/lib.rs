@@ -125,6 +125,8 @@ impl Adapter for AzureKeyVault {
             can_delete: true,
             algs: vec![Alg::Es256, Alg::Es384, Alg::Es512, Alg::Rs256, Alg::Ps256],
             default_alg: Alg::Es256,
+            // Key Vault's sign operation takes the digest.
+            signs_digests: true,
         }
     }
 
@@ -160,7 +162,11 @@ impl Adapter for AzureKeyVault {
         let digest = crypto::digest(alg, message).ok_or_else(|| {
             Error::Unsupported(format!("{} is not signed over a digest", alg.name()))
         })?;
-        let body = json!({"alg": alg.name(), "value": base64url::encode(&digest)});
+        self.sign_digest(external_id, &digest, alg)
+    }
+
+    fn sign_digest(&self, external_id: &str, digest: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
+        let body = json!({"alg": alg.name(), "value": base64url::encode(digest)});
         let request = Request::post(self.url(&format!("/keys/{external_id}/sign"))).json(&body);
         let answer: Value = self.send(request)?.json()?;
         let value = answer["value"]

@@ -232,6 +232,8 @@ impl Adapter for CosmianKms {
             // Cosmian's ML-DSA needs OpenSSL 3.4+ on the server; not offered here.
             algs: Alg::CLASSIC.to_vec(),
             default_alg: Alg::Es256,
+            // Signs messages only here.
+            signs_digests: false,
         }
     }
 

@@ -73,6 +73,16 @@ fn algorithm(alg: Alg, rsa_bits: u32) -> Result<String, Error> {
 }
 
 impl CloudKms {
+    /// `asymmetricSign` with `body` (the data or its digest); the JOSE signature.
+    fn asymmetric_sign(&self, external_id: &str, body: Value, alg: Alg) -> Result<Vec<u8>, Error> {
+        let url = self.url(&format!("{external_id}:asymmetricSign"));
+        let answer: Value = self.send(Request::post(url).json(&body))?.json()?;
+        let signature = answer["signature"]
+            .as_str()
+            .ok_or_else(|| Error::Internal("Cloud KMS returned no signature".into()))?;
+        crypto::signature_to_jose(alg, &base64std::decode(signature)?)
+    }
+
     fn url(&self, name: &str) -> String {
         format!("{}/v1/{name}", self.endpoint)
     }
@@ -174,6 +184,8 @@ impl Adapter for CloudKms {
                 Alg::MlDsa87,
             ],
             default_alg: Alg::Es256,
+            // asymmetricSign takes the digest of ECDSA and RSA keys.
+            signs_digests: true,
         }
     }
 
@@ -203,17 +215,24 @@ impl Adapter for CloudKms {
     }
 
     fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
-        let body = match (alg, crypto::digest(alg, message)) {
-            (Alg::Es384, Some(digest)) => json!({"digest": {"sha384": base64std::encode(&digest)}}),
-            (_, Some(digest)) => json!({"digest": {"sha256": base64std::encode(&digest)}}),
-            (_, None) => json!({"data": base64std::encode(message)}),
+        match crypto::digest(alg, message) {
+            Some(digest) => self.sign_digest(external_id, &digest, alg),
+            None => self.asymmetric_sign(
+                external_id,
+                json!({"data": base64std::encode(message)}),
+                alg,
+            ),
+        }
+    }
+
+    fn sign_digest(&self, external_id: &str, digest: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
+        let hash = if alg == Alg::Es384 {
+            "sha384"
+        } else {
+            "sha256"
         };
-        let url = self.url(&format!("{external_id}:asymmetricSign"));
-        let answer: Value = self.send(Request::post(url).json(&body))?.json()?;
-        let signature = answer["signature"]
-            .as_str()
-            .ok_or_else(|| Error::Internal("Cloud KMS returned no signature".into()))?;
-        crypto::signature_to_jose(alg, &base64std::decode(signature)?)
+        let body = json!({"digest": {hash: base64std::encode(digest)}});
+        self.asymmetric_sign(external_id, body, alg)
     }
 
     fn delete_key(&self, external_id: &str) -> Result<(), Error> {

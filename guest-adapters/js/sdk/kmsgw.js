@@ -1,5 +1,5 @@
 // The kmsgw guest SDK for JavaScript: typed helpers over the bindings that
-// componentize-js generates for `kmsgw:adapter@0.3.0`.
+// componentize-js generates for `kmsgw:adapter@0.4.0`.
 //
 //   import { defineAdapter, fail, storage, jwk, ALG } from '../sdk/kmsgw.js';
 //   export const adapter = defineAdapter({ capabilities, generateKey, sign, ... });
@@ -8,8 +8,8 @@
 // gateway (`not-found` 404, `unsupported` 405, `invalid-input` 400, `denied` 502,
 // `unavailable` 503, `internal` 502); anything else thrown becomes `internal`.
 
-import * as wit from 'kmsgw:adapter/storage@0.3.0';
-import { log as witLog } from 'kmsgw:adapter/log@0.3.0';
+import * as wit from 'kmsgw:adapter/storage@0.4.0';
+import { log as witLog } from 'kmsgw:adapter/log@0.4.0';
 
 /** The algorithms of the contract, as the bindings spell them. */
 export const ALG = Object.freeze({
@@ -70,10 +70,11 @@ export const jwk = {
 /**
  * The `adapter` export from an implementation: `init(config)` (the parsed config;
  * returns the adapter's state or nothing), `capabilities` ({canCreate, canImport,
- * canDelete, algs, defaultAlg}), `generateKey(kid, {alg, rsaBits})`,
+ * canDelete, algs, defaultAlg, signsDigests?}), `generateKey(kid, {alg, rsaBits})`,
  * `importKey(kid, privateJwk, alg)`, `sign(externalId, message, alg)` (returns the
- * JOSE signature), `deleteKey(externalId)` and `health()`. Missing operations
- * answer `unsupported` (health answers ok).
+ * JOSE signature), `signDigest(externalId, digest, alg)` (the same for a hash
+ * the client computed; only with `signsDigests: true`), `deleteKey(externalId)`
+ * and `health()`. Missing operations answer `unsupported` (health answers ok).
  */
 export function defineAdapter(impl) {
   const guard = (name, method) => (...args) => {
@@ -88,11 +89,12 @@ export function defineAdapter(impl) {
   return {
     init: guard('init', (config) => {
       if (impl.init) impl.init(JSON.parse(config));
-      return impl.capabilities;
+      return { signsDigests: false, ...impl.capabilities };
     }),
     generateKey: guard('generateKey', impl.generateKey ?? unsupported('create keys')),
     importKey: guard('importKey', impl.importKey ?? unsupported('import keys')),
     sign: guard('sign', impl.sign ?? unsupported('sign')),
+    signDigest: guard('signDigest', impl.signDigest ?? unsupported('sign digests')),
     deleteKey: guard('deleteKey', impl.deleteKey ?? unsupported('delete keys')),
     health: guard('health', impl.health ?? (() => {})),
   };

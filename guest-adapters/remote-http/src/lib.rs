@@ -120,6 +120,8 @@ impl Adapter for RemoteHttp {
             can_import: self.config.can_import,
             can_delete: true,
             default_alg: self.algs[0],
+            // The remote-KMS contract signs messages only.
+            signs_digests: false,
             algs: self.algs.clone(),
         }
     }

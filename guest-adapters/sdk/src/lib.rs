@@ -15,7 +15,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "kmsgw:adapter/provider@0.3.0",
+        world: "kmsgw:adapter/provider@0.4.0",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_provider",
@@ -134,7 +134,8 @@ pub trait Adapter: Sized + 'static {
     /// When the configuration is unusable; the gateway then refuses to start.
     fn init(config: serde_json::Value) -> Result<Self, Error>;
 
-    /// What this adapter can do. Default: create, sign and delete ES256 keys, no import.
+    /// What this adapter can do. Default: create, sign and delete ES256 keys, no
+    /// import, no digest signing.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             can_create: true,
@@ -142,6 +143,7 @@ pub trait Adapter: Sized + 'static {
             can_delete: true,
             algs: vec![Alg::Es256],
             default_alg: Alg::Es256,
+            signs_digests: false,
         }
     }
 
@@ -176,6 +178,21 @@ pub trait Adapter: Sized + 'static {
     /// # Errors
     /// [`Error::NotFound`] for an unknown key, any other [`Error`] otherwise.
     fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error>;
+
+    /// Signs `digest`, a client's hash of the message under `alg`'s hash (the
+    /// host has checked its length; never EdDSA or ML-DSA), with the key
+    /// `external_id`: the signature [`Adapter::sign`] would give the message.
+    /// Called only when [`Adapter::capabilities`] says `signs_digests`.
+    /// Default: unsupported.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown key, any other [`Error`] otherwise.
+    fn sign_digest(&self, external_id: &str, digest: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
+        let _ = (external_id, digest, alg);
+        Err(Error::Unsupported(
+            "this adapter signs messages, not digests".into(),
+        ))
+    }
 
     /// Deletes the key `external_id`. Default: unsupported.
     ///
@@ -252,6 +269,9 @@ macro_rules! export_adapter {
             }
             fn sign(external_id: String, message: Vec<u8>, alg: $crate::Alg) -> Result<Vec<u8>, $crate::Error> {
                 $crate::__private::with::<$adapter, _>(|a| $crate::Adapter::sign(a, &external_id, &message, alg))
+            }
+            fn sign_digest(external_id: String, digest: Vec<u8>, alg: $crate::Alg) -> Result<Vec<u8>, $crate::Error> {
+                $crate::__private::with::<$adapter, _>(|a| $crate::Adapter::sign_digest(a, &external_id, &digest, alg))
             }
             fn delete_key(external_id: String) -> Result<(), $crate::Error> {
                 $crate::__private::with::<$adapter, _>(|a| $crate::Adapter::delete_key(a, &external_id))

@@ -327,4 +327,49 @@ impl SoftKey {
             _ => return Err(mismatch()),
         })
     }
+
+    /// Signs `digest`, the hash of a message under `alg`'s hash: the signature
+    /// [`SoftKey::sign`] gives the message (RustCrypto's pre-hash signers).
+    pub fn sign_digest(&self, digest: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
+        use rsa::signature::hazmat::{PrehashSigner, RandomizedPrehashSigner};
+        fn refused(alg: Alg, e: impl std::fmt::Display) -> Error {
+            invalid(&format!("cannot sign this {} digest: {e}", alg.name()))
+        }
+        Ok(match (self, alg) {
+            (SoftKey::P256(k), Alg::Es256) => {
+                let signature: p256::ecdsa::Signature =
+                    k.sign_prehash(digest).map_err(|e| refused(alg, e))?;
+                signature.to_bytes().to_vec()
+            }
+            (SoftKey::P384(k), Alg::Es384) => {
+                let signature: p384::ecdsa::Signature =
+                    k.sign_prehash(digest).map_err(|e| refused(alg, e))?;
+                signature.to_bytes().to_vec()
+            }
+            (SoftKey::P521(k), Alg::Es512) => {
+                let signature: p521::ecdsa::Signature =
+                    k.sign_prehash(digest).map_err(|e| refused(alg, e))?;
+                signature.to_bytes().to_vec()
+            }
+            (SoftKey::Rsa(k), Alg::Rs256) => {
+                rsa::pkcs1v15::SigningKey::<rsa::sha2::Sha256>::new(k.as_ref().clone())
+                    .sign_prehash(digest)
+                    .map_err(|e| refused(alg, e))?
+                    .to_vec()
+            }
+            (SoftKey::Rsa(k), Alg::Ps256) => {
+                rsa::pss::SigningKey::<rsa::sha2::Sha256>::new(k.as_ref().clone())
+                    .sign_prehash_with_rng(&mut WasiRng, digest)
+                    .map_err(|e| refused(alg, e))?
+                    .to_vec()
+            }
+            (_, Alg::Eddsa | Alg::MlDsa44 | Alg::MlDsa65 | Alg::MlDsa87) => {
+                return Err(Error::Unsupported(format!(
+                    "{} signs the message itself, not a digest",
+                    alg.name()
+                )));
+            }
+            _ => return Err(invalid(&format!("this key cannot sign {}", alg.name()))),
+        })
+    }
 }

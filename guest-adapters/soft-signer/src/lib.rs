@@ -39,6 +39,23 @@ fn store(kid: &str, key: &SoftKey) -> Result<KeyMaterial, Error> {
     })
 }
 
+impl SoftSigner {
+    /// Runs `f` with the key `external_id`, loaded from storage at first use.
+    fn with_key<R>(
+        &self,
+        external_id: &str,
+        f: impl FnOnce(&SoftKey) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut keys = self.keys.borrow_mut();
+        if !keys.contains_key(external_id) {
+            let bytes = storage::get(&storage_key(external_id))?
+                .ok_or_else(|| Error::NotFound(format!("no key `{external_id}`")))?;
+            keys.insert(external_id.to_owned(), SoftKey::from_stored(&bytes)?);
+        }
+        f(&keys[external_id])
+    }
+}
+
 impl Adapter for SoftSigner {
     fn init(_config: serde_json::Value) -> Result<Self, Error> {
         Ok(SoftSigner {
@@ -53,6 +70,7 @@ impl Adapter for SoftSigner {
             can_delete: true,
             algs: Alg::ALL.to_vec(),
             default_alg: Alg::Es256,
+            signs_digests: true,
         }
     }
 
@@ -70,13 +88,11 @@ impl Adapter for SoftSigner {
     }
 
     fn sign(&self, external_id: &str, message: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
-        let mut keys = self.keys.borrow_mut();
-        if !keys.contains_key(external_id) {
-            let bytes = storage::get(&storage_key(external_id))?
-                .ok_or_else(|| Error::NotFound(format!("no key `{external_id}`")))?;
-            keys.insert(external_id.to_owned(), SoftKey::from_stored(&bytes)?);
-        }
-        keys[external_id].sign(message, alg)
+        self.with_key(external_id, |key| key.sign(message, alg))
+    }
+
+    fn sign_digest(&self, external_id: &str, digest: &[u8], alg: Alg) -> Result<Vec<u8>, Error> {
+        self.with_key(external_id, |key| key.sign_digest(digest, alg))
     }
 
     fn delete_key(&self, external_id: &str) -> Result<(), Error> {

@@ -314,7 +314,7 @@ pub struct ListResponse {
 }
 
 /// CSC `credentials/list`: the caller's tenant's keys that have a certificate
-/// and sign digests, in kid order.
+/// and can sign digests (algorithm and provider), in kid order.
 #[utoipa::path(post, path = "/csc/v2/credentials/list", tag = "csc", request_body = ListRequest,
     responses((status = 200, description = "The credentials", body = ListResponse), CscErrors),
     security(("bearer" = ["keys:read"])))]
@@ -353,7 +353,7 @@ pub async fn credentials_list(
     let mut ids = Vec::new();
     let mut infos = Vec::new();
     for (record, x5c) in &page {
-        if hash_oid(record.alg).is_none() {
+        if !state.gateway.signs_digests(record) {
             continue;
         }
         let info = credential_info(record, x5c, options, now)?;
@@ -540,8 +540,9 @@ fn credential_info(
 }
 
 /// The credential `credential_id` of the caller's tenant, with its chain: one
-/// that is not there, has no certificate or signs no digests is CSC's invalid
-/// `credentialID`, and nothing more is said or recorded.
+/// that is not there, has no certificate or cannot sign digests (its algorithm
+/// or its provider) is CSC's invalid `credentialID`, and nothing more is said
+/// or recorded.
 async fn credential(
     state: &AppState,
     tenant: Option<&str>,
@@ -552,7 +553,7 @@ async fn credential(
         return Err(unknown());
     }
     match state.gateway.certified_key(tenant, credential_id).await {
-        Ok((record, Some(x5c))) if hash_oid(record.alg).is_some() => Ok((record, x5c)),
+        Ok((record, Some(x5c))) if state.gateway.signs_digests(&record) => Ok((record, x5c)),
         Ok(_) | Err(GatewayError::KeyNotFound(_)) => Err(unknown()),
         Err(e) => Err(e.into()),
     }

@@ -163,6 +163,19 @@ impl Gateway {
         Ok(())
     }
 
+    /// Whether `record`'s key can sign a client's digest: its algorithm signs
+    /// over a hash and its provider (as configured now) signs digests.
+    pub fn signs_digests(&self, record: &KeyRecord) -> bool {
+        let registry = self.registry.load();
+        record.alg.prehash().is_some()
+            && registry.index_of_record(record).is_ok_and(|index| {
+                registry.providers[index]
+                    .provider
+                    .capabilities()
+                    .signs_digests
+            })
+    }
+
     /// Whether `signature` of `message` verifies with a published version of
     /// `kid` in `tenant` (the current one or one in grace).
     ///

@@ -220,7 +220,7 @@ impl WasmProvider {
             can_delete: caps.can_delete,
             supported_algs: with_ed25519(caps.algs.iter().copied().map(host_alg).collect()),
             default_alg: host_alg(caps.default_alg),
-            signs_digests: false,
+            signs_digests: caps.signs_digests,
             signs_in_process: false,
         };
         if capabilities.supported_algs.is_empty()
@@ -386,18 +386,18 @@ impl Provider for WasmProvider {
     }
 
     async fn sign(&self, key: &KeyRef<'_>, input: ToSign<&[u8]>) -> Result<Vec<u8>, ProviderError> {
-        let ToSign::Message(message) = input else {
-            return Err(ProviderError::Unsupported(
-                "this guest signs messages, not digests".into(),
-            ));
-        };
         let started = Instant::now();
-        let signature = guest_call!(self, "sign", |guest, store| guest.sign(
-            store,
-            key.external_id,
-            message,
-            guest_alg(key.alg)
-        ))?;
+        let alg = guest_alg(key.alg);
+        let signature = match input {
+            ToSign::Message(message) => guest_call!(self, "sign", |guest, store| guest.sign(
+                store,
+                key.external_id,
+                message,
+                alg
+            ))?,
+            ToSign::Digest(digest) => guest_call!(self, "sign-digest", |guest, store| guest
+                .sign_digest(store, key.external_id, digest, alg))?,
+        };
         // The gateway verifies the signature before a client sees it.
         self.bounded("signature", signature.len(), max_signature_bytes(key.alg))?;
         tracing::debug!(provider = %self.id, elapsed_us = started.elapsed().as_micros() as u64, "guest signed");

@@ -40,6 +40,8 @@ impl Adapter for SoftKeys {
             can_delete: true,
             algs: vec![Alg::Es256],
             default_alg: Alg::Es256,
+            // Set to true and implement `sign_digest` to sign clients' hashes.
+            signs_digests: false,
         }
     }
 

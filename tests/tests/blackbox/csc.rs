@@ -1,5 +1,5 @@
 //! The Cloud Signature Consortium API v2: pyHanko (PyPI), a CSC client not
-//! written here, signs PDFs through kmsgw keys on `db` and `vault` with
+//! written here, signs PDFs through kmsgw keys on `db`, `vault` and a guest with
 //! CA-issued certificates and validates them with its own validator; and the
 //! protocol's refusals (tokens, tenants, SADs, hashes) in CSC's error shape.
 
@@ -8,13 +8,15 @@ use base64::engine::general_purpose::STANDARD;
 use kmsgw_tests::*;
 use serde_json::{Value, json};
 
+use crate::guests::wasm_entry;
 use crate::vault::OpenBao;
 
 const ACME: &str = "csc-acme-token-0123456789abcdef";
 const OTHER: &str = "csc-other-token-0123456789abcdef";
 const READER: &str = "csc-reader-token-0123456789abcdef";
 
-/// A gateway with `db` and `vault` (OpenBao) whose API keys sign for tenants
+/// A gateway with `db`, `vault` (OpenBao), the soft-signer guest and its build
+/// against WIT 0.3.0 (which signs messages only), whose API keys sign for tenants
 /// `acme` and `other`, plus a read-only key of `acme`; SADs live `sad_lifetime`.
 fn gateway(site: &Site, vault_port: u16, sad_lifetime: &str) -> Gateway {
     site.start_configured(&json!({
@@ -22,6 +24,9 @@ fn gateway(site: &Site, vault_port: u16, sad_lifetime: &str) -> Gateway {
             {"id": "db", "type": "db"},
             {"id": "vault", "type": "vault", "vaultUrl": format!("http://127.0.0.1:{vault_port}"),
              "vaultToken": "kmsgw-test-root"},
+            wasm_entry("soft", "soft_signer", json!({})),
+            {"id": "soft-0.3", "type": "wasm", "component": std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/guests/soft_signer-0.3.0.wasm")},
         ],
         "auth": {"apiKeys": [
             {"id": "acme-signer", "token": ACME, "scopes": ["admin"], "tenant": "acme"},
@@ -97,7 +102,7 @@ fn pyhanko(gw: &Gateway, kid: &str, root: &str, md: &str, pss: bool) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pyhanko_signs_pdfs_through_csc_with_keys_on_db_and_vault() {
+async fn pyhanko_signs_pdfs_through_csc_with_keys_on_db_vault_and_a_guest() {
     let site = Site::new(Db::Sqlite).await;
     let port = free_port();
     let _bao = OpenBao::start(port, site.dir.path());
@@ -153,6 +158,24 @@ async fn pyhanko_signs_pdfs_through_csc_with_keys_on_db_and_vault() {
         (
             "doc-vault-ps256",
             "vault",
+            "PS256",
+            "ca-ps256",
+            &rsa_root,
+            "sha256",
+            true,
+        ),
+        (
+            "doc-guest-es256",
+            "soft",
+            "ES256",
+            "ca-es384",
+            &ec_root,
+            "sha256",
+            false,
+        ),
+        (
+            "doc-guest-ps256",
+            "soft",
             "PS256",
             "ca-ps256",
             &rsa_root,
@@ -239,7 +262,8 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
     let ca = root(&gw, ACME, "ES256").await;
     let key = signer(&gw, ACME, "doc", "db", "ES256", "ca-es256").await;
     // Another tenant's credential, and acme keys that are no credentials: one
-    // without a certificate, one (Ed25519) that cannot sign a hash.
+    // without a certificate, one (Ed25519) that cannot sign a hash, one on a
+    // guest built against WIT 0.3.0 (which signs messages only).
     root(&gw, OTHER, "ES256").await;
     signer(&gw, OTHER, "theirs", "db", "ES256", "ca-es256").await;
     post(&gw, Some(ACME), "/keys", json!({"kid": "bare"})).await;
@@ -259,6 +283,7 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    signer(&gw, ACME, "guest", "soft-0.3", "ES256", "ca-es256").await;
 
     // `info` needs no token; every other route answers CSC's 401 without one.
     let (status, info) = gw.get("/csc/v2/info").await;
@@ -346,6 +371,10 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
         (
             "signatures/signHash",
             json!({"credentialID": "ed", "hashes": [hash], "signAlgo": "1.3.101.112"}),
+        ),
+        (
+            "signatures/signHash",
+            json!({"credentialID": "guest", "hashes": [hash], "signAlgo": "1.2.840.10045.4.3.2"}),
         ),
     ] {
         let (status, body) = post(&gw, Some(ACME), &format!("/csc/v2/{route}"), body).await;

@@ -133,7 +133,18 @@ async fn adapter_check_passes_the_shipped_guests_and_names_what_a_wrong_guest_ge
             "{text}"
         );
     }
-    assert!(text.contains("all 35 checks passed"), "{text}");
+    // It signs digests too: each algorithm over a hash, generated and imported.
+    for alg in ["ES256", "ES384", "ES512", "RS256", "PS256"] {
+        assert!(
+            text.contains(&format!("PASS  generate → sign → verify ({alg}), digests")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("PASS  import → sign → verify ({alg}), digests")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("all 45 checks passed"), "{text}");
 
     // remote-http advertises what its config lists, and refuses the rest.
     let remote_site = Site::new(Db::Sqlite).await;
@@ -371,13 +382,13 @@ async fn a_stale_sha256_refuses_to_start_and_the_compiled_cache_is_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guests_built_against_0_1_and_0_2_serve_beside_a_0_3_guest() {
+async fn guests_built_against_0_1_0_2_and_0_3_serve_beside_a_0_4_guest() {
     let _serial = GUEST_SERIAL.lock().await;
     let fixture = |version: &str| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("fixtures/guests/soft_signer-{version}.wasm"))
     };
-    let (v0_1, v0_2) = (fixture("0.1.0"), fixture("0.2.0"));
+    let (v0_1, v0_2, v0_3) = (fixture("0.1.0"), fixture("0.2.0"), fixture("0.3.0"));
     let site = Site::new(Db::Sqlite).await;
     let gw = site.start_configured(&json!({
         "defaultProvider": "db",
@@ -385,24 +396,35 @@ async fn guests_built_against_0_1_and_0_2_serve_beside_a_0_3_guest() {
             {"id": "db", "type": "db"},
             {"id": "oldest", "type": "wasm", "component": v0_1, "limits": {"instances": 1}},
             {"id": "old", "type": "wasm", "component": v0_2, "limits": {"instances": 1}},
+            {"id": "recent", "type": "wasm", "component": v0_3, "limits": {"instances": 1}},
             wasm_entry("new", "soft_signer", json!({"limits": {"instances": 1}})),
         ]
     }));
     let log = gw.log_text();
-    for version in ["0.1.0", "0.2.0", "0.3.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"] {
         assert!(
             log.contains(&format!("wit=\"{version}\"")),
             "{version}: {log}"
         );
     }
     // Each signs what its contract has; ML-DSA (and, for 0.1.0, all but ES256)
-    // is 405 naming the provider.
+    // is 405 naming the provider, and so is a digest for all but 0.4.0 (the
+    // matrix signs digests where `signsDigests` says so, else expects 405).
     assert_eq!(supported_algs(&gw, "oldest").await, ["ES256"]);
     assert_eq!(alg_matrix(&gw, "oldest", true).await, ["ES256"]);
     let mut classic = CLASSIC_ALGS.to_vec();
     classic.push("Ed25519");
     assert_eq!(alg_matrix(&gw, "old", true).await, classic);
+    assert_eq!(alg_matrix(&gw, "recent", true).await, ALGS);
     assert_eq!(alg_matrix(&gw, "new", true).await, ALGS);
+    for (provider, digests) in [
+        ("oldest", false),
+        ("old", false),
+        ("recent", false),
+        ("new", true),
+    ] {
+        assert_eq!(signs_digests(&gw, provider).await, digests, "{provider}");
+    }
     // The older builds still pass the conformance run, refusing what they lack
     // (the host refuses ML-DSA for them without calling the guest).
     for (component, signs, lacks) in [(&v0_1, "ES256", "EdDSA"), (&v0_2, "PS256", "ML-DSA-65")] {

@@ -44,7 +44,7 @@ pub enum LoadError {
     #[error("component {path} cannot be linked: {reason}")]
     Link { path: String, reason: String },
     #[error(
-        "component {path} does not export kmsgw:adapter/adapter at a version this gateway runs (0.1.0, 0.2.0 or 0.3.0); it exports: {exports}"
+        "component {path} does not export kmsgw:adapter/adapter at a version this gateway runs (0.1.0, 0.2.0, 0.3.0 or 0.4.0); it exports: {exports}"
     )]
     Version { path: String, exports: String },
 }

@@ -1,7 +1,7 @@
 //! The WIT versions a guest may be built against, behind one face: a component's
 //! version is read from its export, its calls go through [`Guest`], and calls to
-//! and answers of 0.1.0 and 0.2.0 guests are converted from and to the current types (Zed's model: the old package
-//! frozen, conversions on the host). The `storage` and `log` imports of every
+//! and answers of 0.1.0, 0.2.0 and 0.3.0 guests are converted from and to the
+//! current types (Zed's model: the old package frozen, conversions on the host). The `storage` and `log` imports of every
 //! version delegate to the one implementation in `host`.
 
 use wasmtime::Store;
@@ -10,7 +10,7 @@ use wasmtime::component::InstancePre;
 use super::bindings::kmsgw::adapter::types::{
     Alg, Capabilities, Error as GuestError, KeyMaterial, KeySpec,
 };
-use super::bindings::{v0_1, v0_2, v0_3};
+use super::bindings::{v0_1, v0_2, v0_3, v0_4};
 use super::host::{HostState, LogLevel};
 use crate::crypto::Alg as HostAlg;
 
@@ -20,16 +20,18 @@ pub enum WitVersion {
     V0_1,
     V0_2,
     V0_3,
+    V0_4,
 }
 
 impl WitVersion {
     /// The version of the `kmsgw:adapter/adapter` interface a component exports
-    /// (`export_name` like `kmsgw:adapter/adapter@0.3.0`).
+    /// (`export_name` like `kmsgw:adapter/adapter@0.4.0`).
     pub fn of_export(export_name: &str) -> Option<WitVersion> {
         match export_name.strip_prefix("kmsgw:adapter/adapter@")? {
             "0.1.0" => Some(WitVersion::V0_1),
             "0.2.0" => Some(WitVersion::V0_2),
             "0.3.0" => Some(WitVersion::V0_3),
+            "0.4.0" => Some(WitVersion::V0_4),
             _ => None,
         }
     }
@@ -40,6 +42,7 @@ impl WitVersion {
             WitVersion::V0_1 => "0.1.0",
             WitVersion::V0_2 => "0.2.0",
             WitVersion::V0_3 => "0.3.0",
+            WitVersion::V0_4 => "0.4.0",
         }
     }
 }
@@ -50,6 +53,7 @@ pub enum GuestPre {
     V0_1(v0_1::ProviderPre<HostState>),
     V0_2(v0_2::ProviderPre<HostState>),
     V0_3(v0_3::ProviderPre<HostState>),
+    V0_4(v0_4::ProviderPre<HostState>),
 }
 
 impl GuestPre {
@@ -62,6 +66,7 @@ impl GuestPre {
             WitVersion::V0_1 => GuestPre::V0_1(v0_1::ProviderPre::new(pre)?),
             WitVersion::V0_2 => GuestPre::V0_2(v0_2::ProviderPre::new(pre)?),
             WitVersion::V0_3 => GuestPre::V0_3(v0_3::ProviderPre::new(pre)?),
+            WitVersion::V0_4 => GuestPre::V0_4(v0_4::ProviderPre::new(pre)?),
         })
     }
 
@@ -74,6 +79,7 @@ impl GuestPre {
             GuestPre::V0_1(pre) => Guest::V0_1(pre.instantiate_async(store).await?),
             GuestPre::V0_2(pre) => Guest::V0_2(pre.instantiate_async(store).await?),
             GuestPre::V0_3(pre) => Guest::V0_3(pre.instantiate_async(store).await?),
+            GuestPre::V0_4(pre) => Guest::V0_4(pre.instantiate_async(store).await?),
         })
     }
 }
@@ -83,6 +89,7 @@ pub enum Guest {
     V0_1(v0_1::Provider),
     V0_2(v0_2::Provider),
     V0_3(v0_3::Provider),
+    V0_4(v0_4::Provider),
 }
 
 /// What a guest call gives: a trap (outer) or the guest's answer (inner).
@@ -93,9 +100,14 @@ type Call<T> = wasmtime::Result<Result<T, GuestError>>;
 macro_rules! each_version {
     ($guest:expr, |$adapter:ident| $call:expr, |$answer:ident| $convert:expr) => {
         match $guest {
-            Guest::V0_3(g) => {
+            Guest::V0_4(g) => {
                 let $adapter = g.kmsgw_adapter_adapter();
                 $call
+            }
+            Guest::V0_3(g) => {
+                let $adapter = g.kmsgw_adapter_adapter();
+                let $answer = $call?;
+                Ok($convert)
             }
             Guest::V0_2(g) => {
                 let $adapter = g.kmsgw_adapter_adapter();
@@ -118,6 +130,7 @@ impl Guest {
             Guest::V0_1(_) => WitVersion::V0_1,
             Guest::V0_2(_) => WitVersion::V0_2,
             Guest::V0_3(_) => WitVersion::V0_3,
+            Guest::V0_4(_) => WitVersion::V0_4,
         }
     }
 
@@ -133,6 +146,7 @@ impl Guest {
                     can_delete: c.can_delete,
                     algs: c.algs.into_iter().map(Older::current).collect(),
                     default_alg: c.default_alg.current(),
+                    signs_digests: false,
                 })
                 .map_err(Older::current)
         )
@@ -149,10 +163,21 @@ impl Guest {
             return Ok(Err(self.cannot(spec.alg)));
         };
         match self {
-            Guest::V0_3(g) => {
+            Guest::V0_4(g) => {
                 g.kmsgw_adapter_adapter()
                     .call_generate_key(store, kid, spec)
                     .await
+            }
+            Guest::V0_3(g) => {
+                let spec = v0_3::kmsgw::adapter::types::KeySpec {
+                    alg: alg.v0_3,
+                    rsa_bits: spec.rsa_bits,
+                };
+                Ok(g.kmsgw_adapter_adapter()
+                    .call_generate_key(store, kid, spec)
+                    .await?
+                    .map(Older::current)
+                    .map_err(Older::current))
             }
             Guest::V0_2(g) => {
                 let spec = v0_2::kmsgw::adapter::types::KeySpec {
@@ -218,6 +243,27 @@ impl Guest {
         )
     }
 
+    /// `sign-digest`: only guests of 0.4.0 and later have it.
+    pub async fn sign_digest(
+        &self,
+        store: &mut Store<HostState>,
+        external_id: &str,
+        digest: &[u8],
+        alg: Alg,
+    ) -> Call<Vec<u8>> {
+        match self {
+            Guest::V0_4(g) => {
+                g.kmsgw_adapter_adapter()
+                    .call_sign_digest(store, external_id, digest, alg)
+                    .await
+            }
+            _ => Ok(Err(GuestError::Unsupported(format!(
+                "guests built against kmsgw:adapter@{} sign messages, not digests",
+                self.version().as_str()
+            )))),
+        }
+    }
+
     /// `delete-key`.
     pub async fn delete_key(&self, store: &mut Store<HostState>, external_id: &str) -> Call<()> {
         each_version!(
@@ -240,11 +286,12 @@ impl Guest {
         let v0_2 = v0_2_alg(alg);
         let v0_1 = (alg == Alg::Es256).then_some(v0_1::kmsgw::adapter::types::Alg::Es256);
         let known = match self.version() {
-            WitVersion::V0_3 => true,
+            WitVersion::V0_4 | WitVersion::V0_3 => true,
             WitVersion::V0_2 => v0_2.is_some(),
             WitVersion::V0_1 => v0_1.is_some(),
         };
         known.then(|| OlderAlg {
+            v0_3: v0_3_alg(alg),
             v0_2: v0_2.unwrap_or(v0_2::kmsgw::adapter::types::Alg::Es256),
             v0_1: v0_1::kmsgw::adapter::types::Alg::Es256,
         })
@@ -292,6 +339,7 @@ pub fn host_alg(alg: Alg) -> HostAlg {
 /// An algorithm as each older version spells it (checked to exist there).
 #[derive(Clone, Copy)]
 struct OlderAlg {
+    v0_3: v0_3::kmsgw::adapter::types::Alg,
     v0_2: v0_2::kmsgw::adapter::types::Alg,
     v0_1: v0_1::kmsgw::adapter::types::Alg,
 }
@@ -307,6 +355,12 @@ impl PickAlg<Alg> for OlderAlg {
     }
 }
 
+impl PickAlg<v0_3::kmsgw::adapter::types::Alg> for OlderAlg {
+    fn pick(self, _: Alg) -> v0_3::kmsgw::adapter::types::Alg {
+        self.v0_3
+    }
+}
+
 impl PickAlg<v0_2::kmsgw::adapter::types::Alg> for OlderAlg {
     fn pick(self, _: Alg) -> v0_2::kmsgw::adapter::types::Alg {
         self.v0_2
@@ -316,6 +370,22 @@ impl PickAlg<v0_2::kmsgw::adapter::types::Alg> for OlderAlg {
 impl PickAlg<v0_1::kmsgw::adapter::types::Alg> for OlderAlg {
     fn pick(self, _: Alg) -> v0_1::kmsgw::adapter::types::Alg {
         self.v0_1
+    }
+}
+
+/// The same nine algorithms in 0.3.0's terms.
+fn v0_3_alg(alg: Alg) -> v0_3::kmsgw::adapter::types::Alg {
+    use v0_3::kmsgw::adapter::types::Alg as Old;
+    match alg {
+        Alg::Es256 => Old::Es256,
+        Alg::Es384 => Old::Es384,
+        Alg::Es512 => Old::Es512,
+        Alg::Eddsa => Old::Eddsa,
+        Alg::Rs256 => Old::Rs256,
+        Alg::Ps256 => Old::Ps256,
+        Alg::MlDsa44 => Old::MlDsa44,
+        Alg::MlDsa65 => Old::MlDsa65,
+        Alg::MlDsa87 => Old::MlDsa87,
     }
 }
 
@@ -336,6 +406,24 @@ fn v0_2_alg(alg: Alg) -> Option<v0_2::kmsgw::adapter::types::Alg> {
 trait Older {
     type Current;
     fn current(self) -> Self::Current;
+}
+
+impl Older for v0_3::kmsgw::adapter::types::Alg {
+    type Current = Alg;
+    fn current(self) -> Alg {
+        use v0_3::kmsgw::adapter::types::Alg as Old;
+        match self {
+            Old::Es256 => Alg::Es256,
+            Old::Es384 => Alg::Es384,
+            Old::Es512 => Alg::Es512,
+            Old::Eddsa => Alg::Eddsa,
+            Old::Rs256 => Alg::Rs256,
+            Old::Ps256 => Alg::Ps256,
+            Old::MlDsa44 => Alg::MlDsa44,
+            Old::MlDsa65 => Alg::MlDsa65,
+            Old::MlDsa87 => Alg::MlDsa87,
+        }
+    }
 }
 
 impl Older for v0_2::kmsgw::adapter::types::Alg {
@@ -394,6 +482,7 @@ macro_rules! older_shared_types {
 
 older_shared_types!(v0_1);
 older_shared_types!(v0_2);
+older_shared_types!(v0_3);
 
 /// Implements one version's `storage` and `log` imports by delegating to `host`.
 macro_rules! host_imports {
@@ -432,6 +521,7 @@ macro_rules! host_imports {
 host_imports!(v0_1);
 host_imports!(v0_2);
 host_imports!(v0_3);
+host_imports!(v0_4);
 
 /// Adds every version's `storage` and `log` imports to `linker`.
 ///
@@ -447,6 +537,8 @@ pub fn add_host_imports(
     v0_2::kmsgw::adapter::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     v0_3::kmsgw::adapter::storage::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     v0_3::kmsgw::adapter::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    v0_4::kmsgw::adapter::storage::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
+    v0_4::kmsgw::adapter::log::add_to_linker::<_, HasSelf<HostState>>(linker, |s| s)?;
     Ok(())
 }
 
@@ -459,6 +551,13 @@ mod tests {
         for &alg in crate::crypto::Alg::ALL {
             let back = host_alg(guest_alg(alg));
             assert!(back.answers_to(alg), "{alg} came back as {back}");
+        }
+    }
+
+    #[test]
+    fn a_0_3_guest_has_every_algorithm() {
+        for alg in [Alg::Es256, Alg::Ps256, Alg::MlDsa44, Alg::MlDsa87] {
+            assert_eq!(v0_3_alg(alg).current(), alg);
         }
     }
 
