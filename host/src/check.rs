@@ -295,6 +295,7 @@ pub async fn run(wasm_options: WasmOptions) -> anyhow::Result<Report> {
         created_at: SystemTime::now(),
         version: 1,
         sealed: None,
+        certified: false,
     };
     let started = Instant::now();
     let outcome = match provider

@@ -46,7 +46,8 @@ impl Catalog {
         .await?;
         rows.iter()
             .map(|row| {
-                let record = record_of(row)?;
+                let mut record = record_of(row)?;
+                record.certified = true;
                 let chain = x5c_of(row.try_get("x5c")?)
                     .ok()
                     .flatten()

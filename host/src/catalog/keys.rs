@@ -35,6 +35,10 @@ pub struct KeyRecord {
     /// provider holds it: read with the record, so a key not in memory signs after
     /// one database read.
     pub sealed: Option<SealedKey>,
+    /// Whether this version has a certificate chain: read with the record by
+    /// [`Catalog::get`] (what a sign looks up) and known for
+    /// [`Catalog::certified_keys`]; `false` in other listings, which do not ask.
+    pub certified: bool,
 }
 
 /// A `db` key's private material as the catalog stores it: sealed (AES-256-GCM
@@ -164,9 +168,11 @@ impl Catalog {
     pub async fn get(&self, id: &str) -> Result<Option<KeyRecord>, CatalogError> {
         let row = sqlx::query(
             "SELECT k.kid, k.tenant, k.provider, k.external_id, k.alg, k.public_jwk, k.created_at, \
-             k.version, COALESCE(m.sealed, vm.sealed) AS sealed FROM keys k \
+             k.version, COALESCE(m.sealed, vm.sealed) AS sealed, \
+             CAST(CASE WHEN cv.x5c IS NULL THEN 0 ELSE 1 END AS BIGINT) AS certified FROM keys k \
              LEFT JOIN db_key_material m ON k.version <= 1 AND m.kid = k.kid \
              LEFT JOIN db_version_material vm ON k.version > 1 AND vm.id = k.kid || '@v' || k.version \
+             LEFT JOIN key_versions cv ON cv.kid = k.kid AND cv.version = k.version \
              WHERE k.kid = $1",
         )
         .bind(id)
@@ -181,6 +187,7 @@ impl Catalog {
             .map(|text| decode_sealed(id, &text))
             .transpose()?
             .map(|bytes| SealedKey(bytes.into()));
+        record.certified = row.try_get::<i64, _>("certified")? != 0;
         Ok(Some(record))
     }
 
@@ -385,6 +392,7 @@ pub(super) fn record_of(row: &sqlx::any::AnyRow) -> Result<KeyRecord, CatalogErr
         kid,
         tenant,
         sealed: None,
+        certified: false,
     })
 }
 
@@ -414,6 +422,7 @@ pub(crate) mod tests {
             created_at: SystemTime::now(),
             version: 1,
             sealed: None,
+            certified: false,
         }
     }
 

@@ -264,6 +264,7 @@ impl Catalog {
                 kid,
                 id,
                 sealed: None,
+                certified: false,
             };
             ended.push((record, version));
         }

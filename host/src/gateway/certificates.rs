@@ -148,25 +148,18 @@ impl Gateway {
         Ok(Some(x509::chain_pem(&chain)?))
     }
 
-    /// The record of `kid` and the chain of its current version (base64 DER,
-    /// leaf first), if it has one.
+    /// The chain of `record`'s version (base64 DER, leaf first), if it has one.
     ///
     /// # Errors
-    /// Unknown kid, catalog failures.
-    pub async fn certified_key(
-        &self,
-        tenant: Option<&str>,
-        kid: &str,
-    ) -> Result<(Arc<KeyRecord>, Option<Vec<String>>), GatewayError> {
-        let record = self.key(tenant, kid).await?;
-        let x5c = self
+    /// Catalog failures.
+    pub async fn x5c_of(&self, record: &KeyRecord) -> Result<Option<Vec<String>>, GatewayError> {
+        Ok(self
             .catalog
             .versions(&record.id)
             .await?
             .into_iter()
             .find(|v| v.version == record.version)
-            .and_then(|v| v.x5c);
-        Ok((record, x5c))
+            .and_then(|v| v.x5c))
     }
 
     /// Up to `limit` keys of `tenant` after kid `after` whose current version has

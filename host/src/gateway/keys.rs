@@ -197,6 +197,7 @@ impl Gateway {
             created_at: SystemTime::now(),
             version,
             sealed: None,
+            certified: false,
         };
         record.public_jwk = record.public_jwk.labelled(&record.jwk_kid(), alg.as_str());
         (record, material.sealed_secret)
@@ -292,6 +293,7 @@ impl Gateway {
                 public_jwk: version.public_jwk,
                 version: version.version,
                 sealed: None,
+                certified: false,
                 ..record.clone()
             };
             match provider.delete_key(&KeyRef::from(&old)).await {

@@ -3,6 +3,8 @@
 //! CA-issued certificates and validates them with its own validator; and the
 //! protocol's refusals (tokens, tenants, SADs, hashes) in CSC's error shape.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use kmsgw_tests::*;
@@ -205,17 +207,19 @@ async fn pyhanko_signs_pdfs_through_csc_with_keys_on_db_vault_and_a_guest() {
             _ => &format!("{md}_ecdsa"),
         };
         assert_eq!(mechanism, expected, "{kid}: {verdict}");
-        // Each signHash left one sign-digest record holding the hash it signed.
-        let (_, page) = gw
-            .call(
-                Some(ACME),
-                reqwest::Method::GET,
-                &format!("/audit?kid={kid}&action=sign-digest"),
-                None,
-            )
-            .await;
-        let records = page["records"].as_array().unwrap();
-        assert_eq!(records.len(), 1, "{kid}: {page}");
+        // Each signHash left one sign-digest record holding the hash it signed
+        // (sign records are written in batches: wait for it).
+        let path = format!("/audit?kid={kid}&action=sign-digest");
+        let records = || async {
+            let (_, page) = gw.call(Some(ACME), reqwest::Method::GET, &path, None).await;
+            page["records"].as_array().unwrap().clone()
+        };
+        wait_until(Duration::from_secs(10), "the signHash record", || async {
+            !records().await.is_empty()
+        })
+        .await;
+        let records = records().await;
+        assert_eq!(records.len(), 1, "{kid}: {records:?}");
         assert_eq!(records[0]["outcome"], "ok");
         let hash = records[0]["messageSha256"].as_str().unwrap();
         let bytes = match md {
@@ -232,21 +236,21 @@ async fn pyhanko_signs_pdfs_through_csc_with_keys_on_db_vault_and_a_guest() {
                 "root": rsa_root, "md": "sha256", "pyhankoPss": true}),
     );
     assert_eq!(answer["signed"], false, "{answer}");
-    let (_, page) = gw
-        .call(
-            Some(ACME),
-            reqwest::Method::GET,
-            "/audit?kid=doc-db-ps256&action=sign-digest",
-            None,
-        )
-        .await;
-    let outcomes: Vec<&str> = page["records"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes, ["ok", "invalid_request"], "{page}");
+    let outcomes = || async {
+        let path = "/audit?kid=doc-db-ps256&action=sign-digest";
+        let (_, page) = gw.call(Some(ACME), reqwest::Method::GET, path, None).await;
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["outcome"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    wait_until(Duration::from_secs(10), "the refusal's record", || async {
+        outcomes().await.len() == 2
+    })
+    .await;
+    assert_eq!(outcomes().await, ["ok", "invalid_request"]);
     let (_, verdict) = gw
         .call(Some(ACME), reqwest::Method::GET, "/audit/verify", None)
         .await;
@@ -485,7 +489,7 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
     )
     .await;
     let sad = sad["SAD"].as_str().unwrap().to_owned();
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let (status, body) = post(
         &gw,
         Some(ACME),
@@ -551,20 +555,27 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
         let jose = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.to_bytes());
         assert_verifies(&key["publicJwk"], format!("page {i}").as_bytes(), &jose);
     }
-    let (_, page) = gw
-        .call(
-            Some(ACME),
-            reqwest::Method::GET,
-            "/audit?kid=doc&action=sign-digest",
-            None,
-        )
-        .await;
-    let last = page["records"].as_array().unwrap().last().unwrap().clone();
+    // Sign records are written in batches: wait for this one.
     let recorded: Vec<String> = hashes
         .iter()
         .map(|h| hex_of(&STANDARD.decode(h).unwrap()))
         .collect();
-    assert_eq!(last["messageSha256s"], json!(recorded), "{last}");
+    let last_record = || async {
+        let (_, page) = gw
+            .call(
+                Some(ACME),
+                reqwest::Method::GET,
+                "/audit?kid=doc&action=sign-digest",
+                None,
+            )
+            .await;
+        page["records"].as_array().unwrap().last().unwrap().clone()
+    };
+    wait_until(Duration::from_secs(10), "the signHash record", || async {
+        last_record().await["messageSha256s"] == json!(recorded)
+    })
+    .await;
+    assert_eq!(last_record().await["outcome"], "ok");
     let (_, verdict) = gw
         .call(Some(ACME), reqwest::Method::GET, "/audit/verify", None)
         .await;

@@ -295,21 +295,21 @@ fn credential_info(
     })
 }
 
-/// The credential `credential_id` of the caller's tenant, with its chain: one
-/// that is not there, has no certificate or cannot sign digests (its algorithm
-/// or its provider) is CSC's invalid `credentialID`, and nothing more is said
-/// or recorded.
+/// The credential `credential_id` of the caller's tenant: a key that is not
+/// there, has no certificate or cannot sign digests (its algorithm or its
+/// provider) is CSC's invalid `credentialID`, and nothing more is said or
+/// recorded. One cached record lookup: no database read for a known key.
 pub(super) async fn credential(
     state: &AppState,
     tenant: Option<&str>,
     credential_id: &str,
-) -> Result<(Arc<KeyRecord>, Vec<String>), ApiError> {
+) -> Result<Arc<KeyRecord>, ApiError> {
     let unknown = || invalid("Invalid parameter credentialID");
     if !crate::gateway::valid_kid(credential_id) {
         return Err(unknown());
     }
-    match state.gateway.certified_key(tenant, credential_id).await {
-        Ok((record, Some(x5c))) if state.gateway.signs_digests(&record) => Ok((record, x5c)),
+    match state.gateway.key(tenant, credential_id).await {
+        Ok(record) if record.certified && state.gateway.signs_digests(&record) => Ok(record),
         Ok(_) | Err(GatewayError::KeyNotFound(_)) => Err(unknown()),
         Err(e) => Err(e.into()),
     }
@@ -325,7 +325,13 @@ pub async fn info(
     CscBody(req): CscBody<InfoRequest>,
 ) -> Result<Json<CredentialInfo>, CscError> {
     principal.require(Scope::KeysRead)?;
-    let (record, x5c) = credential(&state, principal.tenant.as_deref(), &req.credential_id).await?;
+    let record = credential(&state, principal.tenant.as_deref(), &req.credential_id).await?;
+    // A rotation between the lookups leaves the new version without a chain.
+    let x5c = state
+        .gateway
+        .x5c_of(&record)
+        .await?
+        .ok_or_else(|| invalid("Invalid parameter credentialID"))?;
     let options = InfoOptions {
         certificates: req.certificates,
         cert_info: req.cert_info,

@@ -122,7 +122,7 @@ pub async fn authorize(
     CscBody(req): CscBody<AuthorizeRequest>,
 ) -> Result<Json<AuthorizeResponse>, CscError> {
     principal.require(Scope::Sign)?;
-    let (record, _) = credential(&state, principal.tenant.as_deref(), &req.credential_id).await?;
+    let record = credential(&state, principal.tenant.as_deref(), &req.credential_id).await?;
     check_hash_algorithm(
         req.hash_algorithm_oid.as_deref(),
         req.hash_algo.as_deref(),
@@ -213,7 +213,7 @@ pub async fn sign_hash(
 ) -> Result<Json<SignHashResponse>, CscError> {
     principal.require(Scope::Sign)?;
     let tenant = principal.tenant.as_deref();
-    let (record, _) = credential(&state, tenant, &req.credential_id).await?;
+    let record = credential(&state, tenant, &req.credential_id).await?;
     // From here on every outcome is recorded, like a REST sign's.
     let slot = state.audit.reserve().await.map_err(ApiError::from)?;
     let checked = async {
