@@ -187,12 +187,17 @@ impl Provider for DbProvider {
             .map_err(|e| ProviderError::Internal(format!("signing failed: {e}")))?
     }
 
-    /// Signs on the blocking pool, the batch split over the cores.
+    /// Signs on the blocking pool, the batch split over the cores (one item
+    /// as [`Provider::sign`] does).
     async fn sign_batch(
         &self,
         key: &KeyRef<'_>,
         inputs: ToSign<&[Vec<u8>]>,
     ) -> Result<Vec<Vec<u8>>, ProviderError> {
+        // One item signs like a single sign: in place for the curves.
+        if let [one] = inputs.bytes() {
+            return Ok(vec![self.sign(key, inputs.with(one.as_slice())).await?]);
+        }
         let alg = key.alg;
         let signer = self.signer(key).await?;
         let items = inputs.bytes().to_vec();

@@ -36,8 +36,9 @@ pub enum Certificates {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListRequest {
-    /// Also return each credential's information (`credentialInfos`).
-    #[serde(default)]
+    /// Also return each credential's information (`credentialInfos`); `credInfo`
+    /// is accepted too.
+    #[serde(default, alias = "credInfo")]
     credential_info: bool,
     /// With `credentialInfo`: how much of each chain.
     #[serde(default)]
