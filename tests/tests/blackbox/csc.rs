@@ -344,7 +344,10 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
         json!({"maxResults": 1, "credInfo": true}),
     )
     .await;
-    assert_eq!(first["credentialInfos"][0]["credentialID"], "ca-es256", "{first}");
+    assert_eq!(
+        first["credentialInfos"][0]["credentialID"], "ca-es256",
+        "{first}"
+    );
     assert_eq!(first["credentialIDs"], json!(["ca-es256"]), "{first}");
     let token = first["nextPageToken"].as_str().unwrap();
     let (_, second) = post(
