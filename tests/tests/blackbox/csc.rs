@@ -52,15 +52,16 @@ async fn root(gw: &Gateway, token: &str, alg: &str) -> String {
     assert_eq!(status, StatusCode::OK, "{key}");
     let issue = json!({"subject": format!("CN=kmsgw test root {alg}, O=kmsgw tests"),
                        "validityDays": 30, "ca": true});
-    let (status, key) = post(
-        gw,
-        Some(token),
-        &format!("/keys/{kid}/certificate/issue"),
-        issue,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{key}");
+    let key = issue_certificate(gw, token, &kid, issue).await;
     key["x5c"][0].as_str().unwrap().to_owned()
+}
+
+/// `POST /keys/{kid}/certificate/issue` with `body`, which must succeed.
+async fn issue_certificate(gw: &Gateway, token: &str, kid: &str, body: Value) -> Value {
+    let path = format!("/keys/{kid}/certificate/issue");
+    let (status, key) = post(gw, Some(token), &path, body).await;
+    assert_eq!(status, StatusCode::OK, "{key}");
+    key
 }
 
 /// A document-signing key `kid` on `provider`, certified by `ca` with
@@ -83,15 +84,7 @@ async fn signer(
     assert_eq!(status, StatusCode::OK, "{key}");
     let issue = json!({"subject": format!("CN={kid}, O=kmsgw tests"), "validityDays": 30,
                        "issuerKid": ca, "keyUsage": ["digitalSignature", "nonRepudiation"]});
-    let (status, key) = post(
-        gw,
-        Some(token),
-        &format!("/keys/{kid}/certificate/issue"),
-        issue,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{key}");
-    key
+    issue_certificate(gw, token, kid, issue).await
 }
 
 /// pyHanko signs a PDF with credential `kid` and validates it against `root`.

@@ -408,47 +408,24 @@ trait Older {
     fn current(self) -> Self::Current;
 }
 
-impl Older for v0_3::kmsgw::adapter::types::Alg {
-    type Current = Alg;
-    fn current(self) -> Alg {
-        use v0_3::kmsgw::adapter::types::Alg as Old;
-        match self {
-            Old::Es256 => Alg::Es256,
-            Old::Es384 => Alg::Es384,
-            Old::Es512 => Alg::Es512,
-            Old::Eddsa => Alg::Eddsa,
-            Old::Rs256 => Alg::Rs256,
-            Old::Ps256 => Alg::Ps256,
-            Old::MlDsa44 => Alg::MlDsa44,
-            Old::MlDsa65 => Alg::MlDsa65,
-            Old::MlDsa87 => Alg::MlDsa87,
+/// `Older` for a version's `alg`, whose cases are spelled as the current ones.
+macro_rules! older_alg {
+    ($version:ident: $($case:ident),+) => {
+        impl Older for $version::kmsgw::adapter::types::Alg {
+            type Current = Alg;
+            fn current(self) -> Alg {
+                use $version::kmsgw::adapter::types::Alg as Old;
+                match self {
+                    $(Old::$case => Alg::$case),+
+                }
+            }
         }
-    }
+    };
 }
 
-impl Older for v0_2::kmsgw::adapter::types::Alg {
-    type Current = Alg;
-    fn current(self) -> Alg {
-        use v0_2::kmsgw::adapter::types::Alg as Old;
-        match self {
-            Old::Es256 => Alg::Es256,
-            Old::Es384 => Alg::Es384,
-            Old::Es512 => Alg::Es512,
-            Old::Eddsa => Alg::Eddsa,
-            Old::Rs256 => Alg::Rs256,
-            Old::Ps256 => Alg::Ps256,
-        }
-    }
-}
-
-impl Older for v0_1::kmsgw::adapter::types::Alg {
-    type Current = Alg;
-    fn current(self) -> Alg {
-        match self {
-            v0_1::kmsgw::adapter::types::Alg::Es256 => Alg::Es256,
-        }
-    }
-}
+older_alg!(v0_3: Es256, Es384, Es512, Eddsa, Rs256, Ps256, MlDsa44, MlDsa65, MlDsa87);
+older_alg!(v0_2: Es256, Es384, Es512, Eddsa, Rs256, Ps256);
+older_alg!(v0_1: Es256);
 
 /// The key material and error types, the same in every older version.
 macro_rules! older_shared_types {
