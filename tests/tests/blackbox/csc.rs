@@ -351,6 +351,15 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
     )
     .await;
     assert_eq!(second["credentialIDs"], json!(["doc"]), "{second}");
+    for bad in [
+        json!({"maxResults": 0}),
+        json!({"maxResults": 101}),
+        json!({"pageToken": "a\u{0}"}),
+    ] {
+        let (status, body) = post(&gw, Some(ACME), "/csc/v2/credentials/list", bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["error"], "invalid_request", "{body}");
+    }
 
     // Another tenant's credential is unknown: CSC's invalid request, nothing audited.
     let records_before = count_rows(&site, "SELECT COUNT(*) FROM audit_log").await;
@@ -512,6 +521,10 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
     for (what, body) in [
         ("short hash", sign(None, &[&short])),
         ("no hashes", sign(None, &[])),
+        (
+            "1001 hashes, one past multisign",
+            sign(None, &vec![hash.as_str(); 1001]),
+        ),
         ("hash algorithm", wrong_hash_alg),
         ("signature algorithm", wrong_sign_alg),
         ("PSS parameters", pss_params),
@@ -531,6 +544,17 @@ async fn csc_refuses_what_the_protocol_refuses_in_its_own_error_shape() {
             "{what}: {body}"
         );
     }
+
+    // Exactly multisign hashes sign.
+    let (status, body) = post(
+        &gw,
+        Some(ACME),
+        "/csc/v2/signatures/signHash",
+        sign(None, &vec![hash.as_str(); 1000]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["signatures"].as_array().unwrap().len(), 1000);
 
     // Implicit mode: a signHash without SAD signs (v1 names too), one audit
     // record holding every hash in order.
