@@ -221,3 +221,22 @@ fn every_provider_kind_is_listed_and_named_once() {
     }
     assert_eq!(ProviderKind::parse("aws_kms"), None);
 }
+
+#[test]
+fn a_sad_lifetime_outside_one_second_to_one_hour_is_refused() {
+    for lifetime in ["0s", "999ms", "61m", "soon"] {
+        let problems = problems_of(json!({"csc": {"sadLifetime": lifetime}}));
+        assert_eq!(
+            problems[0].path, "csc.sadLifetime",
+            "{lifetime}: {problems:?}"
+        );
+    }
+    let problems = problems_of(json!({"csc": {"sadLife": "2m"}}));
+    assert_eq!(problems[0].path, "csc.sadLife", "{problems:?}");
+    for (lifetime, seconds) in [("1s", 1), ("1h", 3600)] {
+        let text = json!({"csc": {"sadLifetime": lifetime}}).to_string();
+        let config = Config::parse(&text, "kms.json", &no_env).unwrap();
+        assert_eq!(config.csc.sad_lifetime().unwrap().as_secs(), seconds);
+    }
+    assert_eq!(CscConfig::default().sad_lifetime().unwrap().as_secs(), 120);
+}
