@@ -123,6 +123,23 @@ macro_rules! each_version {
     };
 }
 
+/// `generate-key` on an older guest that has `key-spec`: the spec in its
+/// version's types, the answer converted back.
+macro_rules! older_generate_key {
+    ($guest:expr, $version:ident, $alg:expr, $spec:expr, $store:expr, $kid:expr) => {{
+        let spec = $version::kmsgw::adapter::types::KeySpec {
+            alg: $alg,
+            rsa_bits: $spec.rsa_bits,
+        };
+        Ok($guest
+            .kmsgw_adapter_adapter()
+            .call_generate_key($store, $kid, spec)
+            .await?
+            .map(Older::current)
+            .map_err(Older::current))
+    }};
+}
+
 impl Guest {
     /// The WIT version of this instance.
     fn version(&self) -> WitVersion {
@@ -168,28 +185,8 @@ impl Guest {
                     .call_generate_key(store, kid, spec)
                     .await
             }
-            Guest::V0_3(g) => {
-                let spec = v0_3::kmsgw::adapter::types::KeySpec {
-                    alg: alg.v0_3,
-                    rsa_bits: spec.rsa_bits,
-                };
-                Ok(g.kmsgw_adapter_adapter()
-                    .call_generate_key(store, kid, spec)
-                    .await?
-                    .map(Older::current)
-                    .map_err(Older::current))
-            }
-            Guest::V0_2(g) => {
-                let spec = v0_2::kmsgw::adapter::types::KeySpec {
-                    alg: alg.v0_2,
-                    rsa_bits: spec.rsa_bits,
-                };
-                Ok(g.kmsgw_adapter_adapter()
-                    .call_generate_key(store, kid, spec)
-                    .await?
-                    .map(Older::current)
-                    .map_err(Older::current))
-            }
+            Guest::V0_3(g) => older_generate_key!(g, v0_3, alg.v0_3, spec, store, kid),
+            Guest::V0_2(g) => older_generate_key!(g, v0_2, alg.v0_2, spec, store, kid),
             Guest::V0_1(g) => Ok(g
                 .kmsgw_adapter_adapter()
                 .call_generate_key(store, kid, alg.v0_1)
