@@ -66,12 +66,14 @@ impl Built {
 
 impl Assembler {
     /// What tells whether `entry` changed: its text, and for a guest the SHA-256
-    /// of its component file.
+    /// of its component.
     fn fingerprint(&self, entry: &ProviderEntry) -> String {
         match &entry.config {
             ProviderConfig::Wasm(wasm) => {
-                let component = self.base_dir.join(&wasm.component);
-                let digest = std::fs::read(&component)
+                let digest = wasm
+                    .component
+                    .resolved(&self.base_dir)
+                    .bytes()
                     .map(|bytes| {
                         hex::encode(aws_lc_rs::digest::digest(
                             &aws_lc_rs::digest::SHA256,
@@ -194,7 +196,7 @@ impl Assembler {
                             continue;
                         }
                         Err(e @ WasmStartError::Load(_)) if named => Err(format!(
-                            "{e} (shipped adapters are looked for in $KMSGW_ADAPTER_DIR, else in adapters/ beside the kmsgw binary)"
+                            "{e} (shipped adapters come from the binary, or from $KMSGW_ADAPTER_DIR when it is set)"
                         )),
                         Err(e) => Err(e.to_string()),
                     }
@@ -355,7 +357,7 @@ pub(crate) fn wasm_options(
     }
     Ok(WasmOptions {
         id,
-        component: base_dir.join(&config.component),
+        component: config.component.resolved(base_dir),
         sha256: config.sha256,
         config: config.config.unwrap_or(serde_json::Value::Null),
         allowed_hosts,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::audit::Actor;
 use crate::catalog::{Catalog, KeyRecord};
+use crate::config::ComponentSource;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{PrivateKey, PublicJwk};
 use crate::gateway::{Gateway, GatewayError, NewKey, Registered};
@@ -42,7 +43,7 @@ impl CheckOptions {
         }
         Ok(WasmOptions {
             id: "adapter-check".into(),
-            component: self.component.clone(),
+            component: ComponentSource::File(self.component.clone()),
             sha256: None,
             config: self.config.clone(),
             allowed_hosts: allowed,

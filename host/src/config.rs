@@ -5,7 +5,10 @@
 //! parses JSON, expands `${VAR}` placeholders inside string values, then decodes each
 //! section strictly, collecting every problem with its JSON path before failing.
 
+mod component;
 pub mod env;
+
+pub use component::{ComponentSource, SHIPPED_ADAPTERS, Shipped};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -48,7 +51,7 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterDef {
-    pub component: PathBuf,
+    pub component: ComponentSource,
     pub sha256: Option<String>,
 }
 
@@ -56,14 +59,6 @@ pub struct AdapterDef {
 pub fn span(text: &str) -> Option<std::time::Duration> {
     humantime::parse_duration(text).ok()
 }
-
-/// The guest adapters shipped with kmsgw, known by type name without an
-/// `adapters` entry: the type and the component's file name.
-pub const SHIPPED_ADAPTERS: [(&str, &str); 3] = [
-    ("cosmian-kms", "cosmian_kms.wasm"),
-    ("azure-kv", "azure_kv.wasm"),
-    ("gcp-kms", "gcp_kms.wasm"),
-];
 
 // Their kms.json names, the decoder of provider entries and the lists that
 // errors show all come from this one enum, so a new type fails to compile until
@@ -109,24 +104,16 @@ impl ProviderKind {
     }
 }
 
-/// Where the shipped adapters are: `$KMSGW_ADAPTER_DIR`, else `adapters/` beside
-/// the kmsgw binary.
-pub fn shipped_adapter_dir(lookup: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    lookup("KMSGW_ADAPTER_DIR").map_or_else(
-        || {
-            std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(|dir| dir.join("adapters")))
-                .unwrap_or_else(|| PathBuf::from("adapters"))
-        },
-        |dir| {
-            let dir = PathBuf::from(dir);
-            match std::env::current_dir() {
-                Ok(cwd) if dir.is_relative() => cwd.join(dir),
-                _ => dir,
-            }
-        },
-    )
+/// Where shipped adapters are read from instead of the binary: `$KMSGW_ADAPTER_DIR`
+/// when set (relative to the working directory).
+pub fn shipped_adapter_dir(lookup: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    lookup("KMSGW_ADAPTER_DIR").map(|dir| {
+        let dir = PathBuf::from(dir);
+        match std::env::current_dir() {
+            Ok(cwd) if dir.is_relative() => cwd.join(dir),
+            _ => dir,
+        }
+    })
 }
 
 /// One entry of `providers`.
@@ -291,7 +278,7 @@ pub struct MtlsAuth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WasmConfig {
-    pub component: PathBuf,
+    pub component: ComponentSource,
     pub sha256: Option<String>,
     pub config: Option<Value>,
     #[serde(default)]
@@ -807,25 +794,22 @@ fn decode_root(
 /// The named guest types a configuration can use.
 struct GuestTypes<'a> {
     adapters: &'a std::collections::BTreeMap<String, AdapterDef>,
-    shipped_dir: PathBuf,
+    shipped_dir: Option<PathBuf>,
 }
 
 impl GuestTypes<'_> {
     /// The component and pinned hash of guest type `name`, if it is one.
-    fn component(&self, name: &str) -> Option<(PathBuf, Option<String>)> {
+    fn component(&self, name: &str) -> Option<(ComponentSource, Option<String>)> {
         if let Some(def) = self.adapters.get(name) {
             return Some((def.component.clone(), def.sha256.clone()));
         }
-        SHIPPED_ADAPTERS
-            .iter()
-            .find(|(shipped, _)| *shipped == name)
-            .map(|(_, file)| (self.shipped_dir.join(file), None))
+        ComponentSource::shipped(name, self.shipped_dir.as_deref()).map(|source| (source, None))
     }
 
     fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = SHIPPED_ADAPTERS
             .iter()
-            .map(|(name, _)| (*name).to_owned())
+            .map(|shipped| shipped.name.to_owned())
             .chain(self.adapters.keys().cloned())
             .collect();
         names.sort();
@@ -872,7 +856,7 @@ fn decode_adapters(
 /// `egressAuth` are the host's; every other field is the guest's config.
 fn decode_named(
     name: &str,
-    (component, sha256): (PathBuf, Option<String>),
+    (component, sha256): (ComponentSource, Option<String>),
     mut map: Map<String, Value>,
     path: &str,
     problems: &mut Vec<Problem>,

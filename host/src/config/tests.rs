@@ -159,7 +159,7 @@ fn a_named_guest_entry_runs_its_adapter_with_its_own_fields_as_config() {
     assert_eq!(azure.adapter.as_deref(), Some("azure-kv"));
     assert_eq!(
         azure.component,
-        PathBuf::from("/opt/kmsgw/adapters/azure_kv.wasm")
+        ComponentSource::File(PathBuf::from("/opt/kmsgw/adapters/azure_kv.wasm"))
     );
     assert_eq!(
         azure.config,
@@ -175,8 +175,28 @@ fn a_named_guest_entry_runs_its_adapter_with_its_own_fields_as_config() {
     let ProviderConfig::Wasm(acme) = &config.providers[1].config else {
         panic!("a named guest is a wasm provider");
     };
-    assert_eq!(acme.component, PathBuf::from("acme.wasm"));
+    assert_eq!(
+        acme.component,
+        ComponentSource::File(PathBuf::from("acme.wasm"))
+    );
     assert_eq!(acme.sha256.as_deref(), Some("ab"));
+}
+
+#[test]
+fn a_shipped_guest_comes_from_the_binary_unless_the_adapter_dir_is_set() {
+    let text = one_provider(json!({"id": "g", "type": "gcp-kms", "projectId": "p",
+        "location": "l", "keyRing": "r"}))
+    .to_string();
+    let config = Config::parse(&text, "kms.json", &no_env).unwrap();
+    let ProviderConfig::Wasm(gcp) = &config.providers[1].config else {
+        panic!("a named guest is a wasm provider");
+    };
+    let ComponentSource::Shipped(shipped) = &gcp.component else {
+        panic!("expected the embedded component, got {}", gcp.component);
+    };
+    assert_eq!(shipped.file, "gcp_kms.wasm");
+    let bytes = gcp.component.bytes().unwrap();
+    assert_eq!(&bytes[..8], b"\0asm\x0d\0\x01\0", "a component's preamble");
 }
 
 #[test]

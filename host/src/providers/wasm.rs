@@ -10,7 +10,6 @@ pub mod pool;
 pub mod runtime;
 pub mod versions;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -33,6 +32,7 @@ use super::{
     ProviderError, ProviderKind, ToSign,
 };
 use crate::catalog::Catalog;
+use crate::config::ComponentSource;
 use crate::crypto::seal::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
 use crate::providers::credentials::Credentials;
@@ -41,7 +41,7 @@ use crate::redact::Redactor;
 /// How to run one guest provider.
 pub struct WasmOptions {
     pub id: String,
-    pub component: PathBuf,
+    pub component: ComponentSource,
     pub sha256: Option<String>,
     pub config: serde_json::Value,
     pub allowed_hosts: Vec<AllowedHost>,

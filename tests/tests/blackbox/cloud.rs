@@ -24,7 +24,7 @@ fn adapter_check(config: &Path, id: &str) -> String {
         .args(["adapter", "check", "--kms-json"])
         .arg(config)
         .args(["--provider", id])
-        .env("KMSGW_ADAPTER_DIR", env!("KMSGW_GUESTS_DIR"))
+        .env_remove("KMSGW_ADAPTER_DIR")
         .env("RUST_LOG", "warn")
         .output()
         .expect("run kmsgw adapter check");
@@ -618,4 +618,74 @@ async fn a_guest_never_sees_the_credentials_the_host_adds_for_it() {
         assert!(!dump.contains(secret), "the guest saw `{secret}`:\n{dump}");
     }
     assert!(!gw.log_text().contains(bearer) && !gw.log_text().contains(AZURE_SECRET));
+}
+
+// ------------------------------------------------------------ all three shipped
+
+/// The binary alone serves all three named guests (embedded at build time, no
+/// `adapters` entry, no `KMSGW_ADAPTER_DIR`) and reaches each backend;
+/// `KMSGW_ADAPTER_DIR` still overrides where they are read from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_guests_work_by_name_from_the_binary_alone() {
+    let site = Site::new(Db::Sqlite).await;
+    let cosmian = Cosmian::start(site.dir.path()).await;
+    let azure = start_azure(site.dir.path(), 3599);
+    let (gcp, credentials) = start_gcp(site.dir.path(), 3599);
+    let config = json!({"defaultProvider": "db", "providers": [
+        {"id": "db", "type": "db"},
+        {"id": "cosmian", "type": "cosmian-kms", "serverUrl": format!("http://{}", cosmian.authority()),
+         "egressAuth": [{"host": cosmian.authority(), "type": "bearer", "token": cosmian.token}],
+         "limits": {"timeoutMs": 10000}},
+        azure_entry("azure", azure.port, AZURE_SECRET, json!({})),
+        gcp_entry("gcp", gcp.port, &credentials),
+    ]});
+    let gw = site.start_configured(&config);
+    let (_, providers) = gw.get("/providers").await;
+    for (id, adapter) in [
+        ("cosmian", "cosmian-kms"),
+        ("azure", "azure-kv"),
+        ("gcp", "gcp-kms"),
+    ] {
+        let entry = providers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap_or_else(|| panic!("no `{id}` in {providers}"));
+        assert_eq!(entry["adapter"], adapter, "{providers}");
+        assert_eq!(health_of(&gw, id).await["ok"], true, "{id}");
+        gw.create_and_sign(
+            json!({"kid": format!("{id}-key"), "provider": id}),
+            b"shipped",
+        )
+        .await;
+    }
+    let log = gw.log_text();
+    for file in ["cosmian_kms.wasm", "azure_kv.wasm", "gcp_kms.wasm"] {
+        assert!(
+            log.contains(&format!("built-in {file}")),
+            "{file} should come from the binary:\n{log}"
+        );
+    }
+    drop(gw);
+
+    // The override: a folder without the components is where they are looked for.
+    let empty = site.dir.path().join("no-adapters");
+    std::fs::create_dir_all(&empty).unwrap();
+    let config_path = site.write_config(&config);
+    let output = site
+        .command(&["--config", config_path.to_str().unwrap()], &[])
+        .env("KMSGW_ADAPTER_DIR", &empty)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        format!("{stdout}{stderr}").contains(&format!(
+            "cannot read component {}",
+            empty.join("cosmian_kms.wasm").display()
+        )),
+        "{stdout}{stderr}"
+    );
 }

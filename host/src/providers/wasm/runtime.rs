@@ -2,11 +2,13 @@
 //! for deadlines, the linker of what guests may import, and a disk cache of
 //! compiled components keyed by the file's SHA-256 and the wasmtime version.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
+
+use crate::config::ComponentSource;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use wasmtime_wasi::WasiView;
@@ -149,10 +151,14 @@ impl WasmRuntime {
     ///
     /// # Errors
     /// [`LoadError`] naming the file and the reason.
-    pub fn load(&self, path: &Path, sha256: Option<&str>) -> Result<GuestPre, LoadError> {
-        let shown = path.display().to_string();
+    pub fn load(
+        &self,
+        source: &ComponentSource,
+        sha256: Option<&str>,
+    ) -> Result<GuestPre, LoadError> {
+        let shown = source.to_string();
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = source.bytes().map_err(|source| LoadError::Read {
             path: shown.clone(),
             source,
         })?;
