@@ -57,7 +57,7 @@ fn guest(c: &mut Criterion) {
         .unwrap();
         let options = WasmOptions {
             id: "soft".into(),
-            component,
+            component: kmsgw::config::ComponentSource::File(component),
             sha256: None,
             config: serde_json::Value::Null,
             allowed_hosts: Vec::new(),
