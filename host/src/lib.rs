@@ -32,6 +32,8 @@
 //! - [`scheduler`]: scheduled rotations, certificate renewals and the end of grace periods.
 //! - [`server`]: start-up glue shared by the binary and the tests: settings, listening,
 //!   graceful shutdown.
+//! - [`client`]: `kmsgw keys|certs|audit|providers|health`, a client of a running
+//!   gateway's REST API.
 
 pub mod api;
 pub mod assembly;
@@ -39,6 +41,7 @@ pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod error_code;

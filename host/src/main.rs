@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kmsgw::check::CheckOptions;
+use kmsgw::client::commands::{
+    self as client, AuditCommand, CertsCommand, Connection, KeysCommand,
+};
 use kmsgw::server::{self, ServeOptions, StartError};
 use secrecy::SecretString;
 use tracing_subscriber::EnvFilter;
@@ -29,6 +32,37 @@ enum Command {
     /// Tools for guest adapter authors.
     #[command(subcommand)]
     Adapter(AdapterCommand),
+    /// Keys of a running gateway: list, get, create, import, delete, rotate, sign, verify.
+    Keys {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Certificates of a running gateway's keys: csr, issue, import, get.
+    Certs {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// A running gateway's audit log: list, verify.
+    Audit {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// A running gateway's providers, with their health (admin scope).
+    Providers {
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Whether a running gateway is ready; exit code 1 when it is not.
+    Health {
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +164,22 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Keys {
+            connection,
+            command,
+        } => runtime.block_on(client::run(connection, |c| client::keys(c, command))),
+        Command::Certs {
+            connection,
+            command,
+        } => runtime.block_on(client::run(connection, |c| client::certs(c, command))),
+        Command::Audit {
+            connection,
+            command,
+        } => runtime.block_on(client::run(connection, |c| client::audit(c, command))),
+        Command::Providers { connection } => {
+            runtime.block_on(client::run(connection, client::providers))
+        }
+        Command::Health { connection } => runtime.block_on(client::run(connection, client::health)),
         Command::Adapter(AdapterCommand::Check(args)) => runtime.block_on(check(args)),
         Command::Adapter(AdapterCommand::New(args)) => {
             let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));

@@ -149,6 +149,21 @@ impl Site {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir().join("kmsgw.db").display()))
     }
 
+    /// Runs SQL `statements` on this site's database, as someone with access to
+    /// it (not the gateway) would.
+    pub async fn execute(&self, statements: &[&str]) {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.database())
+            .await
+            .unwrap();
+        for statement in statements {
+            sqlx::query(sqlx::AssertSqlSafe(*statement))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
     /// Starts a gateway on this site with no extra arguments.
     pub fn start(&self) -> Gateway {
         self.start_with(&[], &[])

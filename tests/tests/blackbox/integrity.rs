@@ -40,19 +40,6 @@ async fn verify(gw: &Gateway) -> Value {
     verdict
 }
 
-async fn execute(site: &Site, statements: &[&str]) {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&site.database())
-        .await
-        .unwrap();
-    for statement in statements {
-        sqlx::query(sqlx::AssertSqlSafe(*statement))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-}
-
 /// Makes the database refuse (or take again) every audit row: a failure
 /// injected between an operation and its record.
 async fn refuse_audit_rows(site: &Site, refuse: bool) {
@@ -62,7 +49,7 @@ async fn refuse_audit_rows(site: &Site, refuse: bool) {
     } else {
         "DROP TRIGGER refuse_audit"
     };
-    execute(site, &[statement]).await;
+    site.execute(&[statement]).await;
 }
 
 on_both_databases!(no_malformed_request_breaks_the_audit_chain);
@@ -211,32 +198,23 @@ async fn no_malformed_request_breaks_the_audit_chain(db: Db) {
 
     // Changed, removed and reordered records still break the chain.
     let n = records.len();
-    execute(
-        &site,
-        &["UPDATE audit_log SET outcome = 'ok' WHERE seq = 3"],
-    )
-    .await;
+    site.execute(&["UPDATE audit_log SET outcome = 'ok' WHERE seq = 3"])
+        .await;
     assert_eq!(verify(&gw).await["firstBadSeq"], 3);
     let original = records[2]["outcome"].as_str().unwrap().to_owned();
-    execute(
-        &site,
-        &[&format!(
-            "UPDATE audit_log SET outcome = '{original}' WHERE seq = 3"
-        )],
-    )
+    site.execute(&[&format!(
+        "UPDATE audit_log SET outcome = '{original}' WHERE seq = 3"
+    )])
     .await;
     assert_eq!(verify(&gw).await, json!({"ok": true, "checked": n}));
-    execute(
-        &site,
-        &[
-            "UPDATE audit_log SET seq = -1 WHERE seq = 4",
-            "UPDATE audit_log SET seq = 4 WHERE seq = 5",
-            "UPDATE audit_log SET seq = 5 WHERE seq = -1",
-        ],
-    )
+    site.execute(&[
+        "UPDATE audit_log SET seq = -1 WHERE seq = 4",
+        "UPDATE audit_log SET seq = 4 WHERE seq = 5",
+        "UPDATE audit_log SET seq = 5 WHERE seq = -1",
+    ])
     .await;
     assert_eq!(verify(&gw).await["firstBadSeq"], 4);
-    execute(&site, &["DELETE FROM audit_log WHERE seq = 2"]).await;
+    site.execute(&["DELETE FROM audit_log WHERE seq = 2"]).await;
     assert_eq!(verify(&gw).await["firstBadSeq"], 2);
 }
 

@@ -7,6 +7,7 @@ mod aws_kms;
 mod batch;
 mod cache;
 mod certificates;
+mod cli;
 mod cloud;
 mod config;
 mod containment;
