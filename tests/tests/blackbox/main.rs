@@ -14,6 +14,7 @@ mod containment;
 mod contract;
 mod crash;
 mod csc;
+mod deploy;
 mod guests;
 mod http;
 mod integrity;
