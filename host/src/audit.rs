@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::digest::{SHA256, digest};
 use serde::Serialize;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
+use tracing::Instrument as _;
 use utoipa::ToSchema;
 
 pub use store::{AuditFilter, Link};
@@ -437,8 +438,11 @@ impl Audited {
         };
         // Unknown until this commit is known to have happened.
         let known = head.take();
-        let new_head = store::append(&catalog, &mut write, known, &[(now_millis(), event)]).await?;
-        write.commit().await?;
+        let span = crate::span!("audit.commit");
+        let new_head = store::append(&catalog, &mut write, known, &[(now_millis(), event)])
+            .instrument(span.clone())
+            .await?;
+        write.commit().instrument(span).await?;
         *head = Some(new_head);
         Ok(())
     }
@@ -458,8 +462,9 @@ impl Slot {
     /// [`AuditError`] when a durable record was not committed in time.
     pub async fn record(self, event: Event) -> Result<(), AuditError> {
         let durable = self.durable;
-        match self.send(event, durable) {
-            Some(committed) => wait_for_commit(committed).await,
+        let span = crate::span!("audit.record", audit.durable = durable);
+        match span.in_scope(|| self.send(event, durable)) {
+            Some(committed) => wait_for_commit(committed).instrument(span).await,
             None => Ok(()),
         }
     }

@@ -243,11 +243,15 @@ impl Gateway {
     }
 
     async fn record(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, GatewayError> {
+        let span = crate::span!("catalog.key", cached = tracing::field::Empty);
         if let Some(record) = self.records.get(id) {
+            span.record("cached", true);
             return Ok(Some(record));
         }
+        span.record("cached", false);
         let seen = self.invalidations.load(Ordering::Acquire);
-        let Some(record) = self.catalog.get(id).await? else {
+        let read = tracing::Instrument::instrument(self.catalog.get(id), span);
+        let Some(record) = read.await? else {
             return Ok(None);
         };
         let record = Arc::new(record);

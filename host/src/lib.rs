@@ -32,6 +32,8 @@
 //! - [`scheduler`]: scheduled rotations, certificate renewals and the end of grace periods.
 //! - [`server`]: start-up glue shared by the binary and the tests: settings, listening,
 //!   graceful shutdown.
+//! - [`telemetry`]: logs, and OpenTelemetry traces over OTLP when the `OTEL_*`
+//!   variables ask for them.
 //! - [`client`]: `kmsgw keys|certs|audit|providers|health`, a client of a running
 //!   gateway's REST API.
 
@@ -53,5 +55,6 @@ pub mod reload;
 pub mod scaffold;
 pub mod scheduler;
 pub mod server;
+pub mod telemetry;
 pub mod usage;
 pub mod x509;

@@ -186,6 +186,8 @@ impl Site {
             .env_remove("KMSGW_DATABASE_URL")
             .env_remove("KMSGW_MASTER_KEY")
             .env_remove("KMSGW_LISTEN")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             // The shipped named guests (`azure-kv`, …) come from the binary.
             .env_remove("KMSGW_ADAPTER_DIR")
             .env("RUST_LOG", "info");

@@ -90,9 +90,13 @@ class Kms:
         self.keys = {}  # key name -> {"algorithm", "protection", "versions": {n: version}}
         self.lock = threading.Lock()
         self.sign_requests = 0
+        # Test instrumentation (not Cloud KMS behaviour): the W3C trace context of
+        # each API request, so tests can follow a trace into the backend.
+        self.traceparents = []
 
     def stats(self):
-        return {"tokenRequests": self.tokens.requests, "tokensIssued": len(self.tokens.issued), "signRequests": self.sign_requests, "keys": len(self.keys)}
+        return {"tokenRequests": self.tokens.requests, "tokensIssued": len(self.tokens.issued), "signRequests": self.sign_requests, "keys": len(self.keys),
+                "traceparents": self.traceparents[-100:]}
 
     def credentials(self):
         pem = self.signer.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -122,6 +126,8 @@ class GcpHandler(Handler):
         if reason is not None or audience != "cloudkms":
             return self.fail(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.")
         name, _, verb = path[len("/v1/"):].partition(":")
+        if self.headers.get("traceparent"):
+            kms.traceparents.append({"path": path, "traceparent": self.headers.get("traceparent")})
         with kms.lock:
             return self.kms(kms, method, name, verb, query)
 

@@ -165,6 +165,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
         let status = code.status();
+        crate::telemetry::record_outcome(code.as_str());
         let error = self.public_message();
         let body = ErrorBody {
             error,

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use super::{Gateway, GatewayError, Registry};
 use crate::catalog::{KeyRecord, VersionState};
 use crate::crypto::KeyKind;
@@ -31,6 +33,7 @@ impl Gateway {
         let started = std::time::Instant::now();
         let signature = provider
             .sign(&KeyRef::from(&*record), input)
+            .instrument(backend_span(provider.as_ref(), "sign"))
             .await
             .map_err(|e| self.sign_failed(&record, e))?;
         self.check_signature(provider.as_ref(), &record, input, &signature)?;
@@ -62,6 +65,7 @@ impl Gateway {
         let started = std::time::Instant::now();
         let signatures = provider
             .sign_batch(&KeyRef::from(&*record), inputs)
+            .instrument(backend_span(provider.as_ref(), "sign_batch"))
             .await
             .map_err(|e| self.sign_failed(&record, e))?;
         if signatures.len() != messages.len() {
@@ -90,6 +94,7 @@ impl Gateway {
         alg: Option<Alg>,
     ) -> Result<(Arc<KeyRecord>, Arc<Registry>, usize), GatewayError> {
         let record = self.key(tenant, kid).await?;
+        crate::telemetry::record_key(kid, &record.provider, record.alg.as_str());
         if let Some(alg) = alg
             && !record.alg.answers_to(alg)
         {
@@ -245,6 +250,17 @@ fn digests_allowed(
         )));
     }
     Ok(())
+}
+
+/// The span of one call into a provider's backend (native or guest).
+fn backend_span(provider: &dyn Provider, operation: &'static str) -> tracing::Span {
+    crate::span!(
+        "provider.call",
+        otel.name = format!("{} {operation}", provider.kind().as_str()),
+        provider.id = provider.id(),
+        provider.type = provider.kind().as_str(),
+        provider.operation = operation,
+    )
 }
 
 #[cfg(test)]

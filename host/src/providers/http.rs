@@ -173,7 +173,10 @@ impl HttpProvider {
             }
             let request = self.authorised(request, fresh_token).await?;
             let unreachable = |e| transport_error("remote KMS", &e, &self.redactor);
-            let response = request.send().await.map_err(unreachable)?;
+            let response = crate::telemetry::traced(request)
+                .send()
+                .await
+                .map_err(unreachable)?;
             let status = response.status();
             let bytes = response.bytes().await.map_err(unreachable)?;
             let said = || backend_message(status, &bytes, &self.redactor);

@@ -148,7 +148,10 @@ impl VaultProvider {
             request = request.json(body);
         }
         let unreachable = |e| transport_error("Vault", &e, &self.redactor);
-        let response = request.send().await.map_err(unreachable)?;
+        let response = crate::telemetry::traced(request)
+            .send()
+            .await
+            .map_err(unreachable)?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(unreachable)?;
         if status.is_success() {

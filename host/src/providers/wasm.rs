@@ -170,7 +170,12 @@ macro_rules! guest_call {
             let instance = lease.instance();
             let $store = &mut instance.store;
             let $exports = &instance.guest;
-            tokio::time::timeout($deadline, $call).await
+            let span = $crate::span!(
+                "guest.call",
+                otel.name = concat!("guest ", $op),
+                guest.function = $op
+            );
+            tracing::Instrument::instrument(tokio::time::timeout($deadline, $call), span).await
         };
         $self.settle($op, lease, outcome)
     }};

@@ -324,7 +324,7 @@ fn azure_entry(id: &str, port: u16, secret: &str, extra: Value) -> Value {
     entry
 }
 
-async fn emulator_stats(port: u16) -> Value {
+pub(crate) async fn emulator_stats(port: u16) -> Value {
     reqwest::get(format!("http://127.0.0.1:{port}/_emulator/stats"))
         .await
         .unwrap()
@@ -417,7 +417,7 @@ async fn azure_kv_entry_from_the_seed_creates_imports_signs_and_deletes() {
 const KEY_RING: &str = "projects/kmsgw-tests/locations/europe-west3/keyRings/issuers";
 
 /// The emulator, and the service-account key file it made for its token endpoint.
-fn start_gcp(dir: &Path, token_lifetime: u64) -> (Background, PathBuf) {
+pub(crate) fn start_gcp(dir: &Path, token_lifetime: u64) -> (Background, PathBuf) {
     let port = free_port();
     let credentials = dir.join("service-account.json");
     let mut cmd = Command::new("python3");
@@ -435,7 +435,7 @@ fn start_gcp(dir: &Path, token_lifetime: u64) -> (Background, PathBuf) {
     (server, credentials)
 }
 
-fn gcp_entry(id: &str, port: u16, credentials: &Path) -> Value {
+pub(crate) fn gcp_entry(id: &str, port: u16, credentials: &Path) -> Value {
     json!({
         "id": id, "type": "gcp-kms", "projectId": "kmsgw-tests",
         "location": "europe-west3", "keyRing": "issuers",

@@ -26,5 +26,6 @@ mod replicas;
 mod rotation;
 mod scaffold;
 mod security;
+mod telemetry;
 mod usage;
 mod vault;

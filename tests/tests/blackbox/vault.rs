@@ -16,10 +16,16 @@ pub(crate) struct OpenBao {
 
 impl OpenBao {
     pub(crate) fn start(port: u16, log_dir: &Path) -> OpenBao {
+        Self::start_with(port, log_dir, &[])
+    }
+
+    /// With more `bao server` arguments (e.g. `-config=` of an audit device).
+    pub(crate) fn start_with(port: u16, log_dir: &Path, args: &[&str]) -> OpenBao {
         let log = std::fs::File::create(log_dir.join(format!("openbao-{port}.log"))).unwrap();
         let child = Command::new("bao")
             .args(["server", "-dev", "-dev-root-token-id=kmsgw-test-root"])
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -248,7 +248,7 @@ type SendResult = wasmtime_wasi_http::Result<(
 impl WasiHttpHooks for EgressFilter {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
@@ -279,14 +279,28 @@ impl WasiHttpHooks for EgressFilter {
             self.shared.limits.http_response_bytes,
         );
         let provider = Arc::clone(provider);
-        Box::new(async move {
-            let response =
-                send_pooled(request, options, bounds, permit, credentials, &provider).await?;
-            Ok((
-                response,
-                Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-            ))
-        })
+        let span = crate::span!(
+            "guest.http",
+            otel.name = format!("guest {}", request.method()),
+            otel.kind = "client",
+            http.request.method = %request.method(),
+            server.address = request.uri().host().unwrap_or_default(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        span.in_scope(|| crate::telemetry::inject(request.headers_mut()));
+        Box::new(tracing::Instrument::instrument(
+            async move {
+                let response =
+                    send_pooled(request, options, bounds, permit, credentials, &provider).await?;
+                tracing::Span::current()
+                    .record("http.response.status_code", response.status().as_u16());
+                Ok((
+                    response,
+                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                ))
+            },
+            span,
+        ))
     }
 
     fn p2_outgoing_body_chunk_size(&mut self) -> usize {
