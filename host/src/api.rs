@@ -12,6 +12,7 @@ mod keys;
 mod openapi;
 mod ops;
 mod paging;
+mod ui;
 
 use std::sync::Arc;
 
@@ -51,6 +52,8 @@ pub struct AppState {
     pub reloader: Option<Arc<Reloader>>,
     /// How long a CSC signature activation datum may be used.
     pub sad_lifetime: std::time::Duration,
+    /// Whether the web console is served at `/ui` (`server.ui`).
+    pub ui: bool,
 }
 
 impl AppState {
@@ -70,6 +73,7 @@ impl AppState {
             metrics,
             reloader: None,
             sad_lifetime: std::time::Duration::from_secs(120),
+            ui: false,
         }
     }
 }
@@ -111,6 +115,7 @@ pub fn app(state: AppState) -> Router {
         .route("/keys/{kid}/certificate/issue", post(certificates::issue))
         .route("/.well-known/jwks.json", get(keys::jwks))
         .route("/providers", get(ops::providers))
+        .route("/whoami", get(ops::whoami))
         .route("/health/kms", get(ops::health_kms))
         .route("/audit", get(ops::audit_page))
         .route("/audit/verify", get(ops::audit_verify))
@@ -129,7 +134,10 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             check_presented_credential,
         ));
-    let public = Router::new().route("/openapi.json", get(openapi::serve));
+    let mut public = Router::new().route("/openapi.json", get(openapi::serve));
+    if state.ui {
+        public = public.merge(ui::routes());
+    }
     protected
         .merge(csc::routes(state.clone()))
         .merge(probes)

@@ -38,6 +38,11 @@ impl Principal {
         }
     }
 
+    /// The scopes this caller was given.
+    pub fn scopes(&self) -> &[Scope] {
+        &self.scopes
+    }
+
     /// Whether this caller holds `scope` (`admin` holds every scope).
     pub fn may(&self, scope: Scope) -> bool {
         self.scopes.iter().any(|&s| s == scope || s == Scope::Admin)

@@ -338,6 +338,9 @@ pub struct ServerConfig {
     pub listen: Option<String>,
     /// Largest accepted request body in bytes (default 1 MiB).
     pub max_body_bytes: Option<usize>,
+    /// Serve the web console at `/ui` (default false).
+    #[serde(default)]
+    pub ui: bool,
 }
 
 /// The optional `database` section.
@@ -371,7 +374,7 @@ pub struct ApiKeyConfig {
 }
 
 /// What an API key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 pub enum Scope {
     /// `GET /keys`, `GET /keys/{kid}`, the JWKS, `GET /providers`.
     #[serde(rename = "keys:read")]

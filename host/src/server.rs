@@ -243,6 +243,7 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         api_keys,
         audit.clone(),
     );
+    state.ui = config.server.ui;
     state.sad_lifetime = config
         .csc
         .sad_lifetime()

@@ -205,6 +205,46 @@ pub struct KeyResponse {
     /// lists and without a certificate).
     #[serde(skip_serializing_if = "Option::is_none")]
     x5c: Option<Vec<String>>,
+    /// The current version's leaf certificate, described (absent in lists and
+    /// without a certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<CertificateSummary>,
+    /// When the rotation policy makes the next version, RFC 3339 (absent in lists
+    /// and without `rotation.every`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_rotation_at: Option<String>,
+}
+
+/// The names and validity of a leaf certificate.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateSummary {
+    /// RFC 4514.
+    subject: String,
+    /// RFC 4514.
+    issuer: String,
+    /// RFC 3339.
+    not_before: String,
+    /// RFC 3339.
+    not_after: String,
+}
+
+impl CertificateSummary {
+    /// The summary of the leaf of `x5c` (base64 DER), when it parses.
+    fn of(x5c: &[String]) -> Option<CertificateSummary> {
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(x5c.first()?)
+            .ok()?;
+        let leaf = crate::x509::from_der(&[der]).ok()?.pop()?;
+        let described = crate::x509::describe(&leaf);
+        Some(CertificateSummary {
+            subject: described.subject,
+            issuer: described.issuer,
+            not_before: rfc3339(described.not_before),
+            not_after: rfc3339(described.not_after),
+        })
+    }
 }
 
 /// One version of a key.
@@ -261,6 +301,8 @@ impl KeyResponse {
             versions: None,
             rotation: None,
             x5c: None,
+            certificate: None,
+            next_rotation_at: None,
         }
     }
 
@@ -281,10 +323,12 @@ impl KeyResponse {
                 })
                 .collect(),
         );
-        self.x5c = versions
-            .iter()
-            .find(|v| v.version == self.version)
-            .and_then(|v| v.x5c.clone());
+        let current = versions.iter().find(|v| v.version == self.version);
+        self.x5c = current.and_then(|v| v.x5c.clone());
+        self.certificate = self.x5c.as_deref().and_then(CertificateSummary::of);
+        self.next_rotation_at = current
+            .zip(policy.every)
+            .map(|(v, every)| rfc3339(v.created_at + every));
         self.rotation = Some(RotationResponse {
             every: policy.every.map(span),
             grace: span(policy.grace.unwrap_or(DEFAULT_GRACE)),

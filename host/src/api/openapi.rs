@@ -29,7 +29,7 @@ impl Modify for BearerScheme {
         keys::rotate, keys::set_rotation,
         keys::jwks,
         certificates::csr, certificates::import, certificates::issue, certificates::chain,
-        ops::providers, ops::health, ops::ready, ops::health_kms, ops::audit_page,
+        ops::providers, ops::whoami, ops::health, ops::ready, ops::health_kms, ops::audit_page,
         ops::audit_verify, ops::metrics, ops::reload, serve,
         csc::info, csc::credentials::list, csc::credentials::info, csc::signing::authorize,
         csc::signing::sign_hash, csc::timestamp, csc::sign_doc,

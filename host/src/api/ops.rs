@@ -129,6 +129,49 @@ pub struct ProviderInfo {
     /// The named guest type the entry was written as (`azure-kv`, `cosmian-kms`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     adapter: Option<String>,
+    /// What a guest holds and has been through (guests; `admin` scope only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<GuestUsage>,
+}
+
+/// A guest's use of what the host lends it, since the gateway started.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestUsage {
+    /// Bytes in its storage (against `limits.storageBytes`).
+    storage_bytes: i64,
+    /// Entries in its storage (against `limits.storageEntries`).
+    storage_entries: i64,
+    log_lines_dropped: u64,
+    traps: u64,
+    timeouts: u64,
+    denied_egress: u64,
+    /// Instances dropped because a call left resources behind.
+    recycled: u64,
+    instances: usize,
+    instances_in_use: usize,
+}
+
+/// Who the caller is: its API key, tenant and scopes.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    /// The API key's id; null when the gateway has no API keys.
+    api_key: Option<String>,
+    /// The tenant whose keys the caller works on; null outside tenants.
+    tenant: Option<String>,
+    scopes: Vec<Scope>,
+}
+
+/// The caller's API key, tenant and scopes (what a console shows and offers).
+#[utoipa::path(get, path = "/whoami", tag = "operations",
+    responses((status = 200, description = "The caller", body = Identity), ErrorResponses))]
+pub async fn whoami(Extension(principal): Caller) -> Json<Identity> {
+    Json(Identity {
+        api_key: principal.key_id.clone(),
+        tenant: principal.tenant.clone(),
+        scopes: principal.scopes().to_vec(),
+    })
 }
 
 /// What each configured provider is and can do.
@@ -140,6 +183,16 @@ pub async fn providers(
     Extension(principal): Caller,
 ) -> Result<Json<Vec<ProviderInfo>>, ApiError> {
     principal.require(Scope::KeysRead)?;
+    let storage = if principal.may(Scope::Admin) {
+        state
+            .gateway
+            .catalog()
+            .guest_usage()
+            .await
+            .map_err(storage)?
+    } else {
+        Vec::new()
+    };
     Ok(Json(
         state
             .gateway
@@ -148,13 +201,32 @@ pub async fn providers(
             .iter()
             .map(|r| {
                 let guest = r.provider.describe();
+                let id = r.provider.id();
+                let usage = guest.filter(|_| principal.may(Scope::Admin)).map(|g| {
+                    let (entries, bytes) = storage
+                        .iter()
+                        .find(|(provider, _, _)| provider == id)
+                        .map_or((0, 0), |(_, entries, bytes)| (*entries, *bytes));
+                    GuestUsage {
+                        storage_bytes: bytes,
+                        storage_entries: entries,
+                        log_lines_dropped: g.stats.log_lines_dropped,
+                        traps: g.stats.traps,
+                        timeouts: g.stats.timeouts,
+                        denied_egress: g.stats.denied_egress,
+                        recycled: g.stats.recycled,
+                        instances: g.stats.instances,
+                        instances_in_use: g.stats.instances_in_use,
+                    }
+                });
                 ProviderInfo {
-                    id: r.provider.id().to_owned(),
+                    id: id.to_owned(),
                     kind: r.provider.kind(),
                     description: r.description.clone(),
                     capabilities: r.provider.capabilities().clone(),
                     limits: guest.map(|g| g.limits.clone()),
                     adapter: guest.and_then(|g| g.adapter).map(str::to_owned),
+                    usage,
                 }
             })
             .collect(),

@@ -10,6 +10,7 @@ mod certificates;
 mod cli;
 mod cloud;
 mod config;
+mod console;
 mod containment;
 mod contract;
 mod crash;
