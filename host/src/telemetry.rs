@@ -26,6 +26,14 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// The target of trace spans.
 pub const TARGET: &str = "kmsgw::trace";
 
+/// Whether traces are exported (set once by [`init`]); what only matters to an
+/// exporter checks this first, so it costs nothing otherwise.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn exporting_now() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A trace span (INFO, target [`TARGET`]): `span!("name", field = value, …)`.
 #[macro_export]
 macro_rules! span {
@@ -101,6 +109,7 @@ pub fn init() -> Result<Telemetry, String> {
         .with(logs)
         .with(traces)
         .init();
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("exporting traces over OTLP/HTTP");
     Ok(Telemetry {
         provider: Some(provider),
@@ -150,16 +159,11 @@ impl opentelemetry_http::HttpClient for ExportClient {
 /// handlers — kid, provider, alg and outcome. A W3C `traceparent` from the
 /// client makes it part of the client's trace.
 pub async fn request_span(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
     let span = crate::span!(
         "request",
-        otel.name = format!("{} {route}", request.method()),
+        otel.name = tracing::field::Empty,
         otel.kind = "server",
-        http.route = %route,
+        http.route = tracing::field::Empty,
         http.request.method = %request.method(),
         http.response.status_code = tracing::field::Empty,
         kid = tracing::field::Empty,
@@ -168,9 +172,16 @@ pub async fn request_span(request: Request, next: Next) -> Response {
         outcome = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
+    // Without an exporter the span is disabled: nothing more is done or allocated.
     if span.is_disabled() {
         return next.run(request).await;
     }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    span.record("otel.name", format!("{} {route}", request.method()));
+    span.record("http.route", route);
     let parent = TraceContextPropagator::new().extract(&HeaderReader(request.headers()));
     let _ = span.set_parent(parent);
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
@@ -188,6 +199,9 @@ pub async fn request_span(request: Request, next: Next) -> Response {
 /// Records what a request is about on the current request span (no-op when
 /// traces are off).
 pub fn record_key(kid: &str, provider: &str, alg: &str) {
+    if !exporting_now() {
+        return;
+    }
     let span = Span::current();
     if !span.is_disabled() {
         span.record("kid", kid);
@@ -198,6 +212,9 @@ pub fn record_key(kid: &str, provider: &str, alg: &str) {
 
 /// Records a refusal's error code as the current request span's outcome.
 pub fn record_outcome(code: &str) {
+    if !exporting_now() {
+        return;
+    }
     let span = Span::current();
     if !span.is_disabled() {
         span.record("outcome", code);
@@ -207,6 +224,9 @@ pub fn record_outcome(code: &str) {
 /// Adds the current span's W3C `traceparent` (and `tracestate`) to `headers`,
 /// when traces are exported.
 pub fn inject(headers: &mut http::HeaderMap) {
+    if !exporting_now() {
+        return;
+    }
     let span = Span::current();
     if span.is_disabled() {
         return;
@@ -216,7 +236,7 @@ pub fn inject(headers: &mut http::HeaderMap) {
 
 /// `request` with the current span's `traceparent`, when traces are exported.
 pub fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    if Span::current().is_disabled() {
+    if !exporting_now() {
         return request;
     }
     let mut headers = http::HeaderMap::new();
