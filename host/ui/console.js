@@ -108,6 +108,26 @@ function bytes(n) {
   return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
+/** A filter bar of labelled `inputs` (by their `name`) that puts their values in
+ * the hash of `page`; `extra` goes after its button. */
+function filterForm(page, inputs, extra) {
+  return h(
+    "form",
+    {
+      class: "toolbar",
+      onsubmit: (event) => {
+        event.preventDefault();
+        const next = new URLSearchParams();
+        for (const input of Object.values(inputs)) if (input.value) next.set(input.name, input.value);
+        location.hash = page + "?" + next.toString();
+      },
+    },
+    Object.entries(inputs).map(([label, input]) => h("label", {}, label, input)),
+    h("button", { type: "submit" }, "Filter"),
+    extra,
+  );
+}
+
 /** Runs `work` on each item, at most `width` at a time. */
 async function each(items, width, work) {
   let next = 0;
@@ -196,24 +216,7 @@ async function renderKeys(params) {
   const search = h("input", { type: "search", name: "q", value: query, placeholder: "kid contains…" });
   const algs = h("select", { name: "alg" }, options(keys.map((k) => k.alg), alg));
   const providers = h("select", { name: "provider" }, options(keys.map((k) => k.provider), provider));
-  const filter = h(
-    "form",
-    {
-      class: "toolbar",
-      onsubmit: (event) => {
-        event.preventDefault();
-        const next = new URLSearchParams();
-        if (search.value) next.set("q", search.value);
-        if (algs.value) next.set("alg", algs.value);
-        if (providers.value) next.set("provider", providers.value);
-        location.hash = "#/keys?" + next.toString();
-      },
-    },
-    h("label", {}, "Search", search),
-    h("label", {}, "Algorithm", algs),
-    h("label", {}, "Provider", providers),
-    h("button", { type: "submit" }, "Filter"),
-  );
+  const filter = filterForm("#/keys", { Search: search, Algorithm: algs, Provider: providers });
   const chosen = keys.filter(
     (k) => k.kid.includes(query) && (!alg || k.alg === alg) && (!provider || k.provider === provider),
   );
@@ -505,23 +508,7 @@ async function renderAudit(params) {
     },
     "Verify chain",
   );
-  const filter = h(
-    "form",
-    {
-      class: "toolbar",
-      onsubmit: (event) => {
-        event.preventDefault();
-        const next = new URLSearchParams();
-        if (kidInput.value) next.set("kid", kidInput.value);
-        if (actionSelect.value) next.set("action", actionSelect.value);
-        location.hash = "#/audit?" + next.toString();
-      },
-    },
-    h("label", {}, "Kid", kidInput),
-    h("label", {}, "Action", actionSelect),
-    h("button", { type: "submit" }, "Filter"),
-    verify,
-  );
+  const filter = filterForm("#/audit", { Kid: kidInput, Action: actionSelect }, verify);
   const more = page.nextAfter
     ? (() => {
         const next = new URLSearchParams(query);

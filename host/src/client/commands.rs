@@ -388,34 +388,21 @@ async fn list_keys(
     client: &Client,
     all: bool,
     limit: u32,
-    mut cursor: Option<String>,
+    cursor: Option<String>,
     unused_for: Option<String>,
 ) -> Result<Outcome, ClientError> {
-    let bar = progress(None, "keys");
-    let mut keys = Vec::new();
-    let next = loop {
-        let mut query = format!("/keys?limit={limit}");
-        if let Some(cursor) = &cursor {
-            query.push_str(&format!("&cursor={}", segment(cursor)));
-        }
-        if let Some(unused) = &unused_for {
-            query.push_str(&format!("&unusedFor={}", segment(unused)));
-        }
-        let mut page = client.get(&query).await?;
-        let Some(Value::Array(items)) = page.get_mut("keys").map(Value::take) else {
-            return Err(ClientError::Protocol {
-                url: query,
-                reason: "no `keys` in the page".into(),
-            });
-        };
-        bar.inc(items.len() as u64);
-        keys.extend(items);
-        cursor = page["nextCursor"].as_str().map(str::to_owned);
-        if !all || cursor.is_none() {
-            break cursor;
-        }
-    };
-    bar.finish_and_clear();
+    let mut query = format!("/keys?limit={limit}");
+    if let Some(unused) = &unused_for {
+        query.push_str(&format!("&unusedFor={}", segment(unused)));
+    }
+    let (keys, next) = collect(
+        client,
+        &query,
+        ("keys", "nextCursor", "cursor"),
+        cursor,
+        all,
+    )
+    .await?;
     let mut human = table(
         &[
             "KID",
@@ -440,13 +427,55 @@ async fn list_keys(
         },
     );
     human.push('\n');
-    if let Some(next) = &next {
+    if let Some(next) = next.as_str() {
         human.push_str(&format!("more: --cursor {next} (or --all)\n"));
     }
     Ok(Outcome::ok(
         json!({"keys": keys, "nextCursor": next}),
         human,
     ))
+}
+
+/// The items of one page of `query`, or of every page from there with `all`
+/// (with a progress counter). `fields` names the page's items, the field that
+/// names the next page and the query parameter that asks for it; `start` is
+/// that parameter's first value. Returns the items and the next page's name
+/// (null after the last).
+async fn collect(
+    client: &Client,
+    query: &str,
+    (items_field, next_field, next_param): (&str, &str, &str),
+    mut start: Option<String>,
+    all: bool,
+) -> Result<(Vec<Value>, Value), ClientError> {
+    let bar = progress(None, items_field);
+    let mut items = Vec::new();
+    let next = loop {
+        let url = match &start {
+            Some(next) => format!("{query}&{next_param}={}", segment(next)),
+            None => query.to_owned(),
+        };
+        let mut page = client.get(&url).await?;
+        let Some(Value::Array(got)) = page.get_mut(items_field).map(Value::take) else {
+            return Err(ClientError::Protocol {
+                url,
+                reason: format!("no `{items_field}` in the page"),
+            });
+        };
+        bar.inc(got.len() as u64);
+        items.extend(got);
+        let next = page[next_field].take();
+        start = match &next {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        if !all || start.is_none() {
+            break next;
+        }
+    };
+    bar.finish_and_clear();
+    Ok((items, next))
 }
 
 /// A key's record for a person: its fields, versions and certificate.
@@ -680,38 +709,26 @@ pub async fn audit(client: Client, command: AuditCommand) -> Result<Outcome, Cli
         AuditCommand::List {
             kid,
             action,
-            mut after,
+            after,
             limit,
             all,
         } => {
-            let bar = progress(None, "records");
-            let mut records = Vec::new();
-            let next = loop {
-                let mut query = format!("/audit?limit={limit}");
-                if let Some(after) = after {
-                    query.push_str(&format!("&after={after}"));
-                }
-                if let Some(kid) = &kid {
-                    query.push_str(&format!("&kid={}", segment(kid)));
-                }
-                if let Some(action) = &action {
-                    query.push_str(&format!("&action={}", segment(action)));
-                }
-                let mut page = client.get(&query).await?;
-                let Some(Value::Array(items)) = page.get_mut("records").map(Value::take) else {
-                    return Err(ClientError::Protocol {
-                        url: query,
-                        reason: "no `records` in the page".into(),
-                    });
-                };
-                bar.inc(items.len() as u64);
-                records.extend(items);
-                after = page["nextAfter"].as_i64();
-                if !all || after.is_none() {
-                    break after;
-                }
-            };
-            bar.finish_and_clear();
+            let mut query = format!("/audit?limit={limit}");
+            if let Some(kid) = &kid {
+                query.push_str(&format!("&kid={}", segment(kid)));
+            }
+            if let Some(action) = &action {
+                query.push_str(&format!("&action={}", segment(action)));
+            }
+            let start = after.map(|seq| seq.to_string());
+            let (records, next) = collect(
+                &client,
+                &query,
+                ("records", "nextAfter", "after"),
+                start,
+                all,
+            )
+            .await?;
             let mut human = table(
                 &[
                     "SEQ", "TIME", "API KEY", "TENANT", "ACTION", "KID", "PROVIDER", "OUTCOME",
@@ -731,7 +748,7 @@ pub async fn audit(client: Client, command: AuditCommand) -> Result<Outcome, Cli
                 },
             );
             human.push('\n');
-            if let Some(next) = next {
+            if let Some(next) = next.as_i64() {
                 human.push_str(&format!("more: --after {next} (or --all)\n"));
             }
             Outcome::ok(json!({"records": records, "nextAfter": next}), human)

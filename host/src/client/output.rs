@@ -53,7 +53,7 @@ pub fn millis(value: &Value) -> String {
 }
 
 /// A bar over `total` items, or a counter when the total is unknown.
-pub fn progress(total: Option<u64>, what: &'static str) -> ProgressBar {
+pub fn progress(total: Option<u64>, what: &str) -> ProgressBar {
     match total {
         Some(total) => ProgressBar::new(total).with_style(
             ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({eta})")
@@ -64,5 +64,5 @@ pub fn progress(total: Option<u64>, what: &'static str) -> ProgressBar {
             ProgressStyle::with_template("{spinner} {pos} {msg}").expect("a valid template"),
         ),
     }
-    .with_message(what)
+    .with_message(what.to_owned())
 }
