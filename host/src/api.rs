@@ -138,7 +138,7 @@ pub fn app(state: AppState) -> Router {
     if state.ui {
         public = public.merge(ui::routes());
     }
-    protected
+    let mut app = protected
         .merge(csc::routes(state.clone()))
         .merge(probes)
         .merge(public)
@@ -152,9 +152,12 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
-        ))
-        .layer(middleware::from_fn(crate::telemetry::request_span))
-        .layer(
+        ));
+    // Without an exporter the request path is as if traces did not exist.
+    if crate::telemetry::is_exporting() {
+        app = app.layer(middleware::from_fn(crate::telemetry::request_span));
+    }
+    app.layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_response(DefaultOnResponse::new().level(Level::INFO))

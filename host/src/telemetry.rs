@@ -30,7 +30,8 @@ pub const TARGET: &str = "kmsgw::trace";
 /// exporter checks this first, so it costs nothing otherwise.
 static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-fn exporting_now() -> bool {
+/// Whether traces are exported (the OTLP variables asked for it at start).
+pub fn is_exporting() -> bool {
     EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
 }
 
@@ -199,7 +200,7 @@ pub async fn request_span(request: Request, next: Next) -> Response {
 /// Records what a request is about on the current request span (no-op when
 /// traces are off).
 pub fn record_key(kid: &str, provider: &str, alg: &str) {
-    if !exporting_now() {
+    if !is_exporting() {
         return;
     }
     let span = Span::current();
@@ -212,7 +213,7 @@ pub fn record_key(kid: &str, provider: &str, alg: &str) {
 
 /// Records a refusal's error code as the current request span's outcome.
 pub fn record_outcome(code: &str) {
-    if !exporting_now() {
+    if !is_exporting() {
         return;
     }
     let span = Span::current();
@@ -224,7 +225,7 @@ pub fn record_outcome(code: &str) {
 /// Adds the current span's W3C `traceparent` (and `tracestate`) to `headers`,
 /// when traces are exported.
 pub fn inject(headers: &mut http::HeaderMap) {
-    if !exporting_now() {
+    if !is_exporting() {
         return;
     }
     let span = Span::current();
@@ -236,7 +237,7 @@ pub fn inject(headers: &mut http::HeaderMap) {
 
 /// `request` with the current span's `traceparent`, when traces are exported.
 pub fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    if !exporting_now() {
+    if !is_exporting() {
         return request;
     }
     let mut headers = http::HeaderMap::new();
