@@ -158,12 +158,12 @@ pub fn app(state: AppState) -> Router {
         app = app.layer(middleware::from_fn(crate::telemetry::request_span));
     }
     app.layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO))
-                .on_failure(()),
-        )
-        .with_state(state)
+        TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+            .on_response(DefaultOnResponse::new().level(Level::INFO))
+            .on_failure(()),
+    )
+    .with_state(state)
 }
 
 /// Resolves the caller from `Authorization: Bearer …`; a failure is a 401 in
