@@ -494,8 +494,16 @@ fn key_view(key: &Value) -> String {
         pairs.push(("rotates every", text(&rotation["every"])));
         pairs.push(("grace", text(&rotation["grace"])));
     }
-    if let Some(leaf) = key["x5c"].get(0).and_then(Value::as_str) {
-        pairs.push(("certificate", certificate_summary(leaf)));
+    // The gateway describes the current version's leaf; nothing is parsed here.
+    if let Some(certificate) = key.get("certificate") {
+        pairs.push((
+            "certificate",
+            format!(
+                "{}, expires {}",
+                text(&certificate["subject"]),
+                text(&certificate["notAfter"])
+            ),
+        ));
     }
     let mut out = fields(&pairs);
     if let Some(Value::Array(versions)) = key.get("versions") {
@@ -518,33 +526,14 @@ fn key_view(key: &Value) -> String {
                     text(&v["createdAt"]),
                     text(&v["graceUntil"]),
                     v["x5c"]
-                        .get(0)
-                        .and_then(Value::as_str)
-                        .map_or_else(|| "-".into(), certificate_summary),
+                        .as_array()
+                        .map_or_else(|| "-".into(), |chain| format!("chain of {}", chain.len())),
                 ]
             },
         ));
         out.push('\n');
     }
     out
-}
-
-/// `subject, expires …` of a base64 DER certificate.
-fn certificate_summary(der_b64: &str) -> String {
-    use x509_cert::der::Decode as _;
-    let Some(cert) = STANDARD
-        .decode(der_b64)
-        .ok()
-        .and_then(|der| x509_cert::Certificate::from_der(&der).ok())
-    else {
-        return "unreadable".into();
-    };
-    let tbs = cert.tbs_certificate();
-    format!(
-        "{}, expires {}",
-        tbs.subject(),
-        humantime::format_rfc3339_seconds(tbs.validity().not_after.to_system_time())
-    )
 }
 
 fn put(map: &mut Map<String, Value>, name: &str, value: Option<String>) {
