@@ -38,7 +38,13 @@ async fn the_console_in_a_real_browser() {
             {"id": "viewer", "token": READER, "scopes": ["keys:read"]},
         ]},
     }));
-    for kid in ["console-key-1", "other-1", "other-2"] {
+    // More keys than the keys page details (100): it says how many it shows
+    // (these sort after the ones the driver looks at).
+    let bulk: Vec<String> = (0..110).map(|i| format!("zz-bulk-{i:03}")).collect();
+    for kid in ["console-key-1", "other-1", "other-2"]
+        .into_iter()
+        .chain(bulk.iter().map(String::as_str))
+    {
         let (status, key) = gw
             .call(
                 Some(ADMIN),
