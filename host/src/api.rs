@@ -12,6 +12,7 @@ mod keys;
 mod openapi;
 mod ops;
 mod paging;
+mod seal;
 mod ui;
 
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub sad_lifetime: std::time::Duration,
     /// Whether the web console is served at `/ui` (`server.ui`).
     pub ui: bool,
+    /// The master key and its seal (absent in tests that build a state by hand).
+    pub custody: Option<Arc<crate::custody::Custody>>,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
             reloader: None,
             sad_lifetime: std::time::Duration::from_secs(120),
             ui: false,
+            custody: None,
         }
     }
 }
@@ -98,7 +102,8 @@ impl Principal {
 /// The whole API as a router; `main` serves it, tests call it directly.
 pub fn app(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    let protected = Router::new()
+    // Key operations need the master key: 503 `sealed` until it is unsealed.
+    let key_routes = Router::new()
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{kid}", get(keys::get).delete(keys::delete))
         .route("/keys/{kid}/sign", post(keys::sign))
@@ -113,6 +118,11 @@ pub fn app(state: AppState) -> Router {
             post(certificates::import).get(certificates::chain),
         )
         .route("/keys/{kid}/certificate/issue", post(certificates::issue))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            seal::unsealed,
+        ));
+    let protected = Router::new()
         .route("/.well-known/jwks.json", get(keys::jwks))
         .route("/providers", get(ops::providers))
         .route("/whoami", get(ops::whoami))
@@ -121,6 +131,8 @@ pub fn app(state: AppState) -> Router {
         .route("/audit/verify", get(ops::audit_verify))
         .route("/metrics", get(ops::metrics))
         .route("/admin/reload", post(ops::reload))
+        .route("/admin/seal/rotate", post(seal::rotate).get(seal::rotation))
+        .merge(key_routes)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate::<ApiError>,

@@ -75,6 +75,14 @@ pub enum Action {
     CertificateIssue,
     /// kms.json was reloaded (by an API key, or `sighup`).
     Reload,
+    /// The master key was rotated (a new generation, every sealed item rewrapped).
+    SealRotate,
+    /// The master key was moved under another seal.
+    SealMigrate,
+    /// The catalog was backed up.
+    Backup,
+    /// The catalog was restored from a backup.
+    Restore,
 }
 
 impl Action {
@@ -92,6 +100,10 @@ impl Action {
             Action::CertificateImport => "certificate-import",
             Action::CertificateIssue => "certificate-issue",
             Action::Reload => "reload",
+            Action::SealRotate => "seal-rotate",
+            Action::SealMigrate => "seal-migrate",
+            Action::Backup => "backup",
+            Action::Restore => "restore",
         }
     }
 
@@ -109,6 +121,10 @@ impl Action {
             Action::CertificateImport,
             Action::CertificateIssue,
             Action::Reload,
+            Action::SealRotate,
+            Action::SealMigrate,
+            Action::Backup,
+            Action::Restore,
         ]
         .into_iter()
         .find(|a| a.as_str() == name)

@@ -9,6 +9,7 @@
 mod csc;
 mod guest;
 mod keys;
+mod seal;
 mod usage;
 mod versions;
 
@@ -20,6 +21,7 @@ use sqlx::{AnyPool, Row};
 pub use csc::Authorization;
 pub use guest::{GuestWriteError, StorageQuota};
 pub use keys::{CertificatePolicy, KeyRecord, RotationPolicy, SealedKey, version_id};
+pub use seal::{ItemPlace, SealedItem, WrappedGeneration};
 pub use usage::KeyUsage;
 pub use versions::{KeyVersion, VersionState};
 

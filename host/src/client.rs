@@ -2,7 +2,7 @@
 //! use. Every action goes through the public API with the operator's API key.
 
 pub mod commands;
-mod output;
+pub mod output;
 
 use std::process::ExitCode;
 

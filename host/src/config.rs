@@ -45,6 +45,79 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The `csc` section: the Cloud Signature Consortium API.
     pub csc: CscConfig,
+    /// The `seal` section: where the master key lives.
+    pub seal: SealConfig,
+}
+
+/// The `seal` section: what wraps the master key (see README, "Master key custody").
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum SealConfig {
+    /// The master key in the data directory's `master.key` (or `KMSGW_MASTER_KEY`).
+    #[default]
+    File,
+    /// An `aes256-gcm96` key of Vault (or OpenBao) Transit.
+    VaultTransit(VaultTransitSeal),
+    /// A symmetric (`SYMMETRIC_DEFAULT`) AWS KMS key.
+    AwsKms(AwsKmsSeal),
+    /// An AES key on a PKCS#11 token.
+    Pkcs11(Pkcs11Seal),
+}
+
+/// `seal.type: "vault-transit"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VaultTransitSeal {
+    pub address: Url,
+    #[serde(default = "default_transit_mount")]
+    pub mount: String,
+    pub key: String,
+    pub token: SecretString,
+}
+
+/// `seal.type: "aws-kms"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AwsKmsSeal {
+    pub key_id: String,
+    pub region: String,
+    pub endpoint: Option<Url>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+}
+
+impl AwsKmsSeal {
+    /// The client settings, as an `aws-kms` provider entry would give them.
+    pub fn client_config(&self) -> AwsKmsConfig {
+        AwsKmsConfig {
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+}
+
+/// `seal.type: "pkcs11"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pkcs11Seal {
+    pub module: PathBuf,
+    pub slot: Option<u64>,
+    pub token_label: Option<String>,
+    pub pin: SecretString,
+    pub key_label: String,
+}
+
+impl Pkcs11Seal {
+    /// The slot: by index or by its token's label.
+    pub fn slot(&self) -> Option<Pkcs11Slot> {
+        match (&self.slot, &self.token_label) {
+            (Some(index), None) => Some(Pkcs11Slot::Index(*index)),
+            (None, Some(label)) => Some(Pkcs11Slot::Label(label.clone())),
+            _ => None,
+        }
+    }
 }
 
 /// One `adapters` entry: the component a named guest type runs.
@@ -172,7 +245,7 @@ fn default_transit_mount() -> String {
 }
 
 /// `type: "aws-kms"`: AWS KMS or a stand-in at `endpoint`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AwsKmsConfig {
     pub region: String,
@@ -611,6 +684,7 @@ impl Config {
             adapters: std::collections::BTreeMap::new(),
             cache: CacheConfig::default(),
             csc: CscConfig::default(),
+            seal: SealConfig::default(),
         }
     }
 
@@ -721,6 +795,7 @@ fn decode_root(
     let mut scheduler = SchedulerConfig::default();
     let mut cache = CacheConfig::default();
     let mut csc = CscConfig::default();
+    let mut seal = SealConfig::default();
     for (key, value) in map {
         match key.as_str() {
             "defaultProvider" => default_provider = typed::<String>(value, &key, problems),
@@ -733,11 +808,12 @@ fn decode_root(
             "scheduler" => scheduler = typed(value, &key, problems).unwrap_or_default(),
             "cache" => cache = typed(value, &key, problems).unwrap_or_default(),
             "csc" => csc = typed(value, &key, problems).unwrap_or_default(),
+            "seal" => seal = typed(value, &key, problems).unwrap_or_default(),
             "$schema" => {}
             other => problem(
                 problems,
                 other,
-                "unknown field; expected one of `defaultProvider`, `providers`, `adapters`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`, `cache`, `csc`",
+                "unknown field; expected one of `defaultProvider`, `providers`, `adapters`, `server`, `database`, `auth`, `audit`, `usage`, `scheduler`, `cache`, `csc`, `seal`",
             ),
         }
     }
@@ -779,6 +855,15 @@ fn decode_root(
     if audit.queue_records == 0 {
         problem(problems, "audit.queueRecords", "must be greater than zero");
     }
+    if let SealConfig::Pkcs11(pkcs11) = &seal
+        && pkcs11.slot().is_none()
+    {
+        problem(
+            problems,
+            "seal",
+            "give exactly one of `slot` and `tokenLabel`",
+        );
+    }
     Some(Config {
         default_provider,
         providers,
@@ -791,6 +876,7 @@ fn decode_root(
         adapters,
         cache,
         csc,
+        seal,
     })
 }
 

@@ -52,6 +52,8 @@ pub enum ErrorCode {
     // 409.
     KeyExists,
     KeyChanged,
+    /// A master key rotation is running already.
+    RotationRunning,
     // 413.
     PayloadTooLarge,
     // 500.
@@ -62,6 +64,8 @@ pub enum ErrorCode {
     ProviderNotConfigured,
     AuditUnavailable,
     StorageUnavailable,
+    /// The master key is not unsealed (its seal cannot be reached yet).
+    Sealed,
     BackendTimeout,
     StorageFull,
 }
@@ -105,6 +109,7 @@ impl ErrorCode {
             E::UnsupportedOperation => "unsupported_operation",
             E::KeyExists => "key_exists",
             E::KeyChanged => "key_changed",
+            E::RotationRunning => "rotation_running",
             E::PayloadTooLarge => "payload_too_large",
             E::InternalError => "internal_error",
             E::BackendError => "backend_error",
@@ -112,6 +117,7 @@ impl ErrorCode {
             E::ProviderNotConfigured => "provider_not_configured",
             E::AuditUnavailable => "audit_unavailable",
             E::StorageUnavailable => "storage_unavailable",
+            E::Sealed => "sealed",
             E::BackendTimeout => "backend_timeout",
             E::StorageFull => "storage_full",
         }
@@ -153,14 +159,15 @@ impl ErrorCode {
             E::MethodNotAllowed | E::UnsupportedOperation | E::UnsupportedAlgByProvider => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
-            E::KeyExists | E::KeyChanged => StatusCode::CONFLICT,
+            E::KeyExists | E::KeyChanged | E::RotationRunning => StatusCode::CONFLICT,
             E::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             E::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
             E::BackendError => StatusCode::BAD_GATEWAY,
             E::BackendUnavailable
             | E::ProviderNotConfigured
             | E::AuditUnavailable
-            | E::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | E::StorageUnavailable
+            | E::Sealed => StatusCode::SERVICE_UNAVAILABLE,
             E::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             E::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
         }

@@ -138,6 +138,7 @@ impl GatewayError {
                 P::Timeout => ErrorCode::BackendTimeout,
                 P::Backend(_) => ErrorCode::BackendError,
                 P::Internal(_) => ErrorCode::InternalError,
+                P::Sealed(_) => ErrorCode::Sealed,
             },
         }
     }
@@ -298,7 +299,7 @@ pub(crate) async fn test_gateway(
     more: Vec<Registered>,
 ) -> (Gateway, Audit) {
     let catalog = crate::catalog::test_catalog(dir).await;
-    let master = Arc::new(crate::crypto::seal::MasterKey::from_bytes(&[7; 32]));
+    let master = Arc::new(crate::custody::MasterKey::from_bytes(&[7; 32]));
     let db = crate::providers::db::DbProvider::new("db".into(), catalog.clone(), master);
     let mut providers = vec![Registered {
         provider: Arc::new(db),

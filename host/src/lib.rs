@@ -46,6 +46,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod custody;
 pub mod error_code;
 pub mod gateway;
 pub mod metrics;

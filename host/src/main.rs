@@ -9,6 +9,7 @@ use kmsgw::check::CheckOptions;
 use kmsgw::client::commands::{
     self as client, AuditCommand, CertsCommand, Connection, KeysCommand,
 };
+use kmsgw::custody::commands as custody;
 use kmsgw::server::{self, ServeOptions, StartError};
 use secrecy::SecretString;
 
@@ -61,6 +62,73 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// The master key: rotate it, or move it under another seal.
+    #[command(subcommand)]
+    Seal(SealCommand),
+    /// Write an encrypted snapshot of the whole catalog (beside a live gateway).
+    Backup {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into an empty database, with the backup's seal.
+    Restore {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The backup file to read.
+        #[arg(long)]
+        from: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SealCommand {
+    /// Make a new master key generation and rewrap every sealed item under it
+    /// (or finish a rotation left unfinished). On SQLite, stop the gateway
+    /// first, or use `POST /admin/seal/rotate`.
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Rewrap the master key under the seal of another kms.json.
+    Migrate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The kms.json whose `seal` takes the master key.
+        #[arg(long)]
+        to: PathBuf,
+    },
+}
+
+/// The database and data directory a command works on, named as `serve` names them.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// The gateway's kms.json (its `seal` and `database`).
+    #[arg(long, env = "KMSGW_CONFIG")]
+    config: Option<PathBuf>,
+    /// The gateway's data directory.
+    #[arg(long, env = "KMSGW_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// sqlite://… or postgres://… [default: SQLite in the data directory].
+    #[arg(long, env = "KMSGW_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn options(self) -> ServeOptions {
+        ServeOptions {
+            config: self.config,
+            listen: None,
+            data_dir: self.data_dir,
+            database_url: self.database_url.map(SecretString::from),
+            master_key: std::env::var("KMSGW_MASTER_KEY")
+                .ok()
+                .map(SecretString::from),
+            insecure_no_auth: false,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -179,6 +247,18 @@ fn main() -> ExitCode {
             runtime.block_on(client::run(connection, client::providers))
         }
         Command::Health { connection } => runtime.block_on(client::run(connection, client::health)),
+        Command::Seal(SealCommand::Rotate { store }) => {
+            said(runtime.block_on(custody::rotate(&store.options())))
+        }
+        Command::Seal(SealCommand::Migrate { store, to }) => {
+            said(runtime.block_on(custody::migrate(&store.options(), &to)))
+        }
+        Command::Backup { store, out } => {
+            said(runtime.block_on(custody::backup(&store.options(), &out)))
+        }
+        Command::Restore { store, from } => {
+            said(runtime.block_on(custody::restore(&store.options(), &from)))
+        }
         Command::Adapter(AdapterCommand::Check(args)) => runtime.block_on(check(args)),
         Command::Adapter(AdapterCommand::New(args)) => {
             let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
@@ -203,6 +283,20 @@ fn main() -> ExitCode {
         Command::Adapter(AdapterCommand::Wit { out: None }) => {
             print!("{}", kmsgw::scaffold::wit_text());
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Prints a seal command's message; an error goes to stderr with exit code 1.
+fn said(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -44,7 +44,12 @@ impl Metrics {
 
     /// The text exposition: the registry, then provider health (probed now) and
     /// guest counters.
-    pub async fn render(&self, gateway: &Gateway, reloads: Option<(u64, u64)>) -> String {
+    pub async fn render(
+        &self,
+        gateway: &Gateway,
+        reloads: Option<(u64, u64)>,
+        custody: Option<&crate::custody::Custody>,
+    ) -> String {
         let health = IntGaugeVec::new(
             Opts::new(
                 "kmsgw_provider_up",
@@ -190,6 +195,9 @@ impl Metrics {
             gateway.certificate_counts(),
         );
         let mut families = self.registry.gather();
+        if let Some(custody) = custody {
+            families.extend(seal_families(custody));
+        }
         families.extend(health.collect());
         families.extend(never_used.collect());
         families.extend(versions.collect());
@@ -211,4 +219,81 @@ impl Metrics {
             .expect("text encoding into memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+/// The master key's gauges and the seal operations' counters.
+fn seal_families(custody: &crate::custody::Custody) -> Vec<prometheus::proto::MetricFamily> {
+    use std::sync::atomic::Ordering;
+    let generation = IntGaugeVec::new(
+        Opts::new(
+            "kmsgw_seal_generation",
+            "The master key generation new items are sealed under (0 while sealed)",
+        ),
+        &["seal"],
+    )
+    .expect("valid metric");
+    let name = custody.seal.name();
+    generation
+        .with_label_values(&[name.as_str()])
+        .set(i64::from(custody.master.generation().unwrap_or(0)));
+    let sealed = IntGaugeVec::new(
+        Opts::new("kmsgw_sealed", "1 while the master key is not unsealed"),
+        &[],
+    )
+    .expect("valid metric");
+    sealed
+        .with_label_values::<&str>(&[])
+        .set(i64::from(custody.master.sealed_because().is_some()));
+    let status = custody.rotation.status();
+    let rotation = IntGaugeVec::new(
+        Opts::new(
+            "kmsgw_seal_rotation_items",
+            "The master key rotation of this process: sealed items to rewrap (total) and rewrapped (done)",
+        ),
+        &["state"],
+    )
+    .expect("valid metric");
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    rotation
+        .with_label_values(&["total"])
+        .set(count(status.total));
+    rotation
+        .with_label_values(&["done"])
+        .set(count(status.done));
+    let running = IntGaugeVec::new(
+        Opts::new(
+            "kmsgw_seal_rotation_running",
+            "1 while this process rotates the master key",
+        ),
+        &[],
+    )
+    .expect("valid metric");
+    running
+        .with_label_values::<&str>(&[])
+        .set(i64::from(status.running));
+    let operations = IntCounterVec::new(
+        Opts::new(
+            "kmsgw_seal_operations_total",
+            "Unseal attempts and master key rotations by this process, by outcome",
+        ),
+        &["operation", "outcome"],
+    )
+    .expect("valid metric");
+    for (operation, pair) in [
+        ("unseal", &custody.counters.unseal),
+        ("rotate", &custody.counters.rotate),
+    ] {
+        for (outcome, counter) in ["ok", "failed"].iter().zip(pair) {
+            operations
+                .with_label_values(&[operation, outcome])
+                .inc_by(counter.load(Ordering::Relaxed));
+        }
+    }
+    let mut families = Vec::new();
+    families.extend(generation.collect());
+    families.extend(sealed.collect());
+    families.extend(rotation.collect());
+    families.extend(running.collect());
+    families.extend(operations.collect());
+    families
 }

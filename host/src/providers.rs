@@ -160,6 +160,18 @@ pub enum ProviderError {
     /// Something inside the gateway failed (storage, sealing).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The master key is not unsealed yet.
+    #[error("{0}")]
+    Sealed(String),
+}
+
+impl From<crate::crypto::seal::SealError> for ProviderError {
+    fn from(e: crate::crypto::seal::SealError) -> Self {
+        match e {
+            crate::crypto::seal::SealError::Sealed(_) => ProviderError::Sealed(e.to_string()),
+            other => ProviderError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl ProviderError {
@@ -173,6 +185,7 @@ impl ProviderError {
             ProviderError::Unavailable(t) => ProviderError::Unavailable(redactor.scrub(&t)),
             ProviderError::Backend(t) => ProviderError::Backend(redactor.scrub(&t)),
             ProviderError::Internal(t) => ProviderError::Internal(redactor.scrub(&t)),
+            ProviderError::Sealed(t) => ProviderError::Sealed(t),
             ProviderError::Timeout => ProviderError::Timeout,
         }
     }

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
@@ -20,14 +18,14 @@ use crate::audit::Audit;
 use crate::auth::ApiKeys;
 use crate::catalog::{Backend, Catalog, DELETE_CHANNEL};
 use crate::config::{Config, ConfigError, Problem};
-use crate::crypto::seal::MasterKey;
+use crate::custody::backend::KEY_FILE;
+use crate::custody::{Custody, KeySource, MASTER_KEY_CHECK, Seal};
 use crate::gateway::Gateway;
 use crate::reload::{Reloader, ReloaderParts};
 use crate::usage::Usage;
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-const MASTER_KEY_CHECK: &str = "master-key-check";
 
 /// How to start: the flags of `kmsgw serve` (each also settable by environment).
 #[derive(Debug)]
@@ -74,6 +72,8 @@ pub struct Prepared {
     pub listen: SocketAddr,
     /// The background tasks and the signal that stops them.
     background: Background,
+    /// Held while the gateway runs: seal commands refuse to work beside it.
+    _database_lock: Option<std::fs::File>,
 }
 
 /// The gateway's background tasks (usage flusher, scheduler, PostgreSQL
@@ -149,23 +149,31 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             e,
         )
     })?;
-    let master = Arc::new(match &options.master_key {
-        Some(text) => MasterKey::from_base64(text.expose_secret())
-            .map_err(|e| StartError::setup("master key", e))?,
-        None => MasterKey::load_or_create(&options.data_dir.join("master.key"))
-            .map_err(|e| StartError::setup("master key", e))?,
-    });
-    let database_url = match (&options.database_url, &config.database.url) {
-        (Some(url), _) | (None, Some(url)) => url.expose_secret().to_owned(),
-        (None, None) => format!(
-            "sqlite://{}?mode=rwc",
-            options.data_dir.join("kmsgw.db").display()
-        ),
-    };
+    let database_url = database_url(options, &config);
     let catalog = Catalog::connect(&database_url)
         .await
         .map_err(|e| StartError::setup("cannot open the database", e))?;
-    check_master_key(&catalog, &master).await?;
+    let database_lock = hold_database(&database_url, Hold::Shared).map_err(StartError::Refused)?;
+    let custody = open_custody(&config.seal, options, &catalog).await?;
+    let master = Arc::clone(&custody.master);
+    let mut background = Background::new();
+    match (&custody.seal, custody.unseal().await) {
+        (_, Ok(generations)) => {
+            tracing::info!(seal = %custody.seal.name(), ?generations, "unsealed");
+            background.tasks.push(tokio::spawn({
+                let custody = Arc::clone(&custody);
+                async move { custody.resume_rotation().await }
+            }));
+        }
+        // The file seal is on this machine: nothing to wait for.
+        (Seal::File(_), Err(e)) => return Err(StartError::Refused(e.to_string())),
+        (_, Err(e)) => {
+            tracing::warn!(seal = %custody.seal.name(), error = %e, "cannot unseal the master key yet; retrying, key operations answer 503 `sealed` until then");
+            background
+                .tasks
+                .push(custody.spawn_unsealer(background.stopping()));
+        }
+    }
 
     let base_dir = options
         .config
@@ -192,7 +200,6 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         })?;
     let providers = built.iter().map(Built::registered).collect();
     let usage = Arc::new(Usage::new(catalog.clone(), config.usage.enabled));
-    let mut background = Background::new();
     background.tasks.extend(usage.spawn_flusher(
         Duration::from_millis(config.usage.flush_ms),
         background.stopping(),
@@ -258,33 +265,110 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         audit,
         running: built,
     })));
+    state.custody = Some(custody);
     Ok(Prepared {
         state,
         listen,
         background,
+        _database_lock: database_lock,
     })
 }
 
-/// Refuses to start with a master key other than the one the database was made with,
-/// instead of failing on every key later.
-async fn check_master_key(catalog: &Catalog, master: &MasterKey) -> Result<(), StartError> {
-    let fresh = STANDARD.encode(master.seal(MASTER_KEY_CHECK, b"kmsgw"));
-    let stored = catalog
-        .meta_insert_once(MASTER_KEY_CHECK, &fresh)
+/// The database `options` and `config` name: the flag, then kms.json, then
+/// SQLite in the data directory.
+pub fn database_url(options: &ServeOptions, config: &Config) -> String {
+    match (&options.database_url, &config.database.url) {
+        (Some(url), _) | (None, Some(url)) => url.expose_secret().to_owned(),
+        (None, None) => format!(
+            "sqlite://{}?mode=rwc",
+            options.data_dir.join("kmsgw.db").display()
+        ),
+    }
+}
+
+/// The configured seal over `catalog`. A file seal makes its key file only
+/// for a database that has no master key yet, so a data directory whose key
+/// moved to another seal does not grow a stray one.
+pub async fn open_custody(
+    config: &crate::config::SealConfig,
+    options: &ServeOptions,
+    catalog: &Catalog,
+) -> Result<Arc<Custody>, StartError> {
+    let path = options.data_dir.join(KEY_FILE);
+    let source = match &options.master_key {
+        Some(text) => KeySource::Env(text),
+        None => {
+            let fresh = catalog
+                .seal_keys()
+                .await
+                .map_err(|e| StartError::setup("cannot read the database", e))?
+                .is_empty()
+                && catalog
+                    .meta(MASTER_KEY_CHECK)
+                    .await
+                    .map_err(|e| StartError::setup("cannot read the database", e))?
+                    .is_none();
+            if fresh {
+                KeySource::FileOrNew(&path)
+            } else {
+                KeySource::File(&path)
+            }
+        }
+    };
+    let seal = Seal::open(config, source)
         .await
-        .map_err(|e| StartError::setup("cannot read the database", e))?;
-    let opens = STANDARD
-        .decode(stored)
-        .ok()
-        .is_some_and(|sealed| master.open(MASTER_KEY_CHECK, &sealed).is_ok());
-    if opens {
-        Ok(())
-    } else {
-        Err(StartError::Refused(
-            "the master key is not the one this database was created with \
-             (check KMSGW_MASTER_KEY or the data directory's master.key)"
-                .into(),
-        ))
+        .map_err(|e| StartError::setup("master key", e))?;
+    Ok(Custody::new(seal, catalog.clone()))
+}
+
+/// How a process holds a SQLite database against seal commands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A gateway: several may not, but the seal commands must wait for none.
+    Shared,
+    /// A command that rewrites sealed items or wrapped keys offline.
+    Exclusive,
+}
+
+/// On SQLite, locks `<database>.lock` beside the database file so that a seal
+/// command never runs beside a live gateway (PostgreSQL needs no lock: the
+/// commands work online there). The lock lasts as long as the returned file.
+///
+/// # Errors
+/// A message saying who holds the database.
+pub fn hold_database(url: &str, hold: Hold) -> Result<Option<std::fs::File>, String> {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(None);
+    };
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {lock_path}: {e}"))?;
+    let taken = match hold {
+        Hold::Shared => file.try_lock_shared(),
+        Hold::Exclusive => file.try_lock(),
+    };
+    match taken {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(match hold {
+            Hold::Shared => format!(
+                "a kmsgw seal, backup or restore command is working on {path}; start the gateway when it is done"
+            ),
+            Hold::Exclusive => format!(
+                "a gateway is running on {path}: stop it first, or rotate online with `POST /admin/seal/rotate`"
+            ),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {lock_path}: {e}")),
     }
 }
 

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::error::ErrorBody;
-use super::{certificates, csc, keys, ops};
+use super::{certificates, csc, keys, ops, seal};
 
 struct BearerScheme;
 
@@ -30,7 +30,7 @@ impl Modify for BearerScheme {
         keys::jwks,
         certificates::csr, certificates::import, certificates::issue, certificates::chain,
         ops::providers, ops::whoami, ops::health, ops::ready, ops::health_kms, ops::audit_page,
-        ops::audit_verify, ops::metrics, ops::reload, serve,
+        ops::audit_verify, ops::metrics, ops::reload, seal::rotate, seal::rotation, serve,
         csc::info, csc::credentials::list, csc::credentials::info, csc::signing::authorize,
         csc::signing::sign_hash, csc::timestamp, csc::sign_doc,
     ),

@@ -49,13 +49,26 @@ pub struct Readiness {
     ready: bool,
     /// The providers that have not initialised yet.
     waiting_for: Vec<Waiting>,
+    /// While the master key is not unsealed: its seal and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sealed: Option<Sealed>,
 }
 
-/// Ready once every provider has initialised (answered a health probe).
+/// A master key still sealed.
+#[derive(Serialize, ToSchema)]
+pub struct Sealed {
+    /// The seal's name (`vault-transit:<mount>/<key>`, …).
+    seal: String,
+    /// Why it could not be unsealed (the last attempt).
+    error: String,
+}
+
+/// Ready once the master key is unsealed and every provider has initialised
+/// (answered a health probe).
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, description = "Every provider initialised", body = Readiness),
               (status = 401, description = "An `Authorization` header that holds no valid API key", body = ErrorBody),
-              (status = 503, description = "Some provider has not", body = Readiness)))]
+              (status = 503, description = "Sealed, or some provider has not initialised", body = Readiness)))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let waiting_for: Vec<_> = state
         .gateway
@@ -67,13 +80,26 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness
             error: h.health.error.unwrap_or_else(|| "not initialised".into()),
         })
         .collect();
-    let ready = waiting_for.is_empty();
+    let sealed = state.custody.as_ref().and_then(|c| {
+        c.master.sealed_because().map(|error| Sealed {
+            seal: c.seal.name(),
+            error,
+        })
+    });
+    let ready = waiting_for.is_empty() && sealed.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(Readiness { ready, waiting_for }))
+    (
+        status,
+        Json(Readiness {
+            ready,
+            waiting_for,
+            sealed,
+        }),
+    )
 }
 
 /// One provider's health.
@@ -132,6 +158,10 @@ pub struct ProviderInfo {
     /// What a guest holds and has been through (guests; `admin` scope only).
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<GuestUsage>,
+    /// The master key generation new keys are sealed under (`db` providers;
+    /// absent while sealed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seal_generation: Option<u32>,
 }
 
 /// A guest's use of what the host lends it, since the gateway started.
@@ -227,6 +257,11 @@ pub async fn providers(
                     limits: guest.map(|g| g.limits.clone()),
                     adapter: guest.and_then(|g| g.adapter).map(str::to_owned),
                     usage,
+                    seal_generation: state
+                        .custody
+                        .as_ref()
+                        .filter(|_| r.provider.kind() == ProviderKind::Db)
+                        .and_then(|c| c.master.generation()),
                 }
             })
             .collect(),
@@ -243,7 +278,10 @@ pub async fn metrics(
 ) -> Result<impl IntoResponse, ApiError> {
     principal.require(Scope::Admin)?;
     let reloads = state.reloader.as_ref().map(|r| r.counts());
-    let text = state.metrics.render(&state.gateway, reloads).await;
+    let text = state
+        .metrics
+        .render(&state.gateway, reloads, state.custody.as_deref())
+        .await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

@@ -46,6 +46,7 @@ impl Catalog {
         value: &[u8],
         quota: StorageQuota,
     ) -> Result<(), GuestWriteError> {
+        let generation = super::keys::sealed_generation(value);
         let value = STANDARD.encode(value);
         let size = (key.len() + value.len()) as i64;
         let mut tx = self.begin_write().await?;
@@ -75,13 +76,15 @@ impl Catalog {
             )));
         }
         sqlx::query(
-            "INSERT INTO guest_kv (provider, key, value, size) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value, size = excluded.size",
+            "INSERT INTO guest_kv (provider, key, value, size, generation) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (provider, key) DO UPDATE SET value = excluded.value, size = excluded.size, \
+             generation = excluded.generation",
         )
         .bind(provider)
         .bind(key)
         .bind(value)
         .bind(size)
+        .bind(generation)
         .execute(&mut *tx)
         .await
         .map_err(CatalogError::from)?;

@@ -151,11 +151,14 @@ impl Catalog {
         .execute(&mut **tx)
         .await?;
         if let Some(sealed) = sealed {
-            sqlx::query("INSERT INTO db_key_material (kid, sealed) VALUES ($1, $2)")
-                .bind(&record.id)
-                .bind(STANDARD.encode(sealed))
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO db_key_material (kid, sealed, generation) VALUES ($1, $2, $3)",
+            )
+            .bind(&record.id)
+            .bind(STANDARD.encode(sealed))
+            .bind(sealed_generation(sealed))
+            .execute(&mut **tx)
+            .await?;
         }
         // Other replicas' JWKS documents gain the key.
         self.announce(tx, &record.id).await
@@ -356,6 +359,12 @@ impl Catalog {
                 .await?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// The master key generation that sealed `blob`, as the material tables record
+/// it (1 for bytes that carry no generation, as the unit tests' stand-ins).
+pub(super) fn sealed_generation(blob: &[u8]) -> i64 {
+    i64::from(crate::crypto::seal::generation_of(blob).unwrap_or(1))
 }
 
 pub(super) fn decode_sealed(id: &str, text: &str) -> Result<Vec<u8>, CatalogError> {

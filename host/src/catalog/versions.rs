@@ -203,11 +203,14 @@ impl Catalog {
         .execute(&mut **tx)
         .await?;
         if let Some(sealed) = sealed {
-            sqlx::query("INSERT INTO db_version_material (id, sealed) VALUES ($1, $2)")
-                .bind(next.backend_id())
-                .bind(STANDARD.encode(sealed))
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO db_version_material (id, sealed, generation) VALUES ($1, $2, $3)",
+            )
+            .bind(next.backend_id())
+            .bind(STANDARD.encode(sealed))
+            .bind(super::keys::sealed_generation(sealed))
+            .execute(&mut **tx)
+            .await?;
         }
         self.announce(tx, &current.id).await
     }

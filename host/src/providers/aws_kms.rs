@@ -77,44 +77,50 @@ fn tag(key: &str, value: &str) -> Result<Tag, ProviderError> {
         .map_err(|e| ProviderError::Internal(e.to_string()))
 }
 
+/// A client for `config`: static credentials when both keys are given, else
+/// the SDK's default credential chain; our timeouts, no SDK retries.
+pub(crate) async fn client(config: &AwsKmsConfig) -> Client {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(remote::DEFAULT_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(remote::DEFAULT_TIMEOUT)
+        .build();
+    let region = Region::new(config.region.clone());
+    let mut builder = match (&config.access_key_id, &config.secret_access_key) {
+        (Some(key_id), Some(secret)) => aws_sdk_kms::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(region)
+            .credentials_provider(Credentials::new(
+                key_id,
+                secret.expose_secret(),
+                None,
+                None,
+                "kms.json",
+            )),
+        _ => {
+            let shared = aws_config::defaults(BehaviorVersion::latest())
+                .region(region)
+                .load()
+                .await;
+            aws_sdk_kms::config::Builder::from(&shared)
+        }
+    };
+    // Retries are ours to choose: only for calls that are safe to repeat.
+    builder = builder
+        .timeout_config(timeouts)
+        .retry_config(RetryConfig::disabled());
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
+    }
+    Client::from_conf(builder.build())
+}
+
 impl AwsKmsProvider {
     /// A provider named `id`: static credentials when both keys are given, else the
     /// SDK's default credential chain.
     pub async fn new(id: String, config: AwsKmsConfig) -> Self {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(remote::DEFAULT_CONNECT_TIMEOUT)
-            .operation_attempt_timeout(remote::DEFAULT_TIMEOUT)
-            .build();
-        let region = Region::new(config.region.clone());
-        let mut builder = match (&config.access_key_id, &config.secret_access_key) {
-            (Some(key_id), Some(secret)) => aws_sdk_kms::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(region)
-                .credentials_provider(Credentials::new(
-                    key_id,
-                    secret.expose_secret(),
-                    None,
-                    None,
-                    "kms.json",
-                )),
-            _ => {
-                let shared = aws_config::defaults(BehaviorVersion::latest())
-                    .region(region)
-                    .load()
-                    .await;
-                aws_sdk_kms::config::Builder::from(&shared)
-            }
-        };
-        // Retries are ours to choose: only for calls that are safe to repeat.
-        builder = builder
-            .timeout_config(timeouts)
-            .retry_config(RetryConfig::disabled());
-        if let Some(endpoint) = &config.endpoint {
-            builder = builder.endpoint_url(endpoint.as_str().trim_end_matches('/'));
-        }
         AwsKmsProvider {
             id,
-            client: Client::from_conf(builder.build()),
+            client: client(&config).await,
             capabilities: Capabilities {
                 can_create: true,
                 can_import: false,

@@ -15,8 +15,9 @@ use super::{
 };
 use crate::catalog::Catalog;
 use crate::config::CacheConfig;
-use crate::crypto::seal::MasterKey;
+use crate::crypto::seal::{SealError, db_key_aad};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, Signer};
+use crate::custody::MasterKey;
 
 /// Keys sealed in the gateway's own database.
 pub struct DbProvider {
@@ -39,11 +40,6 @@ impl CachedSigner {
     fn matches(&self, key: &KeyRef<'_>) -> bool {
         self.public.same_key(key.public_jwk)
     }
-}
-
-/// The associated data binding a sealed db key to its kid.
-fn aad(kid: &str) -> String {
-    format!("kmsgw:db-key:{kid}")
 }
 
 impl DbProvider {
@@ -83,12 +79,12 @@ impl DbProvider {
         self
     }
 
-    fn material(&self, kid: &str, key: &PrivateKey) -> KeyMaterial {
-        KeyMaterial {
+    fn material(&self, kid: &str, key: &PrivateKey) -> Result<KeyMaterial, ProviderError> {
+        Ok(KeyMaterial {
             external_id: kid.to_owned(),
             public_jwk: key.public_jwk().clone(),
-            sealed_secret: Some(self.master.seal(&aad(kid), key.pkcs8())),
-        }
+            sealed_secret: Some(self.master.seal(&db_key_aad(kid), key.pkcs8())?),
+        })
     }
 
     async fn load_signer(&self, key: &KeyRef<'_>) -> Result<Arc<CachedSigner>, ProviderError> {
@@ -109,10 +105,24 @@ impl DbProvider {
         let damaged = |e: &dyn std::fmt::Display| {
             ProviderError::Internal(format!("key `{}`: {e}", key.key_id))
         };
-        let pkcs8 = self
-            .master
-            .open(&aad(id), sealed)
-            .map_err(|e| damaged(&e))?;
+        let pkcs8 = match self.master.open(&db_key_aad(id), sealed).await {
+            // A record read before a finished master key rotation: the
+            // catalog holds the item rewrapped under the current generation.
+            Err(SealError::UnknownGeneration(_)) if key.sealed.is_some() => {
+                let stored = self
+                    .catalog
+                    .sealed_secret(id)
+                    .await
+                    .map_err(|e| ProviderError::Internal(e.to_string()))?
+                    .ok_or_else(|| ProviderError::KeyNotFound(id.to_string()))?;
+                self.master.open(&db_key_aad(id), &stored).await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
+            SealError::Sealed(_) => ProviderError::from(e),
+            e => damaged(&e),
+        })?;
         let (signer, public) = Signer::from_pkcs8(key.alg, &pkcs8).map_err(|e| damaged(&e))?;
         let cached = Arc::new(CachedSigner { signer, public });
         if !cached.matches(key) {
@@ -160,7 +170,7 @@ impl Provider for DbProvider {
         .await
         .map_err(|e| ProviderError::Internal(e.to_string()))?
         .map_err(|e| ProviderError::InvalidInput(e.to_string()))?;
-        Ok(self.material(kid, &key))
+        self.material(kid, &key)
     }
 
     async fn import_key(
@@ -169,7 +179,7 @@ impl Provider for DbProvider {
         key: &PrivateKey,
         _alg: Alg,
     ) -> Result<KeyMaterial, ProviderError> {
-        Ok(self.material(kid, key))
+        self.material(kid, key)
     }
 
     /// Signs in place for the curves (tens of microseconds: a hop to the

@@ -208,7 +208,7 @@ fn unhex(text: &str) -> Result<Vec<u8>, ProviderError> {
 /// The process's one initialised context per library. A PKCS#11 library has one
 /// state per process: finalising it (which dropping a `Pkcs11` does) would close the
 /// sessions of every provider on it, so contexts live as long as the process.
-fn library(path: &Path) -> Result<Pkcs11, ProviderError> {
+pub(crate) fn library(path: &Path) -> Result<Pkcs11, ProviderError> {
     static LIBRARIES: OnceLock<Mutex<HashMap<PathBuf, Pkcs11>>> = OnceLock::new();
     let mut libraries = LIBRARIES
         .get_or_init(Default::default)
@@ -226,34 +226,38 @@ fn library(path: &Path) -> Result<Pkcs11, ProviderError> {
     Ok(pkcs11)
 }
 
+/// The slot `slot` names: by index among the slots holding an initialised
+/// token, or by its token's label.
+pub(crate) fn find_slot(pkcs11: &Pkcs11, slot: &Pkcs11Slot) -> Result<Slot, ProviderError> {
+    let slots = pkcs11
+        .get_slots_with_initialized_token()
+        .map_err(|e| ck("listing slots", e))?;
+    match slot {
+        Pkcs11Slot::Index(i) => usize::try_from(*i)
+            .ok()
+            .and_then(|i| slots.get(i).copied())
+            .ok_or_else(|| {
+                ProviderError::Unavailable(format!(
+                    "no initialised token at slot index {i} ({} found)",
+                    slots.len()
+                ))
+            }),
+        Pkcs11Slot::Label(label) => slots
+            .iter()
+            .copied()
+            .find(|s| {
+                pkcs11
+                    .get_token_info(*s)
+                    .is_ok_and(|t| t.label().trim_end() == label)
+            })
+            .ok_or_else(|| ProviderError::Unavailable(format!("no token labelled `{label}`"))),
+    }
+}
+
 impl Token {
     fn connect(config: &Pkcs11Config) -> Result<Token, ProviderError> {
         let pkcs11 = library(&config.library)?;
-        let slots = pkcs11
-            .get_slots_with_initialized_token()
-            .map_err(|e| ck("listing slots", e))?;
-        let slot = match &config.slot {
-            Pkcs11Slot::Index(i) => usize::try_from(*i)
-                .ok()
-                .and_then(|i| slots.get(i).copied())
-                .ok_or_else(|| {
-                    ProviderError::Unavailable(format!(
-                        "no initialised token at slot index {i} ({} found)",
-                        slots.len()
-                    ))
-                })?,
-            Pkcs11Slot::Label(label) => slots
-                .iter()
-                .copied()
-                .find(|s| {
-                    pkcs11
-                        .get_token_info(*s)
-                        .is_ok_and(|t| t.label().trim_end() == label)
-                })
-                .ok_or_else(|| {
-                    ProviderError::Unavailable(format!("no token labelled `{label}`"))
-                })?,
-        };
+        let slot = find_slot(&pkcs11, &config.slot)?;
         let token = Token {
             pkcs11,
             slot,

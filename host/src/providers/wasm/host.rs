@@ -29,7 +29,7 @@ use secrecy::ExposeSecret;
 
 use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
 use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
-use crate::crypto::seal::MasterKey;
+use crate::custody::MasterKey;
 use crate::providers::credentials::Credentials;
 use crate::redact::Redactor;
 
@@ -156,7 +156,7 @@ impl GuestShared {
     }
 
     fn aad(&self, key: &str) -> String {
-        format!("kmsgw:guest:{}:{key}", self.provider_id)
+        crate::crypto::seal::guest_value_aad(&self.provider_id, key)
     }
 
     fn quota(&self) -> StorageQuota {
@@ -545,14 +545,17 @@ impl HostState {
                 tracing::warn!(provider = %s.provider_id, error = %e, "guest storage read failed");
                 "storage is unavailable".to_owned()
             })?;
-        sealed
-            .map(|sealed| {
-                s.master.open(&s.aad(&key), &sealed).map(|v| v.to_vec()).map_err(|e| {
-                    tracing::error!(provider = %s.provider_id, error = %e, "guest storage value does not open");
-                    "stored value is damaged".to_owned()
-                })
-            })
-            .transpose()
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        match s.master.open(&s.aad(&key), &sealed).await {
+            Ok(value) => Ok(Some(value.to_vec())),
+            Err(e @ crate::crypto::seal::SealError::Sealed(_)) => Err(e.to_string()),
+            Err(e) => {
+                tracing::error!(provider = %s.provider_id, error = %e, "guest storage value does not open");
+                Err("stored value is damaged".to_owned())
+            }
+        }
     }
 
     /// `storage.set`.
@@ -564,7 +567,10 @@ impl HostState {
             return Err(format!("values are at most {MAX_STORAGE_VALUE} bytes"));
         }
         let s = &self.shared;
-        let sealed = s.master.seal(&s.aad(&key), &value);
+        let sealed = s
+            .master
+            .seal(&s.aad(&key), &value)
+            .map_err(|e| e.to_string())?;
         match s
             .catalog
             .guest_set(&s.provider_id, &key, &sealed, s.quota())

@@ -1,0 +1,352 @@
+//! Master key custody: the master key ([`MasterKey`], the keyring every sealed
+//! item opens with) and where it lives ([`Seal`]). The database holds each
+//! generation of the master key only wrapped by the configured seal; a gateway
+//! unwraps them at start ([`Custody::unseal`], retried until the seal answers)
+//! and is sealed until then. [`rotate`] makes a new generation and rewraps every
+//! sealed item online; [`migrate`] rewraps the generations under another seal;
+//! [`backup`] moves a whole catalog between databases.
+
+pub mod backend;
+pub mod backup;
+pub mod commands;
+pub mod migrate;
+pub mod rotate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures::future::BoxFuture;
+use zeroize::Zeroizing;
+
+pub use backend::{KeySource, Seal};
+
+use crate::catalog::{Catalog, CatalogError, WrappedGeneration};
+use crate::crypto::seal::{KEY_LEN, KeyBytes, Keyring, SealError, random_key};
+
+/// The `meta` row by which a database made before generations checked its master key.
+pub const MASTER_KEY_CHECK: &str = "master-key-check";
+
+/// Why custody of the master key failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CustodyError {
+    /// The seal could not be reached, refused, or did not open a wrapped key.
+    #[error("{0}")]
+    Seal(String),
+    /// The database's master key is not wrapped by the configured seal.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A wrapped key or sealed item is damaged.
+    #[error("{0}")]
+    Damaged(String),
+    /// The master key is not unsealed.
+    #[error("the gateway is sealed: {0}")]
+    Sealed(String),
+    /// Another seal operation holds the database, or the request makes no sense now.
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// Re-reads the master key's generations (another replica or the CLI rotated).
+trait Refresh: Send + Sync {
+    fn refresh(&self) -> BoxFuture<'_, Result<(), CustodyError>>;
+}
+
+/// The master key as the gateway holds it: the keyring once unsealed, and
+/// until then why not. Cheap to read on every seal and open.
+pub struct MasterKey {
+    ring: ArcSwapOption<Keyring>,
+    seal_name: String,
+    cause: Mutex<String>,
+    refresher: OnceLock<Weak<dyn Refresh>>,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(…)")
+    }
+}
+
+impl MasterKey {
+    /// A master key of one generation from raw bytes (tests, `adapter check`).
+    pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
+        let key = Self::sealed("file");
+        key.install(Keyring::single(bytes));
+        key
+    }
+
+    /// A master key still to be unsealed by the seal named `seal_name`.
+    pub fn sealed(seal_name: &str) -> Self {
+        MasterKey {
+            ring: ArcSwapOption::empty(),
+            seal_name: seal_name.to_owned(),
+            cause: Mutex::new("not unsealed yet".into()),
+            refresher: OnceLock::new(),
+        }
+    }
+
+    fn install(&self, ring: Keyring) {
+        self.ring.store(Some(Arc::new(ring)));
+    }
+
+    fn keyring(&self) -> Result<Arc<Keyring>, SealError> {
+        self.ring.load_full().ok_or_else(|| {
+            SealError::Sealed(format!(
+                "seal `{}`: {}",
+                self.seal_name,
+                self.cause.lock().expect("cause lock")
+            ))
+        })
+    }
+
+    /// The seal's name.
+    pub fn seal_name(&self) -> &str {
+        &self.seal_name
+    }
+
+    /// `None` once unsealed, else why the gateway is still sealed.
+    pub fn sealed_because(&self) -> Option<String> {
+        match self.ring.load().as_ref() {
+            Some(_) => None,
+            None => Some(self.cause.lock().expect("cause lock").clone()),
+        }
+    }
+
+    /// The generation new items are sealed under (`None` while sealed).
+    pub fn generation(&self) -> Option<u32> {
+        self.ring.load().as_ref().map(|ring| ring.current())
+    }
+
+    /// Encrypts `plaintext` under the current generation, bound to `aad`.
+    ///
+    /// # Errors
+    /// [`SealError::Sealed`] while the master key is not unsealed.
+    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        Ok(self.keyring()?.seal(aad, plaintext))
+    }
+
+    /// Decrypts a sealed blob; a generation made since the keyring was read
+    /// (by another replica's or the CLI's rotation) is fetched first.
+    ///
+    /// # Errors
+    /// [`SealError`]: sealed, unknown generation, or a blob that does not open.
+    pub async fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let ring = self.keyring()?;
+        match ring.open(aad, sealed) {
+            Err(SealError::UnknownGeneration(g)) if g > ring.current() => {
+                let refresher = self.refresher.get().and_then(Weak::upgrade);
+                if let Some(refresher) = refresher {
+                    if let Err(e) = refresher.refresh().await {
+                        tracing::warn!(error = %e, "the master key's new generations could not be read");
+                    }
+                }
+                self.keyring()?.open(aad, sealed)
+            }
+            other => other,
+        }
+    }
+}
+
+/// Counts of seal operations by this process, for `/metrics`.
+#[derive(Default)]
+pub struct SealCounters {
+    /// `[ok, failed]` per operation: unseal, rotate.
+    pub unseal: [AtomicU64; 2],
+    pub rotate: [AtomicU64; 2],
+}
+
+impl SealCounters {
+    fn count(pair: &[AtomicU64; 2], ok: bool) {
+        pair[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The master key, its seal and the catalog that holds the wrapped generations.
+pub struct Custody {
+    pub seal: Seal,
+    pub catalog: Catalog,
+    pub master: Arc<MasterKey>,
+    pub counters: SealCounters,
+    pub rotation: rotate::Progress,
+}
+
+impl Refresh for Custody {
+    fn refresh(&self) -> BoxFuture<'_, Result<(), CustodyError>> {
+        Box::pin(async move { self.unseal().await.map(|_| ()) })
+    }
+}
+
+impl Custody {
+    /// Custody of `catalog`'s master key by `seal`; sealed until [`Custody::unseal`].
+    pub fn new(seal: Seal, catalog: Catalog) -> Arc<Custody> {
+        let master = Arc::new(MasterKey::sealed(&seal.name()));
+        let custody = Arc::new(Custody {
+            seal,
+            catalog,
+            master,
+            counters: SealCounters::default(),
+            rotation: rotate::Progress::default(),
+        });
+        let weak: Weak<dyn Refresh> = Arc::downgrade(&custody) as Weak<dyn Refresh>;
+        let _ = custody.master.refresher.set(weak);
+        custody
+    }
+
+    /// Reads the wrapped generations, unwraps them with the seal and installs
+    /// the keyring; the first time on a database, makes generation 1 (the file
+    /// seal's own key for a database that predates generations) and stores it
+    /// wrapped. Returns the keyring's generations.
+    ///
+    /// # Errors
+    /// [`CustodyError`] saying why: the seal, a mismatch, the database.
+    pub async fn unseal(&self) -> Result<Vec<u32>, CustodyError> {
+        let result = self.try_unseal().await;
+        SealCounters::count(&self.counters.unseal, result.is_ok());
+        match &result {
+            Ok(_) => {}
+            Err(e) => *self.master.cause.lock().expect("cause lock") = e.to_string(),
+        }
+        result
+    }
+
+    async fn try_unseal(&self) -> Result<Vec<u32>, CustodyError> {
+        let name = self.seal.name();
+        let mut rows = self.catalog.seal_keys().await?;
+        if rows.is_empty() {
+            self.first_generation().await?;
+            rows = self.catalog.seal_keys().await?;
+        }
+        let mine: Vec<&WrappedGeneration> = rows.iter().filter(|r| r.seal == name).collect();
+        if mine.is_empty() {
+            let mut others: Vec<&str> = rows.iter().map(|r| r.seal.as_str()).collect();
+            others.dedup();
+            return Err(CustodyError::Mismatch(format!(
+                "this database's master key is wrapped by seal `{}`, not by kms.json's seal `{name}`; \
+                 move it with `kmsgw seal migrate --to <kms.json>` first",
+                others.join("`, `")
+            )));
+        }
+        let mut keys: Vec<(u32, KeyBytes)> = Vec::with_capacity(mine.len());
+        for row in mine {
+            keys.push((
+                row.generation,
+                self.seal.unwrap(row.generation, &row.wrapped).await?,
+            ));
+        }
+        let ring = Keyring::new(keys.iter().map(|(g, k)| (*g, &**k)));
+        let generations = ring.generations();
+        self.master.install(ring);
+        Ok(generations)
+    }
+
+    /// Makes generation 1 on a database that has none.
+    async fn first_generation(&self) -> Result<(), CustodyError> {
+        let check = self.catalog.meta(MASTER_KEY_CHECK).await?;
+        let key = match (&self.seal, check) {
+            // A database made before generations: its items are sealed by the
+            // file key itself, which becomes generation 1.
+            (Seal::File(file), Some(check)) => {
+                let opens = STANDARD.decode(check).ok().is_some_and(|sealed| {
+                    Keyring::single(file.key())
+                        .open(MASTER_KEY_CHECK, &sealed)
+                        .is_ok()
+                });
+                if !opens {
+                    return Err(CustodyError::Mismatch(format!(
+                        "the master key ({}) is not the one this database was created with",
+                        file.describe()
+                    )));
+                }
+                Zeroizing::new(**file.key())
+            }
+            (Seal::File(file), None) => Zeroizing::new(**file.key()),
+            (_, Some(_)) => {
+                return Err(CustodyError::Mismatch(
+                    "this database's master key is the data directory's master.key (seal `file`); \
+                     move it under kms.json's seal with `kmsgw seal migrate --to <kms.json>` \
+                     run with the old configuration"
+                        .into(),
+                ));
+            }
+            (_, None) => random_key(),
+        };
+        let wrapped = WrappedGeneration {
+            generation: 1,
+            seal: self.seal.name(),
+            wrapped: self.seal.wrap(1, &key).await?,
+        };
+        self.catalog
+            .insert_seal_key(&wrapped, Some(MASTER_KEY_CHECK))
+            .await?;
+        Ok(())
+    }
+
+    /// Unseals now, and when that fails keeps trying in the background (1 s,
+    /// doubling to 30 s) until it works or `stop` is set; then resumes a
+    /// rotation left unfinished.
+    pub fn spawn_unsealer(
+        self: &Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let custody = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut pause = Duration::from_secs(1);
+            loop {
+                match custody.unseal().await {
+                    Ok(generations) => {
+                        tracing::info!(seal = %custody.seal.name(), ?generations, "unsealed");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(seal = %custody.seal.name(), error = %e, retry_in = ?pause, "cannot unseal the master key; key operations answer 503 until it works");
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            custody.resume_rotation().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sealed_master_key_refuses_until_unsealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = crate::catalog::test_catalog(&dir).await;
+        let seal = Seal::open(
+            &crate::config::SealConfig::File,
+            KeySource::FileOrNew(&dir.path().join("master.key")),
+        )
+        .await
+        .unwrap();
+        let custody = Custody::new(seal, catalog.clone());
+        assert!(matches!(
+            custody.master.seal("a", b"x"),
+            Err(SealError::Sealed(_))
+        ));
+        assert!(custody.master.sealed_because().is_some());
+        assert_eq!(custody.unseal().await.unwrap(), vec![1]);
+        let sealed = custody.master.seal("a", b"x").unwrap();
+        assert_eq!(
+            custody.master.open("a", &sealed).await.unwrap().as_slice(),
+            b"x"
+        );
+        // The database holds generation 1 wrapped, never the key itself.
+        let rows = catalog.seal_keys().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        let key = crate::crypto::seal::read_key_file(&dir.path().join("master.key")).unwrap();
+        assert!(!rows[0].wrapped.contains(&STANDARD.encode(key.as_slice())));
+    }
+}
