@@ -29,6 +29,10 @@ pub use versions::{KeyVersion, VersionState};
 /// replicas (they forget what they cached about the key).
 pub const DELETE_CHANNEL: &str = "kmsgw_key_deleted";
 
+/// The payload on [`DELETE_CHANNEL`] that says the master key's generations
+/// changed (never a key id: kids have no `#`).
+pub const SEAL_CHANGED: &str = "#seal";
+
 /// The gateway-wide id of `kid` in `tenant`: the kid itself outside tenants, else
 /// `<tenant>~<kid>` (tenant names never contain `~`).
 pub fn key_id(tenant: Option<&str>, kid: &str) -> String {
@@ -262,6 +266,22 @@ impl Catalog {
                 .bind(DELETE_CHANNEL)
                 .bind(id)
                 .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// On PostgreSQL, tells the other replicas that the master key's
+    /// generations changed (they read them again).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn announce_seal_change(&self) -> Result<(), CatalogError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
+                .bind(DELETE_CHANNEL)
+                .bind(SEAL_CHANGED)
+                .execute(&self.pool)
                 .await?;
         }
         Ok(())

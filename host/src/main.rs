@@ -10,6 +10,7 @@ use kmsgw::client::commands::{
     self as client, AuditCommand, CertsCommand, Connection, KeysCommand,
 };
 use kmsgw::custody::commands as custody;
+use kmsgw::custody::rotate::Pace;
 use kmsgw::server::{self, ServeOptions, StartError};
 use secrecy::SecretString;
 
@@ -91,6 +92,12 @@ enum SealCommand {
     Rotate {
         #[command(flatten)]
         store: StoreArgs,
+        /// Sealed items rewrapped per transaction.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Pause between transactions, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
     },
     /// Rewrap the master key under the seal of another kms.json.
     Migrate {
@@ -247,9 +254,17 @@ fn main() -> ExitCode {
             runtime.block_on(client::run(connection, client::providers))
         }
         Command::Health { connection } => runtime.block_on(client::run(connection, client::health)),
-        Command::Seal(SealCommand::Rotate { store }) => {
-            said(runtime.block_on(custody::rotate(&store.options())))
-        }
+        Command::Seal(SealCommand::Rotate {
+            store,
+            batch,
+            pause_ms,
+        }) => said(runtime.block_on(custody::rotate(
+            &store.options(),
+            Pace {
+                batch,
+                pause: Duration::from_millis(pause_ms),
+            },
+        ))),
         Command::Seal(SealCommand::Migrate { store, to }) => {
             said(runtime.block_on(custody::migrate(&store.options(), &to)))
         }

@@ -16,7 +16,7 @@ use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
 use crate::assembly::{Assembler, Built};
 use crate::audit::Audit;
 use crate::auth::ApiKeys;
-use crate::catalog::{Backend, Catalog, DELETE_CHANNEL};
+use crate::catalog::{Backend, Catalog, DELETE_CHANNEL, SEAL_CHANGED};
 use crate::config::{Config, ConfigError, Problem};
 use crate::custody::backend::KEY_FILE;
 use crate::custody::{Custody, KeySource, MASTER_KEY_CHECK, Seal};
@@ -212,8 +212,13 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
             .with_audit(audit.clone()),
     );
     if catalog.backend() == Backend::Postgres {
-        let follower =
-            follow_deletions(&database_url, Arc::clone(&gateway), background.stopping()).await?;
+        let follower = follow_deletions(
+            &database_url,
+            Arc::clone(&gateway),
+            Arc::clone(&custody),
+            background.stopping(),
+        )
+        .await?;
         background.tasks.push(follower);
     }
     // The first readiness probe, so `/ready` turns 200 without waiting for a caller.
@@ -373,11 +378,13 @@ pub fn hold_database(url: &str, hold: Hold) -> Result<Option<std::fs::File>, Str
 }
 
 /// Subscribes to deletions announced by other replicas and drops the deleted keys
-/// from this replica's caches. After a lost connection everything cached is dropped,
+/// from this replica's caches; reads the master key's generations again when a
+/// rotation announces a change. After a lost connection everything cached is dropped,
 /// since announcements may have been missed.
 async fn follow_deletions(
     url: &str,
     gateway: Arc<Gateway>,
+    custody: Arc<Custody>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, StartError> {
     let mut listener = PgListener::connect(url)
@@ -394,6 +401,11 @@ async fn follow_deletions(
                 _ = stop.wait_for(|stop| *stop) => return,
             };
             match received {
+                Ok(Some(notification)) if notification.payload() == SEAL_CHANGED => {
+                    if let Err(e) = custody.unseal().await {
+                        tracing::warn!(error = %e, "the master key's new generations could not be read");
+                    }
+                }
                 Ok(Some(notification)) => gateway.invalidate(notification.payload()),
                 Ok(None) => {
                     tracing::warn!("lost the PostgreSQL deletion feed; dropping all cached keys");

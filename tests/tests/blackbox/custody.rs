@@ -1,0 +1,756 @@
+//! Master key custody against the real stand-ins: auto-unseal through OpenBao
+//! Transit and moto's KMS (the PKCS#11 seal and migrations between seals are in
+//! `tests/custody.rs`, which owns SoftHSM2's configuration), rotation under
+//! load and after a kill -9, backup and restore between SQLite and PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures::StreamExt;
+use kmsgw_tests::*;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::aws_kms::Moto;
+use crate::guests::wasm_entry;
+
+/// The root token of the test OpenBao: must never reach a log or an answer.
+const ROOT_TOKEN: &str = "kmsgw-test-root";
+
+/// `kmsgw <args>` on `site`'s data directory and database.
+pub(crate) fn cli(site: &Site, args: &[&str]) -> Output {
+    let mut cmd = Command::new(kmsgw_bin());
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(site.data_dir())
+        .env_remove("KMSGW_CONFIG")
+        .env_remove("KMSGW_DATABASE_URL")
+        .env_remove("KMSGW_MASTER_KEY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("KMSGW_ADAPTER_DIR");
+    if let Some(url) = &site.database_url {
+        cmd.arg("--database-url").arg(url);
+    }
+    if let Some(key) = &site.master_key {
+        cmd.env("KMSGW_MASTER_KEY", key);
+    }
+    cmd.output().expect("run kmsgw")
+}
+
+/// stdout and stderr of a command, for assertion messages.
+pub(crate) fn said(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The wrapped master key generations in `site`'s database: (generation, seal, wrapped).
+pub(crate) async fn seal_rows(site: &Site) -> Vec<(i64, String, String)> {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&site.database())
+        .await
+        .unwrap();
+    sqlx::query_as("SELECT generation, seal, wrapped FROM seal_keys ORDER BY generation, seal")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Sealed items (db key material of every version, guest storage) per generation.
+async fn items_by_generation(site: &Site) -> BTreeMap<i64, i64> {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&site.database())
+        .await
+        .unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT generation, COUNT(*) FROM (SELECT generation FROM db_key_material UNION ALL \
+         SELECT generation FROM db_version_material UNION ALL SELECT generation FROM guest_kv) AS items \
+         GROUP BY generation",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    rows.into_iter().collect()
+}
+
+/// Signs with every key in `kids` (its current version) and verifies each signature.
+pub(crate) async fn sign_every(gw: &Gateway, kids: &[String]) {
+    for kid in kids {
+        let (status, key) = gw.get(&format!("/keys/{kid}")).await;
+        assert_eq!(status, StatusCode::OK, "{kid}: {key}");
+        let message = format!("every key: {kid}");
+        let signature = gw.sign(kid, message.as_bytes()).await;
+        assert_verifies(&key["publicJwk"], message.as_bytes(), &signature);
+    }
+}
+
+/// Creates keys of several algorithms on `provider`; returns their kids.
+pub(crate) async fn some_keys(gw: &Gateway, prefix: &str, provider: &str) -> Vec<String> {
+    let mut kids = Vec::new();
+    for alg in ["ES256", "ES384", "EdDSA", "PS256"] {
+        let kid = format!("{prefix}-{}", alg.to_lowercase());
+        gw.create(json!({"kid": kid, "alg": alg, "provider": provider}))
+            .await;
+        kids.push(kid);
+    }
+    kids
+}
+
+/// OpenBao with Transit mounted and an `aes256-gcm96` key `kmsgw-seal`.
+pub(crate) async fn openbao_with_seal_key(dir: &std::path::Path) -> OpenBao {
+    let bao = OpenBao::start(free_port(), dir);
+    bao_call(&bao, "sys/mounts/transit", json!({"type": "transit"})).await;
+    bao_call(
+        &bao,
+        "transit/keys/kmsgw-seal",
+        json!({"type": "aes256-gcm96"}),
+    )
+    .await;
+    bao
+}
+
+/// `POST /v1/<path>` on OpenBao with the root token; the JSON answer (if any).
+pub(crate) async fn bao_call(bao: &OpenBao, path: &str, body: Value) -> Value {
+    let answer = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/v1/{path}", bao.port))
+        .header("X-Vault-Token", ROOT_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let text = answer.text().await.unwrap();
+    assert!(status.is_success(), "OpenBao {path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// The master key generation that OpenBao unwraps from `wrapped`.
+pub(crate) async fn bao_unwrap(bao: &OpenBao, wrapped: &str) -> [u8; 32] {
+    let answer = bao_call(
+        bao,
+        "transit/decrypt/kmsgw-seal",
+        json!({"ciphertext": wrapped}),
+    )
+    .await;
+    STANDARD
+        .decode(answer["data"]["plaintext"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .expect("a 32-byte master key")
+}
+
+pub(crate) fn vault_seal(bao: &OpenBao, token: &str) -> Value {
+    json!({"type": "vault-transit", "address": format!("http://127.0.0.1:{}", bao.port),
+           "key": "kmsgw-seal", "token": token})
+}
+
+/// Waits until `/ready` says the gateway is sealed; returns its `sealed` part.
+async fn sealed_readiness(gw: &Gateway) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (status, ready) = gw.get("/ready").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE && ready["sealed"].is_object() {
+            return ready["sealed"].clone();
+        }
+        last = ready;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not reported sealed: {last}");
+}
+
+/// A key operation on a sealed gateway: 503 `sealed`, saying which seal.
+async fn assert_refused_sealed(gw: &Gateway, kid: &str, seal: &str) -> Value {
+    let (status, body) = gw
+        .post(&format!("/keys/{kid}/sign"), json!({"data": "eA=="}))
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "sealed", "{body}");
+    assert!(body["error"].as_str().unwrap().contains(seal), "{body}");
+    let (status, body) = gw.post("/keys", json!({"kid": "while-sealed"})).await;
+    assert_eq!(
+        (status, body["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("sealed")),
+        "{body}"
+    );
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_transit_seal_unseals_at_start_and_a_gateway_without_it_cannot_sign() {
+    let site = Site::new(Db::Sqlite).await;
+    let bao = openbao_with_seal_key(site.dir.path()).await;
+    let config = |token: &str| {
+        json!({"providers": [{"id": "db", "type": "db"}, wasm_entry("soft", "soft_signer", json!({}))],
+               "seal": vault_seal(&bao, token)})
+    };
+
+    let gw = site.start_configured(&config(ROOT_TOKEN));
+    let mut kids = some_keys(&gw, "vt", "db").await;
+    kids.extend(some_keys(&gw, "vt-guest", "soft").await);
+    crate::rotation::rotate(&gw, "vt-es256").await;
+    sign_every(&gw, &kids).await;
+    let (_, providers) = gw.get("/providers").await;
+    assert_eq!(providers[0]["sealGeneration"], 1, "{providers}");
+    drop(gw);
+
+    // The database holds the master key only as OpenBao wrapped it; the data
+    // directory has no key file, and no file holds the key in any form.
+    let rows = seal_rows(&site).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].0, rows[0].1.as_str()),
+        (1, "vault-transit:transit/kmsgw-seal")
+    );
+    assert!(rows[0].2.starts_with("vault:v1:"), "{rows:?}");
+    assert!(!site.data_dir().join("master.key").exists());
+    let master = bao_unwrap(&bao, &rows[0].2).await;
+    assert_scalar_absent(&files_under(site.dir.path()), &master);
+
+    // A token OpenBao does not know yet: the gateway serves no key and says why,
+    // retries, and unseals by itself once the token exists.
+    let late = "kmsgw-late-token-5521";
+    let gw = site.start_configured(&config(late));
+    let sealed = sealed_readiness(&gw).await;
+    assert_eq!(
+        sealed["seal"], "vault-transit:transit/kmsgw-seal",
+        "{sealed}"
+    );
+    assert!(
+        sealed["error"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied"),
+        "{sealed}"
+    );
+    let refusal = assert_refused_sealed(&gw, "vt-es256", "vault-transit:transit/kmsgw-seal").await;
+    assert!(!refusal.to_string().contains(late));
+    bao_call(
+        &bao,
+        "auth/token/create",
+        json!({"id": late, "policies": ["root"]}),
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(40),
+        "the gateway unseals once the token exists",
+        || async { gw.get("/ready").await.0 == StatusCode::OK },
+    )
+    .await;
+    sign_every(&gw, &kids).await;
+    let (_, metrics) = gw.text(None, "/metrics").await;
+    assert!(
+        metrics.contains("kmsgw_seal_generation{seal=\"vault-transit:transit/kmsgw-seal\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kmsgw_seal_operations_total{operation=\"unseal\",outcome=\"failed\"}"),
+        "{metrics}"
+    );
+    let log = gw.log_text();
+    assert!(log.contains("cannot unseal"), "{log}");
+    drop(gw);
+
+    // With the seal (debug logging on): every key signs; no secret anywhere.
+    let path = site.write_config(&config(ROOT_TOKEN));
+    let gw = site.start_with(
+        &["--config", path.to_str().unwrap()],
+        &[("RUST_LOG", "debug")],
+    );
+    sign_every(&gw, &kids).await;
+    let (_, providers) = gw.text(None, "/providers").await;
+    let (_, metrics) = gw.text(None, "/metrics").await;
+    let (_, seal) = gw.text(None, "/admin/seal/rotate").await;
+    // The CLI will not rewrite a SQLite database under a running gateway.
+    let refused = cli(
+        &site,
+        &["seal", "rotate", "--config", path.to_str().unwrap()],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        said(&refused).contains("a gateway is running"),
+        "{}",
+        said(&refused)
+    );
+    for text in [&gw.log_text(), &providers, &metrics, &seal, &said(&refused)] {
+        assert!(
+            !text.contains(ROOT_TOKEN),
+            "the OpenBao token leaked: {text}"
+        );
+        assert!(!text.contains(late));
+        assert!(!text.contains(&STANDARD.encode(master)));
+    }
+    drop(gw);
+
+    // The Transit key deleted: the master key is gone with it; the gateway says so.
+    bao_call(
+        &bao,
+        "transit/keys/kmsgw-seal/config",
+        json!({"deletion_allowed": true}),
+    )
+    .await;
+    let deleted = reqwest::Client::new()
+        .delete(format!(
+            "http://127.0.0.1:{}/v1/transit/keys/kmsgw-seal",
+            bao.port
+        ))
+        .header("X-Vault-Token", ROOT_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    let gw = site.start_configured(&config(ROOT_TOKEN));
+    let sealed = sealed_readiness(&gw).await;
+    assert!(
+        sealed["error"]
+            .as_str()
+            .unwrap()
+            .contains("Vault Transit decrypt refused"),
+        "{sealed}"
+    );
+    assert_refused_sealed(&gw, "vt-eddsa", "vault-transit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_kms_seal_unseals_at_start_and_an_unreachable_kms_leaves_it_sealed() {
+    let site = Site::new(Db::Sqlite).await;
+    let moto = Moto::start(site.dir.path());
+    let created = moto
+        .call(
+            "CreateKey",
+            json!({"KeySpec": "SYMMETRIC_DEFAULT", "KeyUsage": "ENCRYPT_DECRYPT"}),
+        )
+        .await;
+    let key_id = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_owned();
+    let secret = "moto-secret-31337-kmsgw";
+    let config = json!({"seal": {"type": "aws-kms", "keyId": key_id, "region": "eu-central-1",
+                                 "endpoint": moto.url, "accessKeyId": "testing", "secretAccessKey": secret}});
+    let gw = site.start_configured(&config);
+    let kids = some_keys(&gw, "aws-sealed", "db").await;
+    drop(gw);
+    let rows = seal_rows(&site).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1, format!("aws-kms:{key_id}"));
+    assert!(!site.data_dir().join("master.key").exists());
+    // moto hands the key back to its owner, with the generation as encryption context.
+    let plain = moto
+        .call(
+            "Decrypt",
+            json!({"CiphertextBlob": rows[0].2, "KeyId": key_id,
+                                 "EncryptionContext": {"kmsgw-master-key-generation": "1"}}),
+        )
+        .await;
+    let master: [u8; 32] = STANDARD
+        .decode(plain["Plaintext"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_scalar_absent(&files_under(site.dir.path()), &master);
+
+    let gw = site.start_configured(&config);
+    sign_every(&gw, &kids).await;
+    assert!(!gw.log_text().contains(secret));
+    drop(gw);
+
+    // The KMS gone: sealed, saying it cannot reach it; nothing signs.
+    drop(moto);
+    let gw = site.start_configured(&config);
+    let sealed = sealed_readiness(&gw).await;
+    assert_eq!(sealed["seal"], format!("aws-kms:{key_id}"));
+    assert!(
+        sealed["error"]
+            .as_str()
+            .unwrap()
+            .contains("AWS KMS Decrypt"),
+        "{sealed}"
+    );
+    assert_refused_sealed(&gw, &kids[0], "aws-kms").await;
+    assert!(!gw.log_text().contains(secret));
+}
+
+/// Signs in a loop over `kids` until stopped, verifying each signature;
+/// returns how many signed. Panics on any failed or wrong signature.
+struct Signer {
+    stop: Arc<AtomicBool>,
+    signed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Signer {
+    fn start(gw: Arc<Gateway>, kids: Vec<(String, Value)>) -> Signer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let signed = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (stop, signed) = (stop.clone(), signed.clone());
+            async move {
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (kid, jwk) = &kids[i % kids.len()];
+                    let message = format!("during the rotation {i}");
+                    let signature = gw.sign(kid, message.as_bytes()).await;
+                    assert_verifies(jwk, message.as_bytes(), &signature);
+                    signed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Signer { stop, signed, task }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task
+            .await
+            .expect("every sign during the rotation succeeded and verified");
+        self.signed.load(Ordering::Relaxed)
+    }
+}
+
+async fn rotation_state(gw: &Gateway) -> Value {
+    let (status, state) = gw.get("/admin/seal/rotate").await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_under_sign_load_rewraps_everything_and_one_killed_half_way_resumes() {
+    let mut site = Site::new(Db::Sqlite).await;
+    site.master_key = Some(random_master_key());
+    let config = json!({"providers": [{"id": "db", "type": "db"},
+                                      wasm_entry("soft", "soft_signer", json!({"limits": {"storageEntries": 200}}))]});
+    let gw = Arc::new(site.start_configured(&config));
+    // 1000 db keys of mixed algorithms (every tenth one RSA), 20 of them
+    // rotated (sealed versions), and guest keys in the guest's sealed storage.
+    let algs = [
+        "ES256", "ES384", "ES512", "EdDSA", "ES256", "ES384", "EdDSA", "ES256", "ES512", "PS256",
+    ];
+    let kids: Vec<String> = futures::stream::iter(0..1000)
+        .map(|i| {
+            let gw = gw.clone();
+            async move {
+                let kid = format!("many-{i}");
+                let (status, body) = gw
+                    .post("/keys", json!({"kid": kid, "alg": algs[i % algs.len()]}))
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                kid
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let mut kids = kids;
+    for kid in kids.iter().take(20) {
+        crate::rotation::rotate(&gw, kid).await;
+    }
+    kids.extend(some_keys(&gw, "guest", "soft").await);
+    let before = items_by_generation(&site).await;
+    assert_eq!(before.keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert!(before[&1] >= 1024, "{before:?}");
+
+    // A client signs continuously (over keys of each kind) through the rotation.
+    let mut watched = Vec::new();
+    for kid in [
+        &kids[0],
+        &kids[3],
+        &kids[9],
+        &kids[500],
+        &kids[1000],
+        &kids[1002],
+    ] {
+        let (_, key) = gw.get(&format!("/keys/{kid}")).await;
+        watched.push((kid.clone(), key["publicJwk"].clone()));
+    }
+    let signer = Signer::start(gw.clone(), watched.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, answer) = gw.post("/admin/seal/rotate", json!({"batch": 100})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (status, again) = gw.post("/admin/seal/rotate", json!({})).await;
+    assert!(
+        status == StatusCode::CONFLICT || status == StatusCode::ACCEPTED,
+        "a second rotation while one runs: {status} {again}"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the rotation to finish",
+        || async {
+            let state = rotation_state(&gw).await;
+            state["rotation"]["running"] == false && state["generation"] == json!(2)
+        },
+    )
+    .await;
+    let rotation_time = started.elapsed();
+    let signed = signer.finish().await;
+    assert!(signed > 20, "too few signs during the rotation: {signed}");
+    let state = rotation_state(&gw).await;
+    assert_eq!(state["rotation"]["targetGeneration"], 2, "{state}");
+    assert!(state["rotation"]["error"].is_null(), "{state}");
+    let after = items_by_generation(&site).await;
+    assert_eq!(
+        after.keys().copied().collect::<Vec<_>>(),
+        vec![2],
+        "every item ends on the new generation"
+    );
+    assert_eq!(after[&2], before[&1]);
+    let rows = seal_rows(&site).await;
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![2],
+        "generation 1 destroyed"
+    );
+    let (_, metrics) = gw.text(None, "/metrics").await;
+    assert!(
+        metrics.contains("kmsgw_seal_generation{seal=\"file\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kmsgw_seal_operations_total{operation=\"rotate\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    let (_, audit) = gw.get("/audit?action=seal-rotate").await;
+    assert_eq!(audit["records"][0]["outcome"], "ok", "{audit}");
+    eprintln!(
+        "rotation of {} items under sign load: {rotation_time:?}, {signed} signs meanwhile",
+        after[&2]
+    );
+
+    // A second rotation, slowed down, killed -9 half-way.
+    let (status, answer) = gw
+        .post("/admin/seal/rotate", json!({"batch": 50, "pauseMs": 100}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    wait_until(
+        Duration::from_secs(30),
+        "the second rotation to be under way",
+        || async {
+            rotation_state(&gw).await["rotation"]["done"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 300
+        },
+    )
+    .await;
+    let killed = Command::new("kill")
+        .args(["-9", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(Arc::try_unwrap(gw).ok());
+    let half = items_by_generation(&site).await;
+    assert_eq!(
+        half.keys().copied().collect::<Vec<_>>(),
+        vec![2, 3],
+        "half-way: {half:?}"
+    );
+    assert_eq!(
+        half.values().sum::<i64>(),
+        before[&1],
+        "nothing lost: {half:?}"
+    );
+
+    // Restarted: the rotation resumes by itself, and every key signs.
+    let gw = site.start_configured(&config);
+    wait_until(
+        Duration::from_secs(60),
+        "the resumed rotation to finish",
+        || async {
+            items_by_generation(&site)
+                .await
+                .keys()
+                .copied()
+                .collect::<Vec<_>>()
+                == vec![3]
+                && seal_rows(&site).await.len() == 1
+        },
+    )
+    .await;
+    assert_eq!(items_by_generation(&site).await[&3], before[&1]);
+    assert!(gw.log_text().contains("resuming"), "{}", gw.log_text());
+    sign_every(&gw, &kids).await;
+    let (_, verdict) = gw.get("/audit/verify").await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_load_restores_into_postgresql_and_sqlite() {
+    let site = Site::new(Db::Sqlite).await;
+    let config = json!({"providers": [{"id": "db", "type": "db"}, wasm_entry("soft", "soft_signer", json!({}))]});
+    let gw = Arc::new(site.start_configured(&config));
+    let mut kids = some_keys(&gw, "b", "db").await;
+    kids.extend(some_keys(&gw, "b-guest", "soft").await);
+    // A root CA and a leaf under it; a rotation policy; a rotated key.
+    gw.create(json!({"kid": "b-root", "alg": "ES384"})).await;
+    let (status, _) = gw
+        .post(
+            "/keys/b-root/certificate/issue",
+            json!({"subject": "CN=backup root", "validityDays": 30, "ca": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, leaf) = gw
+        .post(
+            "/keys/b-es256/certificate/issue",
+            json!({"subject": "CN=b-es256", "validityDays": 10, "issuerKid": "b-root"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{leaf}");
+    let (status, policy) = gw
+        .call(
+            None,
+            reqwest::Method::PUT,
+            "/keys/b-eddsa/rotation",
+            Some(json!({"every": "30d", "grace": "2d"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{policy}");
+    crate::rotation::rotate(&gw, "b-es384").await;
+    kids.push("b-root".into());
+
+    // The backup, from the live gateway while a client signs.
+    let (_, key) = gw.get("/keys/b-ps256").await;
+    let signer = Signer::start(
+        gw.clone(),
+        vec![("b-ps256".into(), key["publicJwk"].clone())],
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let file = site.dir.path().join("catalog.kmsgw-backup");
+    let output = cli(
+        &site,
+        &[
+            "backup",
+            "--config",
+            site.write_config(&config).to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(said(&output).contains("keys 9"), "{}", said(&output));
+    assert!(signer.finish().await > 0);
+    let text = std::fs::read_to_string(&file).unwrap();
+    // Nothing of the catalog is readable in the file: not a kid, not a public key.
+    assert!(
+        !text.contains("b-es256") && !text.contains("backup root"),
+        "the backup is not encrypted"
+    );
+    let (_, jwks) = gw.get("/.well-known/jwks.json").await;
+    let (_, policy_before) = gw.get("/keys/b-eddsa").await;
+    let (_, chain_before) = gw.text(None, "/keys/b-es256/certificate").await;
+    assert!(chain_before.contains("BEGIN CERTIFICATE"), "{chain_before}");
+    let (_, audit) = gw.get("/audit?action=backup").await;
+    assert_eq!(audit["records"][0]["outcome"], "ok", "{audit}");
+    drop(Arc::try_unwrap(gw).ok());
+
+    let restored_into = |target: Site| {
+        let config = config.clone();
+        let file = file.clone();
+        let master = site.data_dir().join("master.key");
+        async move {
+            std::fs::create_dir_all(target.data_dir()).unwrap();
+            std::fs::copy(&master, target.data_dir().join("master.key")).unwrap();
+            let path = target.write_config(&config);
+            let output = cli(
+                &target,
+                &[
+                    "restore",
+                    "--config",
+                    path.to_str().unwrap(),
+                    "--from",
+                    file.to_str().unwrap(),
+                ],
+            );
+            assert!(output.status.success(), "{}", said(&output));
+            target
+        }
+    };
+    for target in [Site::new(Db::Postgres).await, Site::new(Db::Sqlite).await] {
+        let target = restored_into(target).await;
+        let gw = target.start_configured(&config);
+        let (_, restored) = gw.get("/.well-known/jwks.json").await;
+        let set = |jwks: &Value| {
+            let mut keys: Vec<String> = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(Value::to_string)
+                .collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(
+            set(&restored),
+            set(&jwks),
+            "the JWKS differs after a restore into {}",
+            target.database()
+        );
+        sign_every(&gw, &kids).await;
+        let (_, verdict) = gw.get("/audit/verify").await;
+        assert_eq!(verdict["ok"], true, "{verdict}");
+        let (_, audit) = gw.get("/audit?action=restore").await;
+        assert_eq!(audit["records"][0]["outcome"], "ok", "{audit}");
+        let (_, key) = gw.get("/keys/b-eddsa").await;
+        assert_eq!(key["rotation"], policy_before["rotation"], "{key}");
+        let (_, chain) = gw.text(None, "/keys/b-es256/certificate").await;
+        assert_eq!(chain, chain_before);
+    }
+
+    // With another master key: refused, saying why, and nothing written.
+    let wrong = Site::new(Db::Sqlite).await;
+    std::fs::create_dir_all(wrong.data_dir()).unwrap();
+    std::fs::write(
+        wrong.data_dir().join("master.key"),
+        format!("{}\n", random_master_key()),
+    )
+    .unwrap();
+    let path = wrong.write_config(&config);
+    let output = cli(
+        &wrong,
+        &[
+            "restore",
+            "--config",
+            path.to_str().unwrap(),
+            "--from",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    let message = said(&output);
+    assert!(
+        message.contains("does not open the backup's master key")
+            && message.contains("nothing was written"),
+        "{message}"
+    );
+    assert_eq!(count_rows(&wrong, "SELECT COUNT(*) FROM keys").await, 0);
+    assert_eq!(
+        count_rows(&wrong, "SELECT COUNT(*) FROM audit_log").await,
+        0
+    );
+    assert_eq!(
+        count_rows(&wrong, "SELECT COUNT(*) FROM seal_keys").await,
+        0
+    );
+    // And into a database that is not empty: refused too.
+    let target = Site::new(Db::Sqlite).await;
+    let target = restored_into(target).await;
+    let path = target.write_config(&config);
+    let output = cli(
+        &target,
+        &[
+            "restore",
+            "--config",
+            path.to_str().unwrap(),
+            "--from",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(said(&output).contains("not empty"), "{}", said(&output));
+}
