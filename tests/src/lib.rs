@@ -17,6 +17,8 @@ use sqlx::Connection;
 
 pub use reqwest::StatusCode;
 
+pub mod custody;
+
 /// Which database a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Db {
@@ -1620,4 +1622,39 @@ pub fn answers_ok(url: &str) -> bool {
         .args(["-sf", "-o", "/dev/null", url])
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// Makes a SoftHSM2 configuration in `dir` with one token per label (user PIN
+/// `pin`) and returns its path, for `SOFTHSM2_CONF`. Login state is per
+/// process and token, so tests that need a wrong PIN give it a token of its own.
+pub fn softhsm_tokens(dir: &Path, labels: &[&str], pin: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("tokens")).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            dir.join("tokens").display()
+        ),
+    )
+    .unwrap();
+    for label in labels {
+        let status = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--pin",
+                pin,
+                "--so-pin",
+                "5678",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("softhsm2-util (Debian package softhsm2; scripts/test installs it)");
+        assert!(status.success());
+    }
+    conf
 }

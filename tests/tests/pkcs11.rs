@@ -3,7 +3,6 @@
 //! sets before anything else runs.
 
 use std::path::Path;
-use std::process::Command;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::Attribute;
@@ -53,36 +52,9 @@ fn objects_labelled(label: &str) -> usize {
 }
 
 fn init_token(dir: &Path) {
-    std::fs::create_dir_all(dir.join("tokens")).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            dir.join("tokens").display()
-        ),
-    )
-    .unwrap();
+    let conf = softhsm_tokens(dir, &[LABEL, OTHER_LABEL], PIN);
     // SAFETY: set before any other thread of this test binary exists.
     unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
-    // Login state is per process and token, so the wrong-PIN entry gets a token of its own.
-    for label in [LABEL, OTHER_LABEL] {
-        let status = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                label,
-                "--pin",
-                PIN,
-                "--so-pin",
-                "5678",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("softhsm2-util (Debian package softhsm2; scripts/test installs it)");
-        assert!(status.success());
-    }
 }
 
 #[test]
