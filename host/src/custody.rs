@@ -140,10 +140,10 @@ impl MasterKey {
         match ring.open(aad, sealed) {
             Err(SealError::UnknownGeneration(g)) if g > ring.current() => {
                 let refresher = self.refresher.get().and_then(Weak::upgrade);
-                if let Some(refresher) = refresher {
-                    if let Err(e) = refresher.refresh().await {
-                        tracing::warn!(error = %e, "the master key's new generations could not be read");
-                    }
+                if let Some(refresher) = refresher
+                    && let Err(e) = refresher.refresh().await
+                {
+                    tracing::warn!(error = %e, "the master key's new generations could not be read");
                 }
                 self.keyring()?.open(aad, sealed)
             }

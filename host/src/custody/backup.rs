@@ -39,12 +39,19 @@ enum Column {
 
 use Column::{Int, Text};
 
+/// A table a backup holds: its columns and the order its rows are read in.
+struct Table {
+    name: &'static str,
+    columns: &'static [(&'static str, Column)],
+    order: &'static str,
+}
+
 /// The tables a backup holds, in an order that restores without breaking a
-/// reference, each with its columns (nullable ones read as such) and order.
-const TABLES: &[(&str, &[(&str, Column)], &str)] = &[
-    (
-        "keys",
-        &[
+/// reference (every column read as nullable).
+const TABLES: &[Table] = &[
+    Table {
+        name: "keys",
+        columns: &[
             ("kid", Text),
             ("provider", Text),
             ("external_id", Text),
@@ -60,16 +67,16 @@ const TABLES: &[(&str, &[(&str, Column)], &str)] = &[
             ("grace_ms", Int),
             ("certificate_policy", Text),
         ],
-        "kid",
-    ),
-    (
-        "db_key_material",
-        &[("kid", Text), ("sealed", Text), ("generation", Int)],
-        "kid",
-    ),
-    (
-        "key_versions",
-        &[
+        order: "kid",
+    },
+    Table {
+        name: "db_key_material",
+        columns: &[("kid", Text), ("sealed", Text), ("generation", Int)],
+        order: "kid",
+    },
+    Table {
+        name: "key_versions",
+        columns: &[
             ("kid", Text),
             ("version", Int),
             ("state", Text),
@@ -82,32 +89,32 @@ const TABLES: &[(&str, &[(&str, Column)], &str)] = &[
             ("cert_not_before", Int),
             ("cert_not_after", Int),
         ],
-        "kid, version",
-    ),
-    (
-        "db_version_material",
-        &[("id", Text), ("sealed", Text), ("generation", Int)],
-        "id",
-    ),
-    (
-        "guest_kv",
-        &[
+        order: "kid, version",
+    },
+    Table {
+        name: "db_version_material",
+        columns: &[("id", Text), ("sealed", Text), ("generation", Int)],
+        order: "id",
+    },
+    Table {
+        name: "guest_kv",
+        columns: &[
             ("provider", Text),
             ("key", Text),
             ("value", Text),
             ("size", Int),
             ("generation", Int),
         ],
-        "provider, key",
-    ),
-    (
-        "guest_usage",
-        &[("provider", Text), ("entries", Int), ("bytes", Int)],
-        "provider",
-    ),
-    (
-        "audit_log",
-        &[
+        order: "provider, key",
+    },
+    Table {
+        name: "guest_usage",
+        columns: &[("provider", Text), ("entries", Int), ("bytes", Int)],
+        order: "provider",
+    },
+    Table {
+        name: "audit_log",
+        columns: &[
             ("seq", Int),
             ("time", Int),
             ("api_key", Text),
@@ -121,9 +128,13 @@ const TABLES: &[(&str, &[(&str, Column)], &str)] = &[
             ("hash", Text),
             ("encoding", Int),
         ],
-        "seq",
-    ),
-    ("meta", &[("name", Text), ("value", Text)], "name"),
+        order: "seq",
+    },
+    Table {
+        name: "meta",
+        columns: &[("name", Text), ("value", Text)],
+        order: "name",
+    },
 ];
 
 /// The first line of a backup file.
@@ -244,7 +255,12 @@ impl Custody {
                 index: 0,
             };
             let mut counts = Counts::new();
-            for (table, columns, order) in TABLES {
+            for Table {
+                name: table,
+                columns,
+                order,
+            } in TABLES
+            {
                 let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
                 let query = format!("SELECT {} FROM {table} ORDER BY {order}", names.join(", "));
                 let mut stream = sqlx::query(sqlx::AssertSqlSafe(query)).fetch(&mut *conn);
@@ -383,7 +399,7 @@ pub async fn restore(
             .map_err(|_| bad(&format!("chunk {index} is not rows")))?
         {
             Chunk::Rows { table, rows } => {
-                let Some((_, columns, _)) = TABLES.iter().find(|(t, _, _)| *t == table) else {
+                let Some(Table { columns, .. }) = TABLES.iter().find(|t| t.name == table) else {
                     return Err(bad(&format!("unknown table `{table}`")));
                 };
                 insert_rows(catalog, &mut tx, &table, columns, &rows).await?;
