@@ -15,7 +15,7 @@ use kmsgw::audit::{Actor, Audit};
 use kmsgw::auth::ApiKeys;
 use kmsgw::catalog::Catalog;
 use kmsgw::config::{AuditConfig, AuthConfig};
-use kmsgw::custody::MasterKey;
+use kmsgw::crypto::master::MasterKey;
 use kmsgw::crypto::{base64url, decode_base64};
 use kmsgw::gateway::{Gateway, IssueRequest, NewKey, Registered};
 use kmsgw::providers::db::DbProvider;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
-use kmsgw::custody::MasterKey;
+use kmsgw::crypto::master::MasterKey;
 use kmsgw::gateway::{Gateway, NewKey, Registered};
 use kmsgw::providers::db::DbProvider;
 use kmsgw::providers::wasm::limits::GuestLimits;

@@ -15,7 +15,7 @@ use cryptoki::session::UserType;
 use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
 use kmsgw::config::{Pkcs11Config, Pkcs11Slot};
-use kmsgw::custody::MasterKey;
+use kmsgw::crypto::master::MasterKey;
 use kmsgw::gateway::{Gateway, NewKey, Registered};
 use kmsgw::providers::ToSign;
 use kmsgw::providers::db::DbProvider;

@@ -18,7 +18,7 @@ use aws_lc_rs::signature::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kmsgw::audit::Actor;
 use kmsgw::catalog::Catalog;
-use kmsgw::custody::MasterKey;
+use kmsgw::crypto::master::MasterKey;
 use kmsgw::crypto::{Alg, PrivateKey, ToSign};
 use kmsgw::gateway::{Gateway, Registered};
 use kmsgw::providers::db::DbProvider;

@@ -10,7 +10,7 @@ use crate::catalog::Catalog;
 use crate::config::{
     ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry, WasmConfig,
 };
-use crate::custody::MasterKey;
+use crate::crypto::master::MasterKey;
 use crate::gateway::Registered;
 use crate::providers::Provider;
 use crate::providers::aws_kms::AwsKmsProvider;

@@ -298,26 +298,6 @@ impl Catalog {
             .await?;
         Ok(row.map(|r| r.try_get("value")).transpose()?)
     }
-
-    /// Stores `value` under `name` unless a value is there already; returns the stored value.
-    ///
-    /// # Errors
-    /// Database failures.
-    pub async fn meta_insert_once(&self, name: &str, value: &str) -> Result<String, CatalogError> {
-        let inserted = sqlx::query("INSERT INTO meta (name, value) VALUES ($1, $2)")
-            .bind(name)
-            .bind(value)
-            .execute(&self.pool)
-            .await;
-        match inserted {
-            Ok(_) => Ok(value.to_owned()),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => self
-                .meta(name)
-                .await?
-                .ok_or_else(|| CatalogError::Corrupt(name.to_owned())),
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
 fn millis(time: SystemTime) -> i64 {
@@ -399,7 +379,5 @@ mod tests {
             .unwrap();
         tx.rollback().await;
         assert_eq!(catalog.meta("b").await.unwrap(), None);
-        assert_eq!(catalog.meta_insert_once("c", "1").await.unwrap(), "1");
-        assert_eq!(catalog.meta_insert_once("c", "2").await.unwrap(), "1");
     }
 }

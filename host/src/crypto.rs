@@ -4,6 +4,7 @@
 //! forms the API accepts.
 
 pub mod der;
+pub mod master;
 mod private;
 pub mod seal;
 

@@ -8,15 +8,13 @@
 
 pub mod backend;
 pub mod backup;
-pub mod commands;
 pub mod migrate;
 pub mod rotate;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::future::BoxFuture;
@@ -25,7 +23,9 @@ use zeroize::Zeroizing;
 pub use backend::{KeySource, Seal};
 
 use crate::catalog::{Catalog, CatalogError, WrappedGeneration};
-use crate::crypto::seal::{KEY_LEN, KeyBytes, Keyring, SealError, random_key};
+pub use crate::crypto::master::MasterKey;
+use crate::crypto::master::Refresh;
+use crate::crypto::seal::{KeyBytes, Keyring, random_key};
 
 /// The `meta` row by which a database made before generations checked its master key.
 pub const MASTER_KEY_CHECK: &str = "master-key-check";
@@ -52,106 +52,6 @@ pub enum CustodyError {
     Catalog(#[from] CatalogError),
 }
 
-/// Re-reads the master key's generations (another replica or the CLI rotated).
-trait Refresh: Send + Sync {
-    fn refresh(&self) -> BoxFuture<'_, Result<(), CustodyError>>;
-}
-
-/// The master key as the gateway holds it: the keyring once unsealed, and
-/// until then why not. Cheap to read on every seal and open.
-pub struct MasterKey {
-    ring: ArcSwapOption<Keyring>,
-    seal_name: String,
-    cause: Mutex<String>,
-    refresher: OnceLock<Weak<dyn Refresh>>,
-}
-
-impl std::fmt::Debug for MasterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(…)")
-    }
-}
-
-impl MasterKey {
-    /// A master key of one generation from raw bytes (tests, `adapter check`).
-    pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
-        let key = Self::sealed("file");
-        key.install(Keyring::single(bytes));
-        key
-    }
-
-    /// A master key still to be unsealed by the seal named `seal_name`.
-    pub fn sealed(seal_name: &str) -> Self {
-        MasterKey {
-            ring: ArcSwapOption::empty(),
-            seal_name: seal_name.to_owned(),
-            cause: Mutex::new("not unsealed yet".into()),
-            refresher: OnceLock::new(),
-        }
-    }
-
-    fn install(&self, ring: Keyring) {
-        self.ring.store(Some(Arc::new(ring)));
-    }
-
-    fn keyring(&self) -> Result<Arc<Keyring>, SealError> {
-        self.ring.load_full().ok_or_else(|| {
-            SealError::Sealed(format!(
-                "seal `{}`: {}",
-                self.seal_name,
-                self.cause.lock().expect("cause lock")
-            ))
-        })
-    }
-
-    /// The seal's name.
-    pub fn seal_name(&self) -> &str {
-        &self.seal_name
-    }
-
-    /// `None` once unsealed, else why the gateway is still sealed.
-    pub fn sealed_because(&self) -> Option<String> {
-        match self.ring.load().as_ref() {
-            Some(_) => None,
-            None => Some(self.cause.lock().expect("cause lock").clone()),
-        }
-    }
-
-    /// The generation new items are sealed under (`None` while sealed).
-    pub fn generation(&self) -> Option<u32> {
-        self.ring.load().as_ref().map(|ring| ring.current())
-    }
-
-    /// Encrypts `plaintext` under the current generation, bound to `aad`.
-    ///
-    /// # Errors
-    /// [`SealError::Sealed`] while the master key is not unsealed.
-    pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        Ok(self.keyring()?.seal(aad, plaintext))
-    }
-
-    /// Decrypts a sealed blob; a generation made since the keyring was read
-    /// (by another replica's or the CLI's rotation) is fetched first.
-    ///
-    /// # Errors
-    /// [`SealError`]: sealed, unknown generation, or a blob that does not open.
-    pub async fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
-        let ring = self.keyring()?;
-        match ring.open(aad, sealed) {
-            Err(SealError::UnknownGeneration(g)) if g > ring.current() => {
-                let refresher = self.refresher.get().and_then(Weak::upgrade);
-                if let Some(refresher) = refresher
-                    && let Err(e) = refresher.refresh().await
-                {
-                    tracing::warn!(error = %e, "the master key's new generations could not be read");
-                }
-                self.keyring()?.open(aad, sealed)
-            }
-            other => other,
-        }
-    }
-}
-
 /// Counts of seal operations by this process, for `/metrics`.
 #[derive(Default)]
 pub struct SealCounters {
@@ -176,8 +76,8 @@ pub struct Custody {
 }
 
 impl Refresh for Custody {
-    fn refresh(&self) -> BoxFuture<'_, Result<(), CustodyError>> {
-        Box::pin(async move { self.unseal().await.map(|_| ()) })
+    fn refresh(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.unseal().await.map(|_| ()).map_err(|e| e.to_string()) })
     }
 }
 
@@ -193,7 +93,7 @@ impl Custody {
             rotation: rotate::Progress::default(),
         });
         let weak: Weak<dyn Refresh> = Arc::downgrade(&custody) as Weak<dyn Refresh>;
-        let _ = custody.master.refresher.set(weak);
+        custody.master.set_refresher(weak);
         custody
     }
 
@@ -209,7 +109,7 @@ impl Custody {
         SealCounters::count(&self.counters.unseal, result.is_ok());
         match &result {
             Ok(_) => {}
-            Err(e) => *self.master.cause.lock().expect("cause lock") = e.to_string(),
+            Err(e) => self.master.set_cause(e.to_string()),
         }
         result
     }
@@ -320,6 +220,7 @@ impl Custody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::seal::SealError;
 
     #[tokio::test]
     async fn a_sealed_master_key_refuses_until_unsealed() {

@@ -299,7 +299,7 @@ pub(crate) async fn test_gateway(
     more: Vec<Registered>,
 ) -> (Gateway, Audit) {
     let catalog = crate::catalog::test_catalog(dir).await;
-    let master = Arc::new(crate::custody::MasterKey::from_bytes(&[7; 32]));
+    let master = Arc::new(crate::crypto::master::MasterKey::from_bytes(&[7; 32]));
     let db = crate::providers::db::DbProvider::new("db".into(), catalog.clone(), master);
     let mut providers = vec![Registered {
         provider: Arc::new(db),

@@ -49,6 +49,7 @@ pub mod crypto;
 pub mod custody;
 pub mod error_code;
 pub mod gateway;
+pub mod maintenance;
 pub mod metrics;
 pub mod providers;
 pub mod redact;

@@ -9,8 +9,8 @@ use kmsgw::check::CheckOptions;
 use kmsgw::client::commands::{
     self as client, AuditCommand, CertsCommand, Connection, KeysCommand,
 };
-use kmsgw::custody::commands as custody;
 use kmsgw::custody::rotate::Pace;
+use kmsgw::maintenance;
 use kmsgw::server::{self, ServeOptions, StartError};
 use secrecy::SecretString;
 
@@ -258,7 +258,7 @@ fn main() -> ExitCode {
             store,
             batch,
             pause_ms,
-        }) => said(runtime.block_on(custody::rotate(
+        }) => said(runtime.block_on(maintenance::rotate(
             &store.options(),
             Pace {
                 batch,
@@ -266,13 +266,13 @@ fn main() -> ExitCode {
             },
         ))),
         Command::Seal(SealCommand::Migrate { store, to }) => {
-            said(runtime.block_on(custody::migrate(&store.options(), &to)))
+            said(runtime.block_on(maintenance::migrate(&store.options(), &to)))
         }
         Command::Backup { store, out } => {
-            said(runtime.block_on(custody::backup(&store.options(), &out)))
+            said(runtime.block_on(maintenance::backup(&store.options(), &out)))
         }
         Command::Restore { store, from } => {
-            said(runtime.block_on(custody::restore(&store.options(), &from)))
+            said(runtime.block_on(maintenance::restore(&store.options(), &from)))
         }
         Command::Adapter(AdapterCommand::Check(args)) => runtime.block_on(check(args)),
         Command::Adapter(AdapterCommand::New(args)) => {
@@ -302,22 +302,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints a seal command's message; an error goes to stderr with exit code 1.
-fn said(result: Result<String, String>) -> ExitCode {
-    match result {
-        Ok(message) => {
-            println!("{message}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 /// Prints `result`'s message; an error goes to stderr with exit code 2.
 fn report(result: Result<String, kmsgw::scaffold::ScaffoldError>) -> ExitCode {
+    told(result, ExitCode::from(2))
+}
+
+/// Prints a seal command's message; an error goes to stderr with exit code 1.
+fn said(result: Result<String, String>) -> ExitCode {
+    told(result, ExitCode::FAILURE)
+}
+
+/// Prints `result`'s message, or its error on stderr and exits with `failure`.
+fn told(result: Result<String, impl std::fmt::Display>, failure: ExitCode) -> ExitCode {
     match result {
         Ok(message) => {
             println!("{message}");
@@ -325,7 +321,7 @@ fn report(result: Result<String, kmsgw::scaffold::ScaffoldError>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            failure
         }
     }
 }

@@ -11,8 +11,8 @@ use crate::audit::Audit;
 use crate::auth::ApiKeys;
 use crate::catalog::Catalog;
 use crate::config::{AuditConfig, AuthConfig};
+use crate::crypto::master::MasterKey;
 use crate::crypto::{PublicJwk, decode_base64};
-use crate::custody::MasterKey;
 use crate::gateway::{Gateway, Registered};
 use crate::providers::db::DbProvider;
 

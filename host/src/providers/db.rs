@@ -15,9 +15,9 @@ use super::{
 };
 use crate::catalog::Catalog;
 use crate::config::CacheConfig;
+use crate::crypto::master::MasterKey;
 use crate::crypto::seal::{SealError, db_key_aad};
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk, Signer};
-use crate::custody::MasterKey;
 
 /// Keys sealed in the gateway's own database.
 pub struct DbProvider {

@@ -33,8 +33,8 @@ use super::{
 };
 use crate::catalog::Catalog;
 use crate::config::ComponentSource;
+use crate::crypto::master::MasterKey;
 use crate::crypto::{KeyKind, PrivateKey, PublicJwk};
-use crate::custody::MasterKey;
 use crate::providers::credentials::Credentials;
 use crate::redact::Redactor;
 

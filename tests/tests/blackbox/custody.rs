@@ -210,6 +210,66 @@ async fn aws_kms_seal_unseals_at_start_and_an_unreachable_kms_leaves_it_sealed()
     assert!(!gw.log_text().contains(secret));
 }
 
+/// What a restored catalog must show.
+struct Expected {
+    config: Value,
+    kids: Vec<String>,
+    jwks: Value,
+    rotation: Value,
+    chain: String,
+}
+
+impl Expected {
+    /// Starts a gateway on `target` and checks it against the original: the
+    /// same JWKS, every key signs, the chain verifies (with the restore in it),
+    /// the rotation policy and the certificate chain are there.
+    async fn check(&self, target: &Site) -> Gateway {
+        let gw = target.start_configured(&self.config);
+        let set = |jwks: &Value| {
+            let mut keys: Vec<String> = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(Value::to_string)
+                .collect();
+            keys.sort();
+            keys
+        };
+        let (_, restored) = gw.get("/.well-known/jwks.json").await;
+        assert_eq!(
+            set(&restored),
+            set(&self.jwks),
+            "the JWKS differs after a restore into {}",
+            target.database()
+        );
+        sign_every(&gw, &self.kids).await;
+        let (_, verdict) = gw.get("/audit/verify").await;
+        assert_eq!(verdict["ok"], true, "{verdict}");
+        let (_, audit) = gw.get("/audit?action=restore").await;
+        assert_eq!(audit["records"][0]["outcome"], "ok", "{audit}");
+        let (_, key) = gw.get("/keys/b-eddsa").await;
+        assert_eq!(key["rotation"], self.rotation, "{key}");
+        let (_, chain) = gw.text(None, "/keys/b-es256/certificate").await;
+        assert_eq!(chain, self.chain);
+        gw
+    }
+}
+
+/// `kmsgw restore` of `file` into `target` with `config` as its kms.json.
+fn restore(target: &Site, config: &Value, file: &std::path::Path) -> std::process::Output {
+    let path = target.write_config(config);
+    cli(
+        target,
+        &[
+            "restore",
+            "--config",
+            path.to_str().unwrap(),
+            "--from",
+            file.to_str().unwrap(),
+        ],
+    )
+}
+
 /// Signs in a loop over `kids` until stopped, verifying each signature;
 /// returns how many signed. Panics on any failed or wrong signature.
 struct Signer {
@@ -485,58 +545,47 @@ async fn a_backup_taken_under_load_restores_into_postgresql_and_sqlite() {
     assert_eq!(audit["records"][0]["outcome"], "ok", "{audit}");
     drop(Arc::try_unwrap(gw).ok());
 
-    let restored_into = |target: Site| {
+    let master = site.data_dir().join("master.key");
+    let restored_into = |target: Site, from: std::path::PathBuf| {
         let config = config.clone();
-        let file = file.clone();
-        let master = site.data_dir().join("master.key");
+        let master = master.clone();
         async move {
             std::fs::create_dir_all(target.data_dir()).unwrap();
             std::fs::copy(&master, target.data_dir().join("master.key")).unwrap();
-            let path = target.write_config(&config);
-            let output = cli(
-                &target,
-                &[
-                    "restore",
-                    "--config",
-                    path.to_str().unwrap(),
-                    "--from",
-                    file.to_str().unwrap(),
-                ],
-            );
+            let output = restore(&target, &config, &from);
             assert!(output.status.success(), "{}", said(&output));
             target
         }
     };
-    for target in [Site::new(Db::Postgres).await, Site::new(Db::Sqlite).await] {
-        let target = restored_into(target).await;
-        let gw = target.start_configured(&config);
-        let (_, restored) = gw.get("/.well-known/jwks.json").await;
-        let set = |jwks: &Value| {
-            let mut keys: Vec<String> = jwks["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(Value::to_string)
-                .collect();
-            keys.sort();
-            keys
-        };
-        assert_eq!(
-            set(&restored),
-            set(&jwks),
-            "the JWKS differs after a restore into {}",
-            target.database()
-        );
-        sign_every(&gw, &kids).await;
-        let (_, verdict) = gw.get("/audit/verify").await;
-        assert_eq!(verdict["ok"], true, "{verdict}");
-        let (_, audit) = gw.get("/audit?action=restore").await;
-        assert_eq!(audit["records"][0]["outcome"], "ok", "{audit}");
-        let (_, key) = gw.get("/keys/b-eddsa").await;
-        assert_eq!(key["rotation"], policy_before["rotation"], "{key}");
-        let (_, chain) = gw.text(None, "/keys/b-es256/certificate").await;
-        assert_eq!(chain, chain_before);
-    }
+    let expected = Expected {
+        config: config.clone(),
+        kids: kids.clone(),
+        jwks,
+        rotation: policy_before["rotation"].clone(),
+        chain: chain_before,
+    };
+    // SQLite → PostgreSQL, and SQLite → SQLite.
+    let on_postgres = restored_into(Site::new(Db::Postgres).await, file.clone()).await;
+    let gw = expected.check(&on_postgres).await;
+    let on_sqlite = restored_into(Site::new(Db::Sqlite).await, file.clone()).await;
+    drop(expected.check(&on_sqlite).await);
+    // PostgreSQL → SQLite: a backup of the restored PostgreSQL catalog, taken live.
+    let again = on_postgres.dir.path().join("from-postgres.kmsgw-backup");
+    let path = on_postgres.write_config(&config);
+    let output = cli(
+        &on_postgres,
+        &[
+            "backup",
+            "--config",
+            path.to_str().unwrap(),
+            "--out",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", said(&output));
+    drop(gw);
+    let from_postgres = restored_into(Site::new(Db::Sqlite).await, again).await;
+    drop(expected.check(&from_postgres).await);
 
     // With another master key: refused, saying why, and nothing written.
     let wrong = Site::new(Db::Sqlite).await;
@@ -546,17 +595,7 @@ async fn a_backup_taken_under_load_restores_into_postgresql_and_sqlite() {
         format!("{}\n", random_master_key()),
     )
     .unwrap();
-    let path = wrong.write_config(&config);
-    let output = cli(
-        &wrong,
-        &[
-            "restore",
-            "--config",
-            path.to_str().unwrap(),
-            "--from",
-            file.to_str().unwrap(),
-        ],
-    );
+    let output = restore(&wrong, &config, &file);
     assert!(!output.status.success());
     let message = said(&output);
     assert!(
@@ -574,19 +613,7 @@ async fn a_backup_taken_under_load_restores_into_postgresql_and_sqlite() {
         0
     );
     // And into a database that is not empty: refused too.
-    let target = Site::new(Db::Sqlite).await;
-    let target = restored_into(target).await;
-    let path = target.write_config(&config);
-    let output = cli(
-        &target,
-        &[
-            "restore",
-            "--config",
-            path.to_str().unwrap(),
-            "--from",
-            file.to_str().unwrap(),
-        ],
-    );
+    let output = restore(&on_sqlite, &config, &file);
     assert!(!output.status.success());
     assert!(said(&output).contains("not empty"), "{}", said(&output));
 }

@@ -29,7 +29,7 @@ use secrecy::ExposeSecret;
 
 use super::limits::{BODY_CHUNK_BYTES, GuestLimits, MAX_HEADER_BYTES, sanitize};
 use crate::catalog::{Catalog, GuestWriteError, StorageQuota};
-use crate::custody::MasterKey;
+use crate::crypto::master::MasterKey;
 use crate::providers::credentials::Credentials;
 use crate::redact::Redactor;
 

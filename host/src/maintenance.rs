@@ -1,6 +1,6 @@
-//! The seal commands of the command line: `kmsgw seal rotate`, `kmsgw seal
-//! migrate`, `kmsgw backup` and `kmsgw restore`, working on the database and
-//! data directory a gateway's flags name. On SQLite, those that write refuse
+//! The commands that work on a gateway's database directly: `kmsgw seal
+//! rotate`, `kmsgw seal migrate`, `kmsgw backup` and `kmsgw restore`, on the
+//! database and data directory a gateway's flags name. On SQLite, those that write refuse
 //! to run beside a live gateway (`serve` holds the database's lock file);
 //! on PostgreSQL they work beside running replicas.
 
@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backend::KEY_FILE;
-use super::{Custody, KeySource, Seal};
 use crate::audit::{Action, Audit, Event};
 use crate::catalog::Catalog;
 use crate::config::{Config, SealConfig};
+use crate::custody::backend::KEY_FILE;
+use crate::custody::rotate::Pace;
+use crate::custody::{Custody, KeySource, Seal};
 use crate::server::{Hold, ServeOptions, database_url, hold_database, load_config, open_custody};
 
 /// A catalog opened for a seal command, its custody, and the lock held.
@@ -72,7 +73,7 @@ async fn audit(opened: &Opened, action: Action, seal: String, outcome: &str) {
 ///
 /// # Errors
 /// A message for the operator.
-pub async fn rotate(options: &ServeOptions, pace: super::rotate::Pace) -> Result<String, String> {
+pub async fn rotate(options: &ServeOptions, pace: Pace) -> Result<String, String> {
     let opened = open(options, Some(Hold::Exclusive)).await?;
     opened.custody.unseal().await.map_err(|e| e.to_string())?;
     let bar = crate::client::output::progress(Some(0), "items rewrapped");
@@ -223,7 +224,7 @@ pub async fn restore(options: &ServeOptions, from: &Path) -> Result<String, Stri
     let catalog = Catalog::connect(&url)
         .await
         .map_err(|e| format!("cannot open the database: {e}"))?;
-    let counts = super::backup::restore(&catalog, &seal, BufReader::new(input))
+    let counts = crate::custody::backup::restore(&catalog, &seal, BufReader::new(input))
         .await
         .map_err(|e| format!("{e}; nothing was written"))?;
     let opened = Opened {
@@ -240,7 +241,7 @@ pub async fn restore(options: &ServeOptions, from: &Path) -> Result<String, Stri
     ))
 }
 
-fn summary(counts: &super::backup::Counts) -> String {
+fn summary(counts: &crate::custody::backup::Counts) -> String {
     counts
         .iter()
         .map(|(table, n)| format!("{table} {n}"))
