@@ -16,3 +16,11 @@ ALTER TABLE guest_kv ADD COLUMN generation BIGINT NOT NULL DEFAULT 1;
 CREATE INDEX db_key_material_generation ON db_key_material (generation);
 CREATE INDEX db_version_material_generation ON db_version_material (generation);
 CREATE INDEX guest_kv_generation ON guest_kv (generation);
+-- Seal operations by outcome (`seal-rotate`, `seal-migrate`, `backup`,
+-- `restore`), counted by whichever process ran them, for `/metrics`.
+CREATE TABLE seal_operations (
+    operation TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (operation, outcome)
+);

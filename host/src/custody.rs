@@ -52,26 +52,17 @@ pub enum CustodyError {
     Catalog(#[from] CatalogError),
 }
 
-/// Counts of seal operations by this process, for `/metrics`.
+/// Unseal attempts by this process, `[ok, failed]`, for `/metrics` (the other
+/// seal operations are counted in the database, by whichever process ran them).
 #[derive(Default)]
-pub struct SealCounters {
-    /// `[ok, failed]` per operation: unseal, rotate.
-    pub unseal: [AtomicU64; 2],
-    pub rotate: [AtomicU64; 2],
-}
-
-impl SealCounters {
-    fn count(pair: &[AtomicU64; 2], ok: bool) {
-        pair[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub struct UnsealCounts(pub [AtomicU64; 2]);
 
 /// The master key, its seal and the catalog that holds the wrapped generations.
 pub struct Custody {
     pub seal: Seal,
     pub catalog: Catalog,
     pub master: Arc<MasterKey>,
-    pub counters: SealCounters,
+    pub unseals: UnsealCounts,
     pub rotation: rotate::Progress,
 }
 
@@ -89,7 +80,7 @@ impl Custody {
             seal,
             catalog,
             master,
-            counters: SealCounters::default(),
+            unseals: UnsealCounts::default(),
             rotation: rotate::Progress::default(),
         });
         let weak: Weak<dyn Refresh> = Arc::downgrade(&custody) as Weak<dyn Refresh>;
@@ -106,7 +97,7 @@ impl Custody {
     /// [`CustodyError`] saying why: the seal, a mismatch, the database.
     pub async fn unseal(&self) -> Result<Vec<u32>, CustodyError> {
         let result = self.try_unseal().await;
-        SealCounters::count(&self.counters.unseal, result.is_ok());
+        self.unseals.0[usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
         match &result {
             Ok(_) => {}
             Err(e) => self.master.set_cause(e.to_string()),
@@ -158,7 +149,7 @@ impl Custody {
                 });
                 if !opens {
                     return Err(CustodyError::Mismatch(format!(
-                        "the master key ({}) is not the one this database was created with",
+                        "the master key is not the one this database was created with (from {})",
                         file.describe()
                     )));
                 }
@@ -184,6 +175,14 @@ impl Custody {
             .insert_seal_key(&wrapped, Some(MASTER_KEY_CHECK))
             .await?;
         Ok(())
+    }
+
+    /// Counts a seal operation (`seal-rotate`, …) in the database; a failure
+    /// to count is logged, never the operation's failure.
+    pub async fn count(&self, operation: &str, outcome: &str) {
+        if let Err(e) = self.catalog.count_seal_operation(operation, outcome).await {
+            tracing::warn!(operation, error = %e, "a seal operation could not be counted");
+        }
     }
 
     /// Unseals now, and when that fails keeps trying in the background (1 s,

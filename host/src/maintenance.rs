@@ -47,8 +47,10 @@ async fn open(options: &ServeOptions, hold: Option<Hold>) -> Result<Opened, Stri
     })
 }
 
-/// Appends a seal operation's record to the audit log and waits for it.
+/// Appends a seal operation's record to the audit log, waits for it, and
+/// counts the operation for `/metrics`.
 async fn audit(opened: &Opened, action: Action, seal: String, outcome: &str) {
+    opened.custody.count(action.as_str(), outcome).await;
     let log = Audit::start(&opened.config.audit, opened.catalog.clone());
     let event = Event {
         api_key: Some("cli".into()),

@@ -196,7 +196,14 @@ impl Metrics {
         );
         let mut families = self.registry.gather();
         if let Some(custody) = custody {
-            families.extend(seal_families(custody));
+            let counted = match custody.catalog.seal_operation_counts().await {
+                Ok(counted) => counted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "seal operations could not be counted for /metrics");
+                    Vec::new()
+                }
+            };
+            families.extend(seal_families(custody, &counted));
         }
         families.extend(health.collect());
         families.extend(never_used.collect());
@@ -222,7 +229,10 @@ impl Metrics {
 }
 
 /// The master key's gauges and the seal operations' counters.
-fn seal_families(custody: &crate::custody::Custody) -> Vec<prometheus::proto::MetricFamily> {
+fn seal_families(
+    custody: &crate::custody::Custody,
+    counted: &[(String, String, i64)],
+) -> Vec<prometheus::proto::MetricFamily> {
     use std::sync::atomic::Ordering;
     let generation = IntGaugeVec::new(
         Opts::new(
@@ -274,20 +284,21 @@ fn seal_families(custody: &crate::custody::Custody) -> Vec<prometheus::proto::Me
     let operations = IntCounterVec::new(
         Opts::new(
             "kmsgw_seal_operations_total",
-            "Unseal attempts and master key rotations by this process, by outcome",
+            "Seal operations by outcome: unseal attempts by this process; seal-rotate, \
+             seal-migrate, backup and restore by any process on this database",
         ),
         &["operation", "outcome"],
     )
     .expect("valid metric");
-    for (operation, pair) in [
-        ("unseal", &custody.counters.unseal),
-        ("rotate", &custody.counters.rotate),
-    ] {
-        for (outcome, counter) in ["ok", "failed"].iter().zip(pair) {
-            operations
-                .with_label_values(&[operation, outcome])
-                .inc_by(counter.load(Ordering::Relaxed));
-        }
+    for (outcome, counter) in ["ok", "failed"].iter().zip(&custody.unseals.0) {
+        operations
+            .with_label_values(&["unseal", outcome])
+            .inc_by(counter.load(Ordering::Relaxed));
+    }
+    for (operation, outcome, n) in counted {
+        operations
+            .with_label_values(&[operation.as_str(), outcome.as_str()])
+            .inc_by(u64::try_from(*n).unwrap_or(0));
     }
     let mut families = Vec::new();
     families.extend(generation.collect());

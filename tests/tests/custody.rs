@@ -202,5 +202,10 @@ fn the_master_key_moves_file_to_vault_transit_to_pkcs11_to_file_and_a_token_unse
         );
         let (_, verdict) = gw.get("/audit/verify").await;
         assert_eq!(verdict["ok"], true, "{verdict}");
+        let (_, metrics) = gw.text(None, "/metrics").await;
+        assert!(
+            metrics.contains("kmsgw_seal_operations_total{operation=\"seal-migrate\",outcome=\"ok\"} 3"),
+            "{metrics}"
+        );
     });
 }

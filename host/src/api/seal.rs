@@ -116,6 +116,7 @@ pub async fn rotate(
                     "failed".to_owned()
                 }
             };
+            custody.count(Action::SealRotate.as_str(), &outcome).await;
             let event = Event {
                 api_key: actor,
                 tenant: None,

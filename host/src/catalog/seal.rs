@@ -260,6 +260,45 @@ impl Catalog {
         Ok(done)
     }
 
+    /// Counts one seal operation (`seal-rotate`, …) with its outcome (`ok`, `failed`).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn count_seal_operation(
+        &self,
+        operation: &str,
+        outcome: &str,
+    ) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO seal_operations (operation, outcome, count) VALUES ($1, $2, 1) \
+             ON CONFLICT (operation, outcome) DO UPDATE SET count = seal_operations.count + 1",
+        )
+        .bind(operation)
+        .bind(outcome)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every seal operation's count: `(operation, outcome, count)`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn seal_operation_counts(&self) -> Result<Vec<(String, String, i64)>, CatalogError> {
+        let rows = sqlx::query("SELECT operation, outcome, count FROM seal_operations")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("operation")?,
+                    row.try_get("outcome")?,
+                    row.try_get("count")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Sealed items by generation: `(generation, count)`, oldest first.
     ///
     /// # Errors

@@ -162,7 +162,8 @@ impl Seal {
                 })?;
                 seal::decrypt(&file.key, &aad, &bytes).map_err(|_| {
                     CustodyError::Seal(format!(
-                        "the file seal's key ({}) does not open master key generation {generation}",
+                        "this master key is not the one that wrapped generation {generation} \
+                         (the file seal's key, from {})",
                         file.describe()
                     ))
                 })?

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{Custody, CustodyError, SealCounters};
+use super::{Custody, CustodyError};
 use crate::catalog::WrappedGeneration;
 use crate::crypto::seal::{Keyring, random_key};
 
@@ -123,7 +123,6 @@ impl Custody {
             ));
         }
         let result = self.run_rotation(new_generation, pace, progress).await;
-        SealCounters::count(&self.counters.rotate, result.is_ok());
         self.rotation.update(|s| {
             s.running = false;
             s.finished_at = Some(now_ms());

@@ -408,7 +408,7 @@ async fn a_rotation_under_sign_load_rewraps_everything_and_one_killed_half_way_r
         "{metrics}"
     );
     assert!(
-        metrics.contains("kmsgw_seal_operations_total{operation=\"rotate\",outcome=\"ok\"} 1"),
+        metrics.contains("kmsgw_seal_operations_total{operation=\"seal-rotate\",outcome=\"ok\"} 1"),
         "{metrics}"
     );
     let (_, audit) = gw.get("/audit?action=seal-rotate").await;
