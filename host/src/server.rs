@@ -402,23 +402,33 @@ async fn follow_deletions(
             };
             match received {
                 Ok(Some(notification)) if notification.payload() == SEAL_CHANGED => {
-                    if let Err(e) = custody.unseal().await {
-                        tracing::warn!(error = %e, "the master key's new generations could not be read");
-                    }
+                    read_generations(&custody).await;
                 }
                 Ok(Some(notification)) => gateway.invalidate(notification.payload()),
                 Ok(None) => {
                     tracing::warn!("lost the PostgreSQL deletion feed; dropping all cached keys");
                     gateway.invalidate_all();
+                    read_generations(&custody).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "PostgreSQL deletion feed failed; retrying");
                     gateway.invalidate_all();
                     tokio::time::sleep(Duration::from_secs(1)).await;
+                    read_generations(&custody).await;
                 }
             }
         }
     }))
+}
+
+/// Reads the master key's generations again (a rotation announced a change, or
+/// announcements may have been missed); a failure keeps the keyring held.
+async fn read_generations(custody: &Custody) {
+    if custody.master.sealed_because().is_none()
+        && let Err(e) = custody.unseal().await
+    {
+        tracing::warn!(error = %e, "the master key's generations could not be read again");
+    }
 }
 
 /// Serves until `shutdown` completes, then lets in-flight requests finish.
