@@ -617,3 +617,93 @@ async fn a_backup_taken_under_load_restores_into_postgresql_and_sqlite() {
     assert!(!output.status.success());
     assert!(said(&output).contains("not empty"), "{}", said(&output));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgresql_follow_a_rotation_by_either_replica_or_the_cli() {
+    let mut site_a = Site::new(Db::Postgres).await;
+    site_a.master_key = Some(random_master_key());
+    let site_b = site_a.replica();
+    let a = site_a.start();
+    let b = site_b.start();
+    let mut kids = some_keys(&a, "pg", "db").await;
+    // B holds every key decrypted and its keyring at generation 1.
+    sign_every(&b, &kids).await;
+    let generation_of = |gw: &Gateway| {
+        let gw = gw.base.clone();
+        async move {
+            let text = reqwest::get(format!("{gw}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find(|l| l.starts_with("kmsgw_seal_generation{"))
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+                .unwrap_or_default()
+        }
+    };
+
+    // A rotates: B learns the new generation and seals under it.
+    let (status, body) = a.post("/admin/seal/rotate", json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_until(
+        Duration::from_secs(30),
+        "both replicas at generation 2",
+        || async { generation_of(&a).await == "2" && generation_of(&b).await == "2" },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "A's rotation to finish",
+        || async { a.get("/admin/seal/rotate").await.1["rotation"]["running"] == false },
+    )
+    .await;
+    kids.push(
+        b.create(json!({"kid": "made-on-b"})).await["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let on_b = count_rows(
+        &site_a,
+        "SELECT generation FROM db_key_material WHERE kid = 'made-on-b'",
+    )
+    .await;
+    assert_eq!(on_b, 2, "B sealed its new key under generation 2");
+    sign_every(&a, &kids).await;
+    sign_every(&b, &kids).await;
+
+    // The CLI rotates beside both running replicas (PostgreSQL needs no stop).
+    let output = cli(&site_a, &["seal", "rotate"]);
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(said(&output).contains("generation 3"), "{}", said(&output));
+    wait_until(
+        Duration::from_secs(10),
+        "both replicas at generation 3",
+        || async { generation_of(&a).await == "3" && generation_of(&b).await == "3" },
+    )
+    .await;
+    assert_eq!(
+        items_by_generation(&site_a)
+            .await
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+    // Both sign every key, those they held decrypted and those they read anew.
+    kids.push(
+        a.create(json!({"kid": "made-on-a"})).await["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    drop(b);
+    let b = site_b.start();
+    sign_every(&a, &kids).await;
+    sign_every(&b, &kids).await;
+    let (_, verdict) = a.get("/audit/verify").await;
+    assert_eq!(verdict["ok"], true, "{verdict}");
+}
