@@ -23,7 +23,7 @@ pub use guest::{GuestWriteError, StorageQuota};
 pub use keys::{CertificatePolicy, KeyRecord, RotationPolicy, SealedKey, version_id};
 pub use seal::{ItemPlace, SealedItem, WrappedGeneration};
 pub use usage::KeyUsage;
-pub use versions::{KeyVersion, VersionState};
+pub use versions::{KeyVersion, Published, VersionState};
 
 /// The PostgreSQL channel on which deletions and rotations are announced to other
 /// replicas (they forget what they cached about the key).

@@ -95,8 +95,10 @@ pub struct Gateway {
     certificates: [AtomicU64; 2],
     /// Where every change is recorded, in the transaction that makes it.
     audit: Audit,
-    /// Each tenant's JWKS document as last built (`""`: outside tenants).
-    jwks_documents: DashMap<String, Arc<JwksDocument>>,
+    /// Each tenant's JWKS as last built (`""`: outside tenants).
+    jwks_documents: DashMap<String, Arc<jwks::TenantJwks>>,
+    /// Which keys the latest invalidations were for, so a JWKS re-reads only them.
+    jwks_changes: std::sync::Mutex<jwks::Changes>,
 }
 
 /// A kid the API accepts: 1 to 128 characters that need no escaping in a URL path.
@@ -171,6 +173,7 @@ impl Gateway {
             records: Cache::new(CacheConfig::default().keys),
             invalidations: AtomicU64::new(0),
             jwks_documents: DashMap::new(),
+            jwks_changes: std::sync::Mutex::default(),
         }
     }
 
@@ -274,7 +277,11 @@ impl Gateway {
 
     /// Forgets everything cached about key `id` (deleted here or by another replica).
     pub fn invalidate(&self, id: &str) {
-        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut changes = self.jwks_changes.lock().expect("changes lock");
+            let generation = self.invalidations.fetch_add(1, Ordering::AcqRel) + 1;
+            changes.record(generation, Some(id));
+        }
         self.records.remove(id);
         for registered in &self.registry.load().providers {
             registered.provider.invalidate(id);
@@ -283,7 +290,11 @@ impl Gateway {
 
     /// Forgets everything cached (deletions may have been missed).
     pub fn invalidate_all(&self) {
-        self.invalidations.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut changes = self.jwks_changes.lock().expect("changes lock");
+            let generation = self.invalidations.fetch_add(1, Ordering::AcqRel) + 1;
+            changes.record(generation, None);
+        }
         self.records.clear();
         for registered in &self.registry.load().providers {
             registered.provider.invalidate_all();

@@ -58,6 +58,30 @@ pub struct KeyVersion {
     pub x5c: Option<Vec<String>>,
 }
 
+/// A published version's public JWK, as the JWKS shows it.
+#[derive(Debug)]
+pub struct Published {
+    /// The key's gateway-wide id.
+    pub id: String,
+    /// The key's tenant (`None` outside tenants).
+    pub tenant: Option<String>,
+    pub jwk: PublicJwk,
+    /// Its certificate chain (base64 DER, leaf first).
+    pub x5c: Option<Vec<String>>,
+}
+
+fn published_of(row: &sqlx::any::AnyRow) -> Result<Published, CatalogError> {
+    let corrupt = || CatalogError::Corrupt("a published JWK".into());
+    let jwk: String = row.try_get("public_jwk")?;
+    let tenant: String = row.try_get("tenant")?;
+    Ok(Published {
+        id: row.try_get("kid")?,
+        tenant: (!tenant.is_empty()).then_some(tenant),
+        jwk: serde_json::from_str(&jwk).map_err(|_| corrupt())?,
+        x5c: x5c_of(row.try_get("x5c")?).map_err(|_| corrupt())?,
+    })
+}
+
 impl Catalog {
     /// Every version of key `id`, oldest first.
     ///
@@ -75,31 +99,47 @@ impl Catalog {
     }
 
     /// The public JWKs of `tenant`'s active and in-grace versions, by key then
-    /// version, each with its certificate chain (`x5c`) when it has one.
+    /// version, each with its key's id and its certificate chain (`x5c`) when it
+    /// has one.
     ///
     /// # Errors
     /// Database failures.
     pub async fn published_jwks(
         &self,
         tenant: Option<&str>,
-    ) -> Result<Vec<(PublicJwk, Option<Vec<String>>)>, CatalogError> {
+    ) -> Result<Vec<Published>, CatalogError> {
         let rows = sqlx::query(
-            "SELECT v.public_jwk, v.x5c FROM key_versions v JOIN keys k ON k.kid = v.kid \
+            "SELECT v.kid, k.tenant, v.public_jwk, v.x5c FROM key_versions v JOIN keys k ON k.kid = v.kid \
              WHERE k.tenant = $1 AND v.state IN ('active', 'grace') ORDER BY v.kid, v.version",
         )
         .bind(tenant.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let corrupt = || CatalogError::Corrupt("a published JWK".into());
-                let jwk: String = row.try_get("public_jwk")?;
-                Ok((
-                    serde_json::from_str(&jwk).map_err(|_| corrupt())?,
-                    x5c_of(row.try_get("x5c")?).map_err(|_| corrupt())?,
-                ))
-            })
-            .collect()
+        rows.iter().map(published_of).collect()
+    }
+
+    /// The published versions (as [`Catalog::published_jwks`]) of the keys `ids`,
+    /// whatever their tenant.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn published_jwks_of(&self, ids: &[&str]) -> Result<Vec<Published>, CatalogError> {
+        let mut published = Vec::new();
+        for group in ids.chunks(500) {
+            let query = format!(
+                "SELECT v.kid, k.tenant, v.public_jwk, v.x5c FROM key_versions v JOIN keys k ON k.kid = v.kid \
+                 WHERE v.state IN ('active', 'grace') AND v.kid IN {} ORDER BY v.kid, v.version",
+                self.placeholders(1, group.len())
+            );
+            let mut statement = sqlx::query(sqlx::AssertSqlSafe(query));
+            for id in group {
+                statement = statement.bind(*id);
+            }
+            for row in statement.fetch_all(&self.pool).await? {
+                published.push(published_of(&row)?);
+            }
+        }
+        Ok(published)
     }
 
     /// Gives version `version` of key `id` the chain `x5c` (base64 DER, leaf
@@ -443,7 +483,7 @@ mod tests {
             .unwrap();
         tx.commit().await.unwrap();
         let published = catalog.published_jwks(None).await.unwrap();
-        assert_eq!(published[0].1.as_deref(), Some(x5c.as_slice()));
+        assert_eq!(published[0].x5c.as_deref(), Some(x5c.as_slice()));
     }
 
     #[tokio::test]

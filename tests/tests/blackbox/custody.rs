@@ -366,6 +366,22 @@ async fn a_rotation_under_sign_load_rewraps_everything_and_one_killed_half_way_r
     }
     let signer = Signer::start(gw.clone(), watched.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Pacing past its bounds, or of the wrong type: refused, nothing started.
+    for bad in [
+        json!({"batch": 0}),
+        json!({"batch": 10_001}),
+        json!({"pauseMs": 60_001}),
+        json!({"batch": "x"}),
+        json!({"speed": 1}),
+    ] {
+        let (status, body) = gw.post("/admin/seal/rotate", bad.clone()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_field")),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(rotation_state(&gw).await["rotation"]["running"], false);
     let started = Instant::now();
     let (status, answer) = gw.post("/admin/seal/rotate", json!({"batch": 100})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
