@@ -489,6 +489,46 @@ async fn a_rotation_under_sign_load_rewraps_everything_and_one_killed_half_way_r
     sign_every(&gw, &kids).await;
     let (_, verdict) = gw.get("/audit/verify").await;
     assert_eq!(verdict["ok"], true, "{verdict}");
+
+    // With the gateway stopped, the CLI rotates the SQLite database itself.
+    drop(gw);
+    let path = site.write_config(&config);
+    let output = cli(
+        &site,
+        &[
+            "seal",
+            "rotate",
+            "--config",
+            path.to_str().unwrap(),
+            "--batch",
+            "300",
+        ],
+    );
+    assert!(output.status.success(), "{}", said(&output));
+    assert!(
+        said(&output).contains("rotated to generation 4"),
+        "{}",
+        said(&output)
+    );
+    assert_eq!(
+        items_by_generation(&site)
+            .await
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    let gw = site.start_configured(&config);
+    sign_every(&gw, &kids[..50]).await;
+    sign_every(&gw, &kids[1000..]).await;
+    let (_, audit) = gw.get("/audit?action=seal-rotate").await;
+    let by: Vec<&str> = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["apiKey"].as_str().unwrap_or(""))
+        .collect();
+    assert!(by.contains(&"cli"), "{audit}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
