@@ -643,6 +643,53 @@ async fn a_backup_taken_under_load_restores_into_postgresql_and_sqlite() {
     let from_postgres = restored_into(Site::new(Db::Sqlite).await, again).await;
     drop(expected.check(&from_postgres).await);
 
+    // A chunk changed, two swapped, the end cut off: each refused, nothing written.
+    let lines: Vec<String> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        lines.len() >= 4,
+        "a header, rows and an end: {}",
+        lines.len()
+    );
+    let mut changed = lines.clone();
+    let middle = changed[2].len() / 2;
+    let flipped = if &changed[2][middle..=middle] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    changed[2].replace_range(middle..=middle, flipped);
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    let cut = lines[..lines.len() - 1].to_vec();
+    for (what, tampered) in [("changed", changed), ("swapped", swapped), ("cut off", cut)] {
+        let target = Site::new(Db::Sqlite).await;
+        std::fs::create_dir_all(target.data_dir()).unwrap();
+        std::fs::copy(&master, target.data_dir().join("master.key")).unwrap();
+        let bad = target.dir.path().join("tampered.kmsgw-backup");
+        std::fs::write(&bad, tampered.join("\n") + "\n").unwrap();
+        let output = restore(&target, &config, &bad);
+        assert!(!output.status.success(), "a {what} backup was restored");
+        let message = said(&output);
+        assert!(
+            message.contains("not a kmsgw backup") && message.contains("nothing was written"),
+            "{what}: {message}"
+        );
+        assert_eq!(
+            count_rows(&target, "SELECT COUNT(*) FROM keys").await,
+            0,
+            "{what}"
+        );
+        assert_eq!(
+            count_rows(&target, "SELECT COUNT(*) FROM audit_log").await,
+            0,
+            "{what}"
+        );
+    }
+
     // With another master key: refused, saying why, and nothing written.
     let wrong = Site::new(Db::Sqlite).await;
     std::fs::create_dir_all(wrong.data_dir()).unwrap();
