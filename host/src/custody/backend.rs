@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use aws_sdk_kms::primitives::Blob;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, ObjectClass};
@@ -387,15 +388,8 @@ fn pkcs11_key(
         .map_err(|e| CustodyError::Seal(format!("PKCS#11 opening a session: {e}")))?;
     let pin = AuthPin::from(config.pin.expose_secret().to_owned());
     match session.login(UserType::User, Some(&pin)) {
-        Ok(())
-        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
-        }
-        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::PinIncorrect, _)) => {
-            return Err(CustodyError::Seal(
-                "PKCS#11 login: the PIN is incorrect".into(),
-            ));
-        }
-        Err(e) => return Err(CustodyError::Seal(format!("PKCS#11 login: {e}"))),
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => return Err(ck("login", crate::providers::pkcs11::ck("logging in", e))),
     }
     let found = session
         .find_objects(&[
@@ -418,16 +412,21 @@ fn pkcs11_key(
 
 const GCM_IV_LEN: usize = 12;
 
+/// `CKM_AES_GCM` with `iv`, `aad` and a 128-bit tag.
+fn aes_gcm<'a>(iv: &'a mut [u8; GCM_IV_LEN], aad: &'a str) -> Result<Mechanism<'a>, CustodyError> {
+    GcmParams::new(iv, aad.as_bytes(), 128.into())
+        .map(Mechanism::AesGcm)
+        .map_err(|e| CustodyError::Seal(format!("PKCS#11 GCM parameters: {e}")))
+}
+
 /// `iv ‖ ciphertext ‖ tag` of `CKM_AES_GCM`, base64.
 fn pkcs11_encrypt(config: &Pkcs11Seal, aad: &str, key: &[u8]) -> Result<String, CustodyError> {
     let (session, handle) = pkcs11_key(config)?;
     let mut iv = [0u8; GCM_IV_LEN];
     aws_lc_rs::rand::fill(&mut iv).expect("system randomness");
     let mut params_iv = iv;
-    let params = GcmParams::new(&mut params_iv, aad.as_bytes(), 128.into())
-        .map_err(|e| CustodyError::Seal(format!("PKCS#11 GCM parameters: {e}")))?;
     let sealed = session
-        .encrypt(&Mechanism::AesGcm(params), handle, key)
+        .encrypt(&aes_gcm(&mut params_iv, aad)?, handle, key)
         .map_err(|e| CustodyError::Seal(format!("PKCS#11 C_Encrypt (CKM_AES_GCM): {e}")))?;
     let mut out = iv.to_vec();
     out.extend_from_slice(&sealed);
@@ -449,10 +448,8 @@ fn pkcs11_decrypt(
     }
     let (session, handle) = pkcs11_key(config)?;
     let mut iv: [u8; GCM_IV_LEN] = bytes[..GCM_IV_LEN].try_into().expect("length checked");
-    let params = GcmParams::new(&mut iv, aad.as_bytes(), 128.into())
-        .map_err(|e| CustodyError::Seal(format!("PKCS#11 GCM parameters: {e}")))?;
     session
-        .decrypt(&Mechanism::AesGcm(params), handle, &bytes[GCM_IV_LEN..])
+        .decrypt(&aes_gcm(&mut iv, aad)?, handle, &bytes[GCM_IV_LEN..])
         .map(zeroize::Zeroizing::new)
         .map_err(|e| CustodyError::Seal(format!("PKCS#11 C_Decrypt (CKM_AES_GCM): {e}")))
 }

@@ -63,7 +63,9 @@ pub struct Pkcs11Provider {
     handles: DashMap<String, ObjectHandle>,
 }
 
-fn ck(context: &str, e: CkError) -> ProviderError {
+/// A PKCS#11 failure as a provider error, saying what was being done (a wrong or
+/// locked PIN in words).
+pub(crate) fn ck(context: &str, e: CkError) -> ProviderError {
     match e {
         CkError::Pkcs11(RvError::PinIncorrect, _) => {
             ProviderError::Backend(format!("{context}: the PIN is incorrect"))
