@@ -40,9 +40,39 @@ pub use openapi::document as openapi_document;
 /// Default largest request body: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
-/// What every handler shares.
+/// What every handler shares: one allocation, so that the clones axum makes
+/// for each request (the router, every middleware, every extractor) cost one
+/// reference count each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl AppState {
+    /// The state for `gateway` with defaults for the rest (see [`Shared::new`]).
+    pub fn new(
+        gateway: Arc<Gateway>,
+        max_body_bytes: usize,
+        api_keys: ApiKeys,
+        audit: Audit,
+    ) -> Self {
+        Shared::new(gateway, max_body_bytes, api_keys, audit).into()
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub gateway: Arc<Gateway>,
     pub max_body_bytes: usize,
     /// Replaced whole by a reload.
@@ -59,8 +89,9 @@ pub struct AppState {
     pub custody: Option<Arc<crate::custody::Custody>>,
 }
 
-impl AppState {
-    /// The state for `gateway`, with metrics registered for it.
+impl Shared {
+    /// The parts for `gateway`, with metrics registered for it, no reloader, no
+    /// custody, the console off and CSC activations valid for 120 s.
     pub fn new(
         gateway: Arc<Gateway>,
         max_body_bytes: usize,
@@ -68,7 +99,7 @@ impl AppState {
         audit: Audit,
     ) -> Self {
         let metrics = Arc::new(Metrics::new(&gateway));
-        AppState {
+        Shared {
             gateway,
             max_body_bytes,
             api_keys: Arc::new(ArcSwap::from_pointee(api_keys)),

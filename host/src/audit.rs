@@ -6,25 +6,29 @@
 //! A change to the catalog and its record commit in one transaction
 //! ([`Audit::begin`]): either both are durable and the change is answered 2xx,
 //! or neither happened. Signs and refusals go through a queue that one writer
-//! task appends in batches (group commit); a sign takes its place in the queue
+//! task appends in batches (group commit), each batch as one chain link that
+//! carries all its records (see [`link`]); a sign takes its place in the queue
 //! before it signs, and when no place frees up in time it is refused without
 //! signing. The writer never gives records up while the process lives: it
 //! retries with backoff until the database takes them. On PostgreSQL, replicas
 //! take a transaction-scoped advisory lock to extend the chain, so it stays one
 //! line whatever the number of writers.
 
+mod link;
 mod store;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest::{SHA256, digest};
 use serde::Serialize;
-use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, oneshot};
 use tracing::Instrument as _;
 use utoipa::ToSchema;
 
-pub use store::{AuditFilter, Link};
+use store::Row;
+pub use store::{AuditFilter, End};
 
 use crate::catalog::{Catalog, CatalogError, Write};
 use crate::config::{AuditConfig, SignAudit};
@@ -34,9 +38,12 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// The encoding new records are written in (see [`AuditRecord::expected_hash`]).
 pub const ENCODING: u8 = 2;
 /// Largest batch written in one transaction.
-const MAX_BATCH: usize = 1024;
-/// How long batched sign records may wait for company before their commit.
-const LINGER: Duration = Duration::from_millis(5);
+const MAX_BATCH: usize = link::MAX_RECORDS;
+/// How long batched sign records may wait for company before their commit
+/// (unless a record somebody waits for comes: then at once). Each commit costs
+/// the database thread some 250 µs of CPU (on this project's 2-core machine) and
+/// a sync to disk, so that a busy gateway commits at most 50 times a second.
+const LINGER: Duration = Duration::from_millis(20);
 /// How long a sign or refusal waits for room in a full queue before it is
 /// refused with `audit_unavailable`.
 const ROOM_WAIT: Duration = Duration::from_secs(2);
@@ -107,27 +114,28 @@ impl Action {
         }
     }
 
+    /// Every action, in the order the README lists them.
+    pub const ALL: [Action; 15] = [
+        Action::Create,
+        Action::Import,
+        Action::Delete,
+        Action::ForceDelete,
+        Action::Sign,
+        Action::SignDigest,
+        Action::Rotate,
+        Action::Csr,
+        Action::CertificateImport,
+        Action::CertificateIssue,
+        Action::Reload,
+        Action::SealRotate,
+        Action::SealMigrate,
+        Action::Backup,
+        Action::Restore,
+    ];
+
     /// The action stored as `name`.
     pub fn parse(name: &str) -> Option<Action> {
-        [
-            Action::Create,
-            Action::Import,
-            Action::Delete,
-            Action::ForceDelete,
-            Action::Sign,
-            Action::SignDigest,
-            Action::Rotate,
-            Action::Csr,
-            Action::CertificateImport,
-            Action::CertificateIssue,
-            Action::Reload,
-            Action::SealRotate,
-            Action::SealMigrate,
-            Action::Backup,
-            Action::Restore,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == name)
+        Action::ALL.into_iter().find(|a| a.as_str() == name)
     }
 }
 
@@ -150,14 +158,14 @@ impl<'a> Actor<'a> {
     }
 
     /// The record of `action` on key `kid` of `provider` with `outcome`.
-    pub fn event(&self, action: Action, kid: &str, provider: &str, outcome: &str) -> Event {
+    pub fn event(&self, action: Action, kid: &str, provider: &str, outcome: &'static str) -> Event {
         Event {
             api_key: self.api_key.map(str::to_owned),
             tenant: self.tenant.map(str::to_owned),
             action,
             kid: Some(kid.to_owned()),
             provider: Some(provider.to_owned()),
-            outcome: outcome.to_owned(),
+            outcome,
             message_sha256s: Vec::new(),
         }
     }
@@ -172,7 +180,7 @@ pub struct Event {
     pub kid: Option<String>,
     pub provider: Option<String>,
     /// `ok`, or the error code the client got.
-    pub outcome: String,
+    pub outcome: &'static str,
     /// Hex SHA-256 of each signed message, in order (signs only; a batch sign has
     /// one per message).
     pub message_sha256s: Vec<String>,
@@ -201,9 +209,23 @@ pub struct AuditRecord {
     pub message_sha256s: Vec<String>,
     pub prev_hash: String,
     pub hash: String,
-    /// The encoding the hash covers: 1 for records of earlier releases, 2 now.
+    /// The encoding the hash covers: 1 for records of earlier releases, 2 for a
+    /// record with a row of its own, 3 for one of a link.
     #[serde(skip)]
     pub encoding: u8,
+    /// The positions of the records that share this record's chain link (its
+    /// `prevHash` and `hash` are the link's); absent for a record with a link of
+    /// its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkSpan>,
+}
+
+/// The records one chain link carries: positions `firstSeq` to `lastSeq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkSpan {
+    pub first_seq: i64,
+    pub last_seq: i64,
 }
 
 impl AuditRecord {
@@ -332,27 +354,37 @@ impl AuditRecord {
             api_key: event.api_key.clone(),
             tenant: event.tenant.clone(),
             action: event.action.as_str().to_owned(),
-            kid: event.kid.as_deref().map(recorded),
-            provider: event.provider.as_deref().map(recorded),
-            outcome: recorded(&event.outcome),
+            kid: event.kid.as_deref().map(|kid| recorded(kid).into_owned()),
+            provider: event.provider.as_deref().map(|p| recorded(p).into_owned()),
+            outcome: recorded(event.outcome).into_owned(),
             message_sha256,
             message_sha256s,
             prev_hash: previous.1.to_owned(),
             hash: String::new(),
             encoding: ENCODING,
+            link: None,
         };
         record.hash = record.expected_hash();
         record
     }
 }
 
+/// A hash as a record keeps it: lower-case hex, written in one allocation
+/// (`hex::encode` grows its string a character at a time; this is on the sign
+/// path).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut text = vec![0; bytes.len() * 2];
+    hex::encode_to_slice(bytes, &mut text).expect("twice the length");
+    String::from_utf8(text).expect("hex digits")
+}
+
 /// A client-given value as a record keeps it: as given when it is at most
 /// 256 characters without control characters (every valid kid and
 /// provider id is), else with control characters escaped (`\u{0}`; PostgreSQL
 /// text holds no NUL) and cut to 256 characters, marked with `…`.
-pub fn recorded(value: &str) -> String {
+pub fn recorded(value: &str) -> Cow<'_, str> {
     if value.chars().count() <= MAX_FIELD && !value.chars().any(char::is_control) {
-        return value.to_owned();
+        return Cow::Borrowed(value);
     }
     let escaped: String = value
         .chars()
@@ -364,10 +396,10 @@ pub fn recorded(value: &str) -> String {
             }
         })
         .collect();
-    match escaped.char_indices().nth(MAX_FIELD) {
+    Cow::Owned(match escaped.char_indices().nth(MAX_FIELD) {
         Some((cut, _)) => format!("{}…", &escaped[..cut]),
         None => escaped,
-    }
+    })
 }
 
 /// The answer of `GET /audit/verify`.
@@ -398,13 +430,15 @@ struct Job {
 /// transactions that carry a change with its record; `None` when unknown (at
 /// start, after a failed write, and always on PostgreSQL, where it is read
 /// under the replicas' lock).
-type Head = Arc<Mutex<Option<Link>>>;
+type Head = Arc<Mutex<Option<End>>>;
 
 /// The audit log's handle: cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Audit {
     /// `None` when the log is off.
     queue: Option<mpsc::Sender<Job>>,
+    /// Ends the writer's linger when a record somebody waits for is queued.
+    hurry: Arc<Notify>,
     head: Head,
     signs: SignAudit,
     catalog: Catalog,
@@ -420,7 +454,7 @@ fn now_millis() -> i64 {
 pub struct Audited {
     write: Write,
     /// Held from the start of the transaction to its end (`None`: log off).
-    head: Option<OwnedMutexGuard<Option<Link>>>,
+    head: Option<OwnedMutexGuard<Option<End>>>,
     catalog: Catalog,
 }
 
@@ -455,7 +489,7 @@ impl Audited {
         // Unknown until this commit is known to have happened.
         let known = head.take();
         let span = crate::span!("audit.commit");
-        let new_head = store::append(&catalog, &mut write, known, &[(now_millis(), event)])
+        let new_head = store::append(&catalog, &mut write, known, now_millis(), &event)
             .instrument(span.clone())
             .await?;
         write.commit().instrument(span).await?;
@@ -468,7 +502,8 @@ impl Audited {
 /// 200 always has its record.
 pub struct Slot {
     permit: Option<mpsc::OwnedPermit<Job>>,
-    durable: bool,
+    /// Set for a durable record: the writer to hurry.
+    durable: Option<Arc<Notify>>,
 }
 
 impl Slot {
@@ -477,9 +512,14 @@ impl Slot {
     /// # Errors
     /// [`AuditError`] when a durable record was not committed in time.
     pub async fn record(self, event: Event) -> Result<(), AuditError> {
-        let durable = self.durable;
-        let span = crate::span!("audit.record", audit.durable = durable);
-        match span.in_scope(|| self.send(event, durable)) {
+        let Some(hurry) = self.durable.clone() else {
+            self.send(event, false);
+            return Ok(());
+        };
+        let span = crate::span!("audit.record", audit.durable = true);
+        let committed = span.in_scope(|| self.send(event, true));
+        hurry.notify_one();
+        match committed {
             Some(committed) => wait_for_commit(committed).instrument(span).await,
             None => Ok(()),
         }
@@ -516,13 +556,20 @@ impl Audit {
     /// Starts the writer task (when enabled).
     pub fn start(config: &AuditConfig, catalog: Catalog) -> Audit {
         let head = Head::default();
+        let hurry = Arc::new(Notify::new());
         let queue = config.enabled.then(|| {
             let (tx, rx) = mpsc::channel(config.queue_records.max(1));
-            tokio::spawn(write_batches(catalog.clone(), Arc::clone(&head), rx));
+            let writer = Writer {
+                catalog: catalog.clone(),
+                head: Arc::clone(&head),
+                hurry: Arc::clone(&hurry),
+            };
+            tokio::spawn(writer.run(rx));
             tx
         });
         Audit {
             queue,
+            hurry,
             head,
             signs: config.signs,
             catalog,
@@ -533,6 +580,7 @@ impl Audit {
     pub fn off(catalog: Catalog) -> Audit {
         Audit {
             queue: None,
+            hurry: Arc::default(),
             head: Head::default(),
             signs: SignAudit::Batched,
             catalog,
@@ -576,17 +624,27 @@ impl Audit {
         let Some(queue) = &self.queue else {
             return Ok(Slot {
                 permit: None,
-                durable: false,
+                durable: None,
             });
         };
-        match tokio::time::timeout(ROOM_WAIT, queue.clone().reserve_owned()).await {
-            Ok(Ok(permit)) => Ok(Slot {
-                permit: Some(permit),
-                durable: self.signs == SignAudit::Durable,
-            }),
-            Ok(Err(_)) => Err(AuditError("the audit writer has stopped")),
-            Err(_) => Err(AuditError("the audit writer is behind")),
-        }
+        // Room at once (the usual case) needs no timer.
+        let permit = match queue.clone().try_reserve_owned() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(AuditError("the audit writer has stopped"));
+            }
+            Err(mpsc::error::TrySendError::Full(queue)) => {
+                match tokio::time::timeout(ROOM_WAIT, queue.reserve_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(AuditError("the audit writer has stopped")),
+                    Err(_) => return Err(AuditError("the audit writer is behind")),
+                }
+            }
+        };
+        Ok(Slot {
+            permit: Some(permit),
+            durable: (self.signs == SignAudit::Durable).then(|| Arc::clone(&self.hurry)),
+        })
     }
 
     /// Queues the record of a refused change and waits a moment for its commit,
@@ -598,6 +656,7 @@ impl Audit {
     pub async fn record(&self, event: Event) -> Result<(), AuditError> {
         let slot = self.reserve().await?;
         if let Some(committed) = slot.send(event, true) {
+            self.hurry.notify_one();
             let _ = tokio::time::timeout(ORDER_WAIT, committed).await;
         }
         Ok(())
@@ -610,7 +669,7 @@ impl Audit {
     pub async fn record_durably(&self, event: Event) -> Result<(), AuditError> {
         let slot = self.reserve().await?;
         Slot {
-            durable: true,
+            durable: Some(Arc::clone(&self.hurry)),
             ..slot
         }
         .record(event)
@@ -629,7 +688,11 @@ impl Audit {
             event: None,
             done: Some(tx),
         };
-        let flushed = async { queue.send(job).await.is_ok() && rx.await.is_ok() };
+        let flushed = async {
+            let queued = queue.send(job).await.is_ok();
+            self.hurry.notify_one();
+            queued && rx.await.is_ok()
+        };
         tokio::time::timeout(limit, flushed).await.unwrap_or(false)
     }
 
@@ -641,42 +704,55 @@ impl Audit {
         store::page(&self.catalog, filter).await
     }
 
-    /// Recomputes the whole chain.
+    /// Recomputes the whole chain: every row's hash, and that each follows the
+    /// one before it without a gap. `checked` counts records (a link's each).
     ///
     /// # Errors
     /// Database failures.
     pub async fn verify(&self) -> Result<Verification, CatalogError> {
-        let mut previous: Option<AuditRecord> = None;
+        let mut end = End {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        };
         let mut checked = 0u64;
         loop {
-            let filter = AuditFilter {
-                after: previous.as_ref().map_or(0, |r| r.seq),
-                limit: 1000,
-                ..AuditFilter::default()
-            };
-            let page = self.page(&filter).await?;
-            if page.is_empty() {
+            let rows = store::rows(&self.catalog, end.seq, None).await?;
+            if rows.is_empty() {
                 return Ok(Verification {
                     ok: true,
                     checked,
                     first_bad_seq: None,
                 });
             }
-            for record in page {
-                let expected_seq = previous.as_ref().map_or(1, |p| p.seq + 1);
-                let expected_prev = previous.as_ref().map_or(GENESIS, |p| p.hash.as_str());
-                if record.seq != expected_seq
-                    || record.prev_hash != expected_prev
-                    || !record.hash_holds()
-                {
+            for row in rows {
+                let expected_seq = end.seq + 1;
+                let (first_seq, holds, next) = match row {
+                    Row::Record(r) => (
+                        r.seq,
+                        r.prev_hash == end.hash && r.hash_holds(),
+                        End {
+                            seq: r.seq,
+                            hash: r.hash,
+                        },
+                    ),
+                    Row::Link(l) => (
+                        l.first_seq,
+                        l.prev_hash == end.hash && l.holds(),
+                        End {
+                            seq: l.seq,
+                            hash: l.hash,
+                        },
+                    ),
+                };
+                if first_seq != expected_seq || !holds {
                     return Ok(Verification {
                         ok: false,
                         checked,
-                        first_bad_seq: Some(expected_seq.min(record.seq)),
+                        first_bad_seq: Some(expected_seq.min(first_seq)),
                     });
                 }
-                checked += 1;
-                previous = Some(record);
+                checked += u64::try_from(next.seq - end.seq).unwrap_or(0);
+                end = next;
             }
         }
     }
@@ -687,28 +763,47 @@ impl Audit {
 /// again, with a growing pause, until it is written: records are never given up
 /// while the process lives, and a full queue makes new signs wait, then refuses
 /// them.
-async fn write_batches(catalog: Catalog, head: Head, mut rx: mpsc::Receiver<Job>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Nobody waiting (batched signs only): linger a moment so that one commit
-        // carries many records instead of one each.
-        if batch.iter().all(|job| job.done.is_none()) {
-            tokio::time::sleep(LINGER).await;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
+struct Writer {
+    catalog: Catalog,
+    head: Head,
+    hurry: Arc<Notify>,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            // Nobody waiting (batched signs only): linger so that one commit
+            // carries many records, until somebody waits for one.
+            if batch.iter().all(|job| job.done.is_none()) {
+                tokio::select! {
+                    () = tokio::time::sleep(LINGER) => {}
+                    () = self.hurry.notified() => {}
+                }
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
                 }
             }
+            let (events, waiters): (Vec<_>, Vec<_>) = batch
+                .drain(..)
+                .map(|job| (job.event.map(|e| (job.time, e)), job.done))
+                .unzip();
+            let events: Vec<_> = events.into_iter().flatten().collect();
+            self.write(&events).await;
+            for waiter in waiters.into_iter().flatten() {
+                let _ = waiter.send(());
+            }
         }
-        let (events, waiters): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .map(|job| (job.event.map(|e| (job.time, e)), job.done))
-            .unzip();
-        let events: Vec<_> = events.into_iter().flatten().collect();
+    }
+
+    /// Appends `events`, trying again until the database takes them.
+    async fn write(&self, events: &[(i64, Event)]) {
         let mut attempt = 0u32;
         while !events.is_empty() {
-            match append_batch(&catalog, &head, &events).await {
+            match self.append(events).await {
                 Ok(()) => {
                     if attempt > 0 {
                         tracing::info!(
@@ -717,7 +812,7 @@ async fn write_batches(catalog: Catalog, head: Head, mut rx: mpsc::Receiver<Job>
                             "audit records written after the database refused them"
                         );
                     }
-                    break;
+                    return;
                 }
                 Err(e) => {
                     attempt += 1;
@@ -728,24 +823,17 @@ async fn write_batches(catalog: Catalog, head: Head, mut rx: mpsc::Receiver<Job>
                 }
             }
         }
-        for waiter in waiters.into_iter().flatten() {
-            let _ = waiter.send(());
-        }
     }
-}
 
-async fn append_batch(
-    catalog: &Catalog,
-    head: &Head,
-    events: &[(i64, Event)],
-) -> Result<(), CatalogError> {
-    let mut head = head.lock().await;
-    let mut write = catalog.begin_write().await?;
-    let known = head.take();
-    let new_head = store::append(catalog, &mut write, known, events).await?;
-    write.commit().await?;
-    *head = Some(new_head);
-    Ok(())
+    async fn append(&self, events: &[(i64, Event)]) -> Result<(), CatalogError> {
+        let mut head = self.head.lock().await;
+        let mut write = self.catalog.begin_write().await?;
+        let known = head.take();
+        let new_head = store::append_links(&self.catalog, &mut write, known, events).await?;
+        write.commit().await?;
+        *head = Some(new_head);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -759,18 +847,19 @@ mod tests {
             action: Action::Sign,
             kid: Some(kid.into()),
             provider: Some("db".into()),
-            outcome: "ok".into(),
+            outcome: "ok",
             message_sha256s: vec!["ab".repeat(32)],
         }
     }
 
-    async fn append(catalog: &Catalog, head: Option<Link>, events: &[(i64, Event)]) -> Link {
+    /// Appends `events` as the writer does (links).
+    async fn append(catalog: &Catalog, head: Option<End>, events: &[(i64, Event)]) -> End {
         let mut write = catalog.begin_write().await.unwrap();
-        let link = store::append(catalog, &mut write, head, events)
+        let end = store::append_links(catalog, &mut write, head, events)
             .await
             .unwrap();
         write.commit().await.unwrap();
-        link
+        end
     }
 
     #[tokio::test]
@@ -797,7 +886,7 @@ mod tests {
             ..event("k")
         };
         append(&catalog, None, &[(1, event("k")), (2, batch)]).await;
-        let audit = Audit::start(&AuditConfig::default(), catalog);
+        let audit = Audit::start(&AuditConfig::default(), catalog.clone());
         let page = audit.page(&AuditFilter::default()).await.unwrap();
         assert_eq!(page[0].message_sha256, Some("ab".repeat(32)));
         assert!(page[0].message_sha256s.is_empty());
@@ -810,9 +899,174 @@ mod tests {
         let verdict = audit.verify().await.unwrap();
         assert!(verdict.ok && verdict.checked == 2, "{verdict:?}");
         // Changing one hash of the batch breaks the chain.
-        let mut changed = page[1].clone();
-        changed.message_sha256s[1] = "ff".repeat(32);
-        assert!(!changed.hash_holds());
+        tamper(&catalog, |entries| {
+            entries.replace(&hashes[1], &"ff".repeat(32))
+        })
+        .await;
+        assert_eq!(audit.verify().await.unwrap().first_bad_seq, Some(1));
+    }
+
+    /// Rewrites the entries of every link with `change`.
+    async fn tamper(catalog: &Catalog, change: impl Fn(&str) -> String) {
+        let links: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, entries FROM audit_log WHERE entries IS NOT NULL")
+                .fetch_all(catalog.pool())
+                .await
+                .unwrap();
+        for (seq, entries) in links {
+            sqlx::query("UPDATE audit_log SET entries = $1 WHERE seq = $2")
+                .bind(change(&entries))
+                .bind(seq)
+                .execute(catalog.pool())
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The writer's path end to end: 10^5 signs queued as a busy gateway queues
+    /// them become a few links; every record pages back one by one with its
+    /// message hash, the chain verifies, and a record changed, removed or moved
+    /// inside a link breaks it at that link.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hundred_thousand_signs_become_links_that_verify_and_page_one_by_one() {
+        const SIGNS: usize = 100_000;
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = crate::catalog::test_catalog(&dir).await;
+        let audit = Audit::start(&AuditConfig::default(), catalog.clone());
+        let hash_of = |i: usize| hex::encode(digest(&SHA256, &i.to_be_bytes()));
+        for i in 0..SIGNS {
+            let slot = audit.reserve().await.unwrap();
+            let tenant = (i % 2 == 0).then(|| "acme".to_owned());
+            slot.record(Event {
+                tenant,
+                message_sha256s: vec![hash_of(i)],
+                ..event(&format!("k{}", i % 7))
+            })
+            .await
+            .unwrap();
+        }
+        assert!(audit.flush(Duration::from_secs(30)).await);
+        let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(catalog.pool())
+            .await
+            .unwrap();
+        assert!(
+            rows <= (SIGNS / 50) as i64,
+            "{rows} rows for {SIGNS} records"
+        );
+        let verdict = audit.verify().await.unwrap();
+        assert!(verdict.ok && verdict.checked == SIGNS as u64, "{verdict:?}");
+
+        let mut after = 0;
+        let mut seen = 0;
+        loop {
+            let filter = AuditFilter {
+                after,
+                limit: 1000,
+                ..AuditFilter::default()
+            };
+            let page = audit.page(&filter).await.unwrap();
+            let Some(last) = page.last() else { break };
+            for record in &page {
+                assert_eq!(record.seq, seen as i64 + 1);
+                assert_eq!(
+                    record.message_sha256.as_deref(),
+                    Some(hash_of(seen).as_str())
+                );
+                assert_eq!(
+                    record.kid.as_deref(),
+                    Some(format!("k{}", seen % 7).as_str())
+                );
+                seen += 1;
+            }
+            after = last.seq;
+        }
+        assert_eq!(seen, SIGNS);
+        // Filters reach into links: a tenant's records, one kid's, from the middle.
+        let acme = AuditFilter {
+            after: 500,
+            limit: 1000,
+            tenant: Some(Some("acme")),
+            kid: Some("k3"),
+            ..AuditFilter::default()
+        };
+        let page = audit.page(&acme).await.unwrap();
+        assert_eq!(page.len(), 1000);
+        assert!(page.iter().all(|r| r.seq > 500
+            && r.tenant.as_deref() == Some("acme")
+            && r.kid.as_deref() == Some("k3")));
+        assert!(page.windows(2).all(|w| w[1].seq - w[0].seq == 14));
+
+        // One record of the link holding seq 50 000: changed, removed, moved.
+        let (seq, first_seq, entries): (i64, i64, String) = sqlx::query_as(
+            "SELECT seq, first_seq, entries FROM audit_log WHERE first_seq <= 50000 AND seq >= 50000",
+        )
+        .fetch_one(catalog.pool())
+        .await
+        .unwrap();
+        let set = |text: String| {
+            let catalog = catalog.clone();
+            async move {
+                sqlx::query("UPDATE audit_log SET entries = $1 WHERE seq = $2")
+                    .bind(text)
+                    .bind(seq)
+                    .execute(catalog.pool())
+                    .await
+                    .unwrap();
+            }
+        };
+        let mut records: Vec<serde_json::Value> = serde_json::from_str(&entries).unwrap();
+        let at = usize::try_from(50_000 - first_seq).unwrap();
+        let original = records.clone();
+        records[at][4] = "k9".into();
+        set(serde_json::to_string(&records).unwrap()).await;
+        assert_eq!(audit.verify().await.unwrap().first_bad_seq, Some(first_seq));
+        records = original.clone();
+        records.remove(at);
+        set(serde_json::to_string(&records).unwrap()).await;
+        assert_eq!(audit.verify().await.unwrap().first_bad_seq, Some(first_seq));
+        records = original.clone();
+        records.swap(at, at + 1);
+        set(serde_json::to_string(&records).unwrap()).await;
+        assert_eq!(audit.verify().await.unwrap().first_bad_seq, Some(first_seq));
+        set(entries).await;
+        assert!(audit.verify().await.unwrap().ok);
+        // A whole link removed leaves a gap.
+        sqlx::query("DELETE FROM audit_log WHERE seq = $1")
+            .bind(seq)
+            .execute(catalog.pool())
+            .await
+            .unwrap();
+        assert_eq!(audit.verify().await.unwrap().first_bad_seq, Some(first_seq));
+    }
+
+    /// Batch signs of 1000 messages: a link closes at about 256 KiB, so one
+    /// commit writes several links, each verifying after the one before.
+    #[tokio::test]
+    async fn large_records_split_a_commit_into_several_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = crate::catalog::test_catalog(&dir).await;
+        let batch = Event {
+            message_sha256s: (0..1000u32).map(|i| format!("{i:064x}")).collect(),
+            ..event("k")
+        };
+        let events: Vec<_> = (0..40).map(|i| (i, batch.clone())).collect();
+        let end = append(&catalog, None, &events).await;
+        assert_eq!(end.seq, 40);
+        let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(catalog.pool())
+            .await
+            .unwrap();
+        assert!(rows >= 10, "{rows} links");
+        let audit = Audit::start(&AuditConfig::default(), catalog);
+        let verdict = audit.verify().await.unwrap();
+        assert!(verdict.ok && verdict.checked == 40, "{verdict:?}");
+        let page = audit.page(&AuditFilter::default()).await.unwrap();
+        assert_eq!(page.len(), 40);
+        assert!(
+            page.iter()
+                .all(|r| r.message_sha256s == batch.message_sha256s)
+        );
     }
 
     #[test]
@@ -846,7 +1100,7 @@ mod tests {
         let empty = Event {
             kid: Some(String::new()),
             provider: None,
-            outcome: "invalid_request".into(),
+            outcome: "invalid_request",
             message_sha256s: Vec::new(),
             ..event("")
         };

@@ -233,7 +233,9 @@ impl Gateway {
     ) -> Result<Arc<KeyRecord>, GatewayError> {
         // A kid no key can have is not looked up (PostgreSQL refuses a NUL in text).
         if !valid_kid(kid) {
-            return Err(GatewayError::KeyNotFound(crate::audit::recorded(kid)));
+            return Err(GatewayError::KeyNotFound(
+                crate::audit::recorded(kid).into_owned(),
+            ));
         }
         let record = match tenant {
             None => self.record(kid).await?,

@@ -49,7 +49,7 @@ async fn open(options: &ServeOptions, hold: Option<Hold>) -> Result<Opened, Stri
 
 /// Appends a seal operation's record to the audit log, waits for it, and
 /// counts the operation for `/metrics`.
-async fn audit(opened: &Opened, action: Action, seal: String, outcome: &str) {
+async fn audit(opened: &Opened, action: Action, seal: String, outcome: &'static str) {
     opened.custody.count(action.as_str(), outcome).await;
     let log = Audit::start(&opened.config.audit, opened.catalog.clone());
     let event = Event {
@@ -58,7 +58,7 @@ async fn audit(opened: &Opened, action: Action, seal: String, outcome: &str) {
         action,
         kid: None,
         provider: Some(seal),
-        outcome: outcome.to_owned(),
+        outcome,
         message_sha256s: Vec::new(),
     };
     if let Err(e) = log.record_durably(event).await {

@@ -114,8 +114,7 @@ impl Reloader {
                 Err(ReloadError::NoFile) => "no_config_file",
                 Err(ReloadError::Config(_)) => "invalid_config",
                 Err(ReloadError::Refused(_)) => "refused",
-            }
-            .to_owned(),
+            },
             message_sha256s: Vec::new(),
         };
         if let Err(e) = self.audit.record_durably(event).await {

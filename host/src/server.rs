@@ -12,7 +12,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, app};
+use crate::api::{AppState, DEFAULT_MAX_BODY_BYTES, Shared, app};
 use crate::assembly::{Assembler, Built};
 use crate::audit::Audit;
 use crate::auth::ApiKeys;
@@ -246,7 +246,7 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         database = ?catalog.backend(),
         "gateway ready"
     );
-    let mut state = AppState::new(
+    let mut state = Shared::new(
         Arc::clone(&gateway),
         config
             .server
@@ -272,7 +272,7 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
     })));
     state.custody = Some(custody);
     Ok(Prepared {
-        state,
+        state: state.into(),
         listen,
         background,
         _database_lock: database_lock,

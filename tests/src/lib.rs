@@ -17,6 +17,7 @@ use sqlx::Connection;
 
 pub use reqwest::StatusCode;
 
+pub mod audit;
 pub mod custody;
 
 /// Which database a test runs on.

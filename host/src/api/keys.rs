@@ -150,12 +150,16 @@ fn sign_record(input: Option<&ToSign<Vec<Vec<u8>>>>, hashed: bool) -> (Action, V
             messages
                 .iter()
                 .filter(|_| hashed)
-                .map(|m| hex::encode(digest(&SHA256, m)))
+                .map(|m| crate::audit::hex(digest(&SHA256, m).as_ref()))
                 .collect(),
         ),
         Some(ToSign::Digest(digests)) => (
             Action::SignDigest,
-            digests.iter().filter(|_| hashed).map(hex::encode).collect(),
+            digests
+                .iter()
+                .filter(|_| hashed)
+                .map(|d| crate::audit::hex(d))
+                .collect(),
         ),
     }
 }
@@ -456,10 +460,7 @@ pub(super) fn event<T>(
         action,
         kid: kid.map(str::to_owned),
         provider: provider.map(str::to_owned),
-        outcome: result
-            .as_ref()
-            .map_or_else(|e| e.code().as_str(), |_| "ok")
-            .to_owned(),
+        outcome: result.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok"),
         message_sha256s,
     }
 }

@@ -334,10 +334,10 @@ pub async fn audit_page(
     let action = match query.action.as_deref() {
         None => None,
         Some(name) => Some(Action::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
             ApiError::bad_request(
                 ErrorCode::InvalidQuery,
-                "`action` must be one of create, import, delete, force-delete, sign, sign-digest, rotate, \
-                 csr, certificate-import, certificate-issue, reload",
+                format!("`action` must be one of {}", names.join(", ")),
             )
         })?),
     };

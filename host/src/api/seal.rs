@@ -109,14 +109,14 @@ pub async fn rotate(
                         rewrapped = done.rewrapped,
                         "master key rotation finished"
                     );
-                    "ok".to_owned()
+                    "ok"
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "master key rotation failed; POST again to resume");
-                    "failed".to_owned()
+                    "failed"
                 }
             };
-            custody.count(Action::SealRotate.as_str(), &outcome).await;
+            custody.count(Action::SealRotate.as_str(), outcome).await;
             let event = Event {
                 api_key: actor,
                 tenant: None,

@@ -1,10 +1,11 @@
-//! The audit log's table: appending records inside a write transaction (the one
-//! that carries the change they describe, or the writer's own), and reading
-//! them back exactly as they were hashed.
+//! The audit log's table: appending records inside a write transaction (a
+//! change's record in the change's own, as a row of its own; the writer's
+//! batches as links), and reading them back exactly as they were hashed.
 
-use sqlx::Row;
+use sqlx::Row as _;
 
-use super::{Action, AuditRecord, ENCODING, Event, GENESIS};
+use super::link::{self, StoredLink};
+use super::{Action, AuditRecord, ENCODING as RECORD_ENCODING, Event, GENESIS};
 use crate::catalog::{Backend, Catalog, CatalogError, Write};
 
 /// The columns of `audit_log`, in the order the queries below use.
@@ -14,16 +15,15 @@ macro_rules! audit_columns {
     };
 }
 
-/// Rows per audit INSERT statement (12 parameters each; far below both
-/// databases' parameter limits).
-const ROWS_PER_INSERT: usize = 64;
+/// Rows read at once: with links of up to 256 KiB, at most some 25 MiB.
+const READ_ROWS: i64 = 100;
 /// The advisory lock replicas on PostgreSQL take to extend the chain.
 const CHAIN_LOCK: i64 = 0x6b6d_7367_7761_7564;
 
-/// The end of the chain: the last record's seq and hash (0 and [`GENESIS`] for
+/// The end of the chain: the last row's seq and hash (0 and [`GENESIS`] for
 /// an empty log).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Link {
+pub struct End {
     pub seq: i64,
     pub hash: String,
 }
@@ -40,6 +40,18 @@ pub struct AuditFilter<'a> {
     pub action: Option<Action>,
 }
 
+impl AuditFilter<'_> {
+    /// Whether `record` is one this filter asks for (positions aside).
+    fn admits(&self, record: &AuditRecord) -> bool {
+        self.tenant
+            .is_none_or(|t| record.tenant.as_deref().unwrap_or("") == t.unwrap_or(""))
+            && self
+                .kid
+                .is_none_or(|kid| record.kid.as_deref() == Some(kid))
+            && self.action.is_none_or(|a| record.action == a.as_str())
+    }
+}
+
 impl Default for AuditFilter<'_> {
     fn default() -> Self {
         AuditFilter {
@@ -52,113 +64,226 @@ impl Default for AuditFilter<'_> {
     }
 }
 
-/// Appends `events` in `tx` after `head` (`None`: not known, read it). On
-/// PostgreSQL the head is always read under an advisory lock held to the end of
-/// `tx`, as other replicas append too. Returns the new head.
+/// Reads the chain's end in `tx` unless `head` knows it (`None`: not known). On
+/// PostgreSQL it is always read, under an advisory lock held to the end of
+/// `tx`, as other replicas append too.
+async fn end(catalog: &Catalog, tx: &mut Write, head: Option<End>) -> Result<End, CatalogError> {
+    if let (Backend::Sqlite, Some(head)) = (catalog.backend(), &head) {
+        return Ok(head.clone());
+    }
+    if catalog.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CHAIN_LOCK)
+            .execute(&mut **tx)
+            .await?;
+    }
+    let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        Some(row) => End {
+            seq: row.try_get("seq")?,
+            hash: row.try_get("hash")?,
+        },
+        None => End {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+        },
+    })
+}
+
+/// Appends `event`'s record (at `time`) as a row of its own in `tx` after
+/// `head` (`None`: not known, read it). Returns the new head.
 ///
 /// # Errors
 /// Database failures (the caller's transaction then commits nothing).
 pub async fn append(
     catalog: &Catalog,
     tx: &mut Write,
-    head: Option<Link>,
-    events: &[(i64, Event)],
-) -> Result<Link, CatalogError> {
-    let head = match (catalog.backend(), head) {
-        (Backend::Sqlite, Some(head)) => head,
-        (backend, _) => {
-            if backend == Backend::Postgres {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(CHAIN_LOCK)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await?;
-            match row {
-                Some(row) => Link {
-                    seq: row.try_get("seq")?,
-                    hash: row.try_get("hash")?,
-                },
-                None => Link {
-                    seq: 0,
-                    hash: GENESIS.to_owned(),
-                },
-            }
-        }
-    };
-    let mut records: Vec<AuditRecord> = Vec::with_capacity(events.len());
-    for (time, event) in events {
-        let previous = records.last().map_or_else(
-            || (head.seq, head.hash.as_str()),
-            |r| (r.seq, r.hash.as_str()),
-        );
-        let record = AuditRecord::chained(previous, *time, event);
-        records.push(record);
-    }
-    // Several rows per statement: one round trip to the driver per chunk.
-    for chunk in records.chunks(ROWS_PER_INSERT) {
-        let sql = format!(
-            concat!("INSERT INTO audit_log (", audit_columns!(), ") VALUES {}"),
-            catalog.placeholders(chunk.len(), 12)
-        );
-        // The statement is built only from our own placeholders.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for record in chunk {
-            query = query
-                .bind(record.seq)
-                .bind(record.time)
-                .bind(record.api_key.as_deref())
-                .bind(record.tenant.as_deref())
-                .bind(record.action.as_str())
-                .bind(record.kid.as_deref())
-                .bind(record.provider.as_deref())
-                .bind(record.outcome.as_str())
-                .bind(record.stored_message_hashes())
-                .bind(record.prev_hash.as_str())
-                .bind(record.hash.as_str())
-                .bind(i64::from(record.encoding));
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(records.pop().map_or(head, |last| Link {
-        seq: last.seq,
-        hash: last.hash,
-    }))
+    head: Option<End>,
+    time: i64,
+    event: &Event,
+) -> Result<End, CatalogError> {
+    let head = end(catalog, tx, head).await?;
+    let record = AuditRecord::chained((head.seq, &head.hash), time, event);
+    sqlx::query(concat!(
+        "INSERT INTO audit_log (",
+        audit_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(record.seq)
+    .bind(record.time)
+    .bind(record.api_key.as_deref())
+    .bind(record.tenant.as_deref())
+    .bind(record.action.as_str())
+    .bind(record.kid.as_deref())
+    .bind(record.provider.as_deref())
+    .bind(record.outcome.as_str())
+    .bind(record.stored_message_hashes())
+    .bind(record.prev_hash.as_str())
+    .bind(record.hash.as_str())
+    .bind(i64::from(record.encoding))
+    .execute(&mut **tx)
+    .await?;
+    Ok(End {
+        seq: record.seq,
+        hash: record.hash,
+    })
 }
 
-/// Records matching `filter`, by seq.
+/// Appends `events` (with their times) in `tx` after `head` as links that
+/// carry many records each (see [`link`]). Returns the new head.
+///
+/// # Errors
+/// Database failures (the caller's transaction then commits nothing).
+pub async fn append_links(
+    catalog: &Catalog,
+    tx: &mut Write,
+    head: Option<End>,
+    events: &[(i64, Event)],
+) -> Result<End, CatalogError> {
+    let mut head = end(catalog, tx, head).await?;
+    for draft in link::drafts(events) {
+        let stored = StoredLink::after((head.seq, &head.hash), draft);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, first_seq, time, action, outcome, entries, prev_hash, \
+             hash, encoding) VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8)",
+        )
+        .bind(stored.seq)
+        .bind(stored.first_seq)
+        .bind(stored.time)
+        .bind(link::ACTION)
+        .bind(stored.entries.as_str())
+        .bind(stored.prev_hash.as_str())
+        .bind(stored.hash.as_str())
+        .bind(i64::from(link::ENCODING))
+        .execute(&mut **tx)
+        .await?;
+        head = End {
+            seq: stored.seq,
+            hash: stored.hash,
+        };
+    }
+    Ok(head)
+}
+
+/// A row of the chain: a record of its own, or a link carrying several.
+pub enum Row {
+    Record(AuditRecord),
+    Link(StoredLink),
+}
+
+impl Row {
+    /// The row's place in the chain (a link's last record).
+    pub fn seq(&self) -> i64 {
+        match self {
+            Row::Record(record) => record.seq,
+            Row::Link(link) => link.seq,
+        }
+    }
+}
+
+/// Up to [`READ_ROWS`] rows after position `after`, by seq; with `filter`,
+/// records of their own only when they match it (links always: their records
+/// are filtered by [`page`]).
 ///
 /// # Errors
 /// Database failures.
+pub async fn rows(
+    catalog: &Catalog,
+    after: i64,
+    filter: Option<&AuditFilter<'_>>,
+) -> Result<Vec<Row>, CatalogError> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        audit_columns!(),
+        ", first_seq, entries FROM audit_log WHERE seq > $1 AND (encoding = $6 OR (\
+         ($2 = '*' OR COALESCE(tenant, '') = $2) AND ($3 = '' OR kid = $3) \
+         AND ($4 = '' OR action = $4))) ORDER BY seq LIMIT $5"
+    ))
+    .bind(after)
+    .bind(match filter.and_then(|f| f.tenant) {
+        None => "*",
+        Some(tenant) => tenant.unwrap_or(""),
+    })
+    .bind(filter.and_then(|f| f.kid).unwrap_or(""))
+    .bind(filter.and_then(|f| f.action).map_or("", Action::as_str))
+    .bind(READ_ROWS)
+    .bind(i64::from(link::ENCODING))
+    .fetch_all(catalog.pool())
+    .await?;
+    rows.iter().map(row_of).collect()
+}
+
+/// Records matching `filter`, by seq: those of links one by one.
+///
+/// # Errors
+/// Database failures; a link whose entries cannot be read.
 pub async fn page(
     catalog: &Catalog,
     filter: &AuditFilter<'_>,
 ) -> Result<Vec<AuditRecord>, CatalogError> {
-    let rows = sqlx::query(concat!(
-        "SELECT ",
-        audit_columns!(),
-        " FROM audit_log WHERE seq > $1 AND ($2 = '*' OR COALESCE(tenant, '') = $2) \
-         AND ($3 = '' OR kid = $3) AND ($4 = '' OR action = $4) ORDER BY seq LIMIT $5"
-    ))
-    .bind(filter.after)
-    .bind(match filter.tenant {
-        None => "*",
-        Some(tenant) => tenant.unwrap_or(""),
-    })
-    .bind(filter.kid.unwrap_or(""))
-    .bind(filter.action.map_or("", Action::as_str))
-    .bind(i64::from(filter.limit))
-    .fetch_all(catalog.pool())
-    .await?;
-    rows.iter().map(record_of).collect()
+    let limit = filter.limit as usize;
+    let mut records = Vec::new();
+    let mut after = filter.after;
+    while records.len() < limit {
+        let rows = rows(catalog, after, Some(filter)).await?;
+        let last_page = rows.len() < READ_ROWS as usize;
+        for row in rows {
+            after = row.seq();
+            match row {
+                Row::Record(record) => records.push(record),
+                Row::Link(link) => records.extend(
+                    link.records()
+                        .map_err(CatalogError::Corrupt)?
+                        .into_iter()
+                        .filter(|r| r.seq > filter.after && filter.admits(r)),
+                ),
+            }
+            if records.len() >= limit {
+                break;
+            }
+        }
+        if last_page {
+            break;
+        }
+    }
+    records.truncate(limit);
+    Ok(records)
+}
+
+fn row_of(row: &sqlx::any::AnyRow) -> Result<Row, CatalogError> {
+    let encoding = row.try_get::<i64, _>("encoding")?;
+    if encoding != i64::from(link::ENCODING) {
+        return record_of(row).map(Row::Record);
+    }
+    let seq: i64 = row.try_get("seq")?;
+    let action: String = row.try_get("action")?;
+    let outcome: String = row.try_get("outcome")?;
+    let mut bare = action == link::ACTION && outcome.is_empty();
+    for column in ["api_key", "tenant", "kid", "provider", "message_sha256"] {
+        bare &= row.try_get::<Option<String>, _>(column)?.is_none();
+    }
+    Ok(Row::Link(StoredLink {
+        // A link without a first position can hold no record.
+        first_seq: row
+            .try_get::<Option<i64>, _>("first_seq")?
+            .unwrap_or(seq.saturating_add(1)),
+        seq,
+        time: row.try_get("time")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        entries: row
+            .try_get::<Option<String>, _>("entries")?
+            .unwrap_or_default(),
+        bare,
+    }))
 }
 
 fn record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, CatalogError> {
     let encoding = u8::try_from(row.try_get::<i64, _>("encoding")?)
         .ok()
-        .filter(|e| (1..=ENCODING).contains(e))
+        .filter(|e| (1..=RECORD_ENCODING).contains(e))
         .ok_or_else(|| CatalogError::Corrupt("an audit record's encoding".into()))?;
     let optional = |name: &str| -> Result<Option<String>, CatalogError> {
         let value: Option<String> = row.try_get(name)?;
@@ -180,6 +305,7 @@ fn record_of(row: &sqlx::any::AnyRow) -> Result<AuditRecord, CatalogError> {
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,
         encoding,
+        link: None,
     }
     .with_stored_message_hashes(hashes.filter(|h| !h.is_empty())))
 }

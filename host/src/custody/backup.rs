@@ -44,6 +44,9 @@ struct Table {
     name: &'static str,
     columns: &'static [(&'static str, Column)],
     order: &'static str,
+    /// How many of the last columns came after backups began: a backup
+    /// without them restores them as NULL.
+    added: usize,
 }
 
 /// The tables a backup holds, in an order that restores without breaking a
@@ -68,11 +71,13 @@ const TABLES: &[Table] = &[
             ("certificate_policy", Text),
         ],
         order: "kid",
+        added: 0,
     },
     Table {
         name: "db_key_material",
         columns: &[("kid", Text), ("sealed", Text), ("generation", Int)],
         order: "kid",
+        added: 0,
     },
     Table {
         name: "key_versions",
@@ -90,11 +95,13 @@ const TABLES: &[Table] = &[
             ("cert_not_after", Int),
         ],
         order: "kid, version",
+        added: 0,
     },
     Table {
         name: "db_version_material",
         columns: &[("id", Text), ("sealed", Text), ("generation", Int)],
         order: "id",
+        added: 0,
     },
     Table {
         name: "guest_kv",
@@ -106,11 +113,13 @@ const TABLES: &[Table] = &[
             ("generation", Int),
         ],
         order: "provider, key",
+        added: 0,
     },
     Table {
         name: "guest_usage",
         columns: &[("provider", Text), ("entries", Int), ("bytes", Int)],
         order: "provider",
+        added: 0,
     },
     Table {
         name: "audit_log",
@@ -127,13 +136,17 @@ const TABLES: &[Table] = &[
             ("prev_hash", Text),
             ("hash", Text),
             ("encoding", Int),
+            ("first_seq", Int),
+            ("entries", Text),
         ],
         order: "seq",
+        added: 2,
     },
     Table {
         name: "meta",
         columns: &[("name", Text), ("value", Text)],
         order: "name",
+        added: 0,
     },
 ];
 
@@ -259,6 +272,7 @@ impl Custody {
                 name: table,
                 columns,
                 order,
+                ..
             } in TABLES
             {
                 let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
@@ -399,10 +413,11 @@ pub async fn restore(
             .map_err(|_| bad(&format!("chunk {index} is not rows")))?
         {
             Chunk::Rows { table, rows } => {
-                let Some(Table { columns, .. }) = TABLES.iter().find(|t| t.name == table) else {
+                let Some(Table { columns, added, .. }) = TABLES.iter().find(|t| t.name == table)
+                else {
                     return Err(bad(&format!("unknown table `{table}`")));
                 };
-                insert_rows(catalog, &mut tx, &table, columns, &rows).await?;
+                insert_rows(catalog, &mut tx, &table, columns, *added, &rows).await?;
                 *counts.entry(table).or_default() += rows.len() as u64;
             }
             Chunk::End { counts } => ended = Some(counts),
@@ -437,6 +452,7 @@ async fn insert_rows(
     tx: &mut crate::catalog::Write,
     table: &str,
     columns: &[(&str, Column)],
+    added: usize,
     rows: &[Vec<Value>],
 ) -> Result<(), CustodyError> {
     let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();
@@ -449,13 +465,14 @@ async fn insert_rows(
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(query_text));
         for row in group {
-            if row.len() != columns.len() {
+            if row.len() > columns.len() || row.len() < columns.len() - added {
                 return Err(CustodyError::Damaged(format!(
                     "a `{table}` row has {} values",
                     row.len()
                 )));
             }
-            for (value, (name, kind)) in row.iter().zip(columns) {
+            let absent = std::iter::repeat_n(&Value::Null, columns.len() - row.len());
+            for (value, (name, kind)) in row.iter().chain(absent).zip(columns) {
                 let wrong = || {
                     CustodyError::Damaged(format!(
                         "`{table}.{name}` holds a value of the wrong type"

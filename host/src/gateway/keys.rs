@@ -345,7 +345,9 @@ impl Gateway {
     ) -> Result<KeyRecord, GatewayError> {
         // A kid no key can have is not looked up (PostgreSQL refuses a NUL in text).
         if !valid_kid(kid) {
-            return Err(GatewayError::KeyNotFound(crate::audit::recorded(kid)));
+            return Err(GatewayError::KeyNotFound(
+                crate::audit::recorded(kid).into_owned(),
+            ));
         }
         self.catalog
             .get(&key_id(tenant, kid))

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use kmsgw_tests::audit::Tamper;
 use kmsgw_tests::*;
 use serde_json::{Value, json};
 
@@ -462,12 +463,13 @@ async fn every_command_against_a_live_gateway() {
             .starts_with("audit chain intact")
     );
     // A record changed behind the gateway's back: the verdict says so, exit code 1.
-    site.execute(&["UPDATE audit_log SET outcome = 'forged' WHERE seq = 2"])
+    let bad = site
+        .tamper_audit(2, Tamper::Set("outcome", json!("forged")))
         .await;
     let broken = admin(&gw, &["audit", "verify"]);
     assert_eq!(broken.code, 1, "{}", broken.stdout);
     assert!(
-        broken.stdout.contains("BROKEN at seq 2"),
+        broken.stdout.contains(&format!("BROKEN at seq {bad}")),
         "{}",
         broken.stdout
     );

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use kmsgw_tests::audit::Tamper;
 use kmsgw_tests::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -156,6 +157,12 @@ async fn no_malformed_request_breaks_the_audit_chain(db: Db) {
         let (status, answer) = gw.get(path).await;
         assert!(status.is_client_error(), "{path} → {status} {answer}");
     }
+    // Two creates in a row (rows of their own), then signs at once (that share
+    // links).
+    gw.create(json!({"kid": "n1"})).await;
+    gw.create(json!({"kid": "n2"})).await;
+    let messages: Vec<Vec<u8>> = (0..64).map(|i| format!("m{i}").into_bytes()).collect();
+    futures::future::join_all(messages.iter().map(|m| gw.sign("k1", m))).await;
     gw.sign("k1", b"after").await;
 
     let last = json!(sha256_hex_of(b"after"));
@@ -196,26 +203,40 @@ async fn no_malformed_request_breaks_the_audit_chain(db: Db) {
             .any(|r| r["kid"] == json!("a\\u{0}b") || r["provider"] == json!("a\\u{0}b"))
     );
 
-    // Changed, removed and reordered records still break the chain.
+    // Changed, removed and reordered records still break the chain, whether a
+    // record has a row of its own or shares a link.
     let n = records.len();
-    site.execute(&["UPDATE audit_log SET outcome = 'ok' WHERE seq = 3"])
+    let original = records[2]["outcome"].clone();
+    let bad = site
+        .tamper_audit(3, Tamper::Set("outcome", json!("ok")))
         .await;
-    assert_eq!(verify(&gw).await["firstBadSeq"], 3);
-    let original = records[2]["outcome"].as_str().unwrap().to_owned();
-    site.execute(&[&format!(
-        "UPDATE audit_log SET outcome = '{original}' WHERE seq = 3"
-    )])
-    .await;
+    assert_eq!(verify(&gw).await["firstBadSeq"], bad);
+    site.tamper_audit(3, Tamper::Set("outcome", original)).await;
     assert_eq!(verify(&gw).await, json!({"ok": true, "checked": n}));
-    site.execute(&[
-        "UPDATE audit_log SET seq = -1 WHERE seq = 4",
-        "UPDATE audit_log SET seq = 4 WHERE seq = 5",
-        "UPDATE audit_log SET seq = 5 WHERE seq = -1",
-    ])
-    .await;
-    assert_eq!(verify(&gw).await["firstBadSeq"], 4);
-    site.execute(&["DELETE FROM audit_log WHERE seq = 2"]).await;
-    assert_eq!(verify(&gw).await["firstBadSeq"], 2);
+    // Two neighbours that differ, in a link and as rows of their own.
+    let in_link = |r: &Value| r["link"].is_object();
+    let pair = |linked: bool| {
+        records
+            .windows(2)
+            .find(|w| {
+                in_link(&w[0]) == linked
+                    && in_link(&w[1]) == linked
+                    && w[0]["link"] == w[1]["link"]
+                    && (&w[0]["kid"], &w[0]["messageSha256"], &w[0]["outcome"])
+                        != (&w[1]["kid"], &w[1]["messageSha256"], &w[1]["outcome"])
+            })
+            .map(|w| w[0]["seq"].as_i64().unwrap())
+            .expect("two different neighbours")
+    };
+    for linked in [true, false] {
+        let seq = pair(linked);
+        let bad = site.tamper_audit(seq, Tamper::SwapWithNext).await;
+        assert_eq!(verify(&gw).await["firstBadSeq"], bad, "linked: {linked}");
+        site.tamper_audit(seq, Tamper::SwapWithNext).await;
+        assert_eq!(verify(&gw).await["ok"], true);
+    }
+    let bad = site.tamper_audit(2, Tamper::Remove).await;
+    assert_eq!(verify(&gw).await["firstBadSeq"], bad);
 }
 
 /// A failure of the audit write, injected between a change and its record (a

@@ -256,7 +256,7 @@ pub async fn sign_hash(
         }
     };
     let recorded: Vec<String> = if result.is_ok() && state.audit.enabled() {
-        hashes.iter().map(hex::encode).collect()
+        hashes.iter().map(|h| crate::audit::hex(h)).collect()
     } else {
         Vec::new()
     };
