@@ -184,6 +184,23 @@ async fn no_malformed_request_breaks_the_audit_chain(db: Db) {
         json!({"ok": true, "checked": records.len()}),
         "{records:#?}"
     );
+    // Each of the signs made at once is listed on its own with its message's
+    // hash, and some of them share a link.
+    for m in &messages {
+        let hash = json!(sha256_hex_of(m));
+        assert!(
+            records
+                .iter()
+                .any(|r| r["action"] == "sign" && r["kid"] == "k1" && r["messageSha256"] == hash),
+            "{m:?} has no record"
+        );
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r["link"]["lastSeq"].as_i64() > r["link"]["firstSeq"].as_i64()),
+        "no link carries more than one record"
+    );
     // What was sent is what is recorded: an empty kid is "", an absent provider null.
     let empty_kid = records
         .iter()
