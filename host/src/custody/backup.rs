@@ -529,7 +529,7 @@ mod tests {
             "audit_log",
             table.columns,
             table.added,
-            &[row.clone()],
+            std::slice::from_ref(&row),
         )
         .await
         .unwrap();
