@@ -512,16 +512,15 @@ impl Slot {
     /// # Errors
     /// [`AuditError`] when a durable record was not committed in time.
     pub async fn record(self, event: Event) -> Result<(), AuditError> {
-        let Some(hurry) = self.durable.clone() else {
-            self.send(event, false);
-            return Ok(());
-        };
-        let span = crate::span!("audit.record", audit.durable = true);
-        let committed = span.in_scope(|| self.send(event, true));
-        hurry.notify_one();
-        match committed {
-            Some(committed) => wait_for_commit(committed).instrument(span).await,
-            None => Ok(()),
+        let hurry = self.durable.clone();
+        let span = crate::span!("audit.record", audit.durable = hurry.is_some());
+        let committed = span.in_scope(|| self.send(event, hurry.is_some()));
+        match (committed, hurry) {
+            (Some(committed), Some(hurry)) => {
+                hurry.notify_one();
+                wait_for_commit(committed).instrument(span).await
+            }
+            _ => Ok(()),
         }
     }
 
