@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use kmsgw::api::{AppState, app};
+use kmsgw::api::{AppState, Shared, app};
 use kmsgw::audit::{Actor, Audit};
 use kmsgw::auth::ApiKeys;
 use kmsgw::catalog::Catalog;
@@ -62,12 +62,13 @@ async fn state(dir: &tempfile::TempDir, audit: bool) -> AppState {
         .issue_certificate(Actor::default(), "bench", &certificate)
         .await
         .unwrap();
-    AppState::new(
+    Shared::new(
         gateway,
         1 << 20,
         ApiKeys::new(&AuthConfig::default()),
         audit,
     )
+    .into()
 }
 
 async fn sign_request(router: &axum::Router) {

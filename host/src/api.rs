@@ -59,18 +59,6 @@ impl From<Shared> for AppState {
     }
 }
 
-impl AppState {
-    /// The state for `gateway` with defaults for the rest (see [`Shared::new`]).
-    pub fn new(
-        gateway: Arc<Gateway>,
-        max_body_bytes: usize,
-        api_keys: ApiKeys,
-        audit: Audit,
-    ) -> Self {
-        Shared::new(gateway, max_body_bytes, api_keys, audit).into()
-    }
-}
-
 /// The parts of [`AppState`].
 pub struct Shared {
     pub gateway: Arc<Gateway>,

@@ -27,7 +27,6 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, oneshot};
 use tracing::Instrument as _;
 use utoipa::ToSchema;
 
-use store::Row;
 pub use store::{AuditFilter, End};
 
 use crate::catalog::{Catalog, CatalogError, Write};
@@ -725,31 +724,15 @@ impl Audit {
             }
             for row in rows {
                 let expected_seq = end.seq + 1;
-                let (first_seq, holds, next) = match row {
-                    Row::Record(r) => (
-                        r.seq,
-                        r.prev_hash == end.hash && r.hash_holds(),
-                        End {
-                            seq: r.seq,
-                            hash: r.hash,
-                        },
-                    ),
-                    Row::Link(l) => (
-                        l.first_seq,
-                        l.prev_hash == end.hash && l.holds(),
-                        End {
-                            seq: l.seq,
-                            hash: l.hash,
-                        },
-                    ),
-                };
-                if first_seq != expected_seq || !holds {
+                let first_seq = row.first_seq();
+                if first_seq != expected_seq || !row.holds_after(&end) {
                     return Ok(Verification {
                         ok: false,
                         checked,
                         first_bad_seq: Some(expected_seq.min(first_seq)),
                     });
                 }
+                let next = row.into_end();
                 checked += u64::try_from(next.seq - end.seq).unwrap_or(0);
                 end = next;
             }

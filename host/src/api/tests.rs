@@ -6,7 +6,7 @@ use p256::ecdsa::signature::Verifier;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::{AppState, app};
+use super::{AppState, Shared, app};
 use crate::audit::Audit;
 use crate::auth::ApiKeys;
 use crate::catalog::Catalog;
@@ -29,12 +29,13 @@ async fn state(dir: &tempfile::TempDir, max_body_bytes: usize) -> AppState {
         description: None,
     }];
     let audit = Audit::start(&AuditConfig::default(), catalog.clone());
-    AppState::new(
+    Shared::new(
         Arc::new(Gateway::new(registered, "db".into(), catalog).with_audit(audit.clone())),
         max_body_bytes,
         ApiKeys::new(&AuthConfig::default()),
         audit,
     )
+    .into()
 }
 
 async fn call(state: &AppState, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {

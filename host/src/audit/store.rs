@@ -181,6 +181,36 @@ impl Row {
             Row::Link(link) => link.seq,
         }
     }
+
+    /// The first record's position.
+    pub fn first_seq(&self) -> i64 {
+        match self {
+            Row::Record(record) => record.seq,
+            Row::Link(link) => link.first_seq,
+        }
+    }
+
+    /// Whether the row follows `end` and holds what its hash covers.
+    pub fn holds_after(&self, end: &End) -> bool {
+        match self {
+            Row::Record(r) => r.prev_hash == end.hash && r.hash_holds(),
+            Row::Link(l) => l.prev_hash == end.hash && l.holds(),
+        }
+    }
+
+    /// The chain's end once this row is in it.
+    pub fn into_end(self) -> End {
+        match self {
+            Row::Record(r) => End {
+                seq: r.seq,
+                hash: r.hash,
+            },
+            Row::Link(l) => End {
+                seq: l.seq,
+                hash: l.hash,
+            },
+        }
+    }
 }
 
 /// Up to [`READ_ROWS`] rows after position `after`, by seq; with `filter`,
