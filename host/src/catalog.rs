@@ -317,6 +317,8 @@ fn optional_millis(duration: Option<Duration>) -> Option<i64> {
 /// Records for the unit tests of the catalog's users.
 #[cfg(test)]
 pub(crate) mod tests_support {
+    pub(crate) use super::keys::tests::insert;
+
     /// A record of key `kid` outside tenants.
     pub(crate) fn record(kid: &str) -> super::KeyRecord {
         super::keys::tests::record(None, kid)

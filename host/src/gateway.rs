@@ -9,6 +9,7 @@
 mod certificates;
 mod jwks;
 mod keys;
+mod reads;
 mod registry;
 mod rotation;
 mod signing;
@@ -84,6 +85,8 @@ pub struct Gateway {
     sign_seconds: HistogramVec,
     /// Records by gateway-wide key id, least recently used evicted first.
     records: Cache<String, Arc<KeyRecord>>,
+    /// Where records missing from `records` are read, many per query.
+    reads: reads::ColdReads,
     /// Bumped by every invalidation, so a record read from the database just before
     /// a deletion is not cached after it.
     invalidations: AtomicU64,
@@ -168,6 +171,7 @@ impl Gateway {
             rotations: [AtomicU64::new(0), AtomicU64::new(0)],
             certificates: [AtomicU64::new(0), AtomicU64::new(0)],
             registry: ArcSwap::from_pointee(registry),
+            reads: reads::ColdReads::new(catalog.clone()),
             catalog,
             sign_seconds,
             records: Cache::new(CacheConfig::default().keys),
@@ -256,7 +260,7 @@ impl Gateway {
         }
         span.record("cached", false);
         let seen = self.invalidations.load(Ordering::Acquire);
-        let read = tracing::Instrument::instrument(self.catalog.get(id), span);
+        let read = tracing::Instrument::instrument(self.reads.get(id), span);
         let Some(record) = read.await? else {
             return Ok(None);
         };
