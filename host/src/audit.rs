@@ -19,9 +19,11 @@ mod store;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest::{SHA256, digest};
+use prometheus::core::Collector;
+use prometheus::{Counter, IntCounter};
 use serde::Serialize;
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, mpsc, oneshot};
 use tracing::Instrument as _;
@@ -441,6 +443,63 @@ pub struct Audit {
     head: Head,
     signs: SignAudit,
     catalog: Catalog,
+    chain: ChainUse,
+}
+
+/// This process's use of the chain, for `/metrics`: commits that extended it,
+/// the records they carried, and the time spent waiting for the chain (SQLite's
+/// write lock; on PostgreSQL the replicas' advisory lock) and holding it until
+/// the commit was done. On PostgreSQL the hold time bounds how many commits
+/// all replicas together can make a second.
+#[derive(Clone)]
+pub struct ChainUse {
+    commits: IntCounter,
+    records: IntCounter,
+    waited: Counter,
+    held: Counter,
+}
+
+impl ChainUse {
+    fn new() -> Self {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let seconds = |name: &str, help: &str| Counter::new(name, help).expect("valid metric");
+        ChainUse {
+            commits: counter(
+                "kmsgw_audit_commits_total",
+                "Commits by this replica that extended the audit chain",
+            ),
+            records: counter(
+                "kmsgw_audit_records_total",
+                "Audit records those commits carried",
+            ),
+            waited: seconds(
+                "kmsgw_audit_chain_wait_seconds_total",
+                "Time those commits waited for the audit chain's lock",
+            ),
+            held: seconds(
+                "kmsgw_audit_chain_hold_seconds_total",
+                "Time those commits held the audit chain's lock, up to the end of the commit",
+            ),
+        }
+    }
+
+    /// Counts a commit of `records` that began at `began` and had the chain at `locked`.
+    fn count(&self, records: usize, began: Instant, locked: Instant) {
+        self.commits.inc();
+        self.records.inc_by(records as u64);
+        self.waited.inc_by((locked - began).as_secs_f64());
+        self.held.inc_by(locked.elapsed().as_secs_f64());
+    }
+
+    /// The four counters, to register with a metrics registry.
+    pub fn collectors(&self) -> [Box<dyn Collector>; 4] {
+        [
+            Box::new(self.commits.clone()),
+            Box::new(self.records.clone()),
+            Box::new(self.waited.clone()),
+            Box::new(self.held.clone()),
+        ]
+    }
 }
 
 fn now_millis() -> i64 {
@@ -455,6 +514,8 @@ pub struct Audited {
     /// Held from the start of the transaction to its end (`None`: log off).
     head: Option<OwnedMutexGuard<Option<End>>>,
     catalog: Catalog,
+    chain: ChainUse,
+    began: Instant,
 }
 
 impl std::ops::Deref for Audited {
@@ -481,6 +542,8 @@ impl Audited {
             mut write,
             head,
             catalog,
+            chain,
+            began,
         } = self;
         let Some(mut head) = head else {
             return write.commit().await;
@@ -488,10 +551,11 @@ impl Audited {
         // Unknown until this commit is known to have happened.
         let known = head.take();
         let span = crate::span!("audit.commit");
-        let new_head = store::append(&catalog, &mut write, known, now_millis(), &event)
+        let (new_head, locked) = store::append(&catalog, &mut write, known, now_millis(), &event)
             .instrument(span.clone())
             .await?;
         write.commit().instrument(span).await?;
+        chain.count(1, began, locked);
         *head = Some(new_head);
         Ok(())
     }
@@ -555,12 +619,14 @@ impl Audit {
     pub fn start(config: &AuditConfig, catalog: Catalog) -> Audit {
         let head = Head::default();
         let hurry = Arc::new(Notify::new());
+        let chain = ChainUse::new();
         let queue = config.enabled.then(|| {
             let (tx, rx) = mpsc::channel(config.queue_records.max(1));
             let writer = Writer {
                 catalog: catalog.clone(),
                 head: Arc::clone(&head),
                 hurry: Arc::clone(&hurry),
+                chain: chain.clone(),
             };
             tokio::spawn(writer.run(rx));
             tx
@@ -571,6 +637,7 @@ impl Audit {
             head,
             signs: config.signs,
             catalog,
+            chain,
         }
     }
 
@@ -582,6 +649,7 @@ impl Audit {
             head: Head::default(),
             signs: SignAudit::Batched,
             catalog,
+            chain: ChainUse::new(),
         }
     }
 
@@ -607,11 +675,19 @@ impl Audit {
             }
             None => None,
         };
+        let began = Instant::now();
         Ok(Audited {
             write: self.catalog.begin_write().await?,
             head,
             catalog: self.catalog.clone(),
+            chain: self.chain.clone(),
+            began,
         })
+    }
+
+    /// This process's use of the chain (for `/metrics`).
+    pub fn chain_use(&self) -> &ChainUse {
+        &self.chain
     }
 
     /// Takes a place in the queue for a sign's record, waiting a little for room.
@@ -749,6 +825,7 @@ struct Writer {
     catalog: Catalog,
     head: Head,
     hurry: Arc<Notify>,
+    chain: ChainUse,
 }
 
 impl Writer {
@@ -809,10 +886,13 @@ impl Writer {
 
     async fn append(&self, events: &[(i64, Event)]) -> Result<(), CatalogError> {
         let mut head = self.head.lock().await;
+        let began = Instant::now();
         let mut write = self.catalog.begin_write().await?;
         let known = head.take();
-        let new_head = store::append_links(&self.catalog, &mut write, known, events).await?;
+        let (new_head, locked) =
+            store::append_links(&self.catalog, &mut write, known, events).await?;
         write.commit().await?;
+        self.chain.count(events.len(), began, locked);
         *head = Some(new_head);
         Ok(())
     }
@@ -837,7 +917,7 @@ mod tests {
     /// Appends `events` as the writer does (links).
     async fn append(catalog: &Catalog, head: Option<End>, events: &[(i64, Event)]) -> End {
         let mut write = catalog.begin_write().await.unwrap();
-        let end = store::append_links(catalog, &mut write, head, events)
+        let (end, _) = store::append_links(catalog, &mut write, head, events)
             .await
             .unwrap();
         write.commit().await.unwrap();

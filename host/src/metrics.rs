@@ -32,6 +32,9 @@ impl Metrics {
         registry
             .register(Box::new(gateway.sign_seconds().clone()))
             .expect("registered once");
+        for collector in gateway.audit().chain_use().collectors() {
+            registry.register(collector).expect("registered once");
+        }
         Metrics { registry, requests }
     }
 

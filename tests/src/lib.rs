@@ -363,6 +363,11 @@ impl Gateway {
         Ok((status, json))
     }
 
+    /// The value of the sample `name` (with its labels) in `/metrics`, or 0.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_value(&self.text(None, "/metrics").await.1, name)
+    }
+
     /// `GET path` as text (for `/metrics`), with an optional bearer token.
     pub async fn text(&self, token: Option<&str>, path: &str) -> (StatusCode, String) {
         let mut request = self.client.get(format!("{}{path}", self.base));
@@ -1658,4 +1663,11 @@ pub fn softhsm_tokens(dir: &Path, labels: &[&str], pin: &str) -> PathBuf {
         assert!(status.success());
     }
     conf
+}
+
+/// The value of the sample `name` (with its labels) in Prometheus text, or 0.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }

@@ -2,6 +2,8 @@
 //! change's record in the change's own, as a row of its own; the writer's
 //! batches as links), and reading them back exactly as they were hashed.
 
+use std::time::Instant;
+
 use sqlx::Row as _;
 
 use super::link::{self, StoredLink};
@@ -66,10 +68,15 @@ impl Default for AuditFilter<'_> {
 
 /// Reads the chain's end in `tx` unless `head` knows it (`None`: not known). On
 /// PostgreSQL it is always read, under an advisory lock held to the end of
-/// `tx`, as other replicas append too.
-async fn end(catalog: &Catalog, tx: &mut Write, head: Option<End>) -> Result<End, CatalogError> {
+/// `tx`, as other replicas append too. Also returns when `tx` had the chain to
+/// itself (on SQLite, a write transaction has it from its start).
+async fn end(
+    catalog: &Catalog,
+    tx: &mut Write,
+    head: Option<End>,
+) -> Result<(End, Instant), CatalogError> {
     if let (Backend::Sqlite, Some(head)) = (catalog.backend(), &head) {
-        return Ok(head.clone());
+        return Ok((head.clone(), Instant::now()));
     }
     if catalog.backend() == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -77,10 +84,11 @@ async fn end(catalog: &Catalog, tx: &mut Write, head: Option<End>) -> Result<End
             .execute(&mut **tx)
             .await?;
     }
+    let locked = Instant::now();
     let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut **tx)
         .await?;
-    Ok(match row {
+    let end = match row {
         Some(row) => End {
             seq: row.try_get("seq")?,
             hash: row.try_get("hash")?,
@@ -89,11 +97,13 @@ async fn end(catalog: &Catalog, tx: &mut Write, head: Option<End>) -> Result<End
             seq: 0,
             hash: GENESIS.to_owned(),
         },
-    })
+    };
+    Ok((end, locked))
 }
 
 /// Appends `event`'s record (at `time`) as a row of its own in `tx` after
-/// `head` (`None`: not known, read it). Returns the new head.
+/// `head` (`None`: not known, read it). Returns the new head, and when `tx`
+/// had the chain.
 ///
 /// # Errors
 /// Database failures (the caller's transaction then commits nothing).
@@ -103,8 +113,8 @@ pub async fn append(
     head: Option<End>,
     time: i64,
     event: &Event,
-) -> Result<End, CatalogError> {
-    let head = end(catalog, tx, head).await?;
+) -> Result<(End, Instant), CatalogError> {
+    let (head, locked) = end(catalog, tx, head).await?;
     let record = AuditRecord::chained((head.seq, &head.hash), time, event);
     sqlx::query(concat!(
         "INSERT INTO audit_log (",
@@ -125,14 +135,16 @@ pub async fn append(
     .bind(i64::from(record.encoding))
     .execute(&mut **tx)
     .await?;
-    Ok(End {
+    let end = End {
         seq: record.seq,
         hash: record.hash,
-    })
+    };
+    Ok((end, locked))
 }
 
 /// Appends `events` (with their times) in `tx` after `head` as links that
-/// carry many records each (see [`link`]). Returns the new head.
+/// carry many records each (see [`link`]). Returns the new head, and when `tx`
+/// had the chain.
 ///
 /// # Errors
 /// Database failures (the caller's transaction then commits nothing).
@@ -141,8 +153,8 @@ pub async fn append_links(
     tx: &mut Write,
     head: Option<End>,
     events: &[(i64, Event)],
-) -> Result<End, CatalogError> {
-    let mut head = end(catalog, tx, head).await?;
+) -> Result<(End, Instant), CatalogError> {
+    let (mut head, locked) = end(catalog, tx, head).await?;
     for draft in link::drafts(events) {
         let stored = StoredLink::after((head.seq, &head.hash), draft);
         sqlx::query(
@@ -164,7 +176,7 @@ pub async fn append_links(
             hash: stored.hash,
         };
     }
-    Ok(head)
+    Ok((head, locked))
 }
 
 /// A row of the chain: a record of its own, or a link carrying several.

@@ -55,16 +55,8 @@ impl Arena {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let (_, text) = self.gw.text(None, "/metrics").await;
-        metric_value(&text, name)
+        self.gw.metric(name).await
     }
-}
-
-/// The value of the sample `name` (with its labels) in Prometheus text, or 0.
-fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 fn error_text(body: &Value) -> &str {

@@ -99,6 +99,17 @@ async fn replicas_extend_one_audit_chain() {
         assert!(Instant::now() < deadline, "only {verdict} after 5 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Each replica counts the records it wrote to the chain: together, every
+    // record once; signs shared commits; both held the chain's lock a while.
+    let mut records = 0.0;
+    let mut commits = 0.0;
+    for gw in [&a, &b] {
+        records += gw.metric("kmsgw_audit_records_total").await;
+        commits += gw.metric("kmsgw_audit_commits_total").await;
+        assert!(gw.metric("kmsgw_audit_chain_hold_seconds_total").await > 0.0);
+    }
+    assert_eq!(records, 201.0);
+    assert!(commits < 100.0, "{commits} commits for 201 records");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
