@@ -263,6 +263,12 @@ pub trait Provider: Send + Sync {
     /// Probes the backend.
     async fn health(&self) -> Health;
 
+    /// Gets ready to sign with `key` soon (called at start for the keys that
+    /// signed last): a provider that keeps keys in memory loads it.
+    async fn warm(&self, _key: &KeyRef<'_>) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     /// Drops anything cached for key `id` (another replica deleted it).
     fn invalidate(&self, _id: &str) {}
 

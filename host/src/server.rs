@@ -226,6 +226,22 @@ pub async fn prepare(options: &ServeOptions) -> Result<Prepared, StartError> {
         let gateway = Arc::clone(&gateway);
         async move { gateway.not_ready().await }
     });
+    // The keys that signed last, loaded beside the first requests.
+    tokio::spawn({
+        let gateway = Arc::clone(&gateway);
+        let limit = config.cache.keys;
+        async move {
+            let began = Instant::now();
+            match gateway.warm_up(limit).await {
+                Ok(keys) => tracing::info!(
+                    keys,
+                    elapsed_ms = began.elapsed().as_millis() as u64,
+                    "warmed up the keys that signed last"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not warm up the keys that signed last"),
+            }
+        }
+    });
     let interval = config.scheduler.interval().map_err(|message| {
         StartError::Config(ConfigError::Invalid {
             source_name: source_name.clone(),

@@ -30,6 +30,21 @@ impl Catalog {
         row.map_or(Ok(KeyUsage::default()), |row| usage_of(&row))
     }
 
+    /// The ids of up to `limit` keys that signed most recently, most recent first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn recently_used(&self, limit: usize) -> Result<Vec<String>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT kid FROM keys WHERE last_used_at IS NOT NULL \
+             ORDER BY last_used_at DESC LIMIT $1",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get("kid")?)).collect()
+    }
+
     /// Adds counted signs: per key id, the count and the time of the latest.
     ///
     /// # Errors

@@ -1,14 +1,18 @@
-//! Cold record reads, coalesced: the records that concurrent signs miss in
-//! memory are read by one query for many of them instead of one query each (on
-//! SQLite every query is a round trip to the connection's thread, and those
-//! switches were most of a cold sign's cost).
+//! Records not in memory: cold reads, coalesced (the records that concurrent
+//! signs miss are read by one query for many of them instead of one query each:
+//! on SQLite every query is a round trip to the connection's thread, and those
+//! switches were most of a cold sign's cost), and the warm-up at start of the
+//! keys that signed last.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
+use super::Gateway;
 use crate::catalog::{Catalog, CatalogError, KeyRecord};
+use crate::providers::KeyRef;
 
 /// Queries in flight at once; misses arriving meanwhile wait for the next one.
 const IN_FLIGHT: usize = 2;
@@ -110,6 +114,44 @@ async fn drain(catalog: Catalog, queue: Arc<Mutex<Queue>>) {
     }
 }
 
+impl Gateway {
+    /// Loads the records of up to `limit` keys that signed most recently, and
+    /// has their providers get ready to sign with them (the `db` provider
+    /// decrypts them), so the first signs after a start find them in memory.
+    /// The most recent are loaded last, to be the last evicted. Returns how
+    /// many keys were made ready.
+    ///
+    /// # Errors
+    /// Database failures (what was loaded before stays).
+    pub async fn warm_up(&self, limit: usize) -> Result<usize, CatalogError> {
+        let mut ids = self.catalog.recently_used(limit).await?;
+        ids.reverse();
+        let mut ready = 0;
+        for chunk in ids.chunks(PER_QUERY) {
+            let seen = self.invalidations.load(Ordering::Acquire);
+            let wanted: Vec<&str> = chunk.iter().map(String::as_str).collect();
+            for record in self.catalog.get_many(&wanted).await? {
+                if let Ok(provider) = self.provider_of(&record)
+                    && provider.warm(&KeyRef::from(&record)).await.is_ok()
+                {
+                    ready += 1;
+                }
+                if self.records.get(&record.id).is_none() {
+                    self.records.insert(record.id.clone(), Arc::new(record));
+                }
+            }
+            // A key deleted meanwhile must not stay in memory.
+            if self.invalidations.load(Ordering::Acquire) != seen {
+                for id in chunk {
+                    self.records.remove(id);
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(ready)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +214,58 @@ mod tests {
             assert!(matches!(read, Err(CatalogError::Db(_))), "{read:?}");
         }
         assert_eq!(queued(&reads), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_start_warms_the_most_recently_used_keys_up_to_its_bound() {
+        use crate::audit::Actor;
+        use crate::gateway::keys::NewKey;
+        use crate::gateway::test_gateway;
+        use crate::providers::ToSign;
+        let dir = tempfile::tempdir().unwrap();
+        let (gateway, _) = test_gateway(&dir, Vec::new()).await;
+        for kid in ["a", "b", "c", "d"] {
+            let new = NewKey {
+                kid: Some(kid.into()),
+                ..NewKey::default()
+            };
+            gateway.create_key(Actor::default(), new).await.unwrap();
+        }
+        // b, then c, then d sign (a never does), at distinct times.
+        for kid in ["b", "c", "d"] {
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            gateway
+                .sign(None, kid, ToSign::Message(b"m"), None)
+                .await
+                .unwrap();
+        }
+        gateway.usage().flush().await.unwrap();
+
+        // A gateway started afresh on the same database.
+        let (fresh, _) = test_gateway(&dir, Vec::new()).await;
+        assert_eq!(fresh.warm_up(2).await.unwrap(), 2);
+        let held = |id: &str| fresh.records.get(id).is_some();
+        assert!(
+            held("d") && held("c"),
+            "the two most recently used are in memory"
+        );
+        assert!(
+            !held("b") && !held("a"),
+            "nothing past the bound, nothing unused"
+        );
+        assert_eq!(fresh.warm_up(10).await.unwrap(), 3, "every key that signed");
+        assert!(!held("a"));
+        // Warmed keys sign, and the signatures verify.
+        for kid in ["b", "c", "d"] {
+            let (signature, record) = fresh
+                .sign(None, kid, ToSign::Message(b"m"), None)
+                .await
+                .unwrap();
+            assert!(
+                record.public_jwk.verify(record.alg, b"m", &signature),
+                "{kid}"
+            );
+        }
     }
 
     /// Reads waiting, and queries running.

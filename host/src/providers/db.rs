@@ -251,6 +251,10 @@ impl Provider for DbProvider {
         Health::of(start, result)
     }
 
+    async fn warm(&self, key: &KeyRef<'_>) -> Result<(), ProviderError> {
+        self.signer(key).await.map(drop)
+    }
+
     fn invalidate(&self, id: &str) {
         self.signers.remove(id);
     }

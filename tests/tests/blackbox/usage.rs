@@ -179,6 +179,14 @@ async fn sign_counts_and_last_use_find_unused_keys_and_survive_restarts() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     drop(gw);
     let gw = signing_gateway(&site);
+    // The two keys that signed are loaded at start, the idle one is not.
+    wait_until(Duration::from_secs(5), "the warm-up", || async {
+        gw.log_text()
+            .contains("warmed up the keys that signed last")
+    })
+    .await;
+    let log = gw.log_text();
+    assert!(log.contains("keys=2"), "{log}");
     assert_eq!(usage_of(&gw, "busy").await.0, 5);
     // A graceful stop writes what is pending at once.
     sign_n(&gw, "busy", 1).await;
