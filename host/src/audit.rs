@@ -1131,6 +1131,30 @@ mod tests {
         );
     }
 
+    /// Small records fill a link up to its record cap and no further.
+    #[tokio::test]
+    async fn a_link_carries_at_most_its_cap_of_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = crate::catalog::test_catalog(&dir).await;
+        let count = 2 * link::MAX_RECORDS + 452;
+        let events: Vec<_> = (0..count)
+            .map(|i| (i as i64, event(&format!("k{i}"))))
+            .collect();
+        let end = append(&catalog, None, &events).await;
+        assert_eq!(end.seq, count as i64);
+        let spans: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT first_seq, seq FROM audit_log ORDER BY seq")
+                .fetch_all(catalog.pool())
+                .await
+                .unwrap();
+        let sizes: Vec<i64> = spans.iter().map(|(first, last)| last - first + 1).collect();
+        let cap = link::MAX_RECORDS as i64;
+        assert_eq!(sizes, [cap, cap, 452], "{spans:?}");
+        let audit = Audit::start(&AuditConfig::default(), catalog);
+        let verdict = audit.verify().await.unwrap();
+        assert!(verdict.ok && verdict.checked == count as u64, "{verdict:?}");
+    }
+
     #[test]
     fn each_hash_covers_the_previous_one_and_every_field() {
         let first = AuditRecord::chained((0, GENESIS), 1, &event("a"));
