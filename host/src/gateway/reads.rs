@@ -68,8 +68,23 @@ impl ColdReads {
     }
 }
 
+/// Gives a drain's place back if it ends by a panic (it gives it back itself,
+/// under the lock, when it finds nothing waiting), so reads never stall.
+struct Place(Arc<Mutex<Queue>>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(mut queue) = self.0.lock()
+        {
+            queue.running -= 1;
+        }
+    }
+}
+
 /// Reads queued records, up to `PER_QUERY` per query, until none wait.
 async fn drain(catalog: Catalog, queue: Arc<Mutex<Queue>>) {
+    let _place = Place(Arc::clone(&queue));
     loop {
         let taken: Vec<_> = {
             let mut queue = queue.lock().expect("reads lock");
