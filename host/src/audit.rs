@@ -447,8 +447,9 @@ pub struct Audit {
 }
 
 /// This process's use of the chain, for `/metrics`: commits that extended it,
-/// the records they carried, and the time spent waiting for the chain (SQLite's
-/// write lock; on PostgreSQL the replicas' advisory lock) and holding it until
+/// the records they carried, the time from each transaction's start until it
+/// held the chain (SQLite's write lock; on PostgreSQL the replicas' advisory
+/// lock, taken after a change's own statements) and the time it held it until
 /// the commit was done. On PostgreSQL the hold time bounds how many commits
 /// all replicas together can make a second.
 #[derive(Clone)]
@@ -474,7 +475,7 @@ impl ChainUse {
             ),
             waited: seconds(
                 "kmsgw_audit_chain_wait_seconds_total",
-                "Time those commits waited for the audit chain's lock",
+                "Time from those commits' start until they held the audit chain's lock",
             ),
             held: seconds(
                 "kmsgw_audit_chain_hold_seconds_total",
