@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::config::{
-    ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry, WasmConfig,
+    ComponentSource, ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry,
+    WasmConfig,
 };
 use crate::crypto::master::MasterKey;
+use crate::distribution::cache::Cache;
+use crate::distribution::{self, EntryPaths};
 use crate::gateway::Registered;
 use crate::providers::Provider;
 use crate::providers::aws_kms::AwsKmsProvider;
@@ -94,9 +97,10 @@ impl Assembler {
     /// Every entry's problem, with its JSON path; then nothing is built.
     pub async fn build(
         &self,
-        entries: Vec<ProviderEntry>,
+        mut entries: Vec<ProviderEntry>,
         previous: &[Built],
     ) -> Result<Vec<Built>, Vec<Problem>> {
+        self.prepare_guests(&mut entries).await?;
         let (kept, fresh): (Vec<_>, Vec<_>) = entries
             .into_iter()
             .enumerate()
@@ -231,6 +235,64 @@ impl Assembler {
         }
         built.sort_by_key(|(i, _)| *i);
         Ok(built.into_iter().map(|(_, b)| b).collect())
+    }
+}
+
+impl Assembler {
+    /// Makes every guest's component a file on disk and vets it before anything
+    /// is compiled: `oci://` components are pulled (or found in the cache) and
+    /// checked against their digests, then signatures and grants are checked
+    /// ([`distribution::vet`]).
+    async fn prepare_guests(&self, entries: &mut [ProviderEntry]) -> Result<(), Vec<Problem>> {
+        let cache = Cache::new(&self.data_dir);
+        let mut problems = Vec::new();
+        for (i, entry) in entries.iter_mut().enumerate() {
+            let ProviderConfig::Wasm(wasm) = &mut entry.config else {
+                continue;
+            };
+            let paths = EntryPaths {
+                source: match (&wasm.adapter, &wasm.component) {
+                    (_, ComponentSource::Shipped(_)) | (None, _) => format!("providers[{i}]"),
+                    (Some(name), _) => format!("adapters.{name}"),
+                },
+                entry: format!("providers[{i}]"),
+            };
+            if let ComponentSource::Oci(reference) = &wasm.component {
+                match distribution::fetch(reference, wasm.registry_auth.as_ref(), &cache).await {
+                    Ok(fetched) => {
+                        wasm.sha256 = Some(fetched.layer_digest["sha256:".len()..].to_owned());
+                        wasm.component = ComponentSource::Pulled {
+                            reference: fetched.reference,
+                            path: fetched.path,
+                        };
+                    }
+                    Err(e) => {
+                        problems.push(Problem {
+                            path: format!("{}.component", paths.source),
+                            message: e.to_string(),
+                        });
+                        continue;
+                    }
+                }
+            }
+            // An unreadable file is reported when the component is loaded.
+            let Ok(bytes) = wasm.component.resolved(&self.base_dir).bytes() else {
+                continue;
+            };
+            match distribution::vet(&bytes, wasm, &paths) {
+                Ok(warnings) => {
+                    for warning in warnings {
+                        tracing::warn!(provider = %entry.id, "{warning}");
+                    }
+                }
+                Err(found) => problems.extend(found),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }
 

@@ -7,8 +7,10 @@
 
 mod component;
 pub mod env;
+mod reference;
 
 pub use component::{ComponentSource, SHIPPED_ADAPTERS, Shipped};
+pub use reference::{OciReference, is_loopback, valid_digest};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -19,6 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use url::Url;
+
+pub use crate::crypto::publisher::PublisherKey;
 
 /// The whole configuration.
 #[derive(Debug)]
@@ -120,12 +124,88 @@ impl Pkcs11Seal {
     }
 }
 
-/// One `adapters` entry: the component a named guest type runs.
+/// One `adapters` entry: the component a named guest type runs, and what it
+/// must prove before it runs.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AdapterDef {
     pub component: ComponentSource,
     pub sha256: Option<String>,
+    /// Publishers whose signature the component must carry (one suffices).
+    #[serde(default)]
+    pub public_keys: Vec<PublisherKey>,
+    /// Accept an `oci://` reference without a digest (resolved at each start).
+    #[serde(default)]
+    pub allow_unpinned: bool,
+    /// Credentials for the registry of an `oci://` component.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+impl AdapterDef {
+    /// A shipped guest's definition: the component alone.
+    fn shipped(component: ComponentSource) -> Self {
+        AdapterDef {
+            component,
+            sha256: None,
+            public_keys: Vec::new(),
+            allow_unpinned: false,
+            registry_auth: None,
+        }
+    }
+}
+
+/// `registryAuth`: how the gateway authenticates to a guest's registry. The
+/// guest never sees it, and the registry's host is not thereby allowed to it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum RegistryAuth {
+    Basic(BasicAuth),
+    Bearer(BearerAuth),
+}
+
+/// `{type: "basic", username, password}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password: SecretString,
+}
+
+/// Checks what a guest's source allows: a pinned reference unless
+/// `allowUnpinned`, and registry fields only for `oci://` components.
+fn check_source(
+    component: &ComponentSource,
+    allow_unpinned: bool,
+    registry_auth: bool,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) {
+    match component {
+        ComponentSource::Oci(reference) if reference.digest.is_none() && !allow_unpinned => {
+            problem(
+                problems,
+                format!("{path}.component"),
+                format!(
+                    "`{reference}` is not pinned: add @sha256:… (`kmsgw adapter push` prints it), or set allowUnpinned: true"
+                ),
+            )
+        }
+        ComponentSource::Oci(_) => {}
+        _ => {
+            for (given, name) in [
+                (allow_unpinned, "allowUnpinned"),
+                (registry_auth, "registryAuth"),
+            ] {
+                if given {
+                    problem(
+                        problems,
+                        format!("{path}.{name}"),
+                        "only for an oci:// component",
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// A duration as kms.json and the API write them: `30s`, `12h`, `7d`, `1h 30m`.
@@ -353,6 +433,14 @@ pub struct MtlsAuth {
 pub struct WasmConfig {
     pub component: ComponentSource,
     pub sha256: Option<String>,
+    /// Publishers whose signature the component must carry (one suffices).
+    #[serde(default)]
+    pub public_keys: Vec<PublisherKey>,
+    /// Accept an `oci://` reference without a digest.
+    #[serde(default)]
+    pub allow_unpinned: bool,
+    /// Credentials for the registry of an `oci://` component.
+    pub registry_auth: Option<RegistryAuth>,
     pub config: Option<Value>,
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
@@ -887,12 +975,12 @@ struct GuestTypes<'a> {
 }
 
 impl GuestTypes<'_> {
-    /// The component and pinned hash of guest type `name`, if it is one.
-    fn component(&self, name: &str) -> Option<(ComponentSource, Option<String>)> {
+    /// The definition of guest type `name`, if it is one.
+    fn component(&self, name: &str) -> Option<AdapterDef> {
         if let Some(def) = self.adapters.get(name) {
-            return Some((def.component.clone(), def.sha256.clone()));
+            return Some(def.clone());
         }
-        ComponentSource::shipped(name, self.shipped_dir.as_deref()).map(|source| (source, None))
+        ComponentSource::shipped(name, self.shipped_dir.as_deref()).map(AdapterDef::shipped)
     }
 
     fn names(&self) -> Vec<String> {
@@ -935,6 +1023,13 @@ fn decode_adapters(
                 "a type name is 1 to 64 letters, digits, `.`, `_` or `-`",
             );
         } else if let Some(def) = typed::<AdapterDef>(entry, &path, problems) {
+            check_source(
+                &def.component,
+                def.allow_unpinned,
+                def.registry_auth.is_some(),
+                &path,
+                problems,
+            );
             adapters.insert(name, def);
         }
     }
@@ -945,7 +1040,7 @@ fn decode_adapters(
 /// `egressAuth` are the host's; every other field is the guest's config.
 fn decode_named(
     name: &str,
-    (component, sha256): (ComponentSource, Option<String>),
+    def: AdapterDef,
     mut map: Map<String, Value>,
     path: &str,
     problems: &mut Vec<Problem>,
@@ -962,7 +1057,14 @@ fn decode_named(
     let egress_auth = field("egressAuth")
         .and_then(|(at, value)| typed::<Vec<EgressAuth>>(value, &at, problems))
         .unwrap_or_default();
-    for reserved in ["component", "sha256", "config"] {
+    for reserved in [
+        "component",
+        "sha256",
+        "config",
+        "publicKeys",
+        "allowUnpinned",
+        "registryAuth",
+    ] {
         if map.contains_key(reserved) {
             problem(
                 problems,
@@ -974,8 +1076,11 @@ fn decode_named(
         }
     }
     (problems.len() == before).then(|| WasmConfig {
-        component,
-        sha256,
+        component: def.component,
+        sha256: def.sha256,
+        public_keys: def.public_keys,
+        allow_unpinned: def.allow_unpinned,
+        registry_auth: def.registry_auth,
         config: Some(Value::Object(map)),
         allowed_hosts,
         limits,
@@ -1121,9 +1226,9 @@ fn decode_provider(
     };
     if let Some(name) = kind.as_deref()
         && ProviderKind::parse(name).is_none()
-        && let Some(component) = types.component(name)
+        && let Some(def) = types.component(name)
     {
-        let config = decode_named(name, component, map, path, problems);
+        let config = decode_named(name, def, map, path, problems);
         return Some(ProviderEntry {
             id: id?,
             description,
@@ -1186,7 +1291,16 @@ fn decode_built_in(
                 Some(ProviderConfig::Http(http))
             }
         }),
-        ProviderKind::Wasm => typed(rest, path, problems).map(ProviderConfig::Wasm),
+        ProviderKind::Wasm => typed::<WasmConfig>(rest, path, problems).map(|wasm| {
+            check_source(
+                &wasm.component,
+                wasm.allow_unpinned,
+                wasm.registry_auth.is_some(),
+                path,
+                problems,
+            );
+            ProviderConfig::Wasm(wasm)
+        }),
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod der;
 pub mod master;
 mod private;
+pub mod publisher;
 pub mod seal;
 
 use std::fmt;

@@ -47,6 +47,7 @@ pub mod client;
 pub mod config;
 pub mod crypto;
 pub mod custody;
+pub mod distribution;
 pub mod error_code;
 pub mod gateway;
 pub mod maintenance;

@@ -10,6 +10,7 @@ use kmsgw::client::commands::{
     self as client, AuditCommand, CertsCommand, Connection, KeysCommand,
 };
 use kmsgw::custody::rotate::Pace;
+use kmsgw::distribution::commands as distribution;
 use kmsgw::maintenance;
 use kmsgw::server::{self, ServeOptions, StartError};
 use secrecy::SecretString;
@@ -149,6 +150,56 @@ enum AdapterCommand {
         /// The project directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+    },
+    /// Write a publisher key pair for signing components (PKCS#8 PEM and its public key).
+    Keygen {
+        /// The private key file to write (mode 0600); the public key goes beside it as *.pub.pem.
+        #[arg(long)]
+        out: PathBuf,
+        /// `ed25519` or `p256`.
+        #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "p256"])]
+        alg: String,
+    },
+    /// Sign a component with a publisher key (PKCS#8 PEM); other publishers' signatures are kept.
+    Sign {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// The private key (PEM `PRIVATE KEY`, Ed25519 or P-256).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the signed component [default: in place].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Push a component to an OCI registry (oci://registry/repository:tag); prints the pinned reference.
+    /// Credentials: KMSGW_REGISTRY_USERNAME and KMSGW_REGISTRY_PASSWORD, or KMSGW_REGISTRY_TOKEN.
+    Push {
+        /// The component (.wasm).
+        component: PathBuf,
+        /// oci://registry/repository:tag
+        reference: String,
+    },
+    /// Print what a component (file or oci:// reference) asks for and who signed it, as JSON.
+    Inspect {
+        /// A .wasm file or an oci:// reference.
+        source: String,
+        /// A publisher's public key (PEM or JWK file) to verify the signature with; repeatable.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+        /// Pull into this data directory's cache [default: a temporary one].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Pull components into a data directory's cache, for a start without the registry.
+    Pull {
+        /// oci:// references (credentials as for push).
+        references: Vec<String>,
+        /// Pull every oci:// component this kms.json's providers use, with their registryAuth.
+        #[arg(long, env = "KMSGW_CONFIG")]
+        config: Option<PathBuf>,
+        /// The gateway's data directory.
+        #[arg(long, env = "KMSGW_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
     },
     /// Print the WIT package adapters are built against (or write it with --out).
     Wit {
@@ -292,6 +343,42 @@ fn main() -> ExitCode {
         Command::Adapter(AdapterCommand::Build { dir }) => {
             report(kmsgw::scaffold::build(&dir).map(|c| c.display().to_string()))
         }
+        Command::Adapter(AdapterCommand::Keygen { out, alg }) => {
+            said(distribution::keygen(&out, &alg))
+        }
+        Command::Adapter(AdapterCommand::Sign {
+            component,
+            key,
+            out,
+        }) => said(distribution::sign(&component, &key, out.as_deref())),
+        Command::Adapter(AdapterCommand::Push {
+            component,
+            reference,
+        }) => {
+            let auth = distribution::registry_auth_from_env(&kmsgw::config::process_env);
+            said(runtime.block_on(distribution::push(&component, &reference, auth.as_ref())))
+        }
+        Command::Adapter(AdapterCommand::Inspect {
+            source,
+            public_keys,
+            data_dir,
+        }) => {
+            let auth = distribution::registry_auth_from_env(&kmsgw::config::process_env);
+            said(runtime.block_on(distribution::inspect(
+                &source,
+                &public_keys,
+                data_dir.as_deref(),
+                auth.as_ref(),
+            )))
+        }
+        Command::Adapter(AdapterCommand::Pull {
+            references,
+            config,
+            data_dir,
+        }) => said(
+            distribution::to_pull(&references, config.as_deref(), &kmsgw::config::process_env)
+                .and_then(|wanted| runtime.block_on(distribution::pull(&wanted, &data_dir))),
+        ),
         Command::Adapter(AdapterCommand::Wit { out: Some(dir) }) => {
             report(kmsgw::scaffold::write_wit(&dir).map(|()| format!("wrote {}", dir.display())))
         }

@@ -101,6 +101,9 @@ pub struct Manifest {
     pub build: String,
     /// Where the component lands, relative to the project directory.
     pub output: String,
+    /// What the guest asks the operator for; written into the component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::distribution::capabilities::Requested>,
 }
 
 /// Why a project could not be made or built.
@@ -242,6 +245,7 @@ fn rust_project(name: &str, template: Template, dir: &Path) -> Result<(), Scaffo
             // says whatever CARGO_TARGET_DIR the environment sets.
             build: "cargo build --release --target wasm32-wasip2 --target-dir target".to_owned(),
             output: output.clone(),
+            capabilities: None,
         },
     )?;
     let (lib, dependencies) = match template {
@@ -279,6 +283,7 @@ fn js_project(name: &str, dir: &Path) -> Result<(), ScaffoldError> {
                 "npm install --no-audit --no-fund --loglevel=error && mkdir -p dist && node build.mjs src/app.js {output} wit"
             ),
             output: output.clone(),
+            capabilities: None,
         },
     )?;
     let package = JS_PACKAGE.replacen("\"kmsgw-js-guests\"", &format!("\"{name}\""), 1);
@@ -330,11 +335,27 @@ pub fn build(dir: &Path) -> Result<PathBuf, ScaffoldError> {
         });
     }
     let output = dir.join(&manifest.output);
-    if output.is_file() {
-        Ok(output)
-    } else {
-        Err(ScaffoldError::NoOutput(output))
+    if !output.is_file() {
+        return Err(ScaffoldError::NoOutput(output));
     }
+    if let Some(requested) = &manifest.capabilities {
+        let invalid = |reason: String| ScaffoldError::Manifest {
+            path: dir.join(MANIFEST),
+            reason,
+        };
+        requested
+            .check()
+            .map_err(|e| invalid(format!("capabilities: {e}")))?;
+        let bytes = std::fs::read(&output).map_err(|e| invalid(e.to_string()))?;
+        let declared = requested
+            .embed(&bytes)
+            .map_err(|e| invalid(format!("{}: {e}", output.display())))?;
+        std::fs::write(&output, declared).map_err(|source| ScaffoldError::Write {
+            path: output.clone(),
+            source,
+        })?;
+    }
+    Ok(output)
 }
 
 /// The component of the project in `dir`, as its manifest names it.

@@ -1,9 +1,11 @@
-//! Where a guest's component comes from: a file, or one of the guests built into
-//! the binary.
+//! Where a guest's component comes from: a file, an OCI registry, or one of the
+//! guests built into the binary.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use super::reference::OciReference;
 
 /// A guest adapter shipped with kmsgw: usable by type name in kms.json without an
 /// `adapters` entry, embedded in the binary at build time.
@@ -40,6 +42,13 @@ pub enum ComponentSource {
     File(PathBuf),
     /// A shipped guest, from the binary.
     Shipped(&'static Shipped),
+    /// `oci://…`, not pulled yet.
+    Oci(OciReference),
+    /// An `oci://` component pulled into the cache: the pinned reference and its file.
+    Pulled {
+        reference: OciReference,
+        path: PathBuf,
+    },
 }
 
 impl PartialEq for Shipped {
@@ -64,7 +73,7 @@ impl ComponentSource {
     pub fn resolved(&self, base: &Path) -> ComponentSource {
         match self {
             ComponentSource::File(path) => ComponentSource::File(base.join(path)),
-            ComponentSource::Shipped(shipped) => ComponentSource::Shipped(shipped),
+            other => other.clone(),
         }
     }
 
@@ -74,8 +83,13 @@ impl ComponentSource {
     /// When the file cannot be read.
     pub fn bytes(&self) -> std::io::Result<Cow<'static, [u8]>> {
         match self {
-            ComponentSource::File(path) => std::fs::read(path).map(Cow::Owned),
+            ComponentSource::File(path) | ComponentSource::Pulled { path, .. } => {
+                std::fs::read(path).map(Cow::Owned)
+            }
             ComponentSource::Shipped(shipped) => Ok(Cow::Borrowed(shipped.bytes)),
+            ComponentSource::Oci(reference) => Err(std::io::Error::other(format!(
+                "{reference} is not pulled yet (`kmsgw adapter pull` fills the cache)"
+            ))),
         }
     }
 }
@@ -85,12 +99,22 @@ impl fmt::Display for ComponentSource {
         match self {
             ComponentSource::File(path) => path.display().fmt(f),
             ComponentSource::Shipped(shipped) => write!(f, "built-in {}", shipped.file),
+            ComponentSource::Oci(reference) | ComponentSource::Pulled { reference, .. } => {
+                reference.fmt(f)
+            }
         }
     }
 }
 
 impl<'de> serde::Deserialize<'de> for ComponentSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        PathBuf::deserialize(deserializer).map(ComponentSource::File)
+        let text = String::deserialize(deserializer)?;
+        if text.starts_with("oci://") {
+            OciReference::parse(&text)
+                .map(ComponentSource::Oci)
+                .map_err(serde::de::Error::custom)
+        } else {
+            Ok(ComponentSource::File(PathBuf::from(text)))
+        }
     }
 }

@@ -526,13 +526,13 @@ async fn gcp_kms_signs_with_one_cached_token_and_refreshes_it_after_expiry() {
 // ------------------------------------------------------------ what a guest sees
 
 /// An HTTP server that records each request's headers and body and answers 200.
-struct Recorder {
-    port: u16,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+pub(crate) struct Recorder {
+    pub(crate) port: u16,
+    pub(crate) seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
 impl Recorder {
-    fn start() -> Recorder {
+    pub(crate) fn start() -> Recorder {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -17,6 +17,7 @@ mod crash;
 mod csc;
 mod custody;
 mod deploy;
+mod distribution;
 mod guests;
 mod http;
 mod integrity;

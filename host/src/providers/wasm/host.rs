@@ -83,12 +83,14 @@ impl AllowedHost {
 
     /// Whether the destination is a loopback address (where plain HTTP may carry credentials).
     pub fn is_loopback(host: &str) -> bool {
-        host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        crate::config::is_loopback(host)
+    }
+
+    /// Whether every destination `other` allows, this allows too.
+    pub fn covers(&self, other: &AllowedHost) -> bool {
+        self.host == other.host
+            && self.port == other.port
+            && (self.scheme.is_none() || self.scheme == other.scheme)
     }
 
     fn matches(&self, scheme: &str, host: &str, port: u16) -> bool {

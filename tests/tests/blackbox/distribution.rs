@@ -1,0 +1,648 @@
+//! Guests from a registry: components pushed to a real OCI registry (Debian's
+//! `docker-registry`, distribution 2.8, on loopback) by `kmsgw adapter push` and
+//! by the `oras` client, pulled by digest, checked against their publishers'
+//! keys and served; the cache carries a restart without the registry; what a
+//! guest asks for is weighed against what its entry grants; registry
+//! credentials stay with the host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use kmsgw_tests::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::cloud::Recorder;
+use super::guests::sign_data;
+
+/// A `docker-registry` on a free loopback port, storing under `dir`.
+struct Registry {
+    child: Option<Child>,
+    port: u16,
+    root: PathBuf,
+}
+
+impl Registry {
+    /// Starts a registry; with `user`, it demands HTTP Basic credentials (htpasswd).
+    fn start(dir: &Path, name: &str, user: Option<(&str, &str)>) -> Registry {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let root = home.join("storage");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            root.display()
+        );
+        if let Some((user, password)) = user {
+            let line = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd (apache2-utils)");
+            assert!(line.status.success());
+            std::fs::write(home.join("htpasswd"), line.stdout).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kmsgw-test\n    path: {}\n",
+                home.join("htpasswd").display()
+            ));
+        }
+        std::fs::write(home.join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(home.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(home.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child: Some(child),
+            port,
+            root,
+        }
+    }
+
+    fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `oci://` reference `repository:tag` in this registry.
+    fn reference(&self, path: &str) -> String {
+        format!("oci://{}/{path}", self.authority())
+    }
+
+    /// Where the registry keeps the blob with `digest`.
+    fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err(),
+            "the registry is gone"
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `kmsgw ARGS`: its stdout on success, else its stderr.
+fn kmsgw(args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let output = Command::new(kmsgw_bin())
+        .args(args)
+        .env_remove("KMSGW_REGISTRY_USERNAME")
+        .env_remove("KMSGW_REGISTRY_PASSWORD")
+        .env_remove("KMSGW_REGISTRY_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(stderr)
+    }
+}
+
+/// A publisher's key pair from `kmsgw adapter keygen`.
+struct Publisher {
+    key: PathBuf,
+    public: PathBuf,
+    jwk: Value,
+}
+
+impl Publisher {
+    fn new(dir: &Path, name: &str) -> Publisher {
+        let key = dir.join(format!("{name}.pem"));
+        let said = kmsgw(&["adapter", "keygen", "--out", key.to_str().unwrap()], &[]).unwrap();
+        let jwk = said
+            .lines()
+            .find_map(|line| line.strip_prefix("for kms.json \"publicKeys\": "))
+            .map(|list| serde_json::from_str::<Value>(list).unwrap()[0].clone())
+            .unwrap_or_else(|| panic!("keygen prints the JWK: {said}"));
+        Publisher {
+            key,
+            public: dir.join(format!("{name}.pub.pem")),
+            jwk,
+        }
+    }
+
+    /// `component` signed by this publisher, written to `out`.
+    fn sign(&self, component: &Path, out: &Path) -> PathBuf {
+        kmsgw(
+            &[
+                "adapter",
+                "sign",
+                component.to_str().unwrap(),
+                "--key",
+                self.key.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .unwrap();
+        out.to_owned()
+    }
+}
+
+/// `kmsgw adapter push`: the pinned reference it prints.
+fn push(component: &Path, reference: &str, env: &[(&str, &str)]) -> Result<String, String> {
+    kmsgw(
+        &["adapter", "push", component.to_str().unwrap(), reference],
+        env,
+    )
+    .map(|out| out.trim().to_owned())
+}
+
+/// The `sha256:…` of a file.
+fn digest(path: &Path) -> String {
+    format!("sha256:{}", sha256_hex(path))
+}
+
+fn oras(script: &str, args: &[&str]) -> String {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "oras: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Pushes `component` with the `oras` Python client, in the wasm artifact layout.
+fn oras_push(registry: &Registry, target: &str, component: &Path, dir: &Path) -> String {
+    let config = dir.join("wasm-config.json");
+    std::fs::write(&config, r#"{"architecture":"wasm","os":"wasip2"}"#).unwrap();
+    let digest = oras(
+        "import sys, oras.client\n\
+         c = oras.client.OrasClient(insecure=True)\n\
+         r = c.push(target=sys.argv[1], files=[sys.argv[2] + ':application/wasm'],\n\
+                    manifest_config=sys.argv[3] + ':application/vnd.wasm.config.v0+json',\n\
+                    disable_path_validation=True)\n\
+         print(r.headers['Docker-Content-Digest'])",
+        &[
+            &format!("{}/{target}", registry.authority()),
+            component.to_str().unwrap(),
+            config.to_str().unwrap(),
+        ],
+    );
+    format!("{}@{digest}", registry.reference(target))
+}
+
+async fn sign_verified(gw: &Gateway, kid: &str, jwk: &Value, message: &[u8]) {
+    let signature = gw.sign(kid, message).await;
+    assert_verifies(jwk, message, &signature);
+}
+
+fn soft_signer_adapter(component: &str, publisher: &Publisher) -> Value {
+    json!({"soft-signer": {"component": component, "publicKeys": [publisher.jwk]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() {
+    let site = Site::new(Db::Sqlite).await;
+    let dir = site.dir.path();
+    let mut registry = Registry::start(dir, "registry", None);
+    let publisher = Publisher::new(dir, "publisher");
+    let signed = publisher.sign(&guest("soft_signer"), &dir.join("soft.wasm"));
+
+    // kmsgw pushes; the digest it prints is the manifest the registry serves.
+    let tagged = registry.reference("kmsgw/soft-signer:1.0");
+    let pinned = push(&signed, &tagged, &[]).unwrap();
+    let manifest = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v2/kmsgw/soft-signer/manifests/1.0",
+            registry.authority()
+        ))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(pinned, format!("{tagged}@sha256:{}", sha256_of(&manifest)));
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/wasm");
+    assert_eq!(
+        manifest["layers"][0]["digest"].as_str().unwrap(),
+        digest(&signed)
+    );
+
+    // The layouts interoperate: oras pulls what kmsgw pushed, kmsgw runs what oras pushed.
+    let pulled_dir = dir.join("oras-pull");
+    oras(
+        "import sys, oras.client\n\
+         oras.client.OrasClient(insecure=True).pull(target=sys.argv[1], outdir=sys.argv[2])",
+        &[
+            &format!("{}/kmsgw/soft-signer:1.0", registry.authority()),
+            pulled_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(pulled_dir.join("soft.wasm")).unwrap(),
+        std::fs::read(&signed).unwrap()
+    );
+    let by_oras = oras_push(&registry, "kmsgw/by-oras:1", &signed, dir);
+
+    // inspect: the signature, checked against the publisher's public key.
+    let report: Value = serde_json::from_str(
+        &kmsgw(
+            &[
+                "adapter",
+                "inspect",
+                &pinned,
+                "--public-key",
+                publisher.public.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["component"], pinned.as_str());
+    assert_eq!(report["verified"]["valid"], true, "{report}");
+    assert_eq!(report["signatures"]["keyIds"].as_array().unwrap().len(), 1);
+    assert_eq!(report["capabilities"], Value::Null);
+
+    let config = json!({
+        "defaultProvider": "db",
+        "adapters": soft_signer_adapter(&pinned, &publisher),
+        "providers": [
+            {"id": "db", "type": "db"},
+            {"id": "soft", "type": "soft-signer"},
+            {"id": "oras", "type": "wasm", "component": by_oras, "publicKeys": [publisher.jwk]},
+        ]
+    });
+    let kms_json = site.write_config(&config);
+    let gw = site.start_with(&["--config", kms_json.to_str().unwrap()], &[]);
+    let mut keys = Vec::new();
+    for provider in ["soft", "oras"] {
+        let kid = format!("{provider}-key");
+        let key = gw.create(json!({"kid": kid, "provider": provider})).await;
+        sign_verified(&gw, &kid, &key["publicJwk"], b"from the registry").await;
+        keys.push((kid, key["publicJwk"].clone()));
+    }
+    let log = gw.log_text();
+    assert_eq!(log.matches("pulled a guest component").count(), 2, "{log}");
+    assert_eq!(log.matches("publisher signature verified").count(), 2);
+    gw.stop();
+
+    // The registry goes away; the next start runs from the cache.
+    registry.stop();
+    let gw = site.start_with(&["--config", kms_json.to_str().unwrap()], &[]);
+    for (kid, jwk) in &keys {
+        sign_verified(&gw, kid, jwk, b"registry gone").await;
+    }
+    let fresh = gw
+        .create(json!({"kid": "after-restart", "provider": "soft"}))
+        .await;
+    sign_verified(&gw, "after-restart", &fresh["publicJwk"], b"cached").await;
+    let log = gw.log_text();
+    assert!(!log.contains("pulled a guest component"), "{log}");
+    assert_eq!(log.matches("publisher signature verified").count(), 2);
+    // The cache is an OCI layout, by digest.
+    let cached = site
+        .data_dir()
+        .join("oci/blobs/sha256")
+        .join(&digest(&signed)[7..]);
+    assert_eq!(
+        std::fs::read(cached).unwrap(),
+        std::fs::read(&signed).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_mispinned_unsigned_and_foreign_components_are_refused_at_start_and_on_reload() {
+    let site = Site::new(Db::Sqlite).await;
+    let dir = site.dir.path();
+    let registry = Registry::start(dir, "registry", None);
+    let publisher = Publisher::new(dir, "publisher");
+    let stranger = Publisher::new(dir, "stranger");
+    let soft = guest("soft_signer");
+    let good_file = publisher.sign(&soft, &dir.join("good.wasm"));
+    let good = push(&good_file, &registry.reference("kmsgw/good:1"), &[]).unwrap();
+    let unsigned = push(&soft, &registry.reference("kmsgw/unsigned:1"), &[]).unwrap();
+    let foreign_file = stranger.sign(&soft, &dir.join("foreign.wasm"));
+    let foreign = push(&foreign_file, &registry.reference("kmsgw/foreign:1"), &[]).unwrap();
+    // Signed by both (so other bytes than `good`), then one byte changed in the registry's store.
+    let both = stranger.sign(&good_file, &dir.join("both.wasm"));
+    let tampered = push(&both, &registry.reference("kmsgw/tampered:1"), &[]).unwrap();
+    let blob = registry.blob_file(&digest(&both));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&blob, bytes).unwrap();
+    let mispinned = format!(
+        "{}@sha256:{}",
+        registry.reference("kmsgw/good:1"),
+        "0".repeat(64)
+    );
+    let unpinned = registry.reference("kmsgw/good:1");
+
+    let config_with = |component: &str, unpinned_ok: bool| {
+        let mut adapters = soft_signer_adapter(component, &publisher);
+        if unpinned_ok {
+            adapters["soft-signer"]["allowUnpinned"] = json!(true);
+        }
+        json!({
+            "defaultProvider": "db",
+            "adapters": adapters,
+            "providers": [{"id": "db", "type": "db"}, {"id": "soft", "type": "soft-signer"}]
+        })
+    };
+    let refusals = [
+        (&tampered, "the component layer of"),
+        (&mispinned, "has no manifest sha256:000"),
+        (&unsigned, "is not signed"),
+        (&foreign, "no signature on the component is valid"),
+        (&unpinned, "is not pinned"),
+    ];
+    for (component, says) in refusals {
+        let kms_json = site.write_config(&config_with(component, false));
+        let output = site
+            .command(&["--config", kms_json.to_str().unwrap()], &[])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{component} started");
+        assert!(
+            stderr.contains("adapters.soft-signer.component") && stderr.contains(says),
+            "{component}: {stderr}"
+        );
+    }
+    // The tampered layer's digest is named, as is what it should have been.
+    assert!(
+        !site
+            .data_dir()
+            .join("oci/blobs/sha256")
+            .join(&digest(&both)[7..])
+            .exists()
+    );
+
+    let kms_json = site.write_config(&config_with(&good, false));
+    let gw = site.start_with(&["--config", kms_json.to_str().unwrap()], &[]);
+    let key = gw.create(json!({"kid": "k", "provider": "soft"})).await;
+    for (component, says) in refusals {
+        site.write_config(&config_with(component, false));
+        let (status, refused) = gw.post("/admin/reload", json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{component}: {refused}");
+        assert_eq!(refused["code"], "invalid_config");
+        assert!(
+            refused["error"].as_str().unwrap().contains(says),
+            "{component}: {refused}"
+        );
+        sign_verified(&gw, "k", &key["publicJwk"], component.as_bytes()).await;
+    }
+    let (_, providers) = gw.get("/providers").await;
+    assert_eq!(providers.as_array().unwrap().len(), 2, "{providers}");
+
+    // An unpinned reference the entry allows: resolved, and the digest logged.
+    site.write_config(&config_with(&unpinned, true));
+    let (status, report) = gw.post("/admin/reload", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let digest_of_good = good.rsplit_once('@').unwrap().1;
+    assert!(
+        gw.log_text()
+            .lines()
+            .any(|l| l.contains("an unpinned guest component resolved")
+                && l.contains(digest_of_good)),
+        "{}",
+        gw.log_text()
+    );
+    sign_verified(&gw, "k", &key["publicJwk"], b"unpinned").await;
+}
+
+/// A copy of the hostile guest declaring `hosts` (and no credentials or
+/// storage), built by `kmsgw adapter build` from its kmsgw-adapter.toml.
+fn declared_guest(dir: &Path, hosts: &[String]) -> PathBuf {
+    let project = dir.join("declared");
+    std::fs::create_dir_all(&project).unwrap();
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    std::fs::write(
+        project.join("kmsgw-adapter.toml"),
+        format!(
+            "name = \"declared\"\nwit = \"0.4.0\"\nbuild = \"cp '{}' declared.wasm\"\noutput = \"declared.wasm\"\n\n[capabilities]\nhosts = [{}]\ncredentials = false\n",
+            guest("hostile").display(),
+            hosts.join(", ")
+        ),
+    )
+    .unwrap();
+    let built = kmsgw(&["adapter", "build", project.to_str().unwrap()], &[]).unwrap();
+    PathBuf::from(built.trim())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_reaches_only_what_it_asked_for_and_was_granted() {
+    let site = Site::new(Db::Sqlite).await;
+    let dir = site.dir.path();
+    let (granted, asked, never) = (Recorder::start(), Recorder::start(), Recorder::start());
+    let host = |r: &Recorder| format!("127.0.0.1:{}", r.port);
+    let component = declared_guest(dir, &[host(&granted), host(&asked)]);
+    let report: Value = serde_json::from_str(
+        &kmsgw(&["adapter", "inspect", component.to_str().unwrap()], &[]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        report["capabilities"],
+        json!({"hosts": [host(&granted), host(&asked)], "storage": null, "credentials": false})
+    );
+
+    let entry = |extra: Value| {
+        let mut entry = json!({"id": "declared", "type": "wasm", "component": component});
+        entry
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"defaultProvider": "db", "providers": [{"id": "db", "type": "db"}, entry]})
+    };
+    let gw = site.start_configured(&entry(json!({"allowedHosts": [host(&granted)]})));
+    assert!(
+        gw.log_text().contains(&format!(
+            "the component asks to reach {} but the entry does not grant it",
+            host(&asked)
+        )),
+        "{}",
+        gw.log_text()
+    );
+    gw.create(json!({"kid": "h", "provider": "declared"})).await;
+    let egress = |r: &Recorder| format!("egress:http://{}/reach", host(r));
+    let (_, body) = sign_data(&gw, "h", egress(&granted).as_bytes()).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("status 200"),
+        "{body}"
+    );
+    let (status, body) = sign_data(&gw, "h", egress(&asked).as_bytes()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied")
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(granted.seen.lock().unwrap().len(), 1);
+    assert!(
+        asked.seen.lock().unwrap().is_empty(),
+        "an ungranted host was reached"
+    );
+
+    // Granting what the guest never asked for is refused, at start and on reload.
+    let over_grants = [
+        (
+            json!({"allowedHosts": [host(&granted), host(&never)]}),
+            "providers[1].allowedHosts[1]",
+        ),
+        (
+            json!({"egressAuth": [{"host": host(&granted), "type": "bearer", "token": "t0ken-for-a"}]}),
+            "providers[1].egressAuth[0]",
+        ),
+    ];
+    for (extra, path) in over_grants {
+        let kms_json = site.write_config(&entry(extra));
+        let output = site
+            .command(&["--config", kms_json.to_str().unwrap()], &[])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(path),
+            "{stderr}"
+        );
+        let (status, refused) = gw.post("/admin/reload", json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+        assert!(
+            refused["error"].as_str().unwrap().contains(path),
+            "{refused}"
+        );
+        assert!(
+            refused["error"]
+                .as_str()
+                .unwrap()
+                .contains("never asked for")
+                || refused["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("does not ask for credentials"),
+            "{refused}"
+        );
+    }
+    assert!(never.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_reach_neither_the_guest_nor_the_log() {
+    let site = Site::new(Db::Sqlite).await;
+    let dir = site.dir.path();
+    let password = format!(
+        "registry-{}",
+        random_master_key().replace(['/', '+', '='], "")
+    );
+    let registry = Registry::start(dir, "private", Some(("alice", &password)));
+    let basic = STANDARD.encode(format!("alice:{password}"));
+    let reference = registry.reference("kmsgw/hostile:1");
+
+    let refused = push(&guest("hostile"), &reference, &[]).unwrap_err();
+    assert!(refused.contains("asks for credentials"), "{refused}");
+    let creds = [
+        ("KMSGW_REGISTRY_USERNAME", "alice"),
+        ("KMSGW_REGISTRY_PASSWORD", password.as_str()),
+    ];
+    let pinned = push(&guest("hostile"), &reference, &creds).unwrap();
+
+    let recorder = Recorder::start();
+    let config = |secret: &str| {
+        json!({"defaultProvider": "db", "providers": [
+            {"id": "db", "type": "db"},
+            {"id": "h", "type": "wasm", "component": pinned,
+             "registryAuth": {"type": "basic", "username": "alice", "password": secret},
+             "config": {"purpose": "dump what you see"},
+             "allowedHosts": [format!("127.0.0.1:{}", recorder.port), registry.authority()]},
+        ]})
+    };
+    // A wrong password: refused, and the error names neither password.
+    let kms_json = site.write_config(&config("not-the-password"));
+    let output = site
+        .command(&["--config", kms_json.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("refused the credentials"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+
+    let kms_json = site.write_config(&config("${REGISTRY_PASSWORD}"));
+    let gw = site.start_with(
+        &["--config", kms_json.to_str().unwrap()],
+        &[("REGISTRY_PASSWORD", &password)],
+    );
+    gw.create(json!({"kid": "h1", "provider": "h"})).await;
+    // The guest may reach the registry, but the host adds no credentials for it.
+    let probe = format!("egress:http://{}/v2/", registry.authority());
+    let (_, body) = sign_data(&gw, "h1", probe.as_bytes()).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("status 401"),
+        "{body}"
+    );
+    // Everything the guest can see, sent to a recorder.
+    let dump = format!("dump:http://127.0.0.1:{}/probe", recorder.port);
+    let (_, body) = sign_data(&gw, "h1", dump.as_bytes()).await;
+    assert!(body["error"].as_str().unwrap().contains("dumped"), "{body}");
+    let seen = recorder.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen[1].1.contains("dump what you see"),
+        "the dump holds the config"
+    );
+    for (head, body) in &seen {
+        for secret in [password.as_str(), basic.as_str()] {
+            assert!(
+                !head.contains(secret) && !body.contains(secret),
+                "the guest saw it"
+            );
+        }
+    }
+    let log = gw.log_text();
+    assert!(log.contains("pulled a guest component"));
+    assert!(!log.contains(&password) && !log.contains(&basic));
+}
