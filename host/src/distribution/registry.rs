@@ -133,7 +133,7 @@ impl<'a> Registry<'a> {
         };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
+            .timeout(Duration::from_secs(120))
             .build()
             .expect("a registry client builds");
         Registry {

@@ -11,6 +11,8 @@ use crate::crypto::{base64url, decode_base64};
 
 /// The signature section's name.
 pub const SECTION: &str = "kmsgw-signature";
+/// The most signatures a section may carry (each is tried against every key).
+const MAX_SIGNATURES: usize = 16;
 /// What each signature covers besides the digest, so it means nothing elsewhere.
 const CONTEXT: &[u8] = b"kmsgw component signature v1\n";
 
@@ -84,6 +86,12 @@ fn section_of(bytes: &[u8]) -> Result<Option<(SignatureSection, bool)>, Signatur
     }
     let parsed: SignatureSection = serde_json::from_slice(section.data)
         .map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    if parsed.signatures.len() > MAX_SIGNATURES {
+        return Err(SignatureError::Malformed(format!(
+            "{} signatures; at most {MAX_SIGNATURES}",
+            parsed.signatures.len()
+        )));
+    }
     if parsed.version != 1 {
         return Err(SignatureError::Malformed(format!(
             "version {} (this gateway reads version 1)",
@@ -116,6 +124,11 @@ pub fn sign(bytes: &[u8], key: &SigningKey) -> Result<Vec<u8>, SignatureError> {
         key_id: key.public().id().to_owned(),
         signature: base64url(&signature),
     });
+    if kept.len() > MAX_SIGNATURES {
+        return Err(SignatureError::Malformed(format!(
+            "it already carries {MAX_SIGNATURES} signatures, the most a component may have"
+        )));
+    }
     let section = SignatureSection {
         version: 1,
         signatures: kept,
@@ -224,6 +237,33 @@ mod tests {
         let resigned = sign(&appended, &key).unwrap();
         assert_eq!(signatures(&resigned).unwrap().unwrap().key_ids.len(), 1);
         assert!(verify(&resigned, &trusted).is_ok());
+    }
+
+    #[test]
+    fn a_component_carries_at_most_sixteen_signatures() {
+        let mut signed = component();
+        let keys: Vec<SigningKey> = (0..=MAX_SIGNATURES)
+            .map(|_| SigningKey::generate(Alg::EdDSA).unwrap().0)
+            .collect();
+        for key in &keys[..MAX_SIGNATURES] {
+            signed = sign(&signed, key).unwrap();
+        }
+        let last = [keys[MAX_SIGNATURES - 1].public().clone()];
+        assert!(verify(&signed, &last).is_ok());
+        assert!(matches!(
+            sign(&signed, &keys[MAX_SIGNATURES]),
+            Err(SignatureError::Malformed(_))
+        ));
+        // A section written by other means with one more is refused before any check.
+        let section = sections::custom_sections(&signed).unwrap().pop().unwrap();
+        let mut parsed: SignatureSection = serde_json::from_slice(section.data).unwrap();
+        parsed.signatures.push(parsed.signatures[0].clone());
+        let data = serde_json::to_vec(&parsed).unwrap();
+        let crowded = sections::append(&signed[..section.range.start], SECTION, &data);
+        assert!(matches!(
+            verify(&crowded, &last),
+            Err(SignatureError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -223,6 +223,17 @@ fn oras_push(registry: &Registry, target: &str, component: &Path, dir: &Path) ->
     format!("{}@{digest}", registry.reference(target))
 }
 
+/// Starts a gateway with `config`, which must refuse it; returns its stderr.
+fn refused_start(site: &Site, config: &Value) -> String {
+    let kms_json = site.write_config(config);
+    let output = site
+        .command(&["--config", kms_json.to_str().unwrap()], &[])
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "started with {config}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 async fn sign_verified(gw: &Gateway, kid: &str, jwk: &Value, message: &[u8]) {
     let signature = gw.sign(kid, message).await;
     assert_verifies(jwk, message, &signature);
@@ -397,13 +408,7 @@ async fn tampered_mispinned_unsigned_and_foreign_components_are_refused_at_start
         (&unpinned, "is not pinned"),
     ];
     for (component, says) in refusals {
-        let kms_json = site.write_config(&config_with(component, false));
-        let output = site
-            .command(&["--config", kms_json.to_str().unwrap()], &[])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{component} started");
+        let stderr = refused_start(&site, &config_with(component, false));
         assert!(
             stderr.contains("adapters.soft-signer.component") && stderr.contains(says),
             "{component}: {stderr}"
@@ -537,16 +542,8 @@ async fn a_guest_reaches_only_what_it_asked_for_and_was_granted() {
         ),
     ];
     for (extra, path) in over_grants {
-        let kms_json = site.write_config(&entry(extra));
-        let output = site
-            .command(&["--config", kms_json.to_str().unwrap()], &[])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success() && stderr.contains(path),
-            "{stderr}"
-        );
+        let stderr = refused_start(&site, &entry(extra));
+        assert!(stderr.contains(path), "{stderr}");
         let (status, refused) = gw.post("/admin/reload", json!({})).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
         assert!(
@@ -599,16 +596,8 @@ async fn registry_credentials_reach_neither_the_guest_nor_the_log() {
         ]})
     };
     // A wrong password: refused, and the error names neither password.
-    let kms_json = site.write_config(&config("not-the-password"));
-    let output = site
-        .command(&["--config", kms_json.to_str().unwrap()], &[])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("refused the credentials"),
-        "{stderr}"
-    );
+    let stderr = refused_start(&site, &config("not-the-password"));
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
     assert!(!stderr.contains("not-the-password"), "{stderr}");
 
     let kms_json = site.write_config(&config("${REGISTRY_PASSWORD}"));
