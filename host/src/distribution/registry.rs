@@ -2,6 +2,9 @@
 //! wasm-component artifact layout that `wkg` and `oras` use (an image manifest
 //! whose config is `application/vnd.wasm.config.v0+json` and whose one layer is
 //! `application/wasm`). Every byte is checked against its digest before use.
+//! Registries that answer with a `Bearer` challenge (the token flow of Docker
+//! Hub, GHCR, Harbor, distribution's `token` auth) get the credentials at their
+//! token endpoint and the token on the retried request.
 
 use std::time::Duration;
 
@@ -115,12 +118,54 @@ pub fn digest_of(bytes: &[u8]) -> String {
     )
 }
 
+/// The largest token answer read.
+const MAX_TOKEN_ANSWER: u64 = 64 << 10;
+
 /// A client of one registry, with its credentials.
 pub struct Registry<'a> {
     http: reqwest::Client,
     reference: &'a OciReference,
     auth: Option<&'a RegistryAuth>,
     redactor: Redactor,
+    /// The token the registry's token endpoint gave last.
+    token: std::sync::Mutex<Option<secrecy::SecretString>>,
+}
+
+/// A `WWW-Authenticate: Bearer realm=…,service=…,scope=…` challenge.
+#[derive(Debug, PartialEq)]
+struct Challenge {
+    realm: String,
+    service: Option<String>,
+    scope: Option<String>,
+}
+
+impl Challenge {
+    /// The Bearer challenge in `header`, if it is one.
+    fn parse(header: &str) -> Option<Challenge> {
+        let (scheme, rest) = header.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let mut params = std::collections::HashMap::new();
+        let mut rest = rest.trim();
+        while !rest.is_empty() {
+            let (name, after) = rest.split_once('=')?;
+            let (value, after) = match after.strip_prefix('"') {
+                Some(quoted) => {
+                    let end = quoted.find('"')?;
+                    (&quoted[..end], &quoted[end + 1..])
+                }
+                None => after.split_once(',').unwrap_or((after, "")),
+            };
+            params.insert(name.trim().to_ascii_lowercase(), value.to_owned());
+            rest = after.trim_start_matches([',', ' ']);
+        }
+        Some(Challenge {
+            realm: params.remove("realm")?,
+            service: params.remove("service"),
+            scope: params.remove("scope"),
+        })
+    }
 }
 
 impl<'a> Registry<'a> {
@@ -141,6 +186,7 @@ impl<'a> Registry<'a> {
             reference,
             auth,
             redactor: Redactor::new(secrets),
+            token: std::sync::Mutex::new(None),
         }
     }
 
@@ -153,6 +199,9 @@ impl<'a> Registry<'a> {
     }
 
     fn authorized(&self, request: RequestBuilder) -> RequestBuilder {
+        if let Some(token) = self.token.lock().expect("not poisoned").as_ref() {
+            return request.bearer_auth(token.expose_secret());
+        }
         match self.auth {
             Some(RegistryAuth::Basic(basic)) => {
                 request.basic_auth(&basic.username, Some(basic.password.expose_secret()))
@@ -166,16 +215,30 @@ impl<'a> Registry<'a> {
         &self,
         method: Method,
         url: &str,
-        build: impl FnOnce(RequestBuilder) -> RequestBuilder,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
-        let request = build(self.authorized(self.http.request(method.clone(), url)));
-        let response = request
-            .send()
-            .await
-            .map_err(|e| RegistryError::Unreachable {
-                url: url.to_owned(),
-                reason: self.redactor.scrub(&e.without_url().to_string()),
-            })?;
+        let attempt = || async {
+            build(self.authorized(self.http.request(method.clone(), url)))
+                .send()
+                .await
+                .map_err(|e| RegistryError::Unreachable {
+                    url: url.to_owned(),
+                    reason: self.redactor.scrub(&e.without_url().to_string()),
+                })
+        };
+        let mut response = attempt().await?;
+        // A Bearer challenge: a token from the realm (for this request's scope), then once more.
+        if response.status() == StatusCode::UNAUTHORIZED
+            && let Some(challenge) = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Challenge::parse)
+        {
+            let token = self.fetch_token(&challenge).await?;
+            *self.token.lock().expect("not poisoned") = Some(token);
+            response = attempt().await?;
+        }
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -204,6 +267,80 @@ impl<'a> Registry<'a> {
             status,
             message: self.redactor.scrub(&error_text(&body)),
         })
+    }
+
+    /// A token from the challenge's realm, presenting `registryAuth` when it is
+    /// basic credentials (anonymous otherwise).
+    async fn fetch_token(
+        &self,
+        challenge: &Challenge,
+    ) -> Result<secrecy::SecretString, RegistryError> {
+        let registry = self.reference.registry.clone();
+        let realm = url::Url::parse(&challenge.realm).map_err(|_| {
+            RegistryError::Layout(format!(
+                "registry {registry} names a token realm that is not a URL"
+            ))
+        })?;
+        if realm.scheme() != "https"
+            && !crate::config::is_loopback(realm.host_str().unwrap_or_default())
+        {
+            return Err(RegistryError::Layout(format!(
+                "registry {registry} names a token realm over {} ({realm}); credentials go over https only",
+                realm.scheme()
+            )));
+        }
+        let mut request = self.http.get(realm.clone());
+        let query: Vec<(&str, &str)> =
+            [("service", &challenge.service), ("scope", &challenge.scope)]
+                .into_iter()
+                .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+                .collect();
+        request = request.query(&query);
+        if let Some(RegistryAuth::Basic(basic)) = self.auth {
+            request = request.basic_auth(&basic.username, Some(basic.password.expose_secret()));
+        }
+        let shown = realm.to_string();
+        let response = request
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unreachable {
+                url: shown.clone(),
+                reason: self.redactor.scrub(&e.without_url().to_string()),
+            })?;
+        match response.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if self.auth.is_some() => {
+                return Err(RegistryError::BadCredentials { registry });
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(RegistryError::NeedsCredentials {
+                    registry,
+                    challenge: "Bearer".into(),
+                });
+            }
+            status if !status.is_success() => {
+                return Err(RegistryError::Status {
+                    method: Method::GET,
+                    url: shown,
+                    status,
+                    message: "the token endpoint refused".into(),
+                });
+            }
+            _ => {}
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let body = self.read_capped(response, &shown, MAX_TOKEN_ANSWER).await?;
+        let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
+            RegistryError::Layout(format!("the token endpoint {shown} answered no JSON token"))
+        })?;
+        let token = answer.token.or(answer.access_token).ok_or_else(|| {
+            RegistryError::Layout(format!("the token endpoint {shown} answered no token"))
+        })?;
+        self.redactor.add_obtained(&token);
+        Ok(secrecy::SecretString::from(token))
     }
 
     /// The manifest `reference` names (by digest when pinned, else by tag) and
@@ -407,4 +544,29 @@ fn error_text(body: &[u8]) -> String {
             .join("; ");
     }
     String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse_and_others_do_not() {
+        let parsed = Challenge::parse(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            Challenge {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            }
+        );
+        let bare = Challenge::parse("bearer realm=https://auth.example/token").unwrap();
+        assert_eq!((bare.service, bare.scope), (None, None));
+        assert_eq!(Challenge::parse(r#"Basic realm="registry""#), None);
+        assert_eq!(Challenge::parse(r#"Bearer service="no realm""#), None);
+    }
 }

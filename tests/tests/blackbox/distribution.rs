@@ -18,6 +18,76 @@ use serde_json::{Value, json};
 use super::cloud::Recorder;
 use super::guests::sign_data;
 
+/// How a test registry authenticates its clients.
+enum Auth<'a> {
+    None,
+    /// HTTP Basic, from an htpasswd file.
+    Htpasswd(&'a str, &'a str),
+    /// Distribution's token auth, with tokens from this issuer.
+    Token(&'a TokenIssuer),
+}
+
+/// The test's token issuer (tests/standins/registry_token_issuer.py) for a
+/// registry with `auth: token`.
+struct TokenIssuer {
+    child: Child,
+    port: u16,
+    cert: PathBuf,
+    issued: PathBuf,
+}
+
+const TOKEN_SERVICE: &str = "kmsgw-test-registry";
+const TOKEN_ISSUER: &str = "kmsgw-test-issuer";
+
+impl TokenIssuer {
+    fn start(dir: &Path, user: &str, password: &str) -> TokenIssuer {
+        let port_file = dir.join("token-issuer.port");
+        let cert = dir.join("token-issuer.pem");
+        let issued = dir.join("token-issuer.issued");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("standins/registry_token_issuer.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .args(["--port-file", port_file.to_str().unwrap()])
+            .args(["--cert-out", cert.to_str().unwrap()])
+            .args(["--issued", issued.to_str().unwrap()])
+            .args(["--service", TOKEN_SERVICE, "--issuer", TOKEN_ISSUER])
+            .args(["--user", user, "--password", password])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                break text.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the token issuer did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        TokenIssuer {
+            child,
+            port,
+            cert,
+            issued,
+        }
+    }
+
+    /// Every token issued so far.
+    fn issued(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.issued)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for TokenIssuer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A `docker-registry` on a free loopback port, storing under `dir`.
 struct Registry {
     child: Option<Child>,
@@ -26,8 +96,8 @@ struct Registry {
 }
 
 impl Registry {
-    /// Starts a registry; with `user`, it demands HTTP Basic credentials (htpasswd).
-    fn start(dir: &Path, name: &str, user: Option<(&str, &str)>) -> Registry {
+    /// Starts a registry that authenticates as `auth` says.
+    fn start(dir: &Path, name: &str, auth: Auth) -> Registry {
         let home = dir.join(name);
         std::fs::create_dir_all(&home).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -40,7 +110,14 @@ impl Registry {
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             root.display()
         );
-        if let Some((user, password)) = user {
+        if let Auth::Token(issuer) = auth {
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                issuer.port,
+                issuer.cert.display()
+            ));
+        }
+        if let Auth::Htpasswd(user, password) = auth {
             let line = Command::new("htpasswd")
                 .args(["-Bbn", user, password])
                 .output()
@@ -247,7 +324,7 @@ fn soft_signer_adapter(component: &str, publisher: &Publisher) -> Value {
 async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() {
     let site = Site::new(Db::Sqlite).await;
     let dir = site.dir.path();
-    let mut registry = Registry::start(dir, "registry", None);
+    let mut registry = Registry::start(dir, "registry", Auth::None);
     let publisher = Publisher::new(dir, "publisher");
     let signed = publisher.sign(&guest("soft_signer"), &dir.join("soft.wasm"));
 
@@ -365,7 +442,7 @@ async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() 
 async fn tampered_mispinned_unsigned_and_foreign_components_are_refused_at_start_and_on_reload() {
     let site = Site::new(Db::Sqlite).await;
     let dir = site.dir.path();
-    let registry = Registry::start(dir, "registry", None);
+    let registry = Registry::start(dir, "registry", Auth::None);
     let publisher = Publisher::new(dir, "publisher");
     let stranger = Publisher::new(dir, "stranger");
     let soft = guest("soft_signer");
@@ -573,7 +650,7 @@ async fn registry_credentials_reach_neither_the_guest_nor_the_log() {
         "registry-{}",
         random_master_key().replace(['/', '+', '='], "")
     );
-    let registry = Registry::start(dir, "private", Some(("alice", &password)));
+    let registry = Registry::start(dir, "private", Auth::Htpasswd("alice", &password));
     let basic = STANDARD.encode(format!("alice:{password}"));
     let reference = registry.reference("kmsgw/hostile:1");
 
@@ -634,4 +711,62 @@ async fn registry_credentials_reach_neither_the_guest_nor_the_log() {
     let log = gw.log_text();
     assert!(log.contains("pulled a guest component"));
     assert!(!log.contains(&password) && !log.contains(&basic));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_token_auth_gets_the_credentials_at_its_token_endpoint() {
+    let site = Site::new(Db::Sqlite).await;
+    let dir = site.dir.path();
+    let password = format!("token-{}", random_master_key().replace(['/', '+', '='], ""));
+    let issuer = TokenIssuer::start(dir, "bob", &password);
+    let registry = Registry::start(dir, "tokens", Auth::Token(&issuer));
+    let reference = registry.reference("kmsgw/soft-signer:2");
+
+    let refused = push(&guest("soft_signer"), &reference, &[]).unwrap_err();
+    assert!(
+        refused.contains("asks for credentials (Bearer)"),
+        "{refused}"
+    );
+    let pinned = push(
+        &guest("soft_signer"),
+        &reference,
+        &[
+            ("KMSGW_REGISTRY_USERNAME", "bob"),
+            ("KMSGW_REGISTRY_PASSWORD", password.as_str()),
+        ],
+    )
+    .unwrap();
+    let pushed_with = issuer.issued();
+    assert!(
+        !pushed_with.is_empty(),
+        "the push went through the token endpoint"
+    );
+
+    let config = |secret: &str| {
+        json!({"defaultProvider": "db", "providers": [
+            {"id": "db", "type": "db"},
+            {"id": "soft", "type": "wasm", "component": pinned,
+             "registryAuth": {"type": "basic", "username": "bob", "password": secret}},
+        ]})
+    };
+    let stderr = refused_start(&site, &config("wrong-password"));
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    let kms_json = site.write_config(&config("${REGISTRY_PASSWORD}"));
+    let gw = site.start_with(
+        &["--config", kms_json.to_str().unwrap()],
+        &[("REGISTRY_PASSWORD", &password)],
+    );
+    let key = gw.create(json!({"kid": "t", "provider": "soft"})).await;
+    sign_verified(&gw, "t", &key["publicJwk"], b"token auth").await;
+    let tokens = issuer.issued();
+    assert!(
+        tokens.len() > pushed_with.len(),
+        "the gateway got a token too"
+    );
+    let log = gw.log_text();
+    assert!(log.contains("pulled a guest component"));
+    assert!(!log.contains(&password));
+    for token in &tokens {
+        assert!(!log.contains(token.as_str()), "a registry token in the log");
+    }
 }
