@@ -67,6 +67,7 @@ fn guest(c: &mut Criterion) {
                 ..GuestLimits::default()
             },
             adapter: None,
+            publisher: None,
         };
         let soft = Arc::new(
             WasmProvider::start(&engine, options, catalog.clone(), master.clone())

@@ -8,12 +8,10 @@ use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::config::{
-    ComponentSource, ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry,
-    WasmConfig,
+    ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry, WasmConfig,
 };
 use crate::crypto::master::MasterKey;
-use crate::distribution::cache::Cache;
-use crate::distribution::{self, EntryPaths};
+use crate::distribution::{self, cache::Cache};
 use crate::gateway::Registered;
 use crate::providers::Provider;
 use crate::providers::aws_kms::AwsKmsProvider;
@@ -247,45 +245,11 @@ impl Assembler {
         let cache = Cache::new(&self.data_dir);
         let mut problems = Vec::new();
         for (i, entry) in entries.iter_mut().enumerate() {
-            let ProviderConfig::Wasm(wasm) = &mut entry.config else {
-                continue;
-            };
-            let paths = EntryPaths {
-                source: match (&wasm.adapter, &wasm.component) {
-                    (_, ComponentSource::Shipped(_)) | (None, _) => format!("providers[{i}]"),
-                    (Some(name), _) => format!("adapters.{name}"),
-                },
-                entry: format!("providers[{i}]"),
-            };
-            if let ComponentSource::Oci(reference) = &wasm.component {
-                match distribution::fetch(reference, wasm.registry_auth.as_ref(), &cache).await {
-                    Ok(fetched) => {
-                        wasm.sha256 = Some(fetched.layer_digest["sha256:".len()..].to_owned());
-                        wasm.component = ComponentSource::Pulled {
-                            reference: fetched.reference,
-                            path: fetched.path,
-                        };
-                    }
-                    Err(e) => {
-                        problems.push(Problem {
-                            path: format!("{}.component", paths.source),
-                            message: e.to_string(),
-                        });
-                        continue;
-                    }
-                }
-            }
-            // An unreadable file is reported when the component is loaded.
-            let Ok(bytes) = wasm.component.resolved(&self.base_dir).bytes() else {
-                continue;
-            };
-            match distribution::vet(&bytes, wasm, &paths) {
-                Ok(warnings) => {
-                    for warning in warnings {
-                        tracing::warn!(provider = %entry.id, "{warning}");
-                    }
-                }
-                Err(found) => problems.extend(found),
+            if let ProviderConfig::Wasm(wasm) = &mut entry.config
+                && let Err(found) =
+                    distribution::prepare(wasm, i, &entry.id, &self.base_dir, &cache).await
+            {
+                problems.extend(found);
             }
         }
         if problems.is_empty() {
@@ -426,5 +390,6 @@ pub(crate) fn wasm_options(
         egress_auth,
         limits,
         adapter: config.adapter,
+        publisher: config.publisher,
     })
 }

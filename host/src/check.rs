@@ -55,17 +55,24 @@ impl CheckOptions {
                 ..GuestLimits::default()
             },
             adapter: None,
+            publisher: None,
         })
     }
 }
 
 /// The guest options of provider `id` in the kms.json at `path`, as the gateway
 /// would run it (its component, fields, `allowedHosts`, `egressAuth` and limits),
-/// with one instance.
+/// with one instance. An `oci://` component is pulled into the cache under
+/// `data_dir` (or found there) and vetted as at start.
 ///
 /// # Errors
-/// When the file does not load or `id` names no guest provider in it.
-pub fn options_from_config(path: &std::path::Path, id: &str) -> anyhow::Result<WasmOptions> {
+/// When the file does not load, `id` names no guest provider in it, or its
+/// component cannot be had or is refused.
+pub async fn options_from_config(
+    path: &std::path::Path,
+    id: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<WasmOptions> {
     let config = crate::config::Config::load(path, &crate::config::process_env)?;
     let base_dir = path.parent().unwrap_or(std::path::Path::new(""));
     let (i, entry) = config
@@ -74,9 +81,16 @@ pub fn options_from_config(path: &std::path::Path, id: &str) -> anyhow::Result<W
         .enumerate()
         .find(|(_, p)| p.id == id)
         .ok_or_else(|| anyhow::anyhow!("{} has no provider `{id}`", path.display()))?;
-    let crate::config::ProviderConfig::Wasm(wasm) = entry.config else {
+    let crate::config::ProviderConfig::Wasm(mut wasm) = entry.config else {
         anyhow::bail!("provider `{id}` is not a guest (wasm or named guest type)");
     };
+    let cache = crate::distribution::cache::Cache::new(data_dir);
+    crate::distribution::prepare(&mut wasm, i, &entry.id, base_dir, &cache)
+        .await
+        .map_err(|problems| crate::config::ConfigError::Invalid {
+            source_name: path.display().to_string(),
+            problems,
+        })?;
     let mut options = crate::assembly::wasm_options(
         entry.id,
         wasm,

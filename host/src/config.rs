@@ -451,6 +451,9 @@ pub struct WasmConfig {
     /// The named guest type the entry was written as (`azure-kv`, …); `None` for `wasm`.
     #[serde(skip)]
     pub adapter: Option<String>,
+    /// The key id of the publisher whose signature was verified (set when vetted).
+    #[serde(skip)]
+    pub publisher: Option<String>,
 }
 
 /// One `egressAuth` item: the host sets `Authorization` on the guest's requests
@@ -1086,6 +1089,7 @@ fn decode_named(
         limits,
         egress_auth,
         adapter: Some(name.to_owned()),
+        publisher: None,
     })
 }
 

@@ -10,12 +10,12 @@ pub mod registry;
 pub mod sections;
 pub mod signature;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use self::cache::Cache;
 use self::capabilities::Requested;
 use self::registry::{Registry, RegistryError, component_layer};
-use crate::config::{OciReference, Problem, RegistryAuth, WasmConfig, WasmLimits};
+use crate::config::{ComponentSource, OciReference, Problem, RegistryAuth, WasmConfig, WasmLimits};
 use crate::providers::wasm::host::AllowedHost;
 use crate::providers::wasm::limits::GuestLimits;
 
@@ -117,6 +117,52 @@ async fn pull(
     })
 }
 
+/// Makes the component of `wasm` (provider `id`, entry `i` of `providers`) a
+/// file on disk and vets it before anything is compiled: an `oci://` component
+/// is pulled (or found in `cache`) and checked against its digests, then its
+/// signature and the entry's grants are checked ([`vet`]); warnings are logged.
+///
+/// # Errors
+/// Every problem, with its JSON path.
+pub async fn prepare(
+    wasm: &mut WasmConfig,
+    i: usize,
+    id: &str,
+    base_dir: &Path,
+    cache: &Cache,
+) -> Result<(), Vec<Problem>> {
+    let paths = EntryPaths {
+        source: match (&wasm.adapter, &wasm.component) {
+            (_, ComponentSource::Shipped(_)) | (None, _) => format!("providers[{i}]"),
+            (Some(name), _) => format!("adapters.{name}"),
+        },
+        entry: format!("providers[{i}]"),
+    };
+    if let ComponentSource::Oci(reference) = &wasm.component {
+        let fetched = fetch(reference, wasm.registry_auth.as_ref(), cache)
+            .await
+            .map_err(|e| {
+                vec![Problem {
+                    path: format!("{}.component", paths.source),
+                    message: e.to_string(),
+                }]
+            })?;
+        wasm.sha256 = Some(fetched.layer_digest["sha256:".len()..].to_owned());
+        wasm.component = ComponentSource::Pulled {
+            reference: fetched.reference,
+            path: fetched.path,
+        };
+    }
+    // An unreadable file is reported when the component is loaded.
+    let Ok(bytes) = wasm.component.resolved(base_dir).bytes() else {
+        return Ok(());
+    };
+    for warning in vet(&bytes, wasm, &paths)? {
+        tracing::warn!(provider = %id, "{warning}");
+    }
+    Ok(())
+}
+
 /// Where a guest entry's parts are in kms.json, for errors.
 pub struct EntryPaths {
     /// Where the component and its publisher keys are given: `adapters.NAME`
@@ -143,7 +189,8 @@ pub fn vet(
     if !wasm.public_keys.is_empty() {
         match signature::verify(bytes, &wasm.public_keys) {
             Ok(key) => {
-                tracing::info!(component = %wasm.component, key = key.id(), "publisher signature verified")
+                tracing::info!(component = %wasm.component, key = key.id(), "publisher signature verified");
+                wasm.publisher = Some(key.id().to_owned());
             }
             Err(e) => problems.push(Problem {
                 path: format!("{}.component", paths.source),

@@ -237,6 +237,9 @@ struct CheckArgs {
     /// The provider id inside --kms-json.
     #[arg(long, requires = "kms_json")]
     provider: Option<String>,
+    /// With --kms-json: the data directory whose cache an oci:// component is pulled into.
+    #[arg(long, env = "KMSGW_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
     /// JSON given to the guest's init, as `config` in kms.json would be.
     #[arg(long, default_value = "null")]
     config: String,
@@ -415,12 +418,14 @@ fn told(result: Result<String, impl std::fmt::Display>, failure: ExitCode) -> Ex
 
 async fn check(args: CheckArgs) -> ExitCode {
     let options = match (&args.kms_json, &args.provider, args.component) {
-        (Some(path), Some(id), _) => kmsgw::check::options_from_config(path, id).map(|mut o| {
-            if let Some(timeout_ms) = args.timeout_ms {
-                o.limits.timeout_ms = timeout_ms;
-            }
-            o
-        }),
+        (Some(path), Some(id), _) => kmsgw::check::options_from_config(path, id, &args.data_dir)
+            .await
+            .map(|mut o| {
+                if let Some(timeout_ms) = args.timeout_ms {
+                    o.limits.timeout_ms = timeout_ms;
+                }
+                o
+            }),
         (_, _, Some(component)) => match serde_json::from_str(&args.config) {
             Ok(config) if component.is_dir() => kmsgw::scaffold::component_of(&component)
                 .map_err(anyhow::Error::from)

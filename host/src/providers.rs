@@ -291,6 +291,10 @@ pub struct GuestReport<'a> {
     /// The named guest type it was configured as (`azure-kv`, …); `None` for a
     /// plain `wasm` entry.
     pub adapter: Option<&'a str>,
+    /// Where its component came from: a file, or the pinned `oci://` reference.
+    pub component: &'a str,
+    /// The key id of the publisher whose signature was verified, if one was required.
+    pub publisher: Option<&'a str>,
 }
 
 /// What a guest provider has been through, for operators.

@@ -155,6 +155,14 @@ pub struct ProviderInfo {
     /// The named guest type the entry was written as (`azure-kv`, `cosmian-kms`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     adapter: Option<String>,
+    /// Where a guest's component came from: a file, or the pinned `oci://`
+    /// reference (`admin` scope only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    component: Option<String>,
+    /// The key id (JWK thumbprint) of the publisher whose signature the guest's
+    /// component carries, when its entry requires one (`publicKeys`; `admin` scope only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    publisher: Option<String>,
     /// What a guest holds and has been through (guests; `admin` scope only).
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<GuestUsage>,
@@ -232,7 +240,8 @@ pub async fn providers(
             .map(|r| {
                 let guest = r.provider.describe();
                 let id = r.provider.id();
-                let usage = guest.filter(|_| principal.may(Scope::Admin)).map(|g| {
+                let admin = guest.filter(|_| principal.may(Scope::Admin));
+                let usage = admin.as_ref().map(|g| {
                     let (entries, bytes) = storage
                         .iter()
                         .find(|(provider, _, _)| provider == id)
@@ -256,6 +265,8 @@ pub async fn providers(
                     capabilities: r.provider.capabilities().clone(),
                     limits: guest.map(|g| g.limits.clone()),
                     adapter: guest.and_then(|g| g.adapter).map(str::to_owned),
+                    component: admin.as_ref().map(|g| g.component.to_owned()),
+                    publisher: admin.as_ref().and_then(|g| g.publisher).map(str::to_owned),
                     usage,
                     seal_generation: state
                         .custody

@@ -132,7 +132,7 @@ impl SigningKey {
         ))
     }
 
-    /// A key from a PEM `PRIVATE KEY` (PKCS#8).
+    /// A key from a PEM `PRIVATE KEY` (PKCS#8) or a P-256 `EC PRIVATE KEY` (SEC1).
     ///
     /// # Errors
     /// When the text is not one, or holds another kind of key.
@@ -140,12 +140,20 @@ impl SigningKey {
         let (label, der) = pem_rfc7468::decode_vec(text.trim().as_bytes())
             .map_err(|e| KeyError(format!("not a PEM private key: {e}")))?;
         let der = Zeroizing::new(der);
-        if label != "PRIVATE KEY" {
-            return Err(KeyError(format!(
-                "a PEM `{label}` is not a PKCS#8 `PRIVATE KEY` (convert it with `openssl pkcs8 -topk8 -nocrypt`)"
-            )));
+        match label {
+            "PRIVATE KEY" => Self::from_pkcs8(&der),
+            // What `openssl ecparam -genkey` writes.
+            "EC PRIVATE KEY" => {
+                use p256::pkcs8::EncodePrivateKey;
+                let key = p256::SecretKey::from_sec1_der(&der)
+                    .map_err(|_| KeyError("the `EC PRIVATE KEY` is not a P-256 key".into()))?;
+                let pkcs8 = key.to_pkcs8_der().map_err(|e| KeyError(e.to_string()))?;
+                Self::from_pkcs8(pkcs8.as_bytes())
+            }
+            other => Err(KeyError(format!(
+                "a PEM `{other}` is not a private key; give a PKCS#8 `PRIVATE KEY` (Ed25519 or P-256) or a P-256 `EC PRIVATE KEY`"
+            ))),
         }
-        Self::from_pkcs8(&der)
     }
 
     /// The public half.

@@ -50,6 +50,8 @@ pub struct WasmOptions {
     pub limits: GuestLimits,
     /// The named guest type (`azure-kv`, …), for `GET /providers`.
     pub adapter: Option<String>,
+    /// The key id of the publisher whose signature was verified, for `GET /providers`.
+    pub publisher: Option<String>,
 }
 
 /// Why a guest call did not produce an answer.
@@ -144,6 +146,9 @@ fn with_ed25519(mut algs: Vec<Alg>) -> Vec<Alg> {
 pub struct WasmProvider {
     id: String,
     adapter: Option<String>,
+    /// Where the component came from (a file, or the pinned `oci://` reference).
+    component: String,
+    publisher: Option<String>,
     capabilities: Capabilities,
     pool: Pool,
     shared: Arc<GuestShared>,
@@ -238,6 +243,8 @@ impl WasmProvider {
         Ok(WasmProvider {
             id: options.id,
             adapter: options.adapter,
+            component: options.component.to_string(),
+            publisher: options.publisher,
             capabilities,
             pool,
             shared,
@@ -439,6 +446,8 @@ impl Provider for WasmProvider {
             },
             limits: &self.shared.limits,
             adapter: self.adapter.as_deref(),
+            component: &self.component,
+            publisher: self.publisher.as_deref(),
         })
     }
 }

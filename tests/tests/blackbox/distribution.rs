@@ -251,6 +251,22 @@ impl Publisher {
     }
 }
 
+/// `kmsgw adapter inspect SOURCE --public-key KEY`, parsed.
+fn inspect(source: &str, key: &Path) -> Value {
+    let said = kmsgw(
+        &[
+            "adapter",
+            "inspect",
+            source,
+            "--public-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    serde_json::from_str(&said).unwrap()
+}
+
 /// `kmsgw adapter push`: the pinned reference it prints.
 fn push(component: &Path, reference: &str, env: &[(&str, &str)]) -> Result<String, String> {
     kmsgw(
@@ -369,23 +385,58 @@ async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() 
         std::fs::read(pulled_dir.join("soft.wasm")).unwrap(),
         std::fs::read(&signed).unwrap()
     );
-    let by_oras = oras_push(&registry, "kmsgw/by-oras:1", &signed, dir);
-
-    // inspect: the signature, checked against the publisher's public key.
-    let report: Value = serde_json::from_str(
-        &kmsgw(
-            &[
-                "adapter",
-                "inspect",
-                &pinned,
-                "--public-key",
-                publisher.public.to_str().unwrap(),
-            ],
-            &[],
-        )
-        .unwrap(),
+    // …signed by a key openssl made (SEC1 `EC PRIVATE KEY`), trusted by its PEM public key.
+    let openssl_key = dir.join("openssl-p256.pem");
+    let openssl_public = dir.join("openssl-p256.pub");
+    for args in [
+        vec![
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            openssl_key.to_str().unwrap(),
+        ],
+        vec![
+            "ec",
+            "-in",
+            openssl_key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            openssl_public.to_str().unwrap(),
+        ],
+    ] {
+        assert!(
+            Command::new("openssl")
+                .args(&args)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        );
+    }
+    let by_openssl = dir.join("by-openssl.wasm");
+    kmsgw(
+        &[
+            "adapter",
+            "sign",
+            guest("soft_signer").to_str().unwrap(),
+            "--key",
+            openssl_key.to_str().unwrap(),
+            "--out",
+            by_openssl.to_str().unwrap(),
+        ],
+        &[],
     )
     .unwrap();
+    let by_oras = oras_push(&registry, "kmsgw/by-oras:1", &by_openssl, dir);
+    let openssl_id =
+        inspect(&by_openssl.to_string_lossy(), &openssl_public)["verified"]["keyId"].clone();
+    assert!(openssl_id.is_string(), "{openssl_id}");
+
+    // inspect: the signature, checked against the publisher's public key.
+    let report = inspect(&pinned, &publisher.public);
     assert_eq!(report["component"], pinned.as_str());
     assert_eq!(report["verified"]["valid"], true, "{report}");
     assert_eq!(report["signatures"]["keyIds"].as_array().unwrap().len(), 1);
@@ -397,7 +448,8 @@ async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() 
         "providers": [
             {"id": "db", "type": "db"},
             {"id": "soft", "type": "soft-signer"},
-            {"id": "oras", "type": "wasm", "component": by_oras, "publicKeys": [publisher.jwk]},
+            {"id": "oras", "type": "wasm", "component": by_oras,
+             "publicKeys": [std::fs::read_to_string(&openssl_public).unwrap()]},
         ]
     });
     let kms_json = site.write_config(&config);
@@ -412,10 +464,41 @@ async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() 
     let log = gw.log_text();
     assert_eq!(log.matches("pulled a guest component").count(), 2, "{log}");
     assert_eq!(log.matches("publisher signature verified").count(), 2);
+    // Operators see which digest runs and whose signature it carries.
+    let (_, providers) = gw.get("/providers").await;
+    assert_eq!(providers[1]["component"], pinned.as_str(), "{providers}");
+    assert_eq!(providers[2]["component"], by_oras.as_str());
+    assert_eq!(providers[1]["publisher"], report["verified"]["keyId"]);
+    assert_eq!(providers[2]["publisher"], openssl_id);
     gw.stop();
+
+    // An air-gapped host: its data directory filled by `kmsgw adapter pull` ahead of time.
+    let airgapped = Site::new(Db::Sqlite).await;
+    let pulled = kmsgw(
+        &[
+            "adapter",
+            "pull",
+            "--config",
+            kms_json.to_str().unwrap(),
+            "--data-dir",
+            airgapped.data_dir().to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(pulled.lines().count(), 2, "{pulled}");
+    assert!(
+        pulled.contains(&pinned) && pulled.contains(&by_oras),
+        "{pulled}"
+    );
 
     // The registry goes away; the next start runs from the cache.
     registry.stop();
+    let gw = airgapped.start_with(&["--config", kms_json.to_str().unwrap()], &[]);
+    let key = gw.create(json!({"kid": "air", "provider": "soft"})).await;
+    sign_verified(&gw, "air", &key["publicJwk"], b"air-gapped").await;
+    assert!(!gw.log_text().contains("pulled a guest component"));
+    gw.stop();
     let gw = site.start_with(&["--config", kms_json.to_str().unwrap()], &[]);
     for (kid, jwk) in &keys {
         sign_verified(&gw, kid, jwk, b"registry gone").await;
@@ -427,6 +510,22 @@ async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() 
     let log = gw.log_text();
     assert!(!log.contains("pulled a guest component"), "{log}");
     assert_eq!(log.matches("publisher signature verified").count(), 2);
+    // `adapter check` runs an oci:// entry as the gateway would, from the same cache.
+    let checked = kmsgw(
+        &[
+            "adapter",
+            "check",
+            "--kms-json",
+            kms_json.to_str().unwrap(),
+            "--provider",
+            "soft",
+            "--data-dir",
+            site.data_dir().to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    assert!(checked.contains("checks passed"), "{checked}");
     // The cache is an OCI layout, by digest.
     let cached = site
         .data_dir()
