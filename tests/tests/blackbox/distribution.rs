@@ -499,6 +499,20 @@ async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() 
     sign_verified(&gw, "air", &key["publicJwk"], b"air-gapped").await;
     assert!(!gw.log_text().contains("pulled a guest component"));
     gw.stop();
+    // A cached component changed on disk is not run: it would be pulled again,
+    // and with the registry gone the start is refused.
+    let cached = airgapped
+        .data_dir()
+        .join("oci/blobs/sha256")
+        .join(&digest(&signed)[7..]);
+    let mut bytes = std::fs::read(&cached).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&cached, bytes).unwrap();
+    let stderr = refused_start(&airgapped, &config);
+    assert!(
+        stderr.contains("adapters.soft-signer.component") && stderr.contains("is unreachable"),
+        "{stderr}"
+    );
     let gw = site.start_with(&["--config", kms_json.to_str().unwrap()], &[]);
     for (kid, jwk) in &keys {
         sign_verified(&gw, kid, jwk, b"registry gone").await;
@@ -541,7 +555,7 @@ async fn a_signed_guest_from_a_registry_is_pulled_by_digest_served_and_cached() 
 async fn tampered_mispinned_unsigned_and_foreign_components_are_refused_at_start_and_on_reload() {
     let site = Site::new(Db::Sqlite).await;
     let dir = site.dir.path();
-    let registry = Registry::start(dir, "registry", Auth::None);
+    let mut registry = Registry::start(dir, "registry", Auth::None);
     let publisher = Publisher::new(dir, "publisher");
     let stranger = Publisher::new(dir, "stranger");
     let soft = guest("soft_signer");
@@ -630,6 +644,14 @@ async fn tampered_mispinned_unsigned_and_foreign_components_are_refused_at_start
         gw.log_text()
     );
     sign_verified(&gw, "k", &key["publicJwk"], b"unpinned").await;
+    // With the registry gone, the digest it resolved to last serves (with a warning).
+    registry.stop();
+    let (status, report) = gw.post("/admin/reload", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(gw.log_text().contains(
+        "the registry is unreachable; running the digest this reference resolved to last"
+    ));
+    sign_verified(&gw, "k", &key["publicJwk"], b"unpinned, registry gone").await;
 }
 
 /// A copy of the hostile guest declaring `hosts` (and no credentials or
@@ -868,4 +890,101 @@ async fn a_registry_with_token_auth_gets_the_credentials_at_its_token_endpoint()
     for token in &tokens {
         assert!(!log.contains(token.as_str()), "a registry token in the log");
     }
+}
+
+/// A registry that lies: it answers each path with fixed bytes, whatever they are.
+fn hostile_registry(answers: Vec<(String, Vec<u8>)>) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let body = answers
+                .iter()
+                .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+                .map(|(_, body)| body.clone());
+            let stream = reader.get_mut();
+            let _ = match body {
+                Some(body) => stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|()| stream.write_all(&body)),
+                None => stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_registry_cannot_make_the_gateway_hold_more_than_it_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = |size: u64, digest: &str| {
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": format!("sha256:{}", "c".repeat(64)), "size": 2},
+            "layers": [{"mediaType": "application/wasm", "digest": digest, "size": size}],
+        }))
+        .unwrap()
+    };
+    let blob_digest = format!("sha256:{}", "b".repeat(64));
+    let liar = layer(10, &blob_digest);
+    let huge = layer(300 << 20, &blob_digest);
+    let big = vec![b' '; 2 << 20];
+    let port = hostile_registry(vec![
+        ("/v2/liar/manifests/".into(), liar.clone()),
+        ("/v2/liar/blobs/".into(), vec![0x61; 1 << 20]),
+        ("/v2/huge/manifests/".into(), huge.clone()),
+        ("/v2/big/manifests/".into(), big.clone()),
+    ]);
+    let pinned = |repo: &str, bytes: &[u8]| {
+        format!(
+            "oci://127.0.0.1:{port}/{repo}:1@sha256:{}",
+            sha256_of(bytes)
+        )
+    };
+    for (reference, says) in [
+        (
+            pinned("liar", &liar),
+            "sent more than the 10 bytes expected",
+        ),
+        (pinned("huge", &huge), "the most kmsgw pulls is 268435456"),
+        (
+            pinned("big", &big),
+            "sent more than the 1048576 bytes expected",
+        ),
+    ] {
+        let refused = kmsgw(
+            &[
+                "adapter",
+                "pull",
+                &reference,
+                "--data-dir",
+                dir.path().to_str().unwrap(),
+            ],
+            &[],
+        )
+        .unwrap_err();
+        assert!(refused.contains(says), "{reference}: {refused}");
+    }
+    let blobs = dir.path().join("oci/blobs/sha256");
+    assert!(!blobs.exists() || std::fs::read_dir(blobs).unwrap().next().is_none());
 }
