@@ -44,15 +44,12 @@ impl Cache {
     /// When the directory cannot be written.
     pub fn put(&self, digest: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
         let path = self.path(digest);
-        let parent = path.parent().expect("a blob path has a parent");
-        std::fs::create_dir_all(parent)?;
+        std::fs::create_dir_all(path.parent().expect("a blob path has a parent"))?;
+        write_whole(&path, bytes)?;
         let layout = self.dir.join("oci-layout");
         if !layout.exists() {
-            std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            write_whole(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, bytes)?;
-        std::fs::rename(&partial, &path)?;
         Ok(path)
     }
 
@@ -69,11 +66,22 @@ impl Cache {
     pub fn remember_tag(&self, unpinned: &str, digest: &str) -> std::io::Result<()> {
         let path = self.tag_file(unpinned);
         std::fs::create_dir_all(path.parent().expect("a tag path has a parent"))?;
-        std::fs::write(path, digest)
+        write_whole(&path, digest.as_bytes())
     }
 
     /// The digest `unpinned` resolved to last.
     pub fn tag(&self, unpinned: &str) -> Option<String> {
         std::fs::read_to_string(self.tag_file(unpinned)).ok()
     }
+}
+
+/// Writes `bytes` to `path` whole or not at all (a `.partial` file renamed into
+/// place; removed again when the disk is full).
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    let written = std::fs::write(&partial, bytes).and_then(|()| std::fs::rename(&partial, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }

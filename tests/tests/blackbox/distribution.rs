@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::cloud::Recorder;
 use super::guests::sign_data;
+use super::integrity::Tmpfs;
 
 /// How a test registry authenticates its clients.
 enum Auth<'a> {
@@ -987,4 +988,53 @@ async fn a_lying_registry_cannot_make_the_gateway_hold_more_than_it_declared() {
     }
     let blobs = dir.path().join("oci/blobs/sha256");
     assert!(!blobs.exists() || std::fs::read_dir(blobs).unwrap().next().is_none());
+}
+
+/// A pull onto a full disk: the reload is refused saying so, nothing half-written
+/// stays in the cache, the running providers go on, and once there is room the
+/// same reload works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_onto_a_full_disk_is_refused_and_heals() {
+    let site = Site::new(Db::Sqlite).await;
+    let dir = site.dir.path();
+    let registry = Registry::start(dir, "registry", Auth::None);
+    let pinned = push(
+        &guest("soft_signer"),
+        &registry.reference("kmsgw/soft:1"),
+        &[],
+    )
+    .unwrap();
+    let disk = Tmpfs::mount(&site.data_dir(), "24m");
+    let db_only = json!({"defaultProvider": "db", "providers": [{"id": "db", "type": "db"}]});
+    let kms_json = site.write_config(&db_only);
+    let gw = site.start_with(&["--config", kms_json.to_str().unwrap()], &[]);
+    let key = gw.create(json!({"kid": "before"})).await;
+    let filler = disk.fill();
+
+    let with_guest = json!({"defaultProvider": "db", "providers": [
+        {"id": "db", "type": "db"},
+        {"id": "soft", "type": "wasm", "component": pinned},
+    ]});
+    site.write_config(&with_guest);
+    let (status, refused) = gw.post("/admin/reload", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("providers[1].component")
+            && error.contains("cannot write the component cache"),
+        "{refused}"
+    );
+    let left: Vec<PathBuf> = files_under(&site.data_dir().join("oci"));
+    assert!(left.is_empty(), "half-written cache entries: {left:?}");
+    sign_verified(&gw, "before", &key["publicJwk"], b"full disk").await;
+
+    std::fs::remove_file(filler).unwrap();
+    let (status, report) = gw.post("/admin/reload", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let fresh = gw
+        .create(json!({"kid": "in-guest", "provider": "soft"}))
+        .await;
+    sign_verified(&gw, "in-guest", &fresh["publicJwk"], b"room again").await;
+    gw.stop();
+    drop(disk);
 }

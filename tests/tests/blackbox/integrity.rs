@@ -362,10 +362,10 @@ async fn a_failed_audit_write_leaves_neither_the_change_nor_its_record() {
 }
 
 /// A tmpfs mounted at a directory for the length of a test.
-struct Tmpfs(std::path::PathBuf);
+pub(crate) struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -380,7 +380,7 @@ impl Tmpfs {
     }
 
     /// Fills what is left with a file; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
+    pub(crate) fn fill(&self) -> std::path::PathBuf {
         let path = self.0.join("filler");
         let _ = Command::new("dd")
             .args(["if=/dev/zero", "bs=64k"])
