@@ -991,8 +991,8 @@ async fn a_lying_registry_cannot_make_the_gateway_hold_more_than_it_declared() {
 }
 
 /// A pull onto a full disk: the reload is refused saying so, nothing half-written
-/// stays in the cache, the running providers go on, and once there is room the
-/// same reload works.
+/// stays in the cache, the running providers go on (and a guest from a file
+/// still loads, uncached), and once there is room the same reload works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_onto_a_full_disk_is_refused_and_heals() {
     let site = Site::new(Db::Sqlite).await;
@@ -1027,7 +1027,20 @@ async fn a_pull_onto_a_full_disk_is_refused_and_heals() {
     let left: Vec<PathBuf> = files_under(&site.data_dir().join("oci"));
     assert!(left.is_empty(), "half-written cache entries: {left:?}");
     sign_verified(&gw, "before", &key["publicJwk"], b"full disk").await;
+    // A guest from a file still loads: its compiled form runs from memory.
+    site.write_config(&json!({"defaultProvider": "db", "providers": [
+        {"id": "db", "type": "db"},
+        {"id": "file", "type": "wasm", "component": guest("soft_signer")},
+    ]}));
+    let (status, report) = gw.post("/admin/reload", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert!(
+        gw.log_text()
+            .contains("the compiled component could not be cached")
+    );
+    assert!(files_under(&site.data_dir().join("wasm-cache")).is_empty());
 
+    site.write_config(&with_guest);
     std::fs::remove_file(filler).unwrap();
     let (status, report) = gw.post("/admin/reload", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{report}");

@@ -232,13 +232,22 @@ impl WasmRuntime {
             }
         }
         let compiled = self.engine.precompile_component(bytes)?;
-        std::fs::create_dir_all(dir)?;
+        // The cache saves the next start a compile; a full disk must not stop this one.
         let partial = cached.with_extension("partial");
-        std::fs::write(&partial, &compiled)?;
-        std::fs::rename(&partial, &cached)?;
+        let stored = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&partial, &compiled))
+            .and_then(|()| std::fs::rename(&partial, &cached));
+        let outcome = match stored {
+            Ok(()) => "miss",
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                tracing::warn!(file = %cached.display(), error = %e, "the compiled component could not be cached; it runs from memory");
+                "miss, not stored"
+            }
+        };
         // SAFETY: `compiled` was produced just now by this engine.
         let component = unsafe { Component::deserialize(&self.engine, &compiled)? };
-        Ok((component, "miss"))
+        Ok((component, outcome))
     }
 }
 
