@@ -160,11 +160,11 @@ enum AdapterCommand {
         #[arg(long, default_value = "ed25519", value_parser = ["ed25519", "p256"])]
         alg: String,
     },
-    /// Sign a component with a publisher key (PKCS#8 PEM); other publishers' signatures are kept.
+    /// Sign a component with a publisher key; other publishers' signatures are kept.
     Sign {
         /// The component (.wasm).
         component: PathBuf,
-        /// The private key (PEM `PRIVATE KEY`, Ed25519 or P-256).
+        /// The private key: PEM `PRIVATE KEY` (PKCS#8, Ed25519 or P-256) or `EC PRIVATE KEY` (P-256).
         #[arg(long)]
         key: PathBuf,
         /// Where to write the signed component [default: in place].

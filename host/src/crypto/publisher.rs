@@ -37,8 +37,15 @@ impl PublisherKey {
             }
             PublicJwk::from_spki(&der).map_err(|e| KeyError(e.to_string()))?
         } else {
-            serde_json::from_str::<PublicJwk>(text)
-                .map_err(|e| KeyError(format!("neither a PEM public key nor a JWK: {e}")))?
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| KeyError(format!("neither a PEM public key nor a JWK: {e}")))?;
+            if value.get("d").is_some() {
+                return Err(KeyError(
+                    "the JWK holds a private key (`d`); give only its public part".into(),
+                ));
+            }
+            serde_json::from_value::<PublicJwk>(value)
+                .map_err(|e| KeyError(format!("not a public JWK: {e}")))?
         };
         Self::of_jwk(jwk)
     }
@@ -55,6 +62,7 @@ impl PublisherKey {
             }
             Err(e) => return Err(KeyError(e.to_string())),
         };
+        jwk.check(alg).map_err(|e| KeyError(e.to_string()))?;
         let id = thumbprint(&jwk);
         Ok(PublisherKey { jwk, alg, id })
     }

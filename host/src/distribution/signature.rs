@@ -283,5 +283,15 @@ mod tests {
             PublisherKey::parse("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
                 .is_err()
         );
+        let private = PrivateKey::generate(Alg::EdDSA, None).unwrap();
+        let with_d = private.private_jwk().unwrap();
+        assert!(
+            PublisherKey::parse(with_d)
+                .unwrap_err()
+                .to_string()
+                .contains("private key")
+        );
+        let off_curve = r#"{"kty":"EC","crv":"P-256","x":"AQ","y":"AQ"}"#;
+        assert!(PublisherKey::parse(off_curve).is_err());
     }
 }
