@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use crate::catalog::Catalog;
 use crate::config::{
-    ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry, WasmConfig,
+    ComponentSource, ConfigError, EgressAuthKind, Problem, ProviderConfig, ProviderEntry,
+    WasmConfig,
 };
 use crate::crypto::master::MasterKey;
 use crate::distribution::{self, cache::Cache};
@@ -70,6 +71,12 @@ impl Assembler {
     /// of its component.
     fn fingerprint(&self, entry: &ProviderEntry) -> String {
         match &entry.config {
+            // A pulled component's layer digest was just checked against its bytes.
+            ProviderConfig::Wasm(WasmConfig {
+                component: ComponentSource::Pulled { .. },
+                sha256: Some(digest),
+                ..
+            }) => format!("{} {digest}", entry.fingerprint),
             ProviderConfig::Wasm(wasm) => {
                 let digest = wasm
                     .component
@@ -234,9 +241,7 @@ impl Assembler {
         built.sort_by_key(|(i, _)| *i);
         Ok(built.into_iter().map(|(_, b)| b).collect())
     }
-}
 
-impl Assembler {
     /// Makes every guest's component a file on disk and vets it before anything
     /// is compiled: `oci://` components are pulled (or found in the cache) and
     /// checked against their digests, then signatures and grants are checked

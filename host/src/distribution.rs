@@ -10,6 +10,7 @@ pub mod registry;
 pub mod sections;
 pub mod signature;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use self::cache::Cache;
@@ -39,6 +40,8 @@ pub struct Fetched {
     pub path: PathBuf,
     /// The component layer's digest (`sha256:…`).
     pub layer_digest: String,
+    /// The component, as checked against that digest.
+    pub bytes: Vec<u8>,
 }
 
 /// The component `reference` names: from the cache when pinned and cached,
@@ -85,11 +88,12 @@ pub async fn fetch(
 fn cached(reference: &OciReference, digest: &str, cache: &Cache) -> Option<Fetched> {
     let manifest = cache.blob(digest)?;
     let layer = component_layer(&manifest).ok()?;
-    cache.blob(&layer.digest)?;
+    let bytes = cache.blob(&layer.digest)?;
     Some(Fetched {
         reference: reference.pinned(digest),
         path: cache.path(&layer.digest),
         layer_digest: layer.digest,
+        bytes,
     })
 }
 
@@ -114,6 +118,7 @@ async fn pull(
         reference: pinned,
         path,
         layer_digest: layer.digest,
+        bytes: component,
     })
 }
 
@@ -138,7 +143,7 @@ pub async fn prepare(
         },
         entry: format!("providers[{i}]"),
     };
-    if let ComponentSource::Oci(reference) = &wasm.component {
+    let bytes = if let ComponentSource::Oci(reference) = &wasm.component {
         let fetched = fetch(reference, wasm.registry_auth.as_ref(), cache)
             .await
             .map_err(|e| {
@@ -152,10 +157,13 @@ pub async fn prepare(
             reference: fetched.reference,
             path: fetched.path,
         };
-    }
-    // An unreadable file is reported when the component is loaded.
-    let Ok(bytes) = wasm.component.resolved(base_dir).bytes() else {
-        return Ok(());
+        Cow::Owned(fetched.bytes)
+    } else {
+        // An unreadable file is reported when the component is loaded.
+        match wasm.component.resolved(base_dir).bytes() {
+            Ok(bytes) => bytes,
+            Err(_) => return Ok(()),
+        }
     };
     for warning in vet(&bytes, wasm, &paths)? {
         tracing::warn!(provider = %id, "{warning}");

@@ -206,12 +206,10 @@ pub async fn inspect(
             }
         };
         let Fetched {
-            reference, path, ..
+            reference, bytes, ..
         } = fetch(&reference, auth, &Cache::new(&dir))
             .await
             .map_err(|e| e.to_string())?;
-        let bytes =
-            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         (reference.to_string(), bytes)
     } else {
         let bytes = std::fs::read(source).map_err(|e| format!("cannot read {source}: {e}"))?;
