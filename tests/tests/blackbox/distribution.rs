@@ -893,8 +893,24 @@ async fn a_registry_with_token_auth_gets_the_credentials_at_its_token_endpoint()
     }
 }
 
-/// A registry that lies: it answers each path with fixed bytes, whatever they are.
-fn hostile_registry(answers: Vec<(String, Vec<u8>)>) -> u16 {
+/// One answer of [`hostile_registry`].
+struct Answer {
+    status: &'static str,
+    headers: String,
+    body: Vec<u8>,
+}
+
+fn ok(body: Vec<u8>) -> Answer {
+    Answer {
+        status: "200 OK",
+        headers: String::new(),
+        body,
+    }
+}
+
+/// A registry that lies: it answers each path with a fixed status line, extra
+/// headers and body, whatever they are (`{port}` in the headers is its port).
+fn hostile_registry(answers: Vec<(String, Answer)>) -> u16 {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -910,21 +926,23 @@ fn hostile_registry(answers: Vec<(String, Vec<u8>)>) -> u16 {
                 }
             }
             let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let body = answers
+            let answer = answers
                 .iter()
                 .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-                .map(|(_, body)| body.clone());
+                .map(|(_, answer)| answer);
             let stream = reader.get_mut();
-            let _ = match body {
-                Some(body) => stream
+            let _ = match answer {
+                Some(answer) => stream
                     .write_all(
                         format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                            body.len()
+                            "HTTP/1.1 {}\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\n{}content-length: {}\r\nconnection: close\r\n\r\n",
+                            answer.status,
+                            answer.headers.replace("{port}", &port.to_string()),
+                            answer.body.len()
                         )
                         .as_bytes(),
                     )
-                    .and_then(|()| stream.write_all(&body)),
+                    .and_then(|()| stream.write_all(&answer.body)),
                 None => stream.write_all(
                     b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
                 ),
@@ -950,11 +968,22 @@ async fn a_lying_registry_cannot_make_the_gateway_hold_more_than_it_declared() {
     let liar = layer(10, &blob_digest);
     let huge = layer(300 << 20, &blob_digest);
     let big = vec![b' '; 2 << 20];
+    // A Bearer challenge whose token endpoint answers 128 KiB.
+    let challenge = Answer {
+        status: "401 Unauthorized",
+        headers:
+            "www-authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"liar\"\r\n"
+                .into(),
+        body: Vec::new(),
+    };
+    let token = format!("{{\"token\": \"{}\"}}", "t".repeat(128 << 10));
     let port = hostile_registry(vec![
-        ("/v2/liar/manifests/".into(), liar.clone()),
-        ("/v2/liar/blobs/".into(), vec![0x61; 1 << 20]),
-        ("/v2/huge/manifests/".into(), huge.clone()),
-        ("/v2/big/manifests/".into(), big.clone()),
+        ("/v2/liar/manifests/".into(), ok(liar.clone())),
+        ("/v2/liar/blobs/".into(), ok(vec![0x61; 1 << 20])),
+        ("/v2/huge/manifests/".into(), ok(huge.clone())),
+        ("/v2/big/manifests/".into(), ok(big.clone())),
+        ("/v2/tokens/".into(), challenge),
+        ("/token".into(), ok(token.into_bytes())),
     ]);
     let pinned = |repo: &str, bytes: &[u8]| {
         format!(
@@ -971,6 +1000,10 @@ async fn a_lying_registry_cannot_make_the_gateway_hold_more_than_it_declared() {
         (
             pinned("big", &big),
             "sent more than the 1048576 bytes expected",
+        ),
+        (
+            pinned("tokens", &liar),
+            "sent more than the 65536 bytes expected",
         ),
     ] {
         let refused = kmsgw(
